@@ -1,0 +1,74 @@
+# One-command entry points. Everything runs inside .venv, created from nothing by the first target that needs it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+# Demo settings (override on the command line: make demo PORT=9000 IDS=120)
+PORT ?= 8000
+HOST ?= 127.0.0.1
+IDS ?= 120
+SEED ?= 0
+DATA := data/synthetic_sysu
+RUN := runs/demo
+ARTIFACTS := artifacts
+MODEL := $(ARTIFACTS)/model.onnx
+GALLERY := $(ARTIFACTS)/gallery
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo data train export index serve bench clean help
+
+help:
+	@echo "make test    - build .venv from nothing and run the test suite"
+	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT)"
+	@echo "make data | train | export | index | serve - one stage of the demo"
+	@echo "make bench   - run the benchmark scripts (writes benchmarks/results/)"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(DATA)/exp/test_id.txt: | $(STAMP)
+	$(PY) -m training synth --layout sysu --out $(DATA) --ids $(IDS) --seed $(SEED)
+
+data: $(DATA)/exp/test_id.txt
+
+$(RUN)/last.pt: $(DATA)/exp/test_id.txt configs/synthetic.yaml
+	$(PY) -m training train --config configs/synthetic.yaml --data-root $(DATA) --output-dir $(RUN)
+
+train: $(RUN)/last.pt
+
+$(MODEL): $(RUN)/last.pt
+	$(PY) -m export onnx --checkpoint $(RUN)/last.pt --out $(MODEL)
+
+export: $(MODEL)
+
+$(GALLERY)/manifest.json: $(MODEL)
+	$(PY) -m serving index --model $(MODEL) --images $(DATA) --gallery $(GALLERY) --cameras 1,2,4,5 --split test
+
+index: $(GALLERY)/manifest.json
+
+serve: $(GALLERY)/manifest.json
+	$(PY) -m serving serve --model $(MODEL) --gallery $(GALLERY) --host $(HOST) --port $(PORT) --image-root $(DATA)
+
+demo: $(GALLERY)/manifest.json
+	@$(PY) -m serving demo-hint --images $(DATA) --host $(HOST) --port $(PORT)
+	$(MAKE) --no-print-directory serve
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.embed
+	$(PY) -m benchmarks.search
+	$(PY) -m benchmarks.http
+
+clean:
+	rm -rf $(RUN) $(ARTIFACTS)
