@@ -1,0 +1,290 @@
+"""The DFE losses against hand-worked cases and plainly written float64 references (loops)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training import losses as losses_mod
+from training.losses import (
+    LossWeights,
+    correlation_loss,
+    dfe_loss,
+    distribution_loss,
+    identity_loss,
+    resolve_weights,
+)
+from training.model import DFE, DFEOutput, param_groups
+
+# float32 implementation vs float64 loops: relative 1e-5 is float32 round-off on sums of ~100 terms.
+TOL = {"rel": 1e-5, "abs": 1e-6}
+
+
+# ------------------------------------------------------------------------------- references (loops)
+
+
+def ref_identity(logits: list[np.ndarray], labels: np.ndarray) -> float:
+    total = 0.0
+    for lg in logits:
+        per_image = []
+        for b in range(len(labels)):
+            row = [float(v) for v in lg[b]]
+            log_sum_exp = math.log(sum(math.exp(v) for v in row))
+            per_image.append(log_sum_exp - row[int(labels[b])])
+        total += sum(per_image) / len(per_image)
+    return total
+
+
+def ref_distribution(pv: np.ndarray, pi: np.ndarray, eps: float = 1e-12) -> float:
+    n, k, d = pv.shape
+    total = 0.0
+    for j in range(n):
+        for c in range(d):
+            mv = sum(float(pv[j, i, c]) for i in range(k)) / k
+            mi = sum(float(pi[j, i, c]) for i in range(k)) / k
+            sv = math.sqrt(sum((float(pv[j, i, c]) - mv) ** 2 for i in range(k)) / k + eps)
+            si = math.sqrt(sum((float(pi[j, i, c]) - mi) ** 2 for i in range(k)) / k + eps)
+            total += (mv - mi) ** 2 + (sv - si) ** 2
+    return total / (2 * n)
+
+
+def ref_pearson(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    num = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    den = math.sqrt(sum((a - mx) ** 2 for a in x)) * math.sqrt(sum((b - my) ** 2 for b in y))
+    return num / den
+
+
+def ref_correlation(fv: np.ndarray, fi: np.ndarray) -> float:
+    n = fv.shape[0]
+    rows_v = [[float(v) for v in r] for r in fv]
+    rows_i = [[float(v) for v in r] for r in fi]
+    total = 0.0
+    for a in range(n):
+        for b in range(n):
+            total += (ref_pearson(rows_v[a], rows_v[b]) - ref_pearson(rows_i[a], rows_i[b])) ** 2
+    return total / n
+
+
+# --------------------------------------------------------------------------------- identity loss
+
+
+def test_identity_loss_hand_worked() -> None:
+    # Part 1: logits (0, 0), label 1 -> CE = ln 2.
+    # Part 2: logits (0, ln 3), label 1 -> p = 3/(1+3) = 3/4 -> CE = ln(4/3).
+    # Sum over parts: ln 2 + ln(4/3) = ln(8/3) = 0.980829...
+    logits = [torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])]
+    out = identity_loss(logits, torch.tensor([1]))
+    assert out.ndim == 0
+    assert out.item() == pytest.approx(math.log(8 / 3), rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_identity_loss_matches_reference(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(5, 4, generator=g) * 3 for _ in range(3)]
+    labels = torch.randint(0, 4, (5,), generator=g)
+    expected = ref_identity([lg.double().numpy() for lg in logits], labels.numpy())
+    assert identity_loss(logits, labels).item() == pytest.approx(expected, **TOL)
+
+
+def test_identity_loss_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="one \\[B, C\\] tensor per part"):
+        identity_loss([], torch.tensor([0]))
+    with pytest.raises(ValueError, match="expected \\[B=2, C\\]"):
+        identity_loss([torch.zeros(3, 4)], torch.tensor([0, 1]))
+
+
+# ------------------------------------------------------------------------------ distribution loss
+
+
+def test_distribution_loss_hand_worked() -> None:
+    # One pair, K=2 parts, D=2 dims.
+    # visible parts (0,0) and (2,4): mu = (1,2); population var = ((1+1)/2, (4+4)/2) = (1,4); sigma = (1,2)
+    # infrared parts (1,1) and (1,1): mu = (1,1); var = (0,0); sigma = sqrt(eps) ~ 1e-6
+    # ||mu_v - mu_i||^2 = 0 + 1 = 1;  ||sigma_v - sigma_i||^2 ~ 1 + 4 = 5;  L_d = (1 + 5) / (2*1) = 3
+    pv = torch.tensor([[[0.0, 0.0], [2.0, 4.0]]])
+    pi = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    assert distribution_loss(pv, pi).item() == pytest.approx(3.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("n, k, d", [(1, 6, 4), (3, 2, 5), (4, 6, 8)])
+def test_distribution_loss_matches_reference(n: int, k: int, d: int) -> None:
+    g = torch.Generator().manual_seed(n * 100 + k * 10 + d)
+    pv, pi = torch.randn(n, k, d, generator=g), torch.randn(n, k, d, generator=g) * 2 + 0.5
+    expected = ref_distribution(pv.double().numpy(), pi.double().numpy())
+    assert distribution_loss(pv, pi).item() == pytest.approx(expected, **TOL)
+    assert distribution_loss(pv.double(), pi.double()).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_distribution_loss_zero_for_identical_modalities_with_finite_gradients() -> None:
+    x = torch.randn(4, 6, 8)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    loss = distribution_loss(a, b)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    # constant parts (zero variance) are the risky case for sqrt: still 0 and finite gradients
+    c = torch.ones(2, 6, 3, requires_grad=True)
+    d = torch.ones(2, 6, 3, requires_grad=True)
+    loss = distribution_loss(c, d)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(c.grad).all()
+
+
+def test_distribution_loss_rejects_mismatched_pairs() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        distribution_loss(torch.zeros(2, 6, 4), torch.zeros(3, 6, 4))
+    with pytest.raises(ValueError, match="\\[N, K, D\\]"):
+        distribution_loss(torch.zeros(2, 24), torch.zeros(2, 24))
+
+
+# ------------------------------------------------------------------------------- correlation loss
+
+
+def test_correlation_loss_hand_worked() -> None:
+    # visible rows a=(1,2,3), b=(3,2,1): corr(a,b) = -1   -> C_V = [[1,-1],[-1,1]]
+    # infrared rows a=(1,2,3), b=(2,4,6): corr(a,b) = +1  -> C_I = [[1, 1],[ 1,1]]
+    # C_V - C_I = [[0,-2],[-2,0]] -> ||.||_F^2 = 4 + 4 = 8 -> / N=2 -> 4
+    fv = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    fi = torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]])
+    assert correlation_loss(fv, fi).item() == pytest.approx(4.0, abs=1e-5)
+    # visible rows (1,0,-1), (1,-2,1): centred already, dot = 1 + 0 - 1 = 0 -> C_V = I
+    # infrared rows (1,0,-1), (2,0,-2): corr 1 -> C_I = all ones; difference: two off-diagonal -1s
+    # -> ||.||_F^2 = 2 -> / 2 = 1
+    fv = torch.tensor([[1.0, 0.0, -1.0], [1.0, -2.0, 1.0]])
+    fi = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0]])
+    assert correlation_loss(fv, fi).item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("n, m", [(2, 5), (5, 12), (8, 48)])
+def test_correlation_loss_matches_reference(n: int, m: int) -> None:
+    g = torch.Generator().manual_seed(n * 1000 + m)
+    fv = torch.randn(n, m, generator=g)
+    fi = torch.randn(n, m, generator=g) * 0.3 + fv  # partly correlated with fv
+    expected = ref_correlation(fv.double().numpy(), fi.double().numpy())
+    assert correlation_loss(fv, fi).item() == pytest.approx(expected, **TOL)
+    assert correlation_loss(fv.double(), fi.double()).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_correlation_loss_is_invariant_to_scale_and_offset_per_row() -> None:
+    fv = torch.randn(4, 10)
+    fi = torch.randn(4, 10)
+    scaled = fi * torch.tensor([[2.0], [0.5], [3.0], [1.0]]) + 7.0
+    torch.testing.assert_close(correlation_loss(fv, fi), correlation_loss(fv, scaled), rtol=1e-4, atol=1e-5)
+
+
+def test_correlation_loss_zero_for_identical_modalities_with_finite_gradients() -> None:
+    x = torch.randn(4, 12)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    loss = correlation_loss(a, b)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(a.grad).all()
+    assert correlation_loss(torch.randn(1, 12), torch.randn(1, 12)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- weights
+
+
+def test_resolve_weights_presets_and_variants() -> None:
+    assert resolve_weights("sysu") == LossWeights(1.0, 1.0, 1.0)
+    assert resolve_weights("regdb") == LossWeights(1.0, 11.0, 2.0)
+    assert resolve_weights("regdb", "baseline") == LossWeights(1.0, 0.0, 0.0)
+    assert resolve_weights("regdb", "no_lc") == LossWeights(1.0, 11.0, 0.0)
+    assert resolve_weights("regdb", "no_ld") == LossWeights(1.0, 0.0, 2.0)
+    assert resolve_weights("sysu", "dfe") == LossWeights(1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="sysu, regdb"):
+        resolve_weights("market")
+    with pytest.raises(ValueError, match="dfe, baseline, no_lc, no_ld"):
+        resolve_weights("sysu", "full")
+
+
+def _random_outputs(n: int = 3, k: int = 6, d: int = 4, c: int = 5, seed: int = 0) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+
+    def out() -> DFEOutput:
+        return DFEOutput(parts=torch.randn(n, k, d, generator=g), logits=[torch.randn(n, c, generator=g)
+                                                                          for _ in range(k)])
+
+    return out(), out(), torch.randint(0, c, (n,), generator=g)
+
+
+def test_dfe_loss_is_the_weighted_sum_of_eq_15() -> None:
+    ov, oi, labels = _random_outputs()
+    w = LossWeights(0.5, 11.0, 2.0)
+    total, terms = dfe_loss(ov, oi, labels, w)
+    l_id = identity_loss(ov.logits, labels) + identity_loss(oi.logits, labels)  # eq. 13: both modalities
+    l_d = distribution_loss(ov.parts, oi.parts)
+    l_c = correlation_loss(ov.parts.flatten(1), oi.parts.flatten(1))
+    torch.testing.assert_close(total, 0.5 * l_id + 11.0 * l_d + 2.0 * l_c)
+    torch.testing.assert_close(terms["id"], l_id)
+    torch.testing.assert_close(terms["dist"], l_d)
+    torch.testing.assert_close(terms["corr"], l_c)
+    assert all(not t.requires_grad for t in terms.values())
+
+
+def test_dfe_loss_skips_terms_with_zero_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object) -> None:
+        raise AssertionError("a term with weight 0 was computed")
+
+    monkeypatch.setattr(losses_mod, "distribution_loss", boom)
+    monkeypatch.setattr(losses_mod, "correlation_loss", boom)
+    ov, oi, labels = _random_outputs()
+    total, terms = dfe_loss(ov, oi, labels, resolve_weights("sysu", "baseline"))
+    torch.testing.assert_close(total, identity_loss(ov.logits, labels) + identity_loss(oi.logits, labels))
+    assert terms["dist"].item() == 0.0 and terms["corr"].item() == 0.0
+
+
+# ------------------------------------------------------------------------------- with the model
+
+
+H, W = 96, 32  # ResNet-18: a 6x2 map, one row per part
+
+
+@pytest.fixture()
+def two_stream_batch() -> tuple[DFE, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    net = DFE(4, arch="resnet18", height=H, width=W).train()
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (4, 3, H, W), dtype=torch.uint8, generator=g)
+    ir = torch.randint(0, 256, (4, 3, H, W), dtype=torch.uint8, generator=g)
+    return net, rgb, ir, torch.tensor([0, 1, 2, 3])
+
+
+def _forward_pairs(net: DFE, rgb: torch.Tensor, ir: torch.Tensor) -> tuple[DFEOutput, DFEOutput]:
+    out = net(torch.cat([rgb, ir]))  # one pass through the shared-weight streams
+    n = rgb.shape[0]
+    return (DFEOutput(out.parts[:n], [lg[:n] for lg in out.logits]),
+            DFEOutput(out.parts[n:], [lg[n:] for lg in out.logits]))
+
+
+@pytest.mark.parametrize("which", ["dist", "corr"])
+def test_alignment_losses_train_embeddings_not_classifiers(two_stream_batch: tuple, which: str) -> None:
+    net, rgb, ir, _ = two_stream_batch
+    ov, oi = _forward_pairs(net, rgb, ir)
+    if which == "dist":
+        loss = distribution_loss(ov.parts, oi.parts)
+    else:
+        loss = correlation_loss(ov.parts.flatten(1), oi.parts.flatten(1))
+    loss.backward()
+    assert all(fc.weight.grad is None for fc in net.classifiers)  # §3.5: the K FC layers are untouched
+    assert net.embeddings[0][0].weight.grad.abs().sum() > 0
+    assert net.backbone.conv1.weight.grad.abs().sum() > 0
+
+
+def test_one_sgd_step_reduces_dfe_loss(two_stream_batch: tuple) -> None:
+    net, rgb, ir, labels = two_stream_batch
+    weights = resolve_weights("sysu")
+    # A small step checks that the gradients of all three terms point downhill. (The paper's 0.01/0.1 on
+    # 4 pairs of noise images overshoots: L_d sums over 256 dims and starts near 60 here.)
+    opt = torch.optim.SGD(param_groups(net, base_lr=1e-4, head_lr=1e-3, weight_decay=5e-4), lr=1e-4, momentum=0.9)
+    before, _ = dfe_loss(*_forward_pairs(net, rgb, ir), labels, weights)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after, _ = dfe_loss(*_forward_pairs(net, rgb, ir), labels, weights)
+    assert after.item() < before.item()

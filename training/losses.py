@@ -1,0 +1,210 @@
+"""The three DFE losses (Hao et al., ACM MM 2019, §3.2-3.5) and their weighted sum (eq. 15).
+
+Public contract (README): ``identity_loss(logits, labels)``, ``distribution_loss(parts_v, parts_i)``,
+``correlation_loss(feats_v, feats_i)``, each returning a scalar tensor. Row j of the visible and
+infrared tensors is pair j (the same person seen in both modalities).
+
+The alignment losses are computed in at least float32 even under mixed precision: they take
+square roots of small variances and normalise by small norms, which float16 would round to zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from training.model import DFEOutput
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EPS",
+    "PRESETS",
+    "VARIANTS",
+    "LossWeights",
+    "correlation_loss",
+    "dfe_loss",
+    "distribution_loss",
+    "identity_loss",
+    "resolve_weights",
+]
+
+# Added under the square roots of eq. 7-8 and of the Pearson denominators (eq. 9). Its only job is
+# to avoid 0/0 when a variance is exactly zero: the gradient of sigma = sqrt(var + eps) w.r.t. a part
+# value is (x - mu) / (K * sigma), bounded by 1/sqrt(K) for any eps > 0, so a tiny eps costs no
+# stability and biases sigma by at most sqrt(eps) = 1e-6 (BN-scale features have sigma ~ 1).
+# Identical inputs still give exactly 0 because both sides receive the same eps.
+EPS = 1e-12
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _check_pair(a: Tensor, b: Tensor, ndim: int, names: str, shape_doc: str) -> None:
+    if a.ndim != ndim or b.ndim != ndim:
+        raise ValueError(f"{names} must both be {shape_doc}, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape != b.shape:
+        raise ValueError(f"{names} must have the same shape (row j = pair j), "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{names} are empty: need at least one pair")
+
+
+def identity_loss(logits: list[Tensor], labels: Tensor) -> Tensor:
+    """Sum over the K part classifiers of the batch-mean cross-entropy (eq. 1 / eq. 13).
+
+    Args:
+        logits: K tensors ``[B, C]``, one per part.
+        labels: ``[B]`` int64 identity labels in ``[0, C)``.
+
+    Returns:
+        Scalar tensor ``sum_i mean_b CE(logits[i][b], labels[b])``. Eq. 13 is this per modality,
+        added: ``identity_loss(v) + identity_loss(i)`` (as :func:`dfe_loss` does). Passing both
+        modalities concatenated gives the mean of the two, i.e. half of eq. 13.
+    """
+    if len(logits) == 0:
+        raise ValueError("logits is empty: expected one [B, C] tensor per part")
+    for i, lg in enumerate(logits):
+        if lg.ndim != 2 or lg.shape[0] != labels.shape[0]:
+            raise ValueError(f"logits[{i}] has shape {tuple(lg.shape)}; expected [B={labels.shape[0]}, C]")
+    return torch.stack([F.cross_entropy(_at_least_float32(lg), labels) for lg in logits]).sum()
+
+
+def _part_moments(parts: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image, mean and population std over its K part vectors (eq. 7-8): two ``[N, D]``."""
+    mu = parts.mean(dim=1)
+    var = (parts - mu.unsqueeze(1)).pow(2).mean(dim=1)  # population variance: divide by K, not K-1
+    return mu, torch.sqrt(var + EPS)
+
+
+def distribution_loss(parts_v: Tensor, parts_i: Tensor) -> Tensor:
+    """Intra-class distribution loss L_d (eq. 6-8, 14).
+
+    Each image's K part embeddings are treated as K samples of a diagonal Gaussian; the loss pulls
+    the visible and infrared Gaussians of a pair together (the Jeffreys divergence simplified to
+    mean and std differences, §3.3).
+
+    Args:
+        parts_v: ``[N, K, D]`` visible part embeddings.
+        parts_i: ``[N, K, D]`` infrared part embeddings of the same N people, in the same order.
+
+    Returns:
+        Scalar ``1/(2N) * sum_j (||mu_j^V - mu_j^I||^2 + ||sigma_j^V - sigma_j^I||^2)`` (eq. 14; its
+        printed sum index is a typo for j = 1..N).
+    """
+    _check_pair(parts_v, parts_i, 3, "parts_v and parts_i", "[N, K, D]")
+    mu_v, sigma_v = _part_moments(_at_least_float32(parts_v))
+    mu_i, sigma_i = _part_moments(_at_least_float32(parts_i))
+    n = parts_v.shape[0]
+    return ((mu_v - mu_i).pow(2).sum() + (sigma_v - sigma_i).pow(2).sum()) / (2 * n)
+
+
+def _pearson_matrix(feats: Tensor) -> Tensor:
+    """``[N, M]`` → ``[N, N]`` Pearson correlations between rows, each across its M values (eq. 9-10)."""
+    centred = feats - feats.mean(dim=1, keepdim=True)
+    unit = centred / torch.sqrt(centred.pow(2).sum(dim=1, keepdim=True) + EPS)
+    return unit @ unit.T
+
+
+def correlation_loss(feats_v: Tensor, feats_i: Tensor) -> Tensor:
+    """Inter-class correlation loss L_c (eq. 9-12).
+
+    Asks the visible batch and the infrared batch to have the same pattern of similarities between
+    people, without asking any visible feature to equal any infrared one.
+
+    Args:
+        feats_v: ``[N, K*D]`` aggregated visible features (the concatenated part embeddings).
+        feats_i: ``[N, K*D]`` aggregated infrared features, row j the same person as ``feats_v[j]``.
+
+    Returns:
+        Scalar ``||C_V - C_I||_F^2 / N``, with C the N×N Pearson matrix of each batch.
+    """
+    _check_pair(feats_v, feats_i, 2, "feats_v and feats_i", "[N, K*D]")
+    c_v = _pearson_matrix(_at_least_float32(feats_v))
+    c_i = _pearson_matrix(_at_least_float32(feats_i))
+    return (c_v - c_i).pow(2).sum() / feats_v.shape[0]
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Trade-off factors of eq. 15: ``L = alpha*L_id + beta*L_d + gamma*L_c``."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+
+
+# §4.2 "Trade-off factors": 1:1:1 for SYSU-MM01; 1:11:2 for RegDB, found by the authors' cross-validation.
+PRESETS: dict[str, LossWeights] = {
+    "sysu": LossWeights(1.0, 1.0, 1.0),
+    "regdb": LossWeights(1.0, 11.0, 2.0),
+}
+
+# The ablation variants of §4.3 / Figure 6: which terms a variant keeps.
+VARIANTS: dict[str, tuple[bool, bool]] = {  # name -> (keep L_d, keep L_c)
+    "dfe": (True, True),
+    "baseline": (False, False),
+    "no_lc": (True, False),
+    "no_ld": (False, True),
+}
+
+
+def resolve_weights(preset: str, variant: str = "dfe") -> LossWeights:
+    """Weights for a dataset preset and an ablation variant.
+
+    Args:
+        preset: ``"sysu"`` (1:1:1) or ``"regdb"`` (1:11:2).
+        variant: ``"dfe"`` (all terms), ``"baseline"`` (L_id only), ``"no_lc"`` (L_id + L_d) or
+            ``"no_ld"`` (L_id + L_c).
+
+    Returns:
+        The preset's weights with the dropped terms set to 0.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown loss preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown loss variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+    base = PRESETS[preset]
+    keep_d, keep_c = VARIANTS[variant]
+    return LossWeights(base.alpha, base.beta if keep_d else 0.0, base.gamma if keep_c else 0.0)
+
+
+def dfe_loss(out_v: DFEOutput, out_i: DFEOutput, labels: Tensor,
+             weights: LossWeights) -> tuple[Tensor, dict[str, Tensor]]:
+    """The fusion loss of eq. 15 on a two-stream batch of N pairs.
+
+    Args:
+        out_v: the model's training output for the N visible images.
+        out_i: the output for the N infrared images (row j = same person as visible row j).
+        labels: ``[N]`` identity labels shared by both streams.
+        weights: the trade-off factors; a term whose weight is 0 is not computed.
+
+    Returns:
+        ``(total, terms)``: ``total`` the scalar to back-propagate; ``terms`` maps ``"id"``, ``"dist"``
+        and ``"corr"`` to the *unweighted*, detached 0-dim tensors (0 for a term not computed). They
+        stay tensors so a training step does not force a device synchronisation; call ``.item()``
+        when logging.
+    """
+    parts_v, parts_i = out_v.parts, out_i.parts
+    zero = parts_v.new_zeros((), dtype=torch.float32)
+    total = zero
+    terms = {"id": zero, "dist": zero, "corr": zero}
+    if weights.alpha:
+        # Eq. 13: the batch-mean of the summed part losses of each modality, added over the two modalities.
+        l_id = identity_loss(out_v.logits, labels) + identity_loss(out_i.logits, labels)
+        total = total + weights.alpha * l_id
+        terms["id"] = l_id.detach()
+    if weights.beta:
+        l_d = distribution_loss(parts_v, parts_i)
+        total = total + weights.beta * l_d
+        terms["dist"] = l_d.detach()
+    if weights.gamma:
+        l_c = correlation_loss(parts_v.flatten(1), parts_i.flatten(1))
+        total = total + weights.gamma * l_c
+        terms["corr"] = l_c.detach()
+    return total, terms
