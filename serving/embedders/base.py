@@ -1,0 +1,216 @@
+"""The one interface every runtime embedder implements, and the artifact metadata they share.
+
+An embedder turns a batch of decoded, resized RGB crops into un-normalised descriptors
+(``docs/contracts.md``: L2 normalisation happens in :class:`index.Gallery`, nowhere else).
+Input validation lives here, once, so every backend rejects a wrong shape or dtype with the
+same clear message instead of failing deep inside ONNX Runtime, TensorRT or torch.
+
+This module imports neither torch nor ``training``: the serving image may not carry them.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from serving.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+#: Metadata keys the exporter writes into the ONNX model (``docs/contracts.md``, "ONNX artifact").
+REQUIRED_METADATA_KEYS: tuple[str, ...] = ("height", "width", "descriptor_dim")
+KNOWN_METADATA_KEYS: tuple[str, ...] = (
+    "height", "width", "parts", "embed_dim", "descriptor_dim", "channel_order", "layout",
+    "input_dtype", "arch", "config_digest", "exporter_version",
+)
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed so a large engine does not have to fit in memory twice.
+
+    Args:
+        path: the artifact file.
+        chunk_size: bytes read per step.
+
+    Returns:
+        The 64-character lowercase hex digest: the model fingerprint a gallery is tied to.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    """What an exported artifact says about itself (read from the ONNX metadata or the TensorRT sidecar).
+
+    H, W and the descriptor size are read from the artifact, never typed twice (ARCHITECTURE §2).
+
+    Attributes:
+        height: model input height in pixels.
+        width: model input width in pixels.
+        descriptor_dim: length of one descriptor (K·embed_dim).
+        parts: number of horizontal parts K, when recorded.
+        embed_dim: per-part embedding size, when recorded.
+        arch: backbone name, when recorded.
+        raw: every metadata string as found (for ``/model`` style reporting).
+    """
+
+    height: int
+    width: int
+    descriptor_dim: int
+    parts: int | None = None
+    embed_dim: int | None = None
+    arch: str | None = None
+    raw: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_strings(cls, props: Mapping[str, Any], source: str) -> "ArtifactMetadata":
+        """Parse and check the exporter's metadata properties.
+
+        Args:
+            props: metadata key -> value (strings in ONNX; JSON values in the TensorRT sidecar).
+            source: the artifact's name, used in error messages.
+
+        Returns:
+            The parsed metadata.
+
+        Raises:
+            UserError: a required key is missing, a number does not parse, or the artifact expects an
+                input this runtime does not produce (not RGB, not NCHW, not uint8/float).
+        """
+        missing = [k for k in REQUIRED_METADATA_KEYS if k not in props]
+        if missing:
+            raise UserError(
+                f"{source}: metadata lacks {', '.join(missing)} (found keys: {', '.join(sorted(props)) or 'none'}); "
+                "re-export the model with `python -m export onnx` so the embedder can read its input size "
+                "and descriptor size")
+
+        def _int(key: str, required: bool = True) -> int | None:
+            if key not in props:
+                return None
+            try:
+                value = int(str(props[key]))
+            except ValueError:
+                raise UserError(f"{source}: metadata {key}={props[key]!r} is not an integer") from None
+            if value <= 0:
+                raise UserError(f"{source}: metadata {key}={value} must be positive")
+            return value
+
+        checks = {"channel_order": {"RGB"}, "layout": {"NCHW"}, "input_dtype": {"uint8", "float32"}}
+        for key, valid in checks.items():
+            if key in props and str(props[key]) not in valid:
+                raise UserError(f"{source}: metadata {key}={props[key]!r} is not supported; "
+                                f"valid values: {', '.join(sorted(valid))}")
+        return cls(
+            height=_int("height"), width=_int("width"), descriptor_dim=_int("descriptor_dim"),
+            parts=_int("parts"), embed_dim=_int("embed_dim"),
+            arch=str(props["arch"]) if "arch" in props else None,
+            raw={str(k): str(v) for k, v in props.items()},
+        )
+
+
+class Embedder(abc.ABC):
+    """A loaded model that maps RGB crops to descriptors.
+
+    Subclasses set the attributes in ``__init__`` and implement :meth:`_run`; callers use :meth:`embed`.
+
+    Attributes:
+        name: the backend (``onnxruntime``, ``tensorrt`` or ``torch``).
+        height: input height the model expects; images must already be resized to it.
+        width: input width the model expects.
+        dim: descriptor length.
+        fingerprint: sha256 identifying the model, stored in a gallery's manifest so a gallery is never
+            searched with descriptors from a different model.
+        thread_safe: whether :meth:`_run` may be called from several threads at once. When it is False,
+            :meth:`embed` serialises calls with a lock, so the object is always safe to share; the flag
+            tells a micro-batcher whether parallel calls can actually overlap.
+        max_batch_size: largest batch one :meth:`_run` call accepts (None: unbounded); :meth:`embed`
+            splits bigger batches.
+        path: the artifact file.
+    """
+
+    name: str
+    height: int
+    width: int
+    dim: int
+    fingerprint: str
+    thread_safe: bool = False
+    max_batch_size: int | None = None
+    path: Path
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @abc.abstractmethod
+    def _run(self, batch_nchw: np.ndarray) -> np.ndarray:
+        """Run the model on a contiguous uint8 ``[B, 3, H, W]`` batch; return float32 ``[B, dim]``."""
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Descriptors of a batch of crops.
+
+        Args:
+            images: uint8 ``[B, H, W, 3]`` RGB, already resized to ``(height, width)`` (what
+                :func:`serving.imageio.decode_image` returns, stacked). ``B`` may be 0.
+
+        Returns:
+            float32 ``[B, dim]``, not L2-normalised.
+
+        Raises:
+            ValueError: wrong dtype, rank, channel count or spatial size; the message says what was
+                expected, because this is the error a caller with a wrongly resized image sees.
+        """
+        self.validate(images)
+        if images.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # HWC -> CHW once here; the exported graph takes NCHW uint8 (docs/contracts.md).
+        batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        step = self.max_batch_size or batch.shape[0]
+        outputs = []
+        for start in range(0, batch.shape[0], step):
+            chunk = batch[start:start + step]
+            if self.thread_safe:
+                out = self._run(chunk)
+            else:
+                with self._lock:
+                    out = self._run(chunk)
+            outputs.append(out)
+        result = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
+        result = np.asarray(result, dtype=np.float32)
+        if result.shape != (images.shape[0], self.dim):
+            raise RuntimeError(f"{self.name} embedder returned shape {result.shape}, "
+                               f"expected {(images.shape[0], self.dim)}")
+        return result
+
+    def validate(self, images: np.ndarray) -> None:
+        """Check that ``images`` is a uint8 ``[B, height, width, 3]`` array (see :meth:`embed`)."""
+        if not isinstance(images, np.ndarray):
+            raise ValueError(f"images must be a numpy array, got {type(images).__name__}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 RGB, got dtype {images.dtype}")
+        expected = ("B", self.height, self.width, 3)
+        if images.ndim != 4 or images.shape[1:] != (self.height, self.width, 3):
+            raise ValueError(f"images must have shape [B, H, W, 3] = {list(expected)} (RGB, resized to the "
+                             f"model's input size), got {list(images.shape)}")
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready description of the loaded model, for logs and API responses."""
+        return {"backend": self.name, "height": self.height, "width": self.width, "dim": self.dim,
+                "fingerprint": self.fingerprint, "thread_safe": self.thread_safe,
+                "max_batch_size": self.max_batch_size, "path": str(self.path)}
+
+    def close(self) -> None:
+        """Release runtime resources (sessions, GPU buffers); the default has nothing to release."""
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(path={str(self.path)!r}, input={self.height}x{self.width}, "
+                f"dim={self.dim}, fingerprint={self.fingerprint[:12]})")

@@ -1,0 +1,110 @@
+"""ONNX Runtime embedder: the default backend, on CUDA when onnxruntime-gpu sees a GPU, else CPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from serving.embedders.base import ArtifactMetadata, Embedder, file_sha256
+from serving.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+_INPUT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+
+
+def _cpu_cores() -> int:
+    """Cores this process may use (the affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build offers it, CPU always as the fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxRuntimeEmbedder(Embedder):
+    """Runs the exported ONNX model with ONNX Runtime.
+
+    Input size, descriptor size and the rest come from the model's metadata properties, written by
+    ``export.onnx_export``; the fingerprint is the sha256 of the file. ``InferenceSession.run`` may be
+    called concurrently from several threads (ONNX Runtime documents sessions as thread-safe for
+    ``Run``), so ``thread_safe`` is True and the micro-batcher may overlap calls.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: execution providers in priority order; default CUDA (when available) then CPU.
+        intra_op_threads: threads inside one operator; default the cores this process may use.
+        inter_op_threads: threads across independent operators; 1, since the graph is one chain of
+            convolutions and parallelism across requests comes from batching, not from the graph.
+        device_id: CUDA device for the CUDA provider.
+    """
+
+    name = "onnxruntime"
+    thread_safe = True
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
+                 intra_op_threads: int | None = None, inter_op_threads: int = 1, device_id: int = 0) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"ONNX model not found: {self.path}")
+        available = ort.get_available_providers()
+        providers = list(providers) if providers is not None else default_providers()
+        unknown = [p for p in providers if p not in available]
+        if unknown:
+            raise UserError(f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
+                            f"build; available: {', '.join(available)}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(intra_op_threads or _cpu_cores())
+        options.inter_op_num_threads = int(inter_op_threads)
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        provider_args = [(p, {"device_id": device_id}) if p == "CUDAExecutionProvider" else p for p in providers]
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=provider_args)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise UserError(f"cannot load ONNX model {self.path}: {exc}") from exc
+
+        self.metadata = ArtifactMetadata.from_strings(
+            self._session.get_modelmeta().custom_metadata_map, source=self.path.name)
+        self.height, self.width, self.dim = self.metadata.height, self.metadata.width, self.metadata.descriptor_dim
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise UserError(f"{self.path.name}: expected one input and one output, found "
+                            f"{[i.name for i in inputs]} -> {[o.name for o in outputs]}")
+        self._input_name = inputs[0].name
+        self._output_name = outputs[0].name
+        if inputs[0].type not in _INPUT_TYPES:
+            raise UserError(f"{self.path.name}: input {self._input_name!r} has type {inputs[0].type}; "
+                            f"supported: {', '.join(_INPUT_TYPES)}")
+        self._input_dtype = _INPUT_TYPES[inputs[0].type]
+        self.providers = self._session.get_providers()
+        self.fingerprint = file_sha256(self.path)
+        logger.info("loaded %s with ONNX Runtime (providers %s, %d intra-op threads): input %dx%d, dim %d",
+                    self.path.name, ",".join(self.providers), options.intra_op_num_threads,
+                    self.height, self.width, self.dim)
+
+    def _run(self, batch_nchw: np.ndarray) -> np.ndarray:
+        if self._input_dtype is not np.uint8:
+            batch_nchw = batch_nchw.astype(self._input_dtype)  # float 0-255: normalisation is in-graph
+        (out,) = self._session.run([self._output_name], {self._input_name: batch_nchw})
+        return out
+
+    def info(self) -> dict:
+        return {**super().info(), "providers": list(self.providers), "metadata": dict(self.metadata.raw)}
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]

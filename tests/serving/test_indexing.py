@@ -1,0 +1,219 @@
+"""serving.indexing / serving.crawl / serving.demo_hint: the batch gallery-indexing job end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.crawl import crawl_generic, crawl_sysu, read_manifest
+from serving.demo_hint import hint
+from serving.demo_hint import main as demo_hint_main
+from serving.embedders import Embedder, load_embedder
+from serving.errors import UserError
+from serving.indexing import gallery_metadata, index_images, main
+
+RGB_CAMERAS = (1, 2, 4, 5)
+
+
+def _ids(root: Path, name: str) -> list[int]:
+    return [int(t) for t in (root / "exp" / name).read_text().replace("\n", ",").split(",") if t.strip()]
+
+
+def _all_metadata(gallery) -> list[dict]:
+    return gallery_metadata(gallery)
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_onnx: Path) -> Embedder:
+    return load_embedder(tiny_onnx)
+
+
+@pytest.fixture()
+def small_tree(sysu_root: Path, tmp_path: Path) -> Path:
+    """Two test identities of the synthetic tree, cameras 1 and 2 and 3 (IR), plus a corrupt and an empty JPEG."""
+    root = tmp_path / "sysu"
+    pids = sorted(_ids(sysu_root, "test_id.txt"))[:2]
+    shutil.copytree(sysu_root / "exp", root / "exp")
+    for cam in (1, 2, 3):
+        for pid in pids:
+            shutil.copytree(sysu_root / f"cam{cam}" / f"{pid:04d}", root / f"cam{cam}" / f"{pid:04d}")
+    good = (root / f"cam1/{pids[0]:04d}/0001.jpg").read_bytes()
+    (root / f"cam1/{pids[0]:04d}/0098.jpg").write_bytes(good[: len(good) // 2])  # truncated mid-scan
+    (root / f"cam2/{pids[1]:04d}/0099.jpg").write_bytes(b"")
+    return root
+
+
+def _good_images(root: Path, cams: tuple[int, ...]) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for c in cams for p in (root / f"cam{c}").rglob("*.jpg")
+                  if p.stat().st_size > 0 and not p.name.startswith("009"))
+
+
+def test_tiny_gallery_holds_the_test_identities_rgb_images(tiny_gallery: Path, sysu_root: Path,
+                                                           tiny_onnx: Path, embedder: Embedder) -> None:
+    from index import Gallery
+
+    fingerprint = hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    gallery = Gallery.load(tiny_gallery, fingerprint=fingerprint)
+    test_ids = set(_ids(sysu_root, "test_id.txt"))
+    expected = {p.relative_to(sysu_root).as_posix() for cam in RGB_CAMERAS for pid in test_ids
+                for p in (sysu_root / f"cam{cam}" / f"{pid:04d}").glob("*.jpg")}
+    # 12 synthetic identities, 4 images per identity per camera: every test id in each of the 4 RGB cameras.
+    assert len(gallery) == len(expected) == len(test_ids) * len(RGB_CAMERAS) * 4
+    metadata = _all_metadata(gallery)
+    assert {m["source"] for m in metadata} == expected
+    for m in metadata:
+        cam, pid = m["source"].split("/")[:2]
+        assert m["camera"] == int(cam[3:]) and m["camera"] in RGB_CAMERAS
+        assert m["person_label"] == int(pid) and m["person_label"] in test_ids
+        assert m["timestamp"] is None
+    # The stored vector of an image is that image's descriptor: searching with it finds it first.
+    from training.data.images import read_image
+
+    probe = sorted(metadata, key=lambda m: m["source"])[5]
+    query = embedder.embed(read_image(sysu_root / probe["source"], embedder.height, embedder.width)[None])
+    scores, ids = gallery.search(query, 1)
+    assert gallery.get(ids[0])[0]["source"] == probe["source"] and scores[0, 0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_end_to_end_skips_bad_files_then_resumes_without_duplicates(small_tree: Path, tmp_path: Path,
+                                                                    tiny_onnx: Path, capsys) -> None:
+    from index import Gallery
+
+    out = tmp_path / "gallery"
+    rc = main(["--model", str(tiny_onnx), "--images", str(small_tree), "--gallery", str(out), "--split", "test",
+               "--batch-size", "3", "--workers", "2", "--save-every", "1", "--no-progress"])
+    assert rc == 0
+    report = capsys.readouterr().out
+    bad_truncated = next(small_tree.glob("cam1/*/0098.jpg")).relative_to(small_tree).as_posix()
+    bad_empty = next(small_tree.glob("cam2/*/0099.jpg")).relative_to(small_tree).as_posix()
+    assert f"skipped {bad_truncated}: truncated_image" in report
+    assert f"skipped {bad_empty}: empty_file" in report
+    good = _good_images(small_tree, (1, 2))  # default cameras of a SYSU tree: RGB only, so no cam3
+    assert f"indexed {len(good)} image(s)" in report
+    gallery = Gallery.load(out)
+    assert sorted(m["source"] for m in _all_metadata(gallery)) == good
+
+    again = index_images(tiny_onnx, small_tree, out, split="test", show_progress=False)
+    assert (again.indexed, again.already_indexed, again.gallery_size) == (0, len(good), len(good))
+    assert sorted(s for s, _ in again.skipped) == sorted([bad_truncated, bad_empty])  # still reported
+
+
+class _DiesAfter(Embedder):
+    """Wraps an embedder and raises on the n-th call, like a process killed mid-run."""
+
+    def __init__(self, inner: Embedder, calls: int) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, calls
+        for name in ("name", "height", "width", "dim", "fingerprint", "path"):
+            setattr(self, name, getattr(inner, name))
+
+    def _run(self, batch_nchw: np.ndarray) -> np.ndarray:
+        self.calls -= 1
+        if self.calls < 0:
+            raise RuntimeError("killed")
+        return self.inner.embed(np.ascontiguousarray(batch_nchw.transpose(0, 2, 3, 1)))
+
+
+def test_a_crashed_run_keeps_saved_batches_and_a_rerun_completes(small_tree: Path, tmp_path: Path,
+                                                                 embedder: Embedder) -> None:
+    from index import Gallery
+
+    out = tmp_path / "gallery"
+    with pytest.raises(RuntimeError, match="killed"):
+        index_images(_DiesAfter(embedder, calls=2), small_tree, out, cameras=[1, 2, 3], batch_size=4,
+                     save_every=1, workers=1, show_progress=False)
+    # Two batches of 4 were embedded and saved before the crash: the first 8 files in crawl order,
+    # less the truncated one among them.
+    first_two_batches = [it.source for it in crawl_sysu(small_tree, [1, 2, 3])[:8]]
+    saved = [s for s in first_two_batches if not s.endswith(("0098.jpg", "0099.jpg"))]
+    assert len(saved) == 7 and sorted(m["source"] for m in _all_metadata(Gallery.load(out))) == sorted(saved)
+    done = index_images(embedder, small_tree, out, cameras=[1, 2, 3], batch_size=4, show_progress=False)
+    good = _good_images(small_tree, (1, 2, 3))
+    assert done.already_indexed == len(saved) and done.indexed == len(good) - len(saved)
+    sources = [m["source"] for m in _all_metadata(Gallery.load(out))]
+    assert sorted(sources) == good and len(set(sources)) == len(sources)
+
+
+def test_csv_manifest(small_tree: Path, tmp_path: Path, embedder: Embedder) -> None:
+    from index import Gallery
+
+    files = sorted(small_tree.glob("cam1/*/000[1-3].jpg"))[:3]
+    lines = ["path,camera,person_label,timestamp,site"]
+    lines += [f"{f.relative_to(small_tree).as_posix()},11,p{i},2024-05-01T12:00:0{i},north" for i, f in enumerate(files)]
+    lines.append("missing/nothere.jpg,11,,1700000000,south")
+    lines.append(f"{files[0].relative_to(small_tree).as_posix()},11,p0,,north")  # listed twice
+    lines.append(f"{files[0].resolve()},12,,,")  # absolute path, another camera: excluded by --cameras
+    manifest = tmp_path / "gallery.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "gallery"
+    summary = index_images(embedder, small_tree, out, manifest=manifest, cameras=[11], show_progress=False)
+    assert summary.indexed == len(files) == 3
+    reasons = dict(summary.skipped)
+    assert reasons["missing/nothere.jpg"].startswith("cannot read file")
+    assert "more than once" in reasons[files[0].relative_to(small_tree).as_posix()]
+    rows = sorted(_all_metadata(Gallery.load(out)), key=lambda m: m["source"])
+    assert [m["person_label"] for m in rows] == ["p0", "p1", "p2"]
+    assert rows[1]["timestamp"] == pytest.approx(1714564801.0)  # 2024-05-01T12:00:01 UTC
+    assert all(m["camera"] == 11 and m["extra"] == {"site": "north"} for m in rows)
+
+    items = read_manifest(manifest, small_tree)
+    assert items[-1].source == files[0].resolve().relative_to(small_tree.resolve()).as_posix()
+    assert items[3].person_label is None and items[3].timestamp == 1700000000.0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,cam\nx.jpg,1\n")
+    with pytest.raises(UserError, match="lacks column"):
+        read_manifest(bad, small_tree)
+    bad.write_text("path,camera\nx.jpg,left\n")
+    with pytest.raises(UserError, match=r"bad.csv:2: camera 'left'"):
+        read_manifest(bad, small_tree)
+
+
+def test_generic_camera_folders(small_tree: Path, tmp_path: Path, embedder: Embedder) -> None:
+    from index import Gallery
+
+    root = tmp_path / "site"
+    jpeg = next(small_tree.glob("cam1/*/0001.jpg")).read_bytes()
+    for rel in ["gate07/2024-05-01/a.jpg", "gate07/b.JPG", "door3/c.jpg", "lobby/d.jpg", "e.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(jpeg)
+    items, skipped = crawl_generic(root)
+    assert [(i.source, i.camera) for i in items] == [("door3/c.jpg", 3), ("gate07/2024-05-01/a.jpg", 7),
+                                                     ("gate07/b.JPG", 7)]
+    assert sorted(s for s, _ in skipped) == ["e.jpg", "lobby/d.jpg"]
+    summary = index_images(embedder, root, tmp_path / "g", cameras=[7], show_progress=False)
+    assert summary.indexed == 2 and {m["camera"] for m in _all_metadata(Gallery.load(tmp_path / "g"))} == {7}
+    with pytest.raises(UserError, match="needs a SYSU-MM01 tree"):
+        index_images(embedder, root, tmp_path / "g2", split="test", show_progress=False)
+
+
+def test_user_mistakes_are_user_errors(tiny_gallery: Path, tiny_checkpoint: Path, sysu_root: Path,
+                                       tiny_onnx: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "gallery"
+    shutil.copytree(tiny_gallery, copy)
+    with pytest.raises(UserError, match="new --gallery directory"):  # another model's descriptors
+        index_images(tiny_checkpoint, sysu_root, copy, backend="torch", show_progress=False)
+    with pytest.raises(UserError, match="comma-separated integers"):
+        main(["--model", str(tiny_onnx), "--images", str(sysu_root), "--gallery", str(copy), "--cameras", "1,x"])
+    with pytest.raises(UserError, match="not a directory"):
+        main(["--model", str(tiny_onnx), "--images", str(tmp_path / "nope"), "--gallery", str(copy)])
+    with pytest.raises(UserError, match="--batch-size"):
+        index_images(tiny_onnx, sysu_root, copy, batch_size=0, show_progress=False)
+
+
+def test_demo_hint(sysu_root: Path, tmp_path: Path, capsys) -> None:
+    text = hint(sysu_root, "0.0.0.0", 8123)
+    curl = next(line.strip() for line in text.splitlines() if line.strip().startswith("curl"))
+    assert curl.endswith("'http://127.0.0.1:8123/search?top_k=5'")
+    path = Path(curl.split("image=@")[1].split(" ")[0])
+    assert path.is_file() and path.parts[-3] in {"cam3", "cam6"}
+    pid = int(path.parts[-2])
+    assert pid == min(_ids(sysu_root, "test_id.txt"))
+    assert f"person_label == {pid}" in text
+    assert demo_hint_main(["--images", str(sysu_root), "--port", "9000"]) == 0
+    assert "127.0.0.1:9000/search" in capsys.readouterr().out
+    with pytest.raises(UserError, match="not a SYSU-MM01 tree"):
+        hint(tmp_path, "localhost", 8000)
