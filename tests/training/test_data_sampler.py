@@ -1,0 +1,140 @@
+"""Paired two-stream sampler (paper §4.2), train transforms and the training loader."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import build_dataset
+from training.data.images import read_image
+from training.data.loader import build_train_loader
+from training.data.records import Record
+from training.data.sampler import PairedBatchSampler
+from training.data.transforms import TrainTransform, default_pad
+from training.errors import UserError
+
+
+def _records() -> list[Record]:
+    """pid 10: 5 RGB / 2 IR, pid 3: 2 RGB / 4 IR, pid 7: 3 RGB / 3 IR, pid 99: RGB only (left out)."""
+    out = []
+    for pid, n_rgb, n_ir in ((10, 5, 2), (3, 2, 4), (7, 3, 3), (99, 4, 0)):
+        out += [Record(f"{pid}_v{i}.jpg", pid, 1, "rgb") for i in range(n_rgb)]
+        out += [Record(f"{pid}_t{i}.jpg", pid, 3, "ir") for i in range(n_ir)]
+    return out
+
+
+def _pairs(sampler: PairedBatchSampler) -> list[tuple[int, int, int]]:
+    return [p for batch in sampler for p in batch]
+
+
+def test_sysu_mode_walks_every_rgb_image_once() -> None:
+    recs = _records()
+    s = PairedBatchSampler(recs, batch_pairs=4, mode="sysu", seed=0)
+    assert s.pid_to_label == {3: 0, 7: 1, 10: 2} and s.num_classes == 3
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == len(s) == 3 and [len(b) for b in batches] == [4, 4, 2]
+        pairs = [p for b in batches for p in b]
+        assert all(recs[a].pid == recs[b].pid for a, b, _ in pairs)
+        assert all(recs[a].modality == "rgb" and recs[b].modality == "ir" for a, b, _ in pairs)
+        rgb_wanted = [i for i, r in enumerate(recs) if r.modality == "rgb" and r.pid != 99]
+        assert sorted(a for a, _, _ in pairs) == rgb_wanted
+
+
+def test_regdb_mode_walks_every_image_once() -> None:
+    recs = _records()
+    s = PairedBatchSampler(recs, batch_pairs=3, mode="regdb", seed=1)
+    pairs = _pairs(s)
+    assert len(pairs) == s.pairs_per_epoch == 5 + 4 + 3
+    assert all(recs[a].pid == recs[b].pid and recs[a].modality == "rgb" and recs[b].modality == "ir"
+               for a, b, _ in pairs)
+    used = Counter([a for a, _, _ in pairs] + [b for _, b, _ in pairs])
+    wanted = [i for i, r in enumerate(recs) if r.pid != 99]
+    assert sorted(used) == wanted  # every image of every usable person at least once
+    for pid in (7,):  # equal counts: each image exactly once
+        assert all(used[i] == 1 for i, r in enumerate(recs) if r.pid == pid)
+
+
+def test_sampler_is_deterministic_in_seed_and_epoch() -> None:
+    recs = _records()
+    a = PairedBatchSampler(recs, 4, "regdb", seed=3)
+    b = PairedBatchSampler(recs, 4, "regdb", seed=3)
+    assert _pairs(a) == _pairs(b)
+    b.set_epoch(1)
+    assert _pairs(a) != _pairs(b)
+    assert _pairs(a) != _pairs(PairedBatchSampler(recs, 4, "regdb", seed=4))
+    a.set_epoch(1)
+    assert _pairs(a) == _pairs(b)
+
+
+def test_sampler_errors_and_drop_last() -> None:
+    recs = _records()
+    with pytest.raises(UserError, match="one of"):
+        PairedBatchSampler(recs, 4, "market", seed=0)
+    with pytest.raises(UserError, match="both RGB and IR"):
+        PairedBatchSampler([r for r in recs if r.modality == "rgb"], 4, "sysu")
+    s = PairedBatchSampler(recs, 4, "sysu", drop_last=True)
+    assert len(s) == 2 and all(len(b) == 4 for b in s)
+
+
+def test_train_transform_flip_and_pad_crop() -> None:
+    img = np.arange(16 * 8 * 3, dtype=np.uint8).reshape(16, 8, 3)
+    flip = TrainTransform(16, 8, flip_p=1.0, pad=0)(img, np.random.default_rng(0))
+    assert np.array_equal(flip, img[:, ::-1])
+    t = TrainTransform(16, 8, flip_p=0.0, pad=2)
+    out = t(img, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    rng.random()
+    y, x = int(rng.integers(0, 5)), int(rng.integers(0, 5))
+    padded = np.zeros((20, 12, 3), np.uint8)
+    padded[2:18, 2:10] = img
+    assert out.dtype == np.uint8 and np.array_equal(out, padded[y:y + 16, x:x + 8])
+    assert default_pad(384, 128) == 10 and default_pad(192, 64) == 5
+    assert TrainTransform(8, 4, pad=0)(img, np.random.default_rng(0)).shape == (8, 4, 3)
+
+
+def _batches(loader) -> list[tuple[torch.Tensor, ...]]:
+    return [tuple(t.clone() for t in batch) for batch in loader]
+
+
+def test_loader_batches_follow_the_contract(sysu_root: Path) -> None:
+    train = build_dataset("sysu", sysu_root).train
+    loader = build_train_loader(train, height=64, width=32, batch_pairs=16, mode="sysu", seed=0)
+    n_rgb = sum(r.modality == "rgb" for r in train)
+    assert len(loader) == -(-n_rgb // 16) and loader.num_classes == len({r.pid for r in train})
+    batches = _batches(loader)
+    assert len(batches) == len(loader)
+    rgb, ir, labels = batches[0]
+    assert rgb.dtype == ir.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert rgb.shape == ir.shape == (16, 3, 64, 32)
+    # IR images are grey, RGB images are not: the streams carry the right modality.
+    assert (ir[:, 0].int() - ir[:, 2].int()).abs().max() <= 3
+    assert (rgb[:, 0].int() - rgb[:, 2].int()).abs().max() > 30
+    assert sum(len(b[2]) for b in batches) == n_rgb
+    # Without augmentation a batch is exactly the decoded images of the sampled pairs.
+    plain = build_train_loader(train, height=64, width=32, batch_pairs=4, mode="regdb", seed=0, augment=False)
+    first = next(iter(plain.sampler))
+    rgb, ir, labels = next(iter(plain))
+    for j, (a, b, _) in enumerate(first):
+        assert np.array_equal(rgb[j].permute(1, 2, 0).numpy(), read_image(train[a].path, 64, 32))
+        assert np.array_equal(ir[j].permute(1, 2, 0).numpy(), read_image(train[b].path, 64, 32))
+        assert labels[j] == plain.pid_to_label[train[a].pid] == plain.pid_to_label[train[b].pid]
+
+
+def test_loader_is_deterministic(sysu_root: Path) -> None:
+    train = build_dataset("sysu", sysu_root).train
+    kw = dict(height=48, width=16, batch_pairs=32, mode="sysu")
+    a = _batches(build_train_loader(train, seed=1, **kw))
+    b = _batches(build_train_loader(train, seed=1, num_workers=1, **kw))  # worker process: same pixels
+    c = _batches(build_train_loader(train, seed=2, **kw))
+    assert len(a) == len(b) == len(c)
+    assert all(torch.equal(x, y) for ba, bb in zip(a, b) for x, y in zip(ba, bb))
+    assert not all(torch.equal(x, y) for ba, bc in zip(a, c) for x, y in zip(ba, bc))
+    loader = build_train_loader(train, seed=1, **kw)
+    loader.set_epoch(1)
+    assert not torch.equal(_batches(loader)[0][0], a[0][0])

@@ -1,0 +1,228 @@
+"""Deterministic synthetic cross-modality person re-ID data in the SYSU-MM01 or RegDB layout.
+
+The real datasets need a licence request, so the project ships this generator; it writes the same
+folder layout and split files as the real data, so every code path the real data takes is taken by
+the synthetic data too (ARCHITECTURE.md §5). Identity is recoverable across modalities only through
+modality-invariant cues (garment pattern, body proportions, accessories): see ``_identity.py``.
+
+Usage::
+
+    python -m training synth --layout sysu --out data/synthetic_sysu --ids 200 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from training.data._camera import CameraProfile, make_background, make_camera
+from training.data._identity import TAG_IMAGE, TAG_SPLIT, make_identity
+from training.data._render import draw_person
+from training.data.records import REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM, sysu_modality
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LAYOUTS: tuple[str, ...] = ("sysu", "regdb")
+JPEG_QUALITY = 90  # fixed so that the same seed gives the same bytes
+MARKER = "synthetic.json"
+REGDB_TRIALS = 10
+_OWNED = ("cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp", "Visible", "Thermal", "idx")
+# Per-process cache of camera profiles and scene templates: (seed, layout, h, w, difficulty) -> {cam: ...}.
+_SCENES: dict[tuple, dict[int, tuple[CameraProfile, np.ndarray]]] = {}
+
+
+def _cameras(layout: str) -> dict[int, str]:
+    """Camera number -> modality for a layout."""
+    if layout == "sysu":
+        return {c: sysu_modality(c) for c in range(1, 7)}
+    return {REGDB_VISIBLE_CAM: "rgb", REGDB_THERMAL_CAM: "ir"}
+
+
+def _image_path(layout: str, pid: int, camid: int, n: int) -> str:
+    """Dataset-relative path of image ``n`` (0-based) of ``pid`` in camera ``camid``."""
+    if layout == "sysu":
+        return f"cam{camid}/{pid:04d}/{n + 1:04d}.jpg"  # as in the real SYSU-MM01 tree
+    folder = "Visible" if camid == REGDB_VISIBLE_CAM else "Thermal"
+    return f"{folder}/{pid}/{n + 1:04d}.jpg"
+
+
+def _scenes(seed: int, layout: str, height: int, width: int, difficulty: float) -> dict[int, tuple]:
+    key = (seed, layout, height, width, difficulty)
+    if key not in _SCENES:
+        scenes = {}
+        for camid, modality in _cameras(layout).items():
+            cam = make_camera(seed, camid if layout == "sysu" else 10 + camid, modality, difficulty)
+            scenes[camid] = (cam, make_background(cam, height, width, difficulty))
+        _SCENES[key] = scenes
+    return _SCENES[key]
+
+
+def render_image(seed: int, layout: str, pid: int, camid: int, n: int, height: int, width: int,
+                 difficulty: float) -> np.ndarray:
+    """Render image ``n`` of person ``pid`` in camera ``camid``; a pure function of its arguments.
+
+    Args:
+        seed: Dataset seed.
+        layout: ``"sysu"`` or ``"regdb"`` (decides the cameras).
+        pid: Person id.
+        camid: Camera number of the layout.
+        n: Image index within (pid, camid), 0-based.
+        height: Image height.
+        width: Image width.
+        difficulty: Nuisance scale (see ``generate``).
+
+    Returns:
+        uint8 ``[height, width, 3]`` RGB.
+    """
+    cam, background = _scenes(seed, layout, height, width, difficulty)[camid]
+    # Per-image stream seeded from (seed, pid, cam, n): any image can be rebuilt alone, in any order.
+    rng = np.random.default_rng([seed, pid, camid, n, TAG_IMAGE])
+    # RegDB's visible and thermal images come from one dual-camera rig at the same moment, so a
+    # visible/thermal pair shares the pose; SYSU-MM01 cameras see independent poses.
+    pose_cam = camid if layout == "sysu" else 0
+    pose_rng = np.random.default_rng([seed, pid, pose_cam, n, TAG_IMAGE + 1])
+    return draw_person(make_identity(seed, pid), cam, background, rng, pose_rng, height, width, difficulty)
+
+
+def _write_person(job: tuple) -> int:
+    """Worker: render and write every image of one person. Returns the number written."""
+    out, seed, layout, pid, per_cam, height, width, difficulty = job
+    count = 0
+    for camid in _cameras(layout):
+        for n in range(per_cam):
+            img = render_image(seed, layout, pid, camid, n, height, width, difficulty)
+            path = Path(out) / _image_path(layout, pid, camid, n)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]),
+                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise RuntimeError(f"OpenCV could not encode {path}")
+            path.write_bytes(buf.tobytes())
+            count += 1
+    return count
+
+
+def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int) -> None:
+    pids = np.arange(1, ids + 1)
+    if layout == "sysu":
+        # Roughly SYSU-MM01's 296 train / 99 val / 96 test of 491 identities.
+        perm = np.random.default_rng([seed, 0, 0, 0, TAG_SPLIT]).permutation(pids)
+        n_test = max(1, math.ceil(0.2 * ids))
+        n_val = round(0.25 * (ids - n_test))
+        parts = {"test_id": perm[:n_test], "val_id": perm[n_test:n_test + n_val],
+                 "train_id": perm[n_test + n_val:]}
+        (out / "exp").mkdir(parents=True, exist_ok=True)
+        for name, part in parts.items():  # one line of comma-separated ints, like the real files
+            (out / "exp" / f"{name}.txt").write_text(",".join(str(int(p)) for p in sorted(part)) + "\n")
+        return
+    (out / "idx").mkdir(parents=True, exist_ok=True)
+    for trial in range(1, REGDB_TRIALS + 1):  # 10 random 50/50 identity splits, as the RegDB protocol
+        perm = np.random.default_rng([seed, 0, trial, 0, TAG_SPLIT]).permutation(pids)
+        half = {"train": sorted(perm[: ids // 2]), "test": sorted(perm[ids // 2:])}
+        for split, members in half.items():
+            for camid, mod in ((REGDB_VISIBLE_CAM, "visible"), (REGDB_THERMAL_CAM, "thermal")):
+                lines = [f"{_image_path('regdb', int(p), camid, n)} {int(p)}" for p in members for n in range(per_cam)]
+                (out / "idx" / f"{split}_{mod}_{trial}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _prepare(out: Path) -> None:
+    """Refuse to write over a folder we did not make; clear a previous synthetic set."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UserError(f"--out {out} is not empty and was not made by the generator (no {MARKER}); "
+                            "choose an empty or new folder")
+        for name in _OWNED:  # stale images from a larger earlier run would leak into the loaders
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: int = 0,
+             images_per_camera: int = 10, height: int = 192, width: int = 64, difficulty: float = 1.0,
+             show_progress: bool = True, workers: int = 2) -> Path:
+    """Write a synthetic dataset.
+
+    Args:
+        out_dir: Dataset root to create (empty, new, or an earlier synthetic set, which is replaced).
+        layout: ``"sysu"`` (cam1..cam6, exp/*_id.txt) or ``"regdb"`` (Visible/, Thermal/, idx/).
+        ids: Number of identities, numbered 1..ids.
+        seed: Everything (people, cameras, splits, every pixel) is a function of the seed.
+        images_per_camera: Images per identity per camera.
+        height: Image height (default 192, the paper's 384x128 aspect at half size).
+        width: Image width.
+        difficulty: Scales camera nuisances (offsets, scale, blur, noise, lighting, pose); 0 = clean.
+        show_progress: Show a tqdm bar.
+        workers: Processes to render with (1 = in this process).
+
+    Returns:
+        The dataset root.
+    """
+    if layout not in LAYOUTS:
+        raise UserError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    checks = {"ids": (ids, 2), "images_per_camera": (images_per_camera, 1), "height": (height, 32),
+              "width": (width, 16), "workers": (workers, 1)}
+    for name, (value, lo) in checks.items():
+        if int(value) != value or value < lo:
+            raise UserError(f"{name} must be an integer >= {lo}, got {value!r}")
+    if not 0 <= difficulty <= 3:
+        raise UserError(f"difficulty must be in [0, 3], got {difficulty}")
+    out = Path(out_dir)
+    _prepare(out)
+    jobs = [(str(out), seed, layout, pid, images_per_camera, height, width, float(difficulty))
+            for pid in range(1, ids + 1)]
+    total = ids * len(_cameras(layout)) * images_per_camera
+    bar = tqdm(total=total, desc=f"synth {layout}", unit="img", disable=not show_progress)
+    if workers == 1 or total < 400:  # a pool costs more than it saves for toy sets
+        for job in jobs:
+            bar.update(_write_person(job))
+    else:
+        methods = multiprocessing.get_all_start_methods()
+        # Never fork: the caller may have torch / OpenCV threads running (forking those can deadlock).
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for written in pool.map(_write_person, jobs, chunksize=4):
+                bar.update(written)
+    bar.close()
+    _write_splits(out, layout, ids, seed, images_per_camera)
+    params = {"layout": layout, "ids": ids, "seed": seed, "images_per_camera": images_per_camera,
+              "height": height, "width": width, "difficulty": difficulty, "jpeg_quality": JPEG_QUALITY}
+    (out / MARKER).write_text(json.dumps(params, indent=2) + "\n")
+    log.info("wrote %d images of %d identities (%s layout) to %s", total, ids, layout, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training synth``: write a synthetic dataset (and optionally a contact sheet)."""
+    parser = argparse.ArgumentParser(prog="python -m training synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layout", choices=LAYOUTS, default="sysu", help="folder layout to write")
+    parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
+    parser.add_argument("--ids", required=True, type=int, help="number of identities")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--images-per-camera", type=int, default=10, help="images per identity per camera")
+    parser.add_argument("--height", type=int, default=192, help="image height in pixels")
+    parser.add_argument("--width", type=int, default=64, help="image width in pixels")
+    parser.add_argument("--difficulty", type=float, default=1.0, help="nuisance scale, 0 (clean) .. 3")
+    parser.add_argument("--workers", type=int, default=2, help="rendering processes")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--contact-sheet", type=Path, default=None, help="also write a PNG overview here")
+    args = parser.parse_args(argv)
+    root = generate(args.out, layout=args.layout, ids=args.ids, seed=args.seed,
+                    images_per_camera=args.images_per_camera, height=args.height, width=args.width,
+                    difficulty=args.difficulty, show_progress=not args.no_progress, workers=args.workers)
+    if args.contact_sheet is not None:
+        from training.data._contact_sheet import contact_sheet
+
+        contact_sheet(root, args.layout, args.contact_sheet)
+    return 0
