@@ -1,0 +1,14 @@
+"""The HTTP routes, one router per resource (FastAPI template layout)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.api import gallery, health, search
+
+api_router = APIRouter()
+api_router.include_router(search.router)
+api_router.include_router(gallery.router)
+api_router.include_router(health.router)
+
+__all__ = ["api_router"]

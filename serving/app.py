@@ -1,0 +1,78 @@
+"""The FastAPI application: wiring only (settings, lifespan, middleware, error handlers, routers).
+
+``create_app`` is a factory, not a module-level ``app``, so importing this module loads nothing and every
+test builds an app with its own settings. Run it with ``python -m serving serve`` or, from the
+environment alone, ``uvicorn --factory serving.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from serving.api import api_router
+from serving.core.config import KIB, Settings, get_settings
+from serving.core.errors import install_error_handlers
+from serving.core.middleware import RequestContext
+from serving.metrics import Metrics
+from serving.state import Runtime
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Cross-modality person re-identification: post an infrared crop, get the most similar RGB
+gallery crops, ranked by cosine similarity of DFE descriptors (Hao et al., ACM MM 2019).
+
+Every error is a JSON object `{"error": code, "detail": sentence}`; 500s add the `request_id` that is in the
+server log. Concurrent searches are micro-batched into shared model calls."""
+
+# Routes that accept uploads, and how many files each may carry; everything else gets a small body cap.
+_UPLOAD_ROUTES: dict[tuple[str, str], str] = {
+    ("POST", "/search"): "single", ("POST", "/search/batch"): "many", ("POST", "/gallery"): "many",
+}
+_SMALL_BODY = 64 * KIB
+
+
+def create_app(settings: Settings | None = None, *, embedder: Any = None, gallery: Any = None) -> FastAPI:
+    """Build the retrieval server.
+
+    Args:
+        settings: server settings; from the environment (:func:`get_settings`) when None.
+        embedder: an already loaded embedder to serve instead of loading ``settings.model``.
+        gallery: an already loaded gallery to serve instead of loading ``settings.gallery``.
+
+    Returns:
+        The app. The model and gallery are loaded when its lifespan starts, not here.
+    """
+    settings = settings if settings is not None else get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings, metrics, embedder=embedder, gallery=gallery)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            await runtime.close()
+
+    app = FastAPI(title="xmreid retrieval server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = None
+    app.dependency_overrides[get_settings] = lambda: settings
+
+    def body_limit(method: str, path: str) -> int:
+        kind = _UPLOAD_ROUTES.get((method, path.rstrip("/") or "/"))
+        if kind is None:
+            return _SMALL_BODY
+        return settings.body_limit(1 if kind == "single" else settings.max_images_per_request)
+
+    app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit)
+    install_error_handlers(app)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,1 @@
+"""Cross-cutting pieces of the HTTP server: settings, middleware and error handlers."""

@@ -1,0 +1,121 @@
+"""Server settings: typed, validated, read from ``XMREID_*`` environment variables.
+
+Follows the FastAPI template's ``core/config.py`` with one deliberate change (STYLE.md, serving/):
+nothing is built at import time. :func:`get_settings` is an ``lru_cache``'d function injected through
+``Depends``, as FastAPI's settings documentation shows, so a test builds its own :class:`Settings` and
+hands it to ``create_app(settings)`` (or overrides ``get_settings``) instead of patching a module global.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Embedder backends ``serving.embedders.load_embedder`` accepts (kept in step with BACKENDS there;
+#: repeated here so settings can be validated without importing the embedders package).
+BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch")
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; each field is also the env var ``XMREID_<FIELD>``.
+
+    ``model`` and ``gallery`` have no defaults on purpose: a server that silently starts on some default
+    model would answer searches with descriptors that match nothing.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="XMREID_", extra="ignore", frozen=True)
+
+    model: Path = Field(description="exported model artifact (.onnx, TensorRT .plan, or .pt checkpoint)")
+    gallery: Path = Field(description="gallery directory (index + metadata + manifest)")
+    backend: str = Field("auto", description=f"embedder backend, one of {', '.join(BACKENDS)}")
+    host: str = Field("127.0.0.1", description="bind address; loopback by default so nothing is exposed "
+                                               "until an operator asks for it")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    api_key: SecretStr | None = Field(None, description="when set, gallery mutations need this value in the "
+                                                        "X-API-Key header")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="largest micro-batch given to the model; "
+                                                              "1 disables micro-batching")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest a request waits for others to "
+                                                                 "join its micro-batch")
+    model_concurrency: int = Field(1, ge=1, le=64, description="micro-batches in flight at once when the "
+                                                              "backend is thread-safe (never more than 1 otherwise)")
+    max_queue: int = Field(1024, ge=1, description="images waiting for the model before /search answers 503")
+    max_upload_bytes: int = Field(10 * MIB, ge=1, description="largest accepted image file in bytes")
+    max_pixels: int = Field(36_000_000, ge=1, description="largest accepted width x height of an upload "
+                                                          "(decompression-bomb guard)")
+    max_side: int = Field(16_384, ge=1, description="largest accepted image width or height")
+    max_images_per_request: int = Field(32, ge=1, le=1024, description="most files in one /search/batch or "
+                                                                       "POST /gallery request")
+    max_top_k: int = Field(100, ge=1, le=10_000, description="largest top_k a search may ask for")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads decoding uploads (OpenCV releases the GIL)")
+    image_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="folders gallery images may be read from (thumbnails); env: os.pathsep-separated or JSON")
+    save_on_mutation: bool = Field(True, description="persist the gallery after every add/delete")
+    create_gallery: bool = Field(False, description="start with an empty gallery when the directory has none")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; valid backends: {', '.join(BACKENDS)}")
+        return value
+
+    @field_validator("image_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        # Env vars arrive as one string; PATH-style lists are what operators type, JSON also works.
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        if isinstance(value, Path):
+            return [value]
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty XMREID_API_KEY= would otherwise "enable" a key every client trivially matches.
+        if value is not None and not value.get_secret_value():
+            return None
+        return value
+
+    @property
+    def max_wait_s(self) -> float:
+        """``max_wait_ms`` in seconds (what asyncio wants)."""
+        return self.max_wait_ms / 1000.0
+
+    def body_limit(self, files: int) -> int:
+        """Largest request body accepted for a request carrying up to ``files`` images.
+
+        The multipart framing and a JSON metadata field add a little on top of the files themselves;
+        1 MiB of slack per request covers both without letting a client stream an unbounded body.
+        """
+        return files * self.max_upload_bytes + MIB
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, built once per process (FastAPI's documented settings pattern).
+
+    Returns:
+        The process-wide :class:`Settings`.
+
+    Raises:
+        pydantic.ValidationError: a required variable (``XMREID_MODEL``, ``XMREID_GALLERY``) is missing
+            or a value is invalid.
+    """
+    return Settings()  # type: ignore[call-arg]  # required fields come from the environment

@@ -1,0 +1,150 @@
+"""The one ASGI middleware every request goes through: request id, body-size cap, metrics, last-resort 500.
+
+It is a plain ASGI class rather than Starlette's ``BaseHTTPMiddleware`` because it has to wrap ``receive``
+(to stop reading an over-long body part-way) and must not buffer responses.
+
+* **Request id.** Taken from a well-formed incoming ``X-Request-ID`` (so a proxy's id carries through) or
+  made up, stored in ``request.state.request_id`` and echoed in the ``X-Request-ID`` response header.
+* **Body cap, before reading.** A ``Content-Length`` over the route's limit is refused with 413 before a
+  single body byte is read; a body without one (chunked) is counted as it streams and cut off with 413 the
+  moment it passes the limit, so a client cannot make the server spool an unbounded upload to disk.
+* **Metrics.** Every answer is counted by route *template* (``/gallery/{item_id}``, not the id) so label
+  cardinality stays bounded; unmatched paths share one ``unmatched`` label.
+* **500.** An exception nothing else handled is logged with its traceback and the request id, and answered
+  ``{"error": "internal_error", "detail": ..., "request_id": ...}``: the client can quote the id, the operator
+  can find it in the log, and no internals leak into the body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.core.errors import ApiError
+from serving.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # anything else could smuggle text into log lines
+
+BodyLimit = Callable[[str, str], int]
+"""(method, path) -> largest body in bytes accepted for that route."""
+
+
+class BodyTooLarge(ApiError):
+    """Raised from ``receive`` when a streamed body passes its route's limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "request_too_large", f"the request body is larger than the {limit} bytes this "
+                                                   f"endpoint accepts")
+
+
+class RequestContext:
+    """ASGI middleware: see the module docstring.
+
+    Args:
+        app: the wrapped application.
+        metrics: where request counts and latencies go.
+        body_limit: the byte limit for a (method, path).
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, body_limit: BodyLimit) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.body_limit = body_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started_at = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        response_started = False
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal response_started, status
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = int(message["status"])
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        limit = self.body_limit(scope["method"], scope["path"])
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                # Refuse before reading: the body may be gigabytes and is not ours to spool.
+                await _send_json(send_with_id, 413, {
+                    "error": "request_too_large",
+                    "detail": f"the request body is {declared} bytes; this endpoint accepts at most {limit} bytes"})
+                return
+            await self.app(scope, _capped(receive, limit), send_with_id)
+        except Exception as exc:
+            if response_started:
+                logger.exception("request %s failed after its response started", request_id)
+                raise
+            if isinstance(exc, ApiError):  # ours, raised outside FastAPI's handlers (bad Content-Length)
+                await _send_json(send_with_id, exc.status_code, exc.detail)  # type: ignore[arg-type]
+                return
+            logger.exception("internal error in %s %s (request_id=%s)", scope["method"], scope["path"],
+                             request_id)
+            await _send_json(send_with_id, 500, {
+                "error": "internal_error", "request_id": request_id,
+                "detail": f"the server failed to handle this request; quote request id {request_id} "
+                          f"when reporting it"})
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(endpoint, scope["method"], status, time.perf_counter() - started_at)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"Content-Length {value!r} is not a number") from None
+    return length if length >= 0 else None
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises :class:`BodyTooLarge` once more than ``limit`` body bytes arrived."""
+    total = 0
+
+    async def wrapped() -> Message:
+        nonlocal total
+        message = await receive()
+        if message["type"] == "http.request":
+            total += len(message.get("body", b""))
+            if total > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return wrapped
+
+
+async def _send_json(send: Send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

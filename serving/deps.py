@@ -1,0 +1,59 @@
+"""Dependencies routes declare with ``Annotated`` aliases (the FastAPI template's ``deps.py``).
+
+``SettingsDep`` resolves through :func:`serving.core.config.get_settings`, which ``create_app(settings)``
+overrides, so a route always sees the settings of the app it belongs to.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from serving.core.config import Settings, get_settings
+from serving.core.errors import ApiError
+from serving.state import Runtime
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+    description="The server's API key; required for gallery changes when the server is started with one.")
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The app's loaded :class:`Runtime`; 503 while it is not (yet) loaded or its batcher has stopped."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or not runtime.ready:
+        raise ApiError(503, "not_ready", "the model and gallery are not loaded yet; retry shortly",
+                       headers={"Retry-After": "1"})
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)] = None) -> None:
+    """Let the request through when no key is configured or ``X-API-Key`` matches it.
+
+    The comparison is ``hmac.compare_digest`` on bytes, whose time does not depend on where the first
+    differing byte is, so the key cannot be guessed a byte at a time from response timings. Neither the
+    configured nor the presented key is ever logged or echoed.
+
+    Raises:
+        ApiError: 401 when the header is missing, 403 when it does not match.
+    """
+    expected = settings.api_key
+    if expected is None:
+        return
+    if not key:
+        raise ApiError(401, "missing_api_key", "this endpoint needs the server's API key in the X-API-Key header",
+                       headers={"WWW-Authenticate": "ApiKey"})
+    if not hmac.compare_digest(key.encode("utf-8"), expected.get_secret_value().encode("utf-8")):
+        raise ApiError(403, "invalid_api_key", "the X-API-Key header does not match the server's API key")
+
+
+ApiKeyDep = Depends(require_api_key)
+"""Use as ``dependencies=[ApiKeyDep]`` on mutating routes."""

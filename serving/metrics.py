@@ -1,0 +1,65 @@
+"""Prometheus metrics, one registry per app.
+
+A registry per :func:`serving.app.create_app` call (instead of prometheus_client's global default) keeps
+two apps in one process, e.g. in tests, from double-registering or mixing their counts.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Request latency: sub-millisecond health checks up to multi-second batch uploads.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The server's metrics and the registry that renders them.
+
+    Attributes:
+        registry: the app's own registry, rendered by ``GET /metrics``.
+        requests: ``xmreid_http_requests_total{endpoint, method, status}``.
+        latency: ``xmreid_http_request_duration_seconds{endpoint, method, status}``.
+        batch_size: ``xmreid_model_batch_size``, images per model call.
+        model_calls: ``xmreid_model_calls_total``.
+        model_seconds: ``xmreid_model_call_duration_seconds``.
+        stage_seconds: ``xmreid_stage_duration_seconds{stage}`` for decode / embed / search.
+        gallery_size: ``xmreid_gallery_size``, items in the gallery.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("xmreid_http_requests_total", "HTTP requests answered, by route template, "
+                                "method and status", ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("xmreid_http_request_duration_seconds", "HTTP request latency",
+                                 ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("xmreid_model_batch_size", "Images per model call (micro-batch size)",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.model_calls = Counter("xmreid_model_calls_total", "Model (embedder) calls", registry=r)
+        self.model_seconds = Histogram("xmreid_model_call_duration_seconds", "Duration of one model call",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("xmreid_stage_duration_seconds", "Per-image time in each serving stage",
+                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.gallery_size = Gauge("xmreid_gallery_size", "Items in the gallery", registry=r)
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        labels = (endpoint, method, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Record one model call (the :class:`serving.batching.MicroBatcher` observer)."""
+        self.model_calls.inc()
+        self.batch_size.observe(size)
+        self.model_seconds.observe(seconds)
+
+    def observe_stages(self, **seconds: float) -> None:
+        """Record per-stage times, e.g. ``observe_stages(decode=0.002, embed=0.01)``."""
+        for stage, value in seconds.items():
+            self.stage_seconds.labels(stage).observe(value)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,159 @@
+"""Request and response bodies of the HTTP API (what ``/docs`` shows).
+
+Every field carries a description, because the OpenAPI page is the API's reference for the people who
+integrate with it; every error is the same :class:`ErrorBody` shape so a client needs one error path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Camera = int | str
+"""A camera id as stored in the gallery: SYSU-MM01 numbers them (1, 2, 4, 5); other sites may name them."""
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: str = Field(description="machine-readable code, e.g. `not_an_image`, `unknown_camera`, "
+                                   "`internal_error`", examples=["not_an_image"])
+    detail: str = Field(description="one sentence for a human, naming the valid values where there are some")
+    request_id: str | None = Field(None, description="the request's id (also in the X-Request-ID header); "
+                                                     "present on 500s so the failure can be found in the log")
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "the upload is not a usable image: empty, not an image, truncated or corrupt",
+    401: "the server has an API key and the X-API-Key header is missing",
+    403: "the X-API-Key header does not match the server's API key",
+    404: "no gallery item has this id",
+    409: "the gallery is empty, so there is nothing to search",
+    413: "the request or one of its files is larger than the server accepts",
+    415: "the file's content type or format is not JPEG, PNG or BMP",
+    422: "a parameter is invalid (top_k out of range, unknown camera, bad metadata, too many pixels, "
+         "too many files, missing field)",
+    500: "an internal failure; the body carries the request id that is in the server log",
+    503: "the model or gallery is not loaded yet, or the model queue is full; retry later",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the given status codes, all with :class:`ErrorBody`."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in (*codes, 500)}
+
+
+class SearchHit(BaseModel):
+    """One ranked gallery match."""
+
+    rank: int = Field(description="1-based rank; 1 is the most similar", ge=1)
+    gallery_id: int = Field(description="the gallery item's id (use it with DELETE /gallery/{id})")
+    score: float = Field(description="cosine similarity between query and item descriptors, in [-1, 1]; "
+                                     "higher is more similar")
+    camera: Camera | None = Field(None, description="camera the gallery crop was taken by")
+    person_label: int | str | None = Field(None, description="identity label of the gallery crop, if known")
+    source: str | None = Field(None, description="where the gallery crop came from (a path relative to the "
+                                                 "image root it was indexed from)")
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage of this request."""
+
+    decode: float = Field(description="decoding and resizing the upload(s), ms")
+    embed: float = Field(description="waiting for and running the model (includes the micro-batch wait), ms")
+    search: float = Field(description="searching the gallery and reading metadata, ms")
+    total: float = Field(description="the whole request, from receiving the body to building the answer, ms")
+
+
+class ModelInfo(BaseModel):
+    """The model that embedded the query."""
+
+    name: str = Field(description="embedder backend: onnxruntime, tensorrt or torch")
+    fingerprint: str = Field(description="sha256 of the model artifact; the gallery was built with the same")
+    dim: int = Field(description="descriptor length")
+    height: int = Field(description="model input height in pixels (uploads are resized to it)")
+    width: int = Field(description="model input width in pixels")
+
+
+class SearchResponse(BaseModel):
+    """Answer to ``POST /search``."""
+
+    results: list[SearchHit] = Field(description="matches, best first; at most top_k (fewer when the "
+                                                 "gallery or the camera filter holds fewer items)")
+    timings_ms: Timings = Field(description="where the time went")
+    model: ModelInfo = Field(description="the model used")
+
+
+class BatchItem(BaseModel):
+    """The matches of one image of a ``/search/batch`` request."""
+
+    index: int = Field(description="0-based position of the image in the request")
+    filename: str | None = Field(None, description="the file name the client sent, if any")
+    results: list[SearchHit] = Field(description="matches, best first (same as POST /search would answer)")
+
+
+class BatchSearchResponse(BaseModel):
+    """Answer to ``POST /search/batch``."""
+
+    items: list[BatchItem] = Field(description="one entry per uploaded image, in upload order")
+    timings_ms: Timings = Field(description="where the time went, for the whole request")
+    model: ModelInfo = Field(description="the model used")
+
+
+class GalleryItemMetadata(BaseModel):
+    """Metadata of one image added with ``POST /gallery`` (the ``metadata`` form field is a JSON list of these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    camera: Camera | None = Field(None, description="camera that took the crop")
+    person_label: int | str | None = Field(None, description="identity label, if known")
+    source: str | None = Field(None, description="where the crop came from (a reference, never read by the "
+                                                 "server as a path)")
+    timestamp: float | str | None = Field(None, description="when the crop was taken (epoch seconds or ISO 8601)")
+    extra: dict[str, Any] | None = Field(None, description="anything else worth keeping, JSON")
+
+
+class GalleryAddResponse(BaseModel):
+    """Answer to ``POST /gallery``."""
+
+    ids: list[int] = Field(description="ids given to the new items, in upload order")
+    size: int = Field(description="items in the gallery after the addition")
+
+
+class GalleryDeleteResponse(BaseModel):
+    """Answer to ``DELETE /gallery/{id}``."""
+
+    deleted: int = Field(description="the id that was removed")
+    size: int = Field(description="items in the gallery after the removal")
+
+
+class GalleryStatsResponse(BaseModel):
+    """Answer to ``GET /gallery/stats``."""
+
+    size: int = Field(description="items in the gallery")
+    dim: int = Field(description="descriptor length the gallery stores")
+    kind: str = Field(description="index kind: flat (exact), flat_fp16, flat_blas, ivf_flat, ivf_pq or hnsw")
+    fingerprint: str | None = Field(None, description="fingerprint of the model the gallery was built with")
+    model_fingerprint: str = Field(description="fingerprint of the model the server runs (equal to the above)")
+    cameras: dict[str, int] = Field(description="items per camera (keys are camera ids)")
+    labelled: int = Field(description="items with a person label")
+    next_id: int = Field(description="the id the next added item will get (ids are never reused)")
+    created: str | None = Field(None, description="when the gallery was created (UTC, ISO 8601)")
+    saved: str | None = Field(None, description="when the gallery was last saved (UTC, ISO 8601)")
+    index: dict[str, Any] = Field(description="index facts: build options, runtime options, device, whether "
+                                              "trained, approximate memory in bytes")
+
+
+class HealthResponse(BaseModel):
+    """Answer to ``GET /healthz``."""
+
+    status: str = Field(description="`ok` while the process can answer HTTP")
+
+
+class ReadyResponse(BaseModel):
+    """Answer to ``GET /readyz`` when ready."""
+
+    status: str = Field(description="`ready` when the model and gallery are loaded and the batcher runs")
+    model: ModelInfo = Field(description="the loaded model")
+    gallery_size: int = Field(description="items in the gallery")
