@@ -1,0 +1,193 @@
+"""Shared helpers for the benchmark scripts: describe the machine, time calls, write results.
+
+Every script writes ``benchmarks/results/<name>.json`` (machine + raw results), ``<name>.md`` (a
+title, the caller's tables, then the machine and the exact command) and ``<name>.png`` (the
+caller's plot), so each number can be traced to the hardware, library versions and command that
+produced it (the LitServe parity tests record the device next to each threshold for the same reason).
+
+Typical use::
+
+    from benchmarks import _machine
+    samples = _machine.time_calls(lambda: model(x), repeat=50, warmup=3)
+    row = {"batch": 8, **_machine.summarize(samples)}
+    fig, ax = _machine.pyplot().subplots()
+    _machine.write_results("embed", {"rows": [row]}, _machine.markdown_table([row]), fig)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_LIBRARIES = ("numpy", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "torch", "torchvision", "onnxruntime",
+                     "onnxruntime-gpu", "tensorrt", "opencv-python-headless", "fastapi", "uvicorn", "httpx")
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it (``python -m pkg.mod args``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]])
+    return shlex.join(["python", *sys.argv])
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ram_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def gpus() -> list[dict[str, str]]:
+    """GPUs as ``nvidia-smi`` reports them (empty without an NVIDIA driver)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = [[part.strip() for part in line.split(",")] for line in out.strip().splitlines() if line.strip()]
+    return [{"name": r[0], "memory": r[1], "driver": r[2]} for r in rows if len(r) == 3]
+
+
+def library_versions(names: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, str]:
+    """Installed versions of the named distributions (missing ones are left out)."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def describe_machine(libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, Any]:
+    """CPU, cores, RAM, GPUs, Python, library versions, thread settings, load, date and command."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "cores_usable": usable, "ram_gib": ram_gib(), "gpus": gpus(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "libraries": library_versions(libraries),
+        "threads_env": {v: os.environ[v] for v in _THREAD_VARS if v in os.environ},
+        "load_average_1_5_15": load,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command_line(),
+    }
+
+
+def time_calls(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> list[float]:
+    """Seconds per call of ``fn`` over ``repeat`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def summarize(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / p99 / mean in milliseconds, and the sample count."""
+    ordered = sorted(samples_s)
+    if not ordered:
+        return {"n": 0}
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1e3
+
+    return {"p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+            "mean_ms": sum(ordered) / len(ordered) * 1e3, "n": len(ordered)}
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                   digits: int = 3) -> str:
+    """A GitHub Markdown table; floats get ``digits`` significant digits, missing cells are blank."""
+    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (benchmarks run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_results(name: str, results: dict[str, Any], markdown: str, figure: Any = None,
+                  out_dir: Path | None = None, machine: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` and (given a matplotlib figure) ``<name>.png``.
+
+    Args:
+        name: file stem, e.g. ``"search"``.
+        results: the raw numbers (JSON-able).
+        markdown: the body of the Markdown report (tables, notes); the title, machine and command
+            are added here.
+        figure: a matplotlib figure to save as PNG.
+        out_dir: where to write (default ``benchmarks/results``).
+        machine: a :func:`describe_machine` result taken earlier (default: described now).
+
+    Returns:
+        The paths written, by kind (``json``, ``md``, ``png``).
+    """
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine or describe_machine()
+    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
+    paths["json"].write_text(json.dumps({"benchmark": name, "machine": machine, "results": results},
+                                        indent=2, default=str) + "\n")
+    gpu_text = ", ".join(f"{g['name']} ({g['memory']})" for g in machine["gpus"]) or "none"
+    libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
+    footer = (f"\n\n## Machine\n\n- CPU: {machine['cpu']}, {machine['cores']} cores "
+              f"({machine['cores_usable']} usable), {machine['ram_gib']} GiB RAM\n- GPU: {gpu_text}\n"
+              f"- Python {machine['python']}; {libs}\n- Threads: {machine['threads_env'] or 'library defaults'}; "
+              f"load average {machine['load_average_1_5_15']}\n- Date: {machine['date']}\n"
+              f"- Command: `{machine['command']}`\n")
+    paths["md"].write_text(f"# Benchmark: {name}\n\n{markdown.strip()}{footer}")
+    if figure is not None:
+        paths["png"] = out / f"{name}.png"
+        figure.savefig(paths["png"], dpi=120, bbox_inches="tight")
+    return paths

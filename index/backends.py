@@ -1,0 +1,169 @@
+"""The vector-store interface behind :class:`index.Gallery`, and the shared "search wider" filter.
+
+The gallery owns ids, metadata, validation, normalisation, locking and persistence; a backend only
+stores normalised float32 vectors under int64 ids and answers top-k inner-product searches. Keeping
+that surface this small (``add_with_ids`` / ``remove_ids`` / ``search`` with an id filter /
+``serialize``) is what lets another store (a FAISS variant today, a distributed vector database
+such as Milvus later) slot in without touching the gallery's callers.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+class VectorBackend(abc.ABC):
+    """Stores L2-normalised float32 vectors under int64 ids; searches by inner product.
+
+    Contract for every method: vectors and queries arrive L2-normalised, float32, C-contiguous,
+    shaped ``[n, dim]``; ids arrive as int64 arrays, new ones on add and present ones on remove
+    (the gallery checks). Concurrency: the gallery serialises mutations against everything else,
+    but several ``search`` calls may run at once, so ``search`` must be safe to call concurrently.
+    """
+
+    kind: str
+    dim: int
+    exact: bool = True
+
+    @property
+    @abc.abstractmethod
+    def options(self) -> dict[str, Any]:
+        """The resolved, persistent options (what the manifest records to rebuild this backend)."""
+
+    @property
+    def device(self) -> str:
+        """Where searches run: ``"cpu"`` or ``"gpu"``."""
+        return "cpu"
+
+    @property
+    def is_trained(self) -> bool:
+        """False while an approximate index is still waiting for enough vectors to train on."""
+        return True
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train on a sample of (normalised) vectors; exact backends need no training."""
+
+    def set_search_params(self, **params: Any) -> None:
+        """Change search-time parameters (e.g. ``nprobe``); exact backends have none."""
+        if params:
+            from index.errors import GalleryError
+            raise GalleryError(f"kind {self.kind!r} has no search-time parameters, got {sorted(params)}")
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """The number of vectors stored."""
+
+    @abc.abstractmethod
+    def ids(self) -> np.ndarray:
+        """Every stored id, sorted, int64 (used to check the index against the metadata)."""
+
+    @abc.abstractmethod
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Store ``vectors`` under ``ids``."""
+
+    @abc.abstractmethod
+    def remove_ids(self, ids: np.ndarray) -> None:
+        """Forget the vectors stored under ``ids`` (all of which are present)."""
+
+    @abc.abstractmethod
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
+               use_selector: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product.
+
+        Args:
+            queries: ``[Q, dim]`` normalised float32.
+            k: results per query, at least 1.
+            allowed_ids: when given, only these ids (sorted, unique, all present) may be returned.
+            use_selector: filter inside the index (FAISS ``IDSelector``) when the backend can;
+                ``False`` forces the search-wider-then-filter path (tests use it to check both).
+
+        Returns:
+            ``(scores, ids)``, float32 and int64 ``[Q, k]``, best first; rows with fewer than
+            ``k`` results end with score ``-inf`` and id ``-1``.
+        """
+
+    @abc.abstractmethod
+    def serialize(self, path: Path) -> dict[str, Any]:
+        """Write the index to ``path`` (one file, a CPU FAISS index) and return extra state for the manifest."""
+
+    def stats(self) -> dict[str, Any]:
+        """Backend facts for ``Gallery.stats()``."""
+        return {"device": self.device, "trained": self.is_trained}
+
+
+def pad_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise a FAISS answer: ``[Q, k]`` float32/int64 with ``-inf`` scores wherever the id is ``-1``.
+
+    FAISS pads with ``-FLT_MAX`` (inner product) or leaves garbage scores next to ``-1`` ids depending on
+    the index type; callers should see one convention.
+    """
+    q = ids.shape[0]
+    out_s = np.full((q, k), -np.inf, dtype=np.float32)
+    out_i = np.full((q, k), -1, dtype=np.int64)
+    width = min(k, ids.shape[1])
+    out_s[:, :width] = scores[:, :width]
+    out_i[:, :width] = ids[:, :width]
+    out_s[out_i < 0] = -np.inf
+    return out_s, out_i
+
+
+def search_wider(search: SearchFn, queries: np.ndarray, k: int, allowed_ids: np.ndarray, ntotal: int,
+                 max_k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Filtered top-k for indexes that cannot filter: search for more, drop what is not allowed.
+
+    The first round asks for about twice the number of results that ``k`` allowed hits need at the
+    filter's selectivity; rows still short of ``min(k, len(allowed_ids))`` are searched again with
+    four times as many, until the unfiltered search returns the whole index (then an exact index has
+    necessarily found every allowed item) or ``max_k`` (a GPU limit) is reached.
+
+    Args:
+        search: unfiltered search ``(queries, k) -> (scores, ids)``, best first, ``-1`` padded.
+        queries: ``[Q, dim]``.
+        k: results wanted per query.
+        allowed_ids: sorted unique ids that may be returned.
+        ntotal: the number of vectors in the index.
+        max_k: the largest ``k`` the index accepts, if limited.
+
+    Returns:
+        ``(scores, ids, complete)``: ``[Q, k]`` results and a ``[Q]`` bool mask of rows that hold
+        ``min(k, len(allowed_ids))`` results.
+    """
+    nq = queries.shape[0]
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    want = min(k, len(allowed_ids))
+    complete = np.zeros(nq, dtype=bool)
+    if want == 0 or ntotal == 0:
+        complete[:] = True
+        return out_s, out_i, complete
+    limit = ntotal if max_k is None else min(ntotal, max_k)
+    fetch = min(limit, max(k, math.ceil(2 * k * ntotal / len(allowed_ids))))
+    todo = np.arange(nq)
+    while todo.size:
+        scores, ids = search(queries[todo], fetch)
+        keep = np.isin(ids, allowed_ids)
+        # A stable sort on "not kept" moves the kept hits to the front in their original score order.
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        got_i = np.take_along_axis(ids, order, axis=1)
+        got_s = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+        kept = np.take_along_axis(keep, order, axis=1)
+        got_i[~kept] = -1
+        got_s[~kept] = -np.inf
+        width = got_i.shape[1]
+        out_i[todo, :width] = got_i
+        out_s[todo, :width] = got_s
+        done = kept.sum(axis=1) >= want
+        complete[todo[done]] = True
+        if fetch >= limit:
+            break
+        todo = todo[~done]
+        fetch = min(limit, fetch * 4)
+    return out_s, out_i, complete

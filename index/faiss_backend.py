@@ -1,0 +1,422 @@
+"""FAISS backends: exact ``flat`` / ``flat_fp16`` and approximate ``ivf_flat`` / ``ivf_pq`` / ``hnsw``.
+
+Every kind is an ``IndexIDMap2`` around the FAISS index (``IDMap2`` keeps the reverse map, so ids
+can be reconstructed and checked), with inner-product metric on normalised vectors = cosine.
+
+* ``flat``: ``IndexFlatIP``, exact.
+* ``flat_fp16``: ``IndexScalarQuantizer(QT_fp16)``, exact up to ~1e-3 score error, half the memory
+  and bandwidth, which is what batch-1 search is bound by.
+* ``ivf_flat`` / ``ivf_pq``: ``IndexIVFFlat`` / ``IndexIVFPQ`` (Jégou et al., "Product quantization
+  for nearest neighbor search", TPAMI 2011). They need training; until the gallery holds
+  ``train_size`` vectors it is served by an exact flat "staging" index, then trained on everything
+  staged (``nlist`` defaults to ~2·sqrt(n), capped at n/39 so each centroid gets the 39 points FAISS
+  asks for). ``train()`` trains earlier on a sample of your choice.
+* ``hnsw``: ``IndexHNSWFlat`` (Malkov & Yashunin, TPAMI 2018). HNSW cannot delete, so removed ids
+  become tombstones, filtered out with an ``IDSelector`` and recorded in the manifest; the graph is
+  rebuilt once tombstones outnumber live vectors.
+
+Filtered search passes an ``IDSelectorBatch`` of the allowed ids in the search parameters (every kind
+above supports one on the CPU). Approximate kinds can come back short of ``k`` (a tight filter, or too
+few vectors in the probed lists): those rows are searched again with 4x ``nprobe`` / ``efSearch``
+until complete or the whole index has been scanned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.backends import VectorBackend, pad_results, search_wider
+from index.errors import GalleryError
+from index.gpu import GPU_MAX_K, GpuMirror, gpu_count
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "flat": {},
+    "flat_fp16": {},
+    "ivf_flat": {"nlist": None, "nprobe": 16, "train_size": 1000},
+    "ivf_pq": {"nlist": None, "nprobe": 16, "m": None, "nbits": 8, "train_size": 5000},
+    "hnsw": {"hnsw_m": 32, "ef_construction": 40, "ef_search": 64},
+}
+SEARCH_PARAMS = {"nprobe", "ef_search"}
+_IVF = {"ivf_flat", "ivf_pq"}
+_TRAIN_POINTS_PER_CENTROID = 64
+_GPU_KINDS = {"flat", "flat_fp16", "ivf_flat", "ivf_pq"}  # FAISS has no GPU HNSW (CAGRA is a different index)
+_EXPECTED_TYPE = {"flat": "IndexFlatIP", "flat_fp16": "IndexScalarQuantizer", "ivf_flat": "IndexIVFFlat",
+                  "ivf_pq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
+
+
+def resolve_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and check types; unknown names raise with the valid ones listed."""
+    defaults = DEFAULTS[kind]
+    unknown = set(options) - set(defaults)
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise GalleryError(f"unknown option(s) {sorted(unknown)} for kind {kind!r}; valid options: {valid}")
+    out = dict(defaults)
+    for name, value in options.items():
+        if value is None and defaults[name] is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise GalleryError(f"option {name!r} must be a positive int, got {value!r}")
+        out[name] = int(value)
+    if kind == "ivf_pq" and not 1 <= out["nbits"] <= 16:
+        raise GalleryError(f"option 'nbits' must be between 1 and 16, got {out['nbits']}")
+    return out
+
+
+def _auto_pq_m(dim: int) -> int:
+    # ~16 dimensions per sub-quantizer: 96 bytes per 1536-d vector, a common memory/recall point.
+    for m in range(max(1, dim // 16), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def _batch_selector(ids: np.ndarray) -> faiss.IDSelector:
+    return faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
+class FaissBackend(VectorBackend):
+    """One FAISS index (``IndexIDMap2``) of the given kind; see the module docstring."""
+
+    def __init__(self, kind: str, dim: int, options: dict[str, Any], *, device: str = "auto",
+                 gpu_fp16: bool = False) -> None:
+        self.kind = kind
+        self.dim = dim
+        self.exact = kind in ("flat", "flat_fp16")
+        self._options = resolve_options(kind, options)
+        self._index: faiss.IndexIDMap2 | None = None
+        self._staging: faiss.IndexIDMap2 | None = None
+        self._deleted = np.zeros(0, dtype=np.int64)  # hnsw tombstones, sorted
+        if kind in _IVF:
+            self._staging = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        else:
+            self._index = faiss.IndexIDMap2(self._build_plain())
+        self._gpu = self._make_gpu(device, gpu_fp16)
+        self._verify_gpu()
+
+    # ----------------------------------------------------------------- construction
+    def _build_plain(self) -> faiss.Index:
+        if self.kind == "flat":
+            return faiss.IndexFlatIP(self.dim)
+        if self.kind == "flat_fp16":
+            return faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        hnsw = faiss.IndexHNSWFlat(self.dim, self._options["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self._options["ef_construction"]
+        hnsw.hnsw.efSearch = self._options["ef_search"]
+        return hnsw
+
+    def _build_ivf(self, n_train: int) -> faiss.Index:
+        opts = self._options
+        nlist = opts["nlist"] or max(1, min(round(2 * math.sqrt(n_train)), n_train // 39))
+        if n_train < nlist:
+            raise GalleryError(f"{self.kind} with nlist={nlist} needs at least {nlist} training vectors, got {n_train}")
+        quantizer = faiss.IndexFlatIP(self.dim)
+        if self.kind == "ivf_flat":
+            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = opts["m"] or _auto_pq_m(self.dim)
+            if self.dim % m:
+                raise GalleryError(f"ivf_pq option m={m} must divide the descriptor size {self.dim}")
+            if n_train < 2 ** opts["nbits"]:
+                raise GalleryError(f"ivf_pq with nbits={opts['nbits']} needs at least {2 ** opts['nbits']} "
+                                   f"training vectors, got {n_train}")
+            ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, opts["nbits"], faiss.METRIC_INNER_PRODUCT)
+        # k-means on at most 64 sampled points per centroid (FAISS warns below 39; its default cap is 256):
+        # a slightly coarser clustering for a 4x bound on the training time of large galleries.
+        ivf.cp.max_points_per_centroid = _TRAIN_POINTS_PER_CENTROID
+        if self.kind == "ivf_pq":
+            ivf.pq.cp.max_points_per_centroid = _TRAIN_POINTS_PER_CENTROID
+        ivf.nprobe = opts["nprobe"]
+        return ivf
+
+    def _make_gpu(self, device: str, fp16: bool) -> GpuMirror | None:
+        if device not in ("auto", "cpu", "gpu"):
+            raise GalleryError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+        if device == "cpu":
+            return None
+        if gpu_count() == 0:
+            if device == "gpu":
+                raise GalleryError("device='gpu' but FAISS sees no GPU (is faiss-cpu installed instead of faiss-gpu?)")
+            return None
+        if self.kind not in _GPU_KINDS:
+            log.info("kind %r has no FAISS GPU version; it searches on the CPU", self.kind)
+            return None
+        try:
+            return GpuMirror(fp16=fp16)
+        except Exception as exc:  # noqa: BLE001 - no usable GPU means CPU, not a crash
+            log.warning("could not initialise FAISS GPU resources, searching on the CPU: %s", exc)
+            return None
+
+    def _verify_gpu(self) -> None:
+        # Copy to the GPU now, so that a GPU that cannot run FAISS is found (and warned about)
+        # when the gallery is opened, and ``device`` tells the truth from the start.
+        if self._gpu is not None and self._index is not None and not self._gpu.build(self._gpu_source):
+            self._gpu = None
+
+    @classmethod
+    def deserialize(cls, path: Path, kind: str, dim: int, options: dict[str, Any], state: dict[str, Any], *,
+                    device: str = "auto", gpu_fp16: bool = False) -> FaissBackend:
+        """Load an index written by :meth:`serialize` and check that it is the kind the manifest says."""
+        try:
+            index = faiss.read_index(str(path))  # already the concrete, owning type
+        except RuntimeError as exc:
+            raise GalleryError(f"index file {path} is unreadable: {exc}") from None
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise GalleryError(f"index file {path} holds a {type(index).__name__}, expected an IndexIDMap2")
+        if index.d != dim:
+            raise GalleryError(f"index file {path} has dimension {index.d} but the manifest says {dim}")
+        inner = type(faiss.downcast_index(index.index)).__name__
+        backend = cls.__new__(cls)
+        backend.kind, backend.dim, backend.exact = kind, dim, kind in ("flat", "flat_fp16")
+        backend._options = resolve_options(kind, options)
+        backend._index, backend._staging = index, None
+        backend._deleted = np.unique(np.asarray(state.get("deleted_ids", []), dtype=np.int64))
+        if kind in _IVF and inner == "IndexFlatIP":
+            backend._index, backend._staging = None, index  # saved before it had enough vectors to train
+        elif inner != _EXPECTED_TYPE[kind]:
+            raise GalleryError(f"index file {path} holds a {inner}, but kind {kind!r} expects {_EXPECTED_TYPE[kind]}")
+        if backend._index is not None:
+            backend._apply_search_params()
+        backend._gpu = backend._make_gpu(device, gpu_fp16)
+        backend._verify_gpu()
+        return backend
+
+    # ----------------------------------------------------------------- state
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self._options)
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self._gpu is not None and not self._gpu.failed and self._index is not None else "cpu"
+
+    @property
+    def is_trained(self) -> bool:
+        return self._index is not None
+
+    def __len__(self) -> int:
+        live = self._index if self._index is not None else self._staging
+        return int(live.ntotal) - len(self._deleted)
+
+    def ids(self) -> np.ndarray:
+        live = self._index if self._index is not None else self._staging
+        ids = np.sort(faiss.vector_to_array(live.id_map).astype(np.int64))
+        return np.setdiff1d(ids, self._deleted, assume_unique=True) if len(self._deleted) else ids
+
+    def set_search_params(self, **params: Any) -> None:
+        valid = SEARCH_PARAMS & set(DEFAULTS[self.kind])
+        unknown = set(params) - valid
+        if unknown:
+            raise GalleryError(f"unknown search parameter(s) {sorted(unknown)} for kind {self.kind!r}; "
+                               f"valid: {', '.join(sorted(valid)) or 'none'}")
+        for name, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
+            self._options[name] = int(value)
+        if self._index is not None:
+            self._apply_search_params()
+
+    def _apply_search_params(self) -> None:
+        inner = faiss.downcast_index(self._index.index)
+        if self.kind in _IVF:
+            inner.nprobe = self._options["nprobe"]
+            self._options["nlist"] = int(inner.nlist)
+            if self.kind == "ivf_pq":
+                self._options["m"], self._options["nbits"] = int(inner.pq.M), int(inner.pq.nbits)
+        elif self.kind == "hnsw":
+            inner.hnsw.efSearch = self._options["ef_search"]
+
+    # ----------------------------------------------------------------- mutation
+    def train(self, vectors: np.ndarray) -> None:
+        if self.kind not in _IVF:
+            log.info("kind %r needs no training; ignoring train()", self.kind)
+            return
+        if self._index is not None:
+            raise GalleryError(f"this {self.kind} gallery is already trained (nlist={self._options['nlist']})")
+        self._train_and_migrate(vectors)
+
+    def _train_and_migrate(self, vectors: np.ndarray) -> None:
+        ivf = self._build_ivf(len(vectors))
+        log.info("training %s (nlist=%d) on %d vectors", self.kind, ivf.nlist, len(vectors))
+        ivf.train(vectors)
+        index = faiss.IndexIDMap2(ivf)  # FAISS's Python layer keeps ivf (and its quantizer) alive with index
+        staged = self._staging
+        if staged.ntotal:
+            index.add_with_ids(self._staged_vectors(), faiss.vector_to_array(staged.id_map).astype(np.int64))
+        self._index, self._staging = index, None
+        self._apply_search_params()
+        if self._gpu is not None:
+            self._gpu.mark_stale()
+
+    def _staged_vectors(self) -> np.ndarray:
+        flat = faiss.downcast_index(self._staging.index)
+        return faiss.vector_to_array(flat.codes).view(np.float32).reshape(-1, self.dim)
+
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        if self._index is None:
+            self._staging.add_with_ids(vectors, ids)
+            if self._staging.ntotal >= self._options["train_size"]:
+                try:
+                    self._train_and_migrate(self._staged_vectors())
+                except (RuntimeError, GalleryError) as exc:
+                    # The vectors are stored and searchable exactly; training is retried on the next add.
+                    log.warning("training %s failed, still searching exactly: %s", self.kind, exc)
+            return
+        self._index.add_with_ids(vectors, ids)
+        if self._gpu is not None:
+            self._gpu.add_with_ids(vectors, ids)
+
+    def remove_ids(self, ids: np.ndarray) -> None:
+        if self._index is None:
+            self._staging.remove_ids(_batch_selector(ids))
+        elif self.kind == "hnsw":
+            self._deleted = np.union1d(self._deleted, ids)
+            if len(self._deleted) > len(self):
+                self._compact_hnsw()
+        else:
+            self._index.remove_ids(_batch_selector(ids))
+            if self._gpu is not None:
+                self._gpu.mark_stale()
+
+    def _compact_hnsw(self) -> None:
+        log.info("rebuilding the HNSW graph without %d removed vectors", len(self._deleted))
+        storage = faiss.downcast_index(faiss.downcast_index(self._index.index).storage)
+        vectors = faiss.vector_to_array(storage.codes).view(np.float32).reshape(-1, self.dim)
+        all_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        live = ~np.isin(all_ids, self._deleted)
+        index = faiss.IndexIDMap2(self._build_plain())
+        index.add_with_ids(np.ascontiguousarray(vectors[live]), all_ids[live])
+        self._index, self._deleted = index, np.zeros(0, dtype=np.int64)
+
+    # ----------------------------------------------------------------- search
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
+               use_selector: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        if self._gpu is not None and self._index is not None and not self._gpu.failed:
+            answer = self._search_gpu(queries, k, allowed_ids)
+            if answer is not None:
+                return answer
+        if allowed_ids is None or use_selector:
+            return self._search_cpu(queries, k, allowed_ids)
+        scores, ids, _ = search_wider(lambda q, kk: self._search_cpu(q, kk, None), queries, k, allowed_ids, len(self))
+        return scores, ids
+
+    def _search_gpu(self, queries: np.ndarray, k: int,
+                    allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        nprobe = self._options.get("nprobe")
+        source = self._gpu_source
+        if allowed_ids is None:
+            answer = self._gpu.search(source, queries, min(k, len(self)), nprobe)
+            if answer is None:
+                return None
+            scores, ids = pad_results(*answer, k)
+            complete = (ids >= 0).sum(axis=1) >= min(k, len(self))
+        else:
+            # GPU indexes take no IDSelector: search wider on the GPU, finish short rows on the CPU.
+            def gpu_search(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+                got = self._gpu.search(source, q, kk, nprobe)
+                if got is None:
+                    raise _GpuGaveUp
+                return pad_results(*got, kk)
+            try:
+                scores, ids, complete = search_wider(gpu_search, queries, k, allowed_ids, len(self), GPU_MAX_K)
+            except _GpuGaveUp:
+                return None
+        if not complete.all():
+            rows = np.flatnonzero(~complete)
+            scores[rows], ids[rows] = self._search_cpu(queries[rows], k, allowed_ids)
+        return scores, ids
+
+    def _gpu_source(self) -> faiss.Index:
+        if self.kind != "flat_fp16":
+            return self._index
+        # FAISS has no GPU scalar-quantizer flat index; fp16 storage on the GPU is a GpuIndexFlat with
+        # useFloat16, built from the decoded vectors.
+        sq = faiss.downcast_index(self._index.index)
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        flat = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        if len(ids):
+            flat.add_with_ids(sq.sa_decode(faiss.vector_to_array(sq.codes).reshape(len(ids), -1)), ids)
+        if self._gpu is not None:
+            self._gpu.fp16 = True
+        return flat
+
+    def _search_cpu(self, queries: np.ndarray, k: int,
+                    allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        index = self._index if self._index is not None else self._staging
+        if allowed_ids is not None and len(self._deleted):
+            allowed_ids = np.setdiff1d(allowed_ids, self._deleted, assume_unique=True)
+        n_candidates = len(self) if allowed_ids is None else len(allowed_ids)
+        need = min(k, n_candidates)
+        if need == 0:
+            return pad_results(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k)
+        selector: faiss.IDSelector | None = None
+        keep_alive: list[Any] = []  # FAISS selectors hold raw pointers: keep their Python owners alive
+        if allowed_ids is not None:
+            selector = _batch_selector(allowed_ids)
+        elif len(self._deleted):
+            inner = _batch_selector(self._deleted)
+            keep_alive.append(inner)
+            selector = faiss.IDSelectorNot(inner)
+        make_params = self._params_factory(index, selector)
+        scale = 1
+        scores, ids = index.search(queries, need, params=make_params(scale))
+        while not self.exact and self._index is not None:
+            short = np.flatnonzero((ids >= 0).sum(axis=1) < need)
+            if short.size == 0 or not self._can_widen(scale):
+                break
+            scale *= 4
+            scores[short], ids[short] = index.search(queries[short], need, params=make_params(scale))
+        return pad_results(scores, ids, k)
+
+    def _params_factory(self, index: faiss.Index, selector: faiss.IDSelector | None
+                        ) -> Callable[[int], faiss.SearchParameters | None]:
+        opts = self._options
+
+        def make(scale: int) -> faiss.SearchParameters | None:
+            if index is self._staging or self.exact:
+                params = faiss.SearchParameters() if selector is not None else None
+            elif self.kind in _IVF:
+                params = faiss.SearchParametersIVF()
+                params.nprobe = min(opts["nlist"], opts["nprobe"] * scale)
+            else:
+                params = faiss.SearchParametersHNSW()
+                params.efSearch = opts["ef_search"] * scale
+            if params is not None and selector is not None:
+                params.sel = selector
+            return params
+
+        make.selector = selector  # type: ignore[attr-defined]  # keeps the selector referenced
+        return make
+
+    def _can_widen(self, scale: int) -> bool:
+        if self.kind in _IVF:
+            return self._options["nprobe"] * scale < self._options["nlist"]
+        return self._options["ef_search"] * scale < max(self._index.ntotal, 1)
+
+    # ----------------------------------------------------------------- persistence
+    def serialize(self, path: Path) -> dict[str, Any]:
+        faiss.write_index(self._index if self._index is not None else self._staging, str(path))
+        return {"deleted_ids": self._deleted.tolist()} if len(self._deleted) else {}
+
+    def stats(self) -> dict[str, Any]:
+        n, d = len(self), self.dim
+        per_vector = {"flat": 4 * d, "flat_fp16": 2 * d, "ivf_flat": 4 * d, "hnsw": 4 * d + 8 * self._options.get("hnsw_m", 0),
+                      "ivf_pq": math.ceil((self._options.get("m") or _auto_pq_m(d)) * self._options.get("nbits", 8) / 8)}
+        bytes_ = n * (per_vector[self.kind] + 16) if self._index is not None else n * (4 * d + 16)
+        out = {"device": self.device, "trained": self.is_trained, "approx_bytes": int(bytes_)}
+        if self.kind == "hnsw":
+            out["tombstones"] = len(self._deleted)
+        return out
+
+
+class _GpuGaveUp(Exception):
+    """The GPU copy could not answer; fall back to the CPU."""

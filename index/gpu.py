@@ -1,0 +1,117 @@
+"""A GPU copy of a FAISS index, used for searching only.
+
+The CPU index stays the source of truth (it is what ``remove``, ``save`` and the id checks use, and
+what a gallery always saves: a CPU index loads anywhere). The GPU copy follows adds incrementally
+and is re-copied lazily after a removal. Anything that goes wrong on the GPU side (no faiss-gpu, an
+index type the GPU lacks, "no kernel image is available" from a wheel built without the card's
+architecture) logs one warning and the gallery stays on the CPU, with no change for the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# FAISS GPU kernels cap k and nprobe at 2048 (faiss/gpu/utils/DeviceDefs.cuh).
+GPU_MAX_K = 2048
+_warned = False
+
+
+def gpu_count() -> int:
+    """The number of GPUs FAISS can use (0 with faiss-cpu)."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except Exception:  # noqa: BLE001 - a broken CUDA install must not break the CPU path
+        return 0
+
+
+def _warn_once(message: str, *args: object) -> None:
+    global _warned
+    if not _warned:
+        log.warning(message, *args)
+        _warned = True
+    else:
+        log.debug(message, *args)
+
+
+class GpuMirror:
+    """Search-only GPU replica of a CPU ``IndexIDMap2``.
+
+    GPU indexes are not thread-safe even for searches (FAISS wiki, "Threads and asynchronous
+    calls"), so every call holds a lock.
+
+    Args:
+        fp16: store vectors (flat) or IVF lists in float16 on the GPU: half the memory, and faster
+            where search is memory-bound, at ~1e-3 score error.
+    """
+
+    def __init__(self, fp16: bool = False) -> None:
+        self.fp16 = fp16
+        self._res = faiss.StandardGpuResources()
+        self._index: faiss.Index | None = None
+        self._stale = True
+        self._lock = threading.Lock()
+        self.failed = False
+
+    def build(self, source: Callable[[], faiss.Index]) -> bool:
+        """(Re)copy ``source()`` (a CPU ``IndexIDMap2``) to the GPU; on failure warn once and return False."""
+        with self._lock:
+            return self._build(source)
+
+    def _build(self, source: Callable[[], faiss.Index]) -> bool:
+        try:
+            cpu_index = source()
+            options = faiss.GpuClonerOptions()
+            options.useFloat16 = self.fp16
+            gpu_index = faiss.downcast_index(faiss.index_cpu_to_gpu(self._res, 0, cpu_index, options))
+            inner = type(faiss.downcast_index(gpu_index.index)).__name__ if hasattr(gpu_index, "index") else ""
+            if not inner.startswith("Gpu"):
+                # FAISS's cloner silently returns a CPU copy for types it cannot move.
+                raise RuntimeError(f"FAISS has no GPU version of {type(faiss.downcast_index(cpu_index.index)).__name__}")
+            probe = np.full((1, cpu_index.d), 1.0 / np.sqrt(cpu_index.d), dtype=np.float32)
+            gpu_index.search(probe, 1)  # kernel-image errors only show up at the first launch
+        except Exception as exc:  # noqa: BLE001 - any GPU failure means "stay on the CPU"
+            _warn_once("FAISS GPU unavailable for this index, searching on the CPU instead: %s", exc)
+            self.failed = True
+            self._index = None
+            return False
+        self._index = gpu_index
+        self._stale = False
+        return True
+
+    def mark_stale(self) -> None:
+        """The CPU index lost vectors: re-copy before the next search."""
+        self._stale = True
+
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Follow an add on the CPU index (cheaper than a re-copy)."""
+        with self._lock:
+            if self._index is not None and not self._stale:
+                try:
+                    self._index.add_with_ids(vectors, ids)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("GPU add failed (%s); the GPU copy will be rebuilt", exc)
+                    self._stale = True
+
+    def search(self, source: Callable[[], faiss.Index], queries: np.ndarray, k: int,
+               nprobe: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Search the GPU copy (rebuilding it if stale); ``None`` means "use the CPU"."""
+        if k > GPU_MAX_K:
+            return None
+        with self._lock:
+            if self.failed:
+                return None
+            if (self._stale or self._index is None) and not self._build(source):
+                return None
+            if nprobe is not None:
+                inner = faiss.downcast_index(self._index.index)
+                faiss.GpuParameterSpace().set_index_parameter(inner, "nprobe", min(nprobe, GPU_MAX_K))
+            return self._index.search(queries, k)

@@ -1,0 +1,66 @@
+"""Index kinds by name, and which options belong to the backend, the runtime or the gallery.
+
+A flat name -> class dict (torchvision's ``register_model`` idea, without the decorator): the six
+kinds are listed once here and every error that rejects a kind names them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from index.backends import VectorBackend
+from index.blas_backend import BlasFlatBackend
+from index.errors import GalleryError
+from index.faiss_backend import DEFAULTS as FAISS_DEFAULTS
+from index.faiss_backend import FaissBackend
+
+KINDS: dict[str, type] = {
+    "flat": FaissBackend,
+    "flat_fp16": FaissBackend,
+    "flat_blas": BlasFlatBackend,
+    "ivf_flat": FaissBackend,
+    "ivf_pq": FaissBackend,
+    "hnsw": FaissBackend,
+}
+EXACT_KINDS = ("flat", "flat_fp16", "flat_blas")
+# Options that describe this process rather than the gallery: never saved, given again at load.
+RUNTIME_DEFAULTS: dict[str, Any] = {"device": "auto", "gpu_fp16": False, "filter_mode": "auto"}
+FILTER_MODES = ("auto", "selector", "wider")
+
+
+def check_kind(kind: Any) -> str:
+    if kind not in KINDS:
+        raise GalleryError(f"unknown index kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    return kind
+
+
+def valid_options(kind: str) -> list[str]:
+    """Every option name ``Gallery.create`` accepts for ``kind``."""
+    return sorted(set(FAISS_DEFAULTS.get(kind, {})) | set(RUNTIME_DEFAULTS))
+
+
+def split_options(kind: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``**options`` into (backend options, runtime options), rejecting unknown names."""
+    unknown = set(options) - set(valid_options(kind))
+    if unknown:
+        raise GalleryError(f"unknown option(s) {sorted(unknown)} for kind {kind!r}; valid options: "
+                           f"{', '.join(valid_options(kind))}")
+    runtime = dict(RUNTIME_DEFAULTS)
+    runtime.update({k: v for k, v in options.items() if k in RUNTIME_DEFAULTS})
+    if runtime["filter_mode"] not in FILTER_MODES:
+        raise GalleryError(f"filter_mode must be one of {', '.join(FILTER_MODES)}, got {runtime['filter_mode']!r}")
+    if not isinstance(runtime["gpu_fp16"], bool):
+        raise GalleryError(f"gpu_fp16 must be True or False, got {runtime['gpu_fp16']!r}")
+    backend = {k: v for k, v in options.items() if k not in RUNTIME_DEFAULTS}
+    return backend, runtime
+
+
+def create_backend(kind: str, dim: int, options: dict[str, Any], runtime: dict[str, Any]) -> VectorBackend:
+    return KINDS[kind](kind, dim, options, device=runtime["device"], gpu_fp16=runtime["gpu_fp16"])
+
+
+def load_backend(kind: str, path: Path, dim: int, options: dict[str, Any], state: dict[str, Any],
+                 runtime: dict[str, Any]) -> VectorBackend:
+    return KINDS[kind].deserialize(path, kind, dim, options, state, device=runtime["device"],
+                                   gpu_fp16=runtime["gpu_fp16"])
