@@ -1,0 +1,262 @@
+"""``python -m export tensorrt``: an ONNX model to a TensorRT engine, then verified against ONNX Runtime.
+
+Built with TensorRT 10's Python API: ``Builder`` -> explicit-batch network filled by the ``OnnxParser``
+-> ``BuilderConfig`` (workspace memory-pool limit, FP16 on request) with one optimization profile over
+the batch axis of ``images`` (min / opt / max) -> ``build_serialized_network`` -> written atomically.
+
+Precision: an fp32 build clears the TF32 flag (TensorRT enables it by default) so that it is a faithful
+fp32 reference (cosine >= 0.9999 against ONNX Runtime). ``--fp16`` allows half-precision kernels;
+its descriptors drift more (threshold 0.999 by default), so ``--data-root`` also reports the rank-1
+change on a synthetic SYSU-MM01 test split, which is what a user of the ranking cares about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from export._io import atomic_write_bytes
+from export.errors import UserError
+from export.metadata import INPUT_NAME, read_metadata
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FP16_MIN_COSINE", "FP32_MIN_COSINE", "SIDECAR_FORMAT", "build_engine", "main", "sidecar_path",
+           "tensorrt_unavailable_reason", "verify_engine", "write_sidecar"]
+
+FP32_MIN_COSINE = 0.9999
+FP16_MIN_COSINE = 0.999
+_INSTALL_HINT = "the ONNX model still runs with ONNX Runtime"
+# The engine file has no room for free-form metadata, so the ONNX metadata travels in a JSON file next to
+# it; this format is what serving's TensorRT embedder reads (serving/embedders/tensorrt_embedder.py).
+SIDECAR_FORMAT = "xmreid-tensorrt-sidecar/1"
+
+
+def sidecar_path(plan: str | Path) -> Path:
+    """``model.plan`` -> ``model.plan.json``."""
+    plan = Path(plan)
+    return plan.with_name(plan.name + ".json")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_sidecar(plan: str | Path, onnx_path: str | Path, *, precision: str, min_batch: int, opt_batch: int,
+                  max_batch: int, tensorrt_version: str) -> Path:
+    """Write ``<plan>.json``: the ONNX metadata, both files' sha256, the precision and batch profile.
+
+    The ONNX sha256 is the model fingerprint serving records in a gallery, so a gallery indexed with ONNX
+    Runtime stays valid when the same model is served through this engine.
+    """
+    meta = read_metadata(onnx_path)
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "metadata": {key: str(value) for key, value in meta.items()},
+        "onnx_sha256": _sha256(Path(onnx_path).read_bytes()),
+        "plan_sha256": _sha256(Path(plan).read_bytes()),
+        "precision": precision,
+        "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
+        "tensorrt_version": tensorrt_version,
+    }
+    return atomic_write_bytes(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """One sentence saying why TensorRT cannot build here, or ``None`` when it can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return (f"TensorRT is not installed here (pip install -r requirements-gpu.txt on a machine with an NVIDIA "
+                f"GPU), so no engine was built; {_INSTALL_HINT}.")
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"TensorRT is installed but no CUDA GPU is visible, so no engine was built; {_INSTALL_HINT}."
+    return None
+
+
+def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise UserError(f"batch sizes must satisfy 1 <= min <= opt <= max, got min={min_batch} opt={opt_batch} "
+                        f"max={max_batch}")
+
+
+def build_engine(onnx_path: str | Path, out: str | Path, *, fp16: bool = False, min_batch: int = 1,
+                 opt_batch: int = 8, max_batch: int = 32, workspace_gb: float = 2.0, tf32: bool = False) -> Path:
+    """Build and serialize a TensorRT engine for the ONNX model.
+
+    Args:
+        onnx_path: a model from ``python -m export onnx`` (dynamic batch axis, metadata).
+        out: the ``.plan`` file to write (atomically).
+        fp16: allow FP16 kernels.
+        min_batch: smallest batch the engine accepts.
+        opt_batch: the batch TensorRT tunes its kernels for.
+        max_batch: largest batch the engine accepts.
+        workspace_gb: scratch GPU memory TensorRT may use per layer while building and running.
+        tf32: keep TensorRT's default TF32 kernels in an fp32 build (faster on Ampere+, less exact).
+
+    Returns:
+        ``out`` as a Path; its sidecar ``<out>.json`` (:func:`write_sidecar`) is written beside it.
+
+    Raises:
+        UserError: bad batch range or workspace, a model without the export metadata, or a graph the
+            TensorRT ONNX parser rejects.
+        RuntimeError: TensorRT failed to build (its log says why).
+    """
+    import tensorrt as trt
+
+    _check_batches(min_batch, opt_batch, max_batch)
+    if workspace_gb <= 0:
+        raise UserError(f"--workspace-gb must be > 0, got {workspace_gb}")
+    meta = read_metadata(onnx_path)
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    # TensorRT 10 networks are always explicit-batch (the flag is deprecated and ignored); 8.x needs it.
+    major = int(trt.__version__.split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if fp16:
+        if not builder.platform_has_fast_fp16:
+            logger.warning("this GPU has no fast FP16; the fp16 engine may be no faster than fp32")
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    shape = (3, meta["height"], meta["width"])
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, (min_batch, *shape), (opt_batch, *shape), (max_batch, *shape))
+    config.add_optimization_profile(profile)
+    logger.info("building TensorRT %s engine (%s, batch %d/%d/%d, workspace %.1f GiB); this takes minutes",
+                trt.__version__, "fp16" if fp16 else ("tf32" if tf32 else "fp32"), min_batch, opt_batch, max_batch,
+                workspace_gb)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError("TensorRT could not build the engine; its log above says why")
+    path = atomic_write_bytes(out, bytes(serialized))
+    write_sidecar(path, onnx_path, precision="fp16" if fp16 else ("tf32" if tf32 else "fp32"), min_batch=min_batch,
+                  opt_batch=opt_batch, max_batch=max_batch, tensorrt_version=trt.__version__)
+    logger.info("wrote %s (%.1f MB) and %s", path, path.stat().st_size / 1e6, sidecar_path(path).name)
+    return path
+
+
+def _verify_batch_sizes(runner: Any) -> list[int]:
+    """The profile's corners plus an odd size in between (odd sizes catch padding bugs)."""
+    sizes = {runner.min_batch, runner.opt_batch, runner.max_batch, min(max(3, runner.min_batch), runner.max_batch)}
+    return sorted(sizes)
+
+
+def verify_engine(plan: str | Path, onnx_path: str | Path, *, fp16: bool, batch_sizes: Sequence[int] | None = None,
+                  images_dir: str | Path | None = None, data_root: str | Path | None = None,
+                  min_cosine: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """Compare the engine with ONNX Runtime (CPU, fp32) on the same images.
+
+    Args:
+        plan: the engine.
+        onnx_path: the ONNX model it was built from (the reference).
+        fp16: whether it is an fp16 build (picks the default threshold).
+        batch_sizes: sizes to test; default: the profile's min / opt / max and 3.
+        images_dir: real crops to test besides random images.
+        data_root: a SYSU-MM01-layout tree: also report the rank-1 change (ORT vs engine).
+        min_cosine: pass threshold; default 0.999 for fp16, 0.9999 for fp32.
+        seed: seed of the random images.
+
+    Returns:
+        ``{"plan", "onnx", "precision", "min_cosine_required", "rows", "min_cosine", "max_abs_diff", "passed"}``
+        plus ``"retrieval"`` (see :func:`export.retrieval_check.rank1_change`) when ``data_root`` is given.
+    """
+    from export.ort import create_session
+    from export.parity import compare, image_batch, random_images
+    from export.tensorrt_runtime import TensorRTRunner
+
+    threshold = min_cosine if min_cosine is not None else (FP16_MIN_COSINE if fp16 else FP32_MIN_COSINE)
+    meta = read_metadata(onnx_path)
+    runner = TensorRTRunner(plan)
+    if (runner.height, runner.width, runner.dim) != (meta["height"], meta["width"], meta["descriptor_dim"]):
+        raise UserError(f"{plan} takes {runner.height}x{runner.width} -> {runner.dim}, but {onnx_path} takes "
+                        f"{meta['height']}x{meta['width']} -> {meta['descriptor_dim']}")
+    session = create_session(onnx_path, "cpu")
+
+    def reference(images):
+        return session.run(None, {INPUT_NAME: images})[0]
+
+    sizes = list(batch_sizes) if batch_sizes else _verify_batch_sizes(runner)
+    sources = {"random": random_images(max(sizes), meta["height"], meta["width"], seed)}
+    if images_dir is not None:
+        sources["images"] = image_batch(images_dir, max(sizes), meta["height"], meta["width"])
+    rows = []
+    for source, images in sources.items():
+        for size in sizes:
+            batch = images[:size]
+            row = {"source": source, "batch_size": size, **compare(reference(batch), runner(batch))}
+            row["passed"] = row["min_cosine"] >= threshold
+            rows.append(row)
+    report: dict[str, Any] = {
+        "plan": str(plan), "onnx": str(onnx_path), "precision": "fp16" if fp16 else "fp32",
+        "min_cosine_required": threshold, "rows": rows,
+        "min_cosine": min(r["min_cosine"] for r in rows), "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+        "passed": all(r["passed"] for r in rows),
+    }
+    if data_root is not None:
+        from export.retrieval_check import rank1_change
+
+        report["retrieval"] = rank1_change(reference, runner, data_root, meta["height"], meta["width"],
+                                           batch_size=runner.opt_batch)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export tensorrt", description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx", type=Path, required=True, help="model from `python -m export onnx`")
+    parser.add_argument("--out", type=Path, required=True, help="the engine file to write (model.plan)")
+    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
+    parser.add_argument("--tf32", action="store_true", help="fp32 build: keep TensorRT's TF32 kernels")
+    parser.add_argument("--min-batch", type=int, default=1)
+    parser.add_argument("--opt-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--workspace-gb", type=float, default=2.0, help="builder workspace limit (default 2)")
+    parser.add_argument("--images", type=Path, help="real crops to verify on besides random images")
+    parser.add_argument("--data-root", type=Path, help="SYSU-layout tree: also report the rank-1 change")
+    parser.add_argument("--min-cosine", type=float, help="pass threshold (default 0.999 fp16, 0.9999 fp32)")
+    parser.add_argument("--skip-verify", action="store_true", help="build only")
+    parser.add_argument("--json", type=Path, help="also write the verification report as JSON here")
+    args = parser.parse_args(argv)
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        print(reason, file=sys.stderr)
+        return 2
+    _check_batches(args.min_batch, args.opt_batch, args.max_batch)
+    plan = build_engine(args.onnx, args.out, fp16=args.fp16, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                        max_batch=args.max_batch, workspace_gb=args.workspace_gb, tf32=args.tf32)
+    print(f"wrote {plan} and {sidecar_path(plan)}")
+    if args.skip_verify:
+        return 0
+    from export.parity import format_rows
+
+    report = verify_engine(plan, args.onnx, fp16=args.fp16, images_dir=args.images, data_root=args.data_root,
+                           min_cosine=args.min_cosine)
+    print(format_rows(report["rows"], f"ONNX Runtime CPU fp32 vs TensorRT {report['precision']} ({plan})"))
+    if "retrieval" in report:
+        ret = report["retrieval"]
+        print(f"rank-1 on {args.data_root}: ONNX Runtime {ret['reference']['r1']:.4f}, TensorRT "
+              f"{ret['candidate']['r1']:.4f} (change {ret['rank1_change']:+.4f}); mAP {ret['reference']['mAP']:.4f} "
+              f"-> {ret['candidate']['mAP']:.4f}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        print(f"FAILED: min cosine {report['min_cosine']:.6f} < {report['min_cosine_required']}")
+        return 1
+    print(f"passed: min cosine {report['min_cosine']:.6f} >= {report['min_cosine_required']}")
+    return 0
