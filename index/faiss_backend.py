@@ -36,6 +36,18 @@ from index.backends import VectorBackend, pad_results, search_wider
 from index.errors import GalleryError
 from index.gpu import GPU_MAX_K, GpuMirror, gpu_count
 
+# FAISS parallelises even a single query over the database with OpenMP. For small searches the
+# barrier costs more than the scan, and far more on a busy machine where a thread gets descheduled
+# (about 25 ms instead of < 1 ms for one query over 1k items, benchmarks/end_to_end.py). Below this many
+# query x item pairs a search runs on the calling thread alone; omp_set_num_threads only changes the
+# calling thread's setting, so concurrent searches in other threads are unaffected.
+_SINGLE_THREAD_WORK = 20_000
+_DEFAULT_THREADS = faiss.omp_get_max_threads()
+
+
+def _set_search_threads(work: int) -> None:
+    faiss.omp_set_num_threads(1 if work <= _SINGLE_THREAD_WORK else _DEFAULT_THREADS)
+
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -367,6 +379,7 @@ class FaissBackend(VectorBackend):
             keep_alive.append(inner)
             selector = faiss.IDSelectorNot(inner)
         make_params = self._params_factory(index, selector)
+        _set_search_threads(len(queries) * n_candidates)
         scale = 1
         scores, ids = index.search(queries, need, params=make_params(scale))
         while not self.exact and self._index is not None:

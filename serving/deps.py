@@ -23,8 +23,11 @@ _api_key_header = APIKeyHeader(
     description="The server's API key; required for gallery changes when the server is started with one.")
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The app's loaded :class:`Runtime`; 503 while it is not (yet) loaded or its batcher has stopped."""
+async def get_runtime(request: Request) -> Runtime:
+    """The app's loaded :class:`Runtime`; 503 while it is not (yet) loaded or its batcher has stopped.
+
+    ``async`` so FastAPI runs it on the event loop instead of handing it to its thread pool on every request.
+    """
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.ready:
         raise ApiError(503, "not_ready", "the model and gallery are not loaded yet; retry shortly",

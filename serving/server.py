@@ -34,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
     p.add_argument("--api-key", help="require this X-API-Key for gallery changes (prefer env XMREID_API_KEY)")
     p.add_argument("--max-batch-size", type=int, help="largest micro-batch (default 16; 1 disables batching)")
-    p.add_argument("--max-wait-ms", type=float, help="longest micro-batch wait in ms (default 5)")
+    p.add_argument("--max-wait-ms", type=float, help="longest micro-batch wait in ms (default 0: batch what queued while the model was busy)")
     p.add_argument("--max-upload-bytes", type=int, help="largest accepted image file (default 10 MiB)")
     p.add_argument("--max-top-k", type=int, help="largest top_k (default 100)")
     p.add_argument("--image-root", dest="image_roots", action="append", type=Path,
                    help="folder gallery images may be read from (repeatable)")
+    p.add_argument("--thumbnail-max-side", type=int, help="largest thumbnail side in pixels (default 256)")
     p.add_argument("--create-gallery", action="store_true", default=None,
                    help="start with an empty gallery when --gallery holds none")
     p.add_argument("--no-save", dest="save_on_mutation", action="store_false", default=None,

@@ -44,8 +44,12 @@ class Settings(BaseSettings):
                                                         "X-API-Key header")
     max_batch_size: int = Field(16, ge=1, le=1024, description="largest micro-batch given to the model; "
                                                               "1 disables micro-batching")
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest a request waits for others to "
-                                                                 "join its micro-batch")
+    # 0 by default: requests that arrive while the model is busy queue up and form the next batch anyway
+    # (the batcher takes a model slot before collecting), so waiting on purpose only adds latency to a lone
+    # request (+5 ms at concurrency 1 in benchmarks/end_to_end.py). Raise it for bursty GPU serving.
+    max_wait_ms: float = Field(0.0, ge=0, le=10_000, description="longest a request waits for others to "
+                                                                 "join its micro-batch (requests queued while "
+                                                                 "the model is busy are batched regardless)")
     model_concurrency: int = Field(1, ge=1, le=64, description="micro-batches in flight at once when the "
                                                               "backend is thread-safe (never more than 1 otherwise)")
     max_queue: int = Field(1024, ge=1, description="images waiting for the model before /search answers 503")
@@ -60,6 +64,8 @@ class Settings(BaseSettings):
     image_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="folders gallery images may be read from (thumbnails); env: os.pathsep-separated or JSON")
+    thumbnail_max_side: int = Field(256, ge=16, le=4096, description="largest side in pixels of a gallery "
+                                                                     "thumbnail, and its default size")
     save_on_mutation: bool = Field(True, description="persist the gallery after every add/delete")
     create_gallery: bool = Field(False, description="start with an empty gallery when the directory has none")
 

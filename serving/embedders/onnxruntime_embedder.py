@@ -72,6 +72,11 @@ class OnnxRuntimeEmbedder(Embedder):
         options.inter_op_num_threads = int(inter_op_threads)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's pool threads busy-wait between runs by default. In a server the model is idle between
+        # requests, and spinning threads steal the cores that decode, search and HTTP need: turning it off
+        # cut /search p50 several-fold at concurrency 1 (benchmarks/end_to_end.py, variant ort-no-spin).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         provider_args = [(p, {"device_id": device_id}) if p == "CUDAExecutionProvider" else p for p in providers]
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=provider_args)
