@@ -30,7 +30,8 @@ from index.errors import GalleryError, UnknownIdsError
 from index.faiss_backend import SEARCH_PARAMS
 from index.locking import ReadWriteLock
 from index.metadata import MetadataStore, validate_metadata
-from index.registry import RUNTIME_DEFAULTS, check_kind, create_backend, load_backend, split_options
+from index.registry import (RUNTIME_DEFAULTS, check_backend, check_kind, create_backend, load_backend,
+                            split_options)
 from index.validate import as_cameras, as_ids, as_k, as_time_range, normalized
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class Gallery:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def create(cls, dim: int, kind: str = "flat", fingerprint: str | None = None, **options: Any) -> Gallery:
+    def create(cls, dim: int, kind: str = "flat", fingerprint: str | None = None, *, backend: str = "faiss",
+               uri: Any = None, **options: Any) -> Gallery:
         """An empty gallery.
 
         Args:
@@ -70,12 +72,21 @@ class Gallery:
             **options: kind options (``nlist``, ``nprobe``, ``train_size`` for IVF; ``m``, ``nbits`` for
                 IVF-PQ; ``hnsw_m``, ``ef_construction``, ``ef_search`` for HNSW) and runtime options
                 (``device``: auto/cpu/gpu, ``gpu_fp16``, ``filter_mode``: auto/selector/wider).
+            backend: ``"faiss"`` (in-process, default) or ``"milvus"`` (a Milvus collection: kinds ``flat``,
+                ``ivf_flat``, ``ivf_pq``, ``hnsw``; see :mod:`index.milvus_gallery`).
+            uri: for ``backend="milvus"``: a Milvus Lite file (``"gallery/milvus.db"``) or a server address
+                (``"http://host:19530"``).
         """
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
             raise GalleryError(f"dim must be a positive int, got {dim!r}")
-        kind = check_kind(kind)
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise GalleryError(f"fingerprint must be a str or None, got {type(fingerprint).__name__}")
+        if check_backend(backend) == "milvus":
+            from index.milvus_gallery import MilvusGallery
+            return MilvusGallery.create_new(int(dim), kind, fingerprint, uri=uri, **options)
+        if uri is not None:
+            raise GalleryError("uri= is for backend='milvus'; a FAISS gallery lives in memory until save(directory)")
+        kind = check_kind(kind)
         backend_options, runtime = split_options(kind, options)
         backend = create_backend(kind, int(dim), backend_options, runtime)
         return cls(backend=backend, store=MetadataStore.in_memory(), fingerprint=fingerprint, runtime=runtime,
@@ -83,7 +94,7 @@ class Gallery:
 
     @classmethod
     def load(cls, directory: str | Path, fingerprint: str | None = None, *, dim: int | None = None,
-             kind: str | None = None, **options: Any) -> Gallery:
+             kind: str | None = None, backend: str | None = None, uri: Any = None, **options: Any) -> Gallery:
         """Open a saved gallery, checking it against the model that will query it.
 
         Args:
@@ -93,12 +104,24 @@ class Gallery:
             kind: reopen a ``flat`` gallery as ``flat_blas`` or the reverse (same file format).
             **options: runtime options (``device``, ``gpu_fp16``, ``filter_mode``) and search-time
                 parameters (``nprobe``, ``ef_search``); build options cannot change after creation.
+            backend: when given, the backend the gallery must have (``"faiss"`` or ``"milvus"``); the
+                manifest says which it is.
+            uri: for a milvus gallery, the Milvus address to use instead of the saved one (the server moved).
 
         Raises:
             GalleryError: not a gallery, fingerprint or dim mismatch, or the index and the metadata
                 disagree (different ids or counts).
         """
         directory = Path(directory)
+        saved_backend = persist.read_manifest(directory).get("backend", "faiss")
+        if backend is not None and check_backend(backend) != saved_backend:
+            raise GalleryError(f"gallery {directory} is a {saved_backend} gallery, not a {backend} one")
+        if check_backend(saved_backend) == "milvus":
+            from index.milvus_gallery import MilvusGallery
+            return MilvusGallery.open_saved(directory, persist.read_manifest(directory), fingerprint=fingerprint,
+                                            dim=dim, kind=kind, uri=uri, **options)
+        if uri is not None:
+            raise GalleryError(f"uri= is for milvus galleries; {directory} is a FAISS gallery")
         manifest, (index_path, db_path) = persist.wait_for_data(directory)
         saved_kind = check_kind(manifest["kind"])
         saved_dim = int(manifest["dim"])

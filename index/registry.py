@@ -24,6 +24,9 @@ KINDS: dict[str, type] = {
     "hnsw": FaissBackend,
 }
 EXACT_KINDS = ("flat", "flat_fp16", "flat_blas")
+# Where a gallery's vectors live: an in-process FAISS index, or a Milvus collection (index/milvus_*.py,
+# imported only when asked for, so pymilvus stays an optional extra).
+BACKENDS = ("faiss", "milvus")
 # Options that describe this process rather than the gallery: never saved, given again at load.
 RUNTIME_DEFAULTS: dict[str, Any] = {"device": "auto", "gpu_fp16": False, "filter_mode": "auto"}
 FILTER_MODES = ("auto", "selector", "wider")
@@ -33,6 +36,12 @@ def check_kind(kind: Any) -> str:
     if kind not in KINDS:
         raise GalleryError(f"unknown index kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     return kind
+
+
+def check_backend(backend: Any) -> str:
+    if backend not in BACKENDS:
+        raise GalleryError(f"unknown gallery backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    return backend
 
 
 def valid_options(kind: str) -> list[str]:

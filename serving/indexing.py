@@ -31,6 +31,7 @@ from serving.imageio import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, deco
 
 logger = logging.getLogger(__name__)
 
+ENGINES: tuple[str, ...] = ("local", "ray")
 GALLERY_MANIFEST = "manifest.json"  # written by Gallery.save; its presence means "a gallery lives here"
 _PREFETCH_BATCHES = 2
 
@@ -290,16 +291,33 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--backend", default="auto", choices=BACKENDS, help="embedder backend")
     run_group.add_argument("--kind", default="flat", help="index kind of a new gallery (see index.Gallery.create)")
     run_group.add_argument("--save-every", type=int, default=20, help="save the gallery every N batches (0: at the end)")
+    run_group.add_argument("--engine", default="local", choices=ENGINES,
+                           help="local: this process (decode threads, one embedder); ray: Ray Data decode tasks "
+                                "and an actor pool of embedders (serving.ray_engine)")
+    run_group.add_argument("--milvus-uri", default=None,
+                           help="keep a new gallery's vectors and metadata in Milvus at this uri (a Milvus Lite "
+                                "file *.db, or http://host:19530) instead of FAISS; --gallery holds its manifest")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from serving.ray_engine import add_ray_arguments  # here, not at import: ray_engine imports this module
+
+    add_ray_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    summary = index_images(args.model, args.images, args.gallery, cameras=parse_cameras(args.cameras),
-                           split=args.split, manifest=args.manifest, batch_size=args.batch_size,
-                           workers=args.workers, backend=args.backend, kind=args.kind, save_every=args.save_every,
-                           show_progress=not args.no_progress)
+    gallery_options = {"backend": "milvus", "uri": args.milvus_uri} if args.milvus_uri else None
+    common = dict(cameras=parse_cameras(args.cameras), split=args.split, manifest=args.manifest,
+                  batch_size=args.batch_size, backend=args.backend, kind=args.kind, save_every=args.save_every,
+                  show_progress=not args.no_progress, gallery_options=gallery_options)
+    if args.engine == "ray":
+        from serving.ray_engine import index_images_ray
+
+        summary = index_images_ray(args.model, args.images, args.gallery, address=args.ray_address,
+                                   num_cpus=args.ray_num_cpus, embedders=args.ray_embedders,
+                                   embedder_cpus=args.ray_embedder_cpus, **common)
+    else:
+        summary = index_images(args.model, args.images, args.gallery, workers=args.workers, **common)
     print(summary.format())
     return 0
