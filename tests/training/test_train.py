@@ -1,0 +1,130 @@
+"""The trainer, the evaluate CLI and the ablation command on the tiny config (seconds on CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from training.__main__ import main as cli
+from training.model import CHECKPOINT_KEYS, load_checkpoint
+from training.train import main as train_main
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny(repo_root: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(data), "--output-dir", str(out),
+            "--no-progress", *extra]
+
+
+def test_checkpoint_holds_the_contract(tiny_checkpoint):
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert set(CHECKPOINT_KEYS) <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["arch"] == "resnet18" and ckpt["config"]["batch_pairs"] == 8
+    assert ckpt["model_config"]["height"] == 96 and ckpt["model_config"]["width"] == 32
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"])
+    model, _ = load_checkpoint(tiny_checkpoint)
+    assert model(torch.zeros(2, 3, 96, 32, dtype=torch.uint8)).shape == (2, 1536)
+    run = tiny_checkpoint.parent
+    # Resolved arguments beside the checkpoint: YAML values plus command-line overrides.
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["arch"] == "resnet18" and args["no_progress"] is True and args["output_dir"] == str(run)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["loss"]) > 0 for r in rows)
+    assert float(rows[0]["lr_backbone"]) == pytest.approx(0.01) and float(rows[0]["lr_head"]) == pytest.approx(0.1)
+    final = json.loads((run / "final_metrics.json").read_text())["sysu_all_single"]
+    assert 0 <= final["r1"] <= final["r20"] <= 1 and final["trials"] == 2
+
+
+def test_resume_reproduces_an_uninterrupted_run(repo_root, sysu_root, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_main(_tiny(repo_root, sysu_root, straight, "--epochs", "2", "--no-eval")) == 0
+    assert train_main(_tiny(repo_root, sysu_root, split, "--epochs", "1", "--no-eval")) == 0
+    assert torch.load(split / "last.pt", weights_only=True)["epoch"] == 1
+    assert train_main(_tiny(repo_root, sysu_root, split, "--epochs", "2", "--no-eval",
+                            "--resume", str(split / "last.pt"))) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    momentum_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
+    assert a["scheduler"] == b["scheduler"]
+    # The resumed run's log continues the first one: epochs 1 and 2, once each.
+    assert [int(r["epoch"]) for r in csv.DictReader((split / "metrics.csv").open())] == [1, 2]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--data-root", "/nonexistent/data"], "not a directory"),
+    (["--resume", "/nonexistent/last.pt"], "--resume checkpoint not found"),
+    (["--device", "tpu"], "--device"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+])
+def test_user_mistakes_exit_1_with_a_message(repo_root, sysu_root, tmp_path, capsys, extra, message):
+    argv = ["train", *_tiny(repo_root, sysu_root, tmp_path / "run"), *extra]
+    assert cli(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_named(tmp_path, sysu_root, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("arch: resnet18\nbatch_size: 8\n")
+    assert cli(["train", "--config", str(cfg), "--data-root", str(sysu_root), "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown keys ['batch_size']" in err and "batch_pairs" in err
+
+
+def test_evaluate_cli_sysu_all_settings(tiny_checkpoint, sysu_root, tmp_path, capsys):
+    out_json, plots = tmp_path / "eval.json", tmp_path / "plots"
+    rc = cli(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "sysu", "--data-root", str(sysu_root),
+              "--mode", "all,indoor", "--shot", "single,multi", "--trials", "2", "--out-json", str(out_json),
+              "--plots", str(plots), "--no-progress"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "R1" in table and "mINP" in table and "sysu_indoor_multi" in table and "±" in table
+    results = json.loads(out_json.read_text())["results"]
+    assert set(results) == {"sysu_all_single", "sysu_all_multi", "sysu_indoor_single", "sysu_indoor_multi"}
+    for m in results.values():
+        assert 0 <= m["r1"] <= m["r10"] <= m["r20"] <= 1 and 0 <= m["mAP"] <= 1 and m["trials"] == 2
+    # The fixture has 4 images per camera (< 10), so multi-shot galleries are the whole pool: no spread.
+    assert results["sysu_all_multi"]["r1_std"] == 0.0
+    assert (plots / "cmc.png").stat().st_size > 0 and (plots / "ranking.png").stat().st_size > 0
+
+
+def test_evaluate_cli_regdb_and_bad_options(tiny_checkpoint, regdb_root, tmp_path, capsys):
+    out_json = tmp_path / "regdb.json"
+    rc = cli(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "regdb", "--data-root", str(regdb_root),
+              "--trial", "2", "--out-json", str(out_json), "--no-progress"])
+    assert rc == 0
+    assert set(json.loads(out_json.read_text())["results"]) == {"regdb_trial2_visible_to_thermal",
+                                                                "regdb_trial2_thermal_to_visible"}
+    assert cli(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "sysu",
+                "--data-root", str(regdb_root)]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert cli(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "sysu", "--data-root",
+                str(regdb_root), "--mode", "outdoor"]) == 1
+    assert "valid values are all, indoor" in capsys.readouterr().err
+
+
+def test_ablation_writes_table(repo_root, sysu_root, tmp_path):
+    out = tmp_path / "ablation"
+    rc = cli(["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
+              "--output-dir", str(out), "--seeds", "0", "--epochs", "1", "--max-steps-per-epoch", "1",
+              "--eval-trials", "1", "--no-progress"])
+    assert rc == 0
+    table = json.loads((out / "ablation.json").read_text())["results"]["sysu_all_single"]
+    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe"]
+    md = (out / "ablation.md").read_text()
+    assert "| DFE w/o L_c |" in md and "DFE − baseline" in md
+    # The variants really differ: the baseline never computes the alignment losses.
+    rows = list(csv.DictReader((out / "baseline_seed0" / "metrics.csv").open()))
+    assert float(rows[0]["dist"]) == 0.0 and float(rows[0]["corr"]) == 0.0
+    rows = list(csv.DictReader((out / "dfe_seed0" / "metrics.csv").open()))
+    assert float(rows[0]["dist"]) > 0.0 and float(rows[0]["corr"]) > 0.0

@@ -1,0 +1,324 @@
+"""``python -m training train``: train a DFE model (paper §4.2), like torchvision's reference train.py.
+
+    python -m training train --config configs/sysu.yaml --data-root DIR --output-dir DIR [overrides]
+
+The YAML sets the parser's defaults and explicit flags override it (timm's scheme); the resolved
+arguments are saved as ``args.yaml`` beside the checkpoint. Every epoch writes ``last.pt`` atomically
+(model, optimizer, scheduler, epoch, config, model_config, plus AMP scaler and RNG states so that
+``--resume`` continues exactly), appends a row to ``metrics.csv``; the end evaluates on the test
+split (SYSU-MM01 all-search single-shot, or RegDB both directions) into ``final_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.config import parse_with_config, plain, save_args
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ("epoch", "steps", "lr_backbone", "lr_head", "loss", "id", "dist", "corr", "seconds", "steps_per_s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training train", description="Train a DFE model.")
+    p.add_argument("--config", default=None, help="YAML file whose keys (option names with _) set the defaults")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="sysu", choices=("sysu", "regdb"), help="dataset layout of --data-root")
+    g.add_argument("--data-root", required=True, type=Path, help="dataset root folder")
+    g.add_argument("--trial", type=int, default=1, help="RegDB split 1..10 (ignored for SYSU-MM01)")
+    g.add_argument("--height", type=int, default=384, help="input height")
+    g.add_argument("--width", type=int, default=128, help="input width")
+    g.add_argument("--batch-pairs", type=int, default=32, help="N visible-infrared pairs per batch")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="flip + pad-and-crop")
+    g.add_argument("--workers", type=int, default=0, help="data loading processes")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default="resnet50", help="resnet18 | resnet34 | resnet50")
+    g.add_argument("--parts", type=int, default=6, help="K horizontal stripes")
+    g.add_argument("--embed-dim", type=int, default=256, help="D, width of each part embedding")
+    g.add_argument("--pretrained", default="imagenet", help="imagenet | none | path to a ResNet state dict")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
+    g.add_argument("--head-lr", type=float, default=0.1, help="learning rate of the new layers")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--step-size", type=int, default=5, help="epochs between learning-rate decays")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="learning-rate decay factor")
+    g.add_argument("--loss-preset", default=None, choices=("sysu", "regdb"),
+                   help="alpha:beta:gamma 1:1:1 (sysu) or 1:11:2 (regdb); default: the dataset's")
+    g.add_argument("--variant", default="dfe", choices=("dfe", "baseline", "no_lc", "no_ld"), help="loss variant")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cut epochs short (quick runs)")
+    g = p.add_argument_group("run")
+    g.add_argument("--output-dir", required=True, type=Path, help="where last.pt, args.yaml, metrics.csv go")
+    g.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
+    g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True, help="evaluate at the end")
+    g.add_argument("--eval-trials", type=int, default=10, help="SYSU-MM01 gallery draws at the end")
+    g.add_argument("--eval-batch-size", type=int, default=64)
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = parse_with_config(build_parser(), argv)
+    checks = {"epochs": 1, "batch_pairs": 2, "step_size": 1, "height": 16, "width": 16, "workers": 0,
+              "eval_trials": 1, "eval_batch_size": 1}
+    for name, lo in checks.items():
+        if getattr(args, name) < lo:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
+    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
+        raise UserError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
+    if args.loss_preset is None:
+        args.loss_preset = args.dataset
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but CUDA is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: only cpu and cuda are supported")
+    return device
+
+
+# ------------------------------------------------------------------------------------ RNG + checkpoint
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors / plain types (the checkpoint is loaded with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: never a torn file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the checkpoint normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epoch: int, scaler=None,
+                    max_steps: int | None = None, progress: bool = True) -> dict[str, float]:
+    """One pass over the paired loader.
+
+    Both modalities go through the shared model in ONE forward of the concatenated batch, so the
+    BatchNorm layers see the joint visible + infrared statistics: those are what the running
+    averages (used at test time, on either modality) estimate. Two separate forwards would normalise
+    each modality by its own batch statistics during training but not at test time.
+
+    Returns:
+        Mean losses ``{"loss", "id", "dist", "corr"}`` over the epoch, plus ``"steps"``.
+    """
+    from training.losses import dfe_loss
+    from training.model import DFEOutput
+
+    model.train()
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    sums = dict.fromkeys(("loss", "id", "dist", "corr"), 0.0)
+    use_amp = scaler is not None
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
+    done = 0
+    for rgb, ir, labels in loader:
+        if done >= steps:
+            break
+        rgb, ir = torch.as_tensor(rgb).to(device, non_blocking=True), torch.as_tensor(ir).to(device, non_blocking=True)
+        labels = torch.as_tensor(labels).to(device, non_blocking=True)
+        n = rgb.shape[0]
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            out = model(torch.cat([rgb, ir]))
+            out_v = DFEOutput(out.parts[:n], [lg[:n] for lg in out.logits])
+            out_i = DFEOutput(out.parts[n:], [lg[n:] for lg in out.logits])
+            loss, terms = dfe_loss(out_v, out_i, labels, weights)
+        optimizer.zero_grad(set_to_none=True)
+        if use_amp:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        values = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+        if not np.isfinite(values["loss"]):
+            raise FloatingPointError(f"loss became {values['loss']} at epoch {epoch} step {done}; lower the learning rates")
+        for k in sums:
+            sums[k] += values[k]
+        done += 1
+        bar.set_postfix(id=f"{values['id']:.3f}", dist=f"{values['dist']:.3f}", corr=f"{values['corr']:.3f}")
+        bar.update()
+    bar.close()
+    return {"steps": done, **{k: v / max(done, 1) for k, v in sums.items()}}
+
+
+def evaluate(model, args: argparse.Namespace, dataset) -> dict[str, dict]:
+    """Test-split evaluation: SYSU-MM01 all-search single-shot, or RegDB both directions."""
+    from training.protocols import evaluate_regdb, evaluate_sysu, results_to_json
+
+    progress = not args.no_progress
+    if args.dataset == "sysu":
+        res = {"sysu_all_single": evaluate_sysu(model, dataset.test, "all", "single", trials=args.eval_trials,
+                                                seed=0, batch_size=args.eval_batch_size, progress=progress)}
+    else:
+        res = evaluate_regdb(model, dataset.test, batch_size=args.eval_batch_size, progress=progress)
+    return results_to_json(res)
+
+
+def _write_csv_row(path: Path, row: dict[str, Any], resume_epoch: int | None) -> None:
+    rows = []
+    if path.exists():
+        with path.open() as fh:
+            rows = [r for r in csv.DictReader(fh) if resume_epoch is None or int(r["epoch"]) <= resume_epoch]
+    rows.append({k: row[k] for k in CSV_FIELDS})
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, checkpoint every epoch, evaluate at the end. Returns the exit code."""
+    from training.data import build_dataset
+    from training.data.loader import build_train_loader
+    from training.evaluate import format_table
+    from training.losses import resolve_weights
+    from training.model import DFE, param_groups
+
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --output-dir {args.output_dir}: {exc}") from exc
+    if args.resume is not None and not args.resume.is_file():
+        raise UserError(f"--resume checkpoint not found: {args.resume}")
+    try:
+        weights = resolve_weights(args.loss_preset, args.variant)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    seed_everything(args.seed)
+    save_args(args, args.output_dir / "args.yaml")
+
+    kwargs = {"trial": args.trial} if args.dataset == "regdb" else {}
+    dataset = build_dataset(args.dataset, args.data_root, **kwargs)
+    loader = build_train_loader(dataset.train, height=args.height, width=args.width, batch_pairs=args.batch_pairs,
+                                mode=args.dataset, seed=args.seed, augment=args.augment, num_workers=args.workers,
+                                pin_memory=device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    pretrained = None if str(args.pretrained).lower() in ("none", "", "false") else args.pretrained
+    try:
+        model = DFE(loader.num_classes, arch=args.arch, parts=args.parts, embed_dim=args.embed_dim,
+                    pretrained=pretrained, height=args.height, width=args.width).to(device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    optimizer = torch.optim.SGD(param_groups(model, args.lr, args.head_lr, args.weight_decay),
+                                momentum=args.momentum)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.lr_gamma)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and args.amp else None
+    start_epoch, resumed_from = 0, None
+    if args.resume is not None:
+        start_epoch = resumed_from = _resume(args.resume, model, optimizer, scheduler, scaler)
+    log.info("training %s (%s, %d classes) on %s for epochs %d..%d, %d steps/epoch, weights %s",
+             args.arch, args.variant, loader.num_classes, device, start_epoch + 1, args.epochs,
+             len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch), weights)
+
+    ckpt_path = args.output_dir / "last.pt"
+    for epoch in range(start_epoch, args.epochs):
+        loader.set_epoch(epoch)
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        tic = time.perf_counter()
+        stats = train_one_epoch(model, loader, optimizer, weights, device, epoch + 1, scaler,
+                                args.max_steps_per_epoch, progress=not args.no_progress)
+        seconds = time.perf_counter() - tic
+        scheduler.step()
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1, "config": plain(vars(args)), "model_config": model.model_config(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+        })
+        row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": round(seconds, 3),
+               "steps_per_s": round(stats["steps"] / max(seconds, 1e-9), 4), **stats}
+        _write_csv_row(args.output_dir / "metrics.csv", row, resumed_from)
+        resumed_from = None
+        log.info("epoch %d/%d: loss %.4f (id %.4f, dist %.4f, corr %.4f), %.1f s, %.2f steps/s", epoch + 1,
+                 args.epochs, stats["loss"], stats["id"], stats["dist"], stats["corr"], seconds, row["steps_per_s"])
+
+    if args.eval:
+        results = evaluate(model, args, dataset)
+        (args.output_dir / "final_metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(format_table(results))
+    return 0
+
+
+def _resume(path: Path, model, optimizer, scheduler, scaler) -> int:
+    """Load a checkpoint's states into the run; returns the number of epochs already done."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, RuntimeError, ValueError, OSError) as exc:
+        raise UserError(f"cannot resume from {path}: {str(exc).splitlines()[0]} "
+                        "(it must be a last.pt of the same model and data)") from exc
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("rng"):
+        set_rng_state(ckpt["rng"])
+    log.info("resumed from %s after epoch %d", path, ckpt["epoch"])
+    return int(ckpt["epoch"])
