@@ -18,7 +18,7 @@ MODEL := $(ARTIFACTS)/model.onnx
 GALLERY := $(ARTIFACTS)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo data train export index serve bench clean help
+.PHONY: venv test demo data train export index serve bench clean help chromium
 
 help:
 	@echo "make test    - build .venv from nothing and run the test suite"
@@ -35,7 +35,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# Browser tests drive Debian's chromium; install it when we can (root + apt), otherwise they skip with a reason.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; browser tests will be skipped"; \
+	  else echo "note: no chromium and no root apt-get; browser tests will be skipped"; fi; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(DATA)/exp/test_id.txt: | $(STAMP)
@@ -65,10 +73,13 @@ demo: $(GALLERY)/manifest.json
 	@$(PY) -m serving demo-hint --images $(DATA) --host $(HOST) --port $(PORT)
 	$(MAKE) --no-print-directory serve
 
-bench: $(STAMP)
-	$(PY) -m benchmarks.embed
+# The HTTP benchmarks run against the demo artifacts (built by `make index` first).
+bench: $(GALLERY)/manifest.json
+	$(PY) -m benchmarks.embed --checkpoint $(RUN)/last.pt
 	$(PY) -m benchmarks.search
-	$(PY) -m benchmarks.http
+	$(PY) -m benchmarks.http --model $(MODEL) --gallery $(GALLERY) --images $(DATA)
+	$(PY) -m benchmarks.end_to_end --model $(MODEL) --gallery $(GALLERY) --images $(DATA)
+	$(PY) -m benchmarks.trivial_matcher
 
 clean:
 	rm -rf $(RUN) $(ARTIFACTS)

@@ -71,7 +71,11 @@ class GpuMirror:
             cpu_index = source()
             options = faiss.GpuClonerOptions()
             options.useFloat16 = self.fp16
-            gpu_index = faiss.downcast_index(faiss.index_cpu_to_gpu(self._res, 0, cpu_index, options))
+            # index_cpu_to_gpu returns the owning proxy; a downcast_index() of it is a second, non-owning
+            # view. Keep the owner alive beside the view, or the GPU index is freed while still in use.
+            owner = faiss.index_cpu_to_gpu(self._res, 0, cpu_index, options)
+            gpu_index = faiss.downcast_index(owner)
+            gpu_index._owner = owner
             inner = type(faiss.downcast_index(gpu_index.index)).__name__ if hasattr(gpu_index, "index") else ""
             if not inner.startswith("Gpu"):
                 # FAISS's cloner silently returns a CPU copy for types it cannot move.

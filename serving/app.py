@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serving.api import api_router
+from serving.api import api_router, pages, thumbnails
 from serving.core.config import KIB, Settings, get_settings
 from serving.core.errors import install_error_handlers
 from serving.core.middleware import RequestContext
@@ -75,4 +75,6 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit)
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(thumbnails.router)
+    pages.install(app)  # HTML pages at / and /gallery, their assets under /static
     return app

@@ -30,6 +30,8 @@ def parse_metadata(text: str, count: int) -> list[dict[str, Any]]:
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_metadata",
                        f"metadata is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:  # thousands of nested brackets: was a 500
+        raise ApiError(422, "invalid_metadata", "metadata is nested too deeply to be parsed") from None
     if not isinstance(raw, list):
         raise ApiError(422, "invalid_metadata", f"metadata must be a JSON list of {count} objects "
                                                 f"(one per image), got {type(raw).__name__}")
@@ -42,7 +44,13 @@ def parse_metadata(text: str, count: int) -> list[dict[str, Any]]:
         problems = "; ".join(f"metadata[{'.'.join(map(str, e['loc']))}]: {e['msg']}" for e in exc.errors())
         raise ApiError(422, "invalid_metadata", f"{problems} (valid keys: camera (int, required), person_label, "
                                                 f"source, timestamp, extra)") from None
-    return [item.model_dump(exclude_none=True) for item in items]
+    rows = [item.model_dump(exclude_none=True) for item in items]
+    for i, row in enumerate(rows):  # SQLite stores 64-bit integers; a larger one was a 500 (OverflowError)
+        for key in ("camera", "person_label"):
+            if isinstance(row.get(key), int) and not -(2**63) <= row[key] < 2**63:
+                raise ApiError(422, "invalid_metadata", f"metadata[{i}].{key}: {row[key]} does not fit in a "
+                                                        f"64-bit integer")
+    return rows
 
 
 @router.post("", response_model=GalleryAddResponse, status_code=201, dependencies=[ApiKeyDep],
@@ -74,7 +82,8 @@ async def add_items(runtime: RuntimeDep,
 @router.delete("/{item_id}", response_model=GalleryDeleteResponse, dependencies=[ApiKeyDep],
                summary="Remove one gallery item", responses=error_responses(401, 403, 404, 422, 503))
 async def delete_item(runtime: RuntimeDep,
-                      item_id: Annotated[int, Path(description="the gallery id (as returned by search or add)")]
+                      item_id: Annotated[int, Path(ge=0, le=2**63 - 1,  # ids are int64 (an id past it was a 500)
+                                                   description="the gallery id (as returned by search or add)")]
                       ) -> GalleryDeleteResponse:
     """Remove the item from the index and its metadata; saved before answering."""
     from index.errors import UnknownIdsError

@@ -1,0 +1,155 @@
+"""The operator page in headless Chromium against a real server: search with an infrared crop, read errors.
+
+The expected ranking is not hard-coded: it is what ``POST /search`` answers for the same file on the same
+server, and the page must show exactly that list, in that order, with every thumbnail loaded.
+Set ``XMREID_SCREENSHOT=path.png`` to also keep the result page's screenshot there (docs/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TOP_K = 10
+
+CARDS_JS = """els => els.map(e => ({rank: Number(e.dataset.rank), id: Number(e.dataset.galleryId),
+    score: Number(e.dataset.score), text: e.innerText}))"""
+THUMBS_LOADED_JS = """() => {
+    const imgs = [...document.querySelectorAll('#results .thumb img')];
+    return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def search_in_page(page, base: str, file, cameras: tuple[int, ...] = (), top_k: int = TOP_K) -> str:
+    """Load the page, choose ``file``, tick ``cameras``, search; returns the body's final data-state."""
+    page.goto(base + "/")
+    page.wait_for_selector("#camera-list .chip")
+    page.fill("#top-k", str(top_k))
+    for camera in cameras:
+        page.check(f"#camera-list input[value='{camera}']")
+    page.set_input_files("#file-input", file)
+    page.click("#search-button")
+    page.wait_for_selector("body[data-state='results'], body[data-state='error']")
+    return page.get_attribute("body", "data-state")
+
+
+def api_search(base: str, path: Path, **params) -> list[dict]:
+    r = httpx.post(f"{base}/search", params={"top_k": TOP_K, **params},
+                   files={"image": (path.name, path.read_bytes(), "image/jpeg")}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+def test_search_shows_the_api_ranking_with_thumbnails(page, live_server, sysu_root, tmp_path) -> None:
+    from serving.demo_hint import pick_query
+
+    query, pid, camera = pick_query(sysu_root)  # an infrared crop (cam 3/6) of a gallery identity
+    assert camera in (3, 6)
+    expected = api_search(live_server.base, query)
+
+    assert search_in_page(page, live_server.base, str(query)) == "results"
+    cards = page.eval_on_selector_all("#results li.result", CARDS_JS)
+    assert [c["rank"] for c in cards] == list(range(1, TOP_K + 1))
+    assert [c["id"] for c in cards] == [h["gallery_id"] for h in expected]
+    assert cards[0]["id"] == expected[0]["gallery_id"]  # the expected first result, shown first
+    scores = [c["score"] for c in cards]
+    assert scores == sorted(scores, reverse=True)
+    np.testing.assert_allclose(scores, [h["score"] for h in expected], rtol=0, atol=1e-6)
+    # Each card carries the hit's facts as text: score, camera, person label, source.
+    for card, hit in zip(cards, expected):
+        assert f"{hit['score']:.3f}" in card["text"]
+        assert f"cam {hit['camera']}" in card["text"]
+        assert f"person {hit['person_label']}" in card["text"]
+        assert hit["source"] in card["text"]
+
+    # Every thumbnail arrived from the server (none replaced by "image unavailable"), at most 256 px.
+    page.wait_for_function(THUMBS_LOADED_JS)
+    sizes = page.eval_on_selector_all("#results .thumb img", "imgs => imgs.map(i => [i.naturalWidth, "
+                                                                    "i.naturalHeight])")
+    assert len(sizes) == TOP_K and all(0 < max(s) <= 256 for s in sizes)
+    first = cv2.imread(str(sysu_root / expected[0]["source"]))
+    assert sizes[0] == [first.shape[1], first.shape[0]]  # 192x64 crops are sent at their own size
+
+    # The query is shown beside the results, and the timings are filled in.
+    assert page.is_visible("#query-preview")
+    assert page.eval_on_selector("#query-preview", "i => i.naturalWidth") > 0
+    for stage in ("decode", "embed", "search", "total"):
+        assert page.inner_text(f"#t-{stage}").endswith(" ms")
+    assert page.is_hidden("#message")
+
+    shot = tmp_path / "screenshot_search.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("XMREID_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["XMREID_SCREENSHOT"])
+
+
+def test_camera_filter_restricts_the_results(page, live_server, sysu_root) -> None:
+    from serving.demo_hint import pick_query
+
+    query, _, _ = pick_query(sysu_root)
+    expected = api_search(live_server.base, query, camera=[1, 4])
+    assert search_in_page(page, live_server.base, str(query), cameras=(1, 4)) == "results"
+    cards = page.eval_on_selector_all("#results li.result", CARDS_JS)
+    assert [c["id"] for c in cards] == [h["gallery_id"] for h in expected]
+    assert all(("cam 1" in c["text"]) != ("cam 4" in c["text"]) for c in cards)
+    assert "cameras 1, 4" in page.inner_text("#results-sub")
+
+
+@pytest.mark.parametrize(("name", "mime", "content", "title", "detail"), [
+    ("notes.txt", "text/plain", b"shift report: nothing to see", "Not an image", "content type 'text/plain'"),
+    ("fake.jpg", "image/jpeg", b"this is not really a jpeg" * 4, "Not an image", "not an image"),
+    ("empty.png", "image/png", b"", "The file is empty", "empty"),
+], ids=["text-file", "fake-jpeg", "empty-file"])
+def test_non_image_uploads_get_a_clear_message(page, live_server, name, mime, content, title, detail) -> None:
+    file = {"name": name, "mimeType": mime, "buffer": content}
+    assert search_in_page(page, live_server.base, file) == "error"
+    assert page.is_visible("#message")
+    assert page.inner_text("#message-title") == title
+    assert detail in page.inner_text("#message-detail")
+    assert page.eval_on_selector_all("#results li", "els => els.length") == 0
+
+
+def test_too_large_upload_gets_a_clear_message(page, live_server) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, size=(160, 160, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", noise)
+    assert ok and len(png) > live_server.upload_limit
+    file = {"name": "huge.png", "mimeType": "image/png", "buffer": png.tobytes()}
+    assert search_in_page(page, live_server.base, file) == "error"
+    assert page.inner_text("#message-title") == "The image is too large"
+    assert str(live_server.upload_limit) in page.inner_text("#message-detail")
+
+
+def test_empty_gallery_gets_a_clear_message(page, start_server, tiny_onnx, sysu_root, tmp_path) -> None:
+    from serving.demo_hint import pick_query
+
+    query, _, _ = pick_query(sysu_root)
+    with start_server(tiny_onnx, tmp_path / "empty-gallery", "--create-gallery") as server:
+        page.goto(server.base + "/")
+        page.wait_for_selector("#camera-list .muted:text('the gallery is empty')")
+        page.set_input_files("#file-input", str(query))
+        page.click("#search-button")
+        page.wait_for_selector("body[data-state='error']")
+        assert page.inner_text("#message-title") == "The gallery is empty"
+        assert "POST /gallery" in page.inner_text("#message-detail")
+
+
+def test_gallery_overview_shows_the_stats(page, live_server) -> None:
+    stats = httpx.get(f"{live_server.base}/gallery/stats").json()
+    page.goto(live_server.base + "/gallery")
+    page.wait_for_selector("body[data-state='results']")
+    rows = page.eval_on_selector_all("#camera-table tbody tr",
+                                     "rows => rows.map(r => [r.dataset.camera, r.querySelector('.count').innerText])")
+    assert {camera: int(count) for camera, count in rows} == stats["cameras"]
+    assert page.inner_text("#s-size") == str(stats["size"])
+    assert page.inner_text("#s-kind") == stats["kind"]
+    assert page.inner_text("#s-model-fingerprint") == stats["model_fingerprint"]
+    assert page.inner_text("#s-fingerprint") == stats["fingerprint"]
