@@ -57,6 +57,7 @@ class GpuMirror:
         self.fp16 = fp16
         self._res = faiss.StandardGpuResources()
         self._index: faiss.Index | None = None
+        self._owner: faiss.Index | None = None  # the owning proxy behind _index (see _build)
         self._stale = True
         self._lock = threading.Lock()
         self.failed = False
@@ -75,7 +76,6 @@ class GpuMirror:
             # view. Keep the owner alive beside the view, or the GPU index is freed while still in use.
             owner = faiss.index_cpu_to_gpu(self._res, 0, cpu_index, options)
             gpu_index = faiss.downcast_index(owner)
-            gpu_index._owner = owner
             inner = type(faiss.downcast_index(gpu_index.index)).__name__ if hasattr(gpu_index, "index") else ""
             if not inner.startswith("Gpu"):
                 # FAISS's cloner silently returns a CPU copy for types it cannot move.
@@ -85,9 +85,10 @@ class GpuMirror:
         except Exception as exc:  # noqa: BLE001 - any GPU failure means "stay on the CPU"
             _warn_once("FAISS GPU unavailable for this index, searching on the CPU instead: %s", exc)
             self.failed = True
-            self._index = None
+            self._index = self._owner = None
             return False
         self._index = gpu_index
+        self._owner = owner  # SWIG proxies take no new attributes: the mirror holds the owner instead
         self._stale = False
         return True
 
