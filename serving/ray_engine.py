@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,10 @@ def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot connect to the Ray cluster at --ray-address {address}: {exc}") from exc
         return True
+    # Ray waits 30 s for its GCS to come up; on a small, busy machine (CI running other tests) it can take
+    # longer, and the start fails with "Timed out waiting for file .../gcs_server_port_*". A private local
+    # Ray has no reason to give up that early; an operator's own setting wins.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 
