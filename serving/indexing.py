@@ -247,18 +247,29 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
                 if save_every and n_batches % save_every == 0:
                     store.save(gallery_dir)
     except KeyboardInterrupt:
-        logger.warning("interrupted: saving the %d image(s) indexed so far; rerun the same command to resume",
-                       summary.indexed)
-        store.save(gallery_dir)
+        save_interrupted(store, gallery_dir, summary)
         raise
     finally:
         progress.close()
+    return finish_run(store, gallery_dir, summary, start)
+
+
+def save_interrupted(store: Any, gallery_dir: Path, summary: IndexSummary) -> None:
+    """Keep what a Ctrl-C'd run indexed so far: the same command resumes from there (every engine)."""
+    logger.warning("interrupted: saving the %d image(s) indexed so far; rerun the same command to resume",
+                   summary.indexed)
+    store.save(gallery_dir)
+
+
+def finish_run(store: Any, gallery_dir: Path, summary: IndexSummary, start: float,
+               engine: str = "") -> IndexSummary:
+    """The last step of every engine's run: save the gallery atomically and complete the summary."""
     store.save(gallery_dir)
     summary.seconds = time.perf_counter() - start
     summary.gallery_size = len(store)
-    logger.info("indexed %d image(s) in %.1f s (%.1f images/s); %d skipped; gallery %s has %d items",
-                summary.indexed, summary.seconds, summary.images_per_s, len(summary.skipped), gallery_dir,
-                summary.gallery_size)
+    logger.info("indexed %d image(s)%s in %.1f s (%.1f images/s); %d skipped; gallery %s has %d items",
+                summary.indexed, f" on {engine}" if engine else "", summary.seconds, summary.images_per_s,
+                len(summary.skipped), gallery_dir, summary.gallery_size)
     return summary
 
 

@@ -38,7 +38,7 @@ from serving.crawl import ImageItem
 from serving.embedders import load_embedder
 from serving.errors import UserError
 from serving.imageio import DEFAULT_LIMITS, DecodeLimits
-from serving.indexing import IndexSummary, _load, crawl, open_gallery
+from serving.indexing import IndexSummary, _load, crawl, finish_run, open_gallery, save_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -199,21 +199,13 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
                 if save_every and n_batches % save_every == 0:
                     store.save(gallery_dir)
     except KeyboardInterrupt:
-        logger.warning("interrupted: saving the %d image(s) indexed so far; rerun the same command to resume",
-                       summary.indexed)
-        store.save(gallery_dir)
+        save_interrupted(store, gallery_dir, summary)
         raise
     finally:
         progress.close()
         if started_ray:
             ray.shutdown()
-    store.save(gallery_dir)
-    summary.seconds = time.perf_counter() - start
-    summary.gallery_size = len(store)
-    logger.info("indexed %d image(s) on Ray in %.1f s (%.1f images/s); %d skipped; gallery %s has %d items",
-                summary.indexed, summary.seconds, summary.images_per_s, len(summary.skipped), gallery_dir,
-                summary.gallery_size)
-    return summary
+    return finish_run(store, gallery_dir, summary, start, engine="Ray")
 
 
 def _run_pipeline(ray: Any, todo: list[ImageItem], model: str, backend: str, height: int, width: int,
