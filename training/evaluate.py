@@ -75,11 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--gap", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the modality-gap table and alignment (training.gap)")
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, "object"]:
-    """Evaluate per the parsed arguments; returns ``{setting: ProtocolResult}``."""
+    """Evaluate per the parsed arguments; returns ``{setting: ProtocolResult}``.
+
+    With ``args.gap`` the modality-gap table of the same model is stored on ``args.gap_result``.
+    """
     from training.data import build_dataset
     from training.model import load_checkpoint
     from training.protocols import evaluate_regdb, evaluate_sysu
@@ -94,15 +99,21 @@ def run(args: argparse.Namespace) -> dict[str, "object"]:
     progress = not args.no_progress
     cache: dict[str, np.ndarray] = {}
     if args.dataset == "sysu":
-        test = build_dataset("sysu", args.data_root).test
-        return {f"sysu_{mode}_{shot}": evaluate_sysu(model, test, mode, shot, trials=args.trials, seed=args.seed,
-                                                     rerank=args.rerank, batch_size=args.batch_size,
-                                                     progress=progress, cache=cache)
-                for mode in modes for shot in shots}
-    trial = args.trial if args.trial is not None else int(ckpt.get("config", {}).get("trial", 1) or 1)
-    test = build_dataset("regdb", args.data_root, trial=trial).test
-    res = evaluate_regdb(model, test, rerank=args.rerank, batch_size=args.batch_size, progress=progress)
-    return {f"regdb_trial{trial}_{name}": r for name, r in res.items()}
+        dataset = build_dataset("sysu", args.data_root)
+        results = {f"sysu_{mode}_{shot}": evaluate_sysu(model, dataset.test, mode, shot, trials=args.trials,
+                                                        seed=args.seed, rerank=args.rerank,
+                                                        batch_size=args.batch_size, progress=progress, cache=cache)
+                   for mode in modes for shot in shots}
+    else:
+        trial = args.trial if args.trial is not None else int(ckpt.get("config", {}).get("trial", 1) or 1)
+        dataset = build_dataset("regdb", args.data_root, trial=trial)
+        res = evaluate_regdb(model, dataset.test, rerank=args.rerank, batch_size=args.batch_size, progress=progress)
+        results = {f"regdb_trial{trial}_{name}": r for name, r in res.items()}
+    if getattr(args, "gap", False):
+        from training.gap import model_gap
+
+        args.gap_result = model_gap(model, dataset.train, dataset.test, batch_size=args.batch_size)
+    return results
 
 
 def write_plots(results: dict, out_dir: Path, rerank: bool = False) -> list[Path]:
@@ -145,10 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     metrics = {name: r.metrics for name, r in results.items()}
     print(format_table(metrics))
+    gap = getattr(args, "gap_result", None)
+    if gap is not None:
+        from training.gap import format_gap
+
+        print(format_gap(gap))
     if args.out_json is not None:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "data_root": str(args.data_root),
                    "rerank": args.rerank, "trials": args.trials, "seed": args.seed, "results": metrics}
+        if gap is not None:
+            payload["modality_gap"] = gap
         args.out_json.write_text(json.dumps(payload, indent=2) + "\n")
         log.info("wrote %s", args.out_json)
     if args.plots is not None:
