@@ -19,6 +19,7 @@ Metric dicts hold fractions in [0, 1]: ``r1, r5, r10, r20, mAP, mINP`` and the s
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,10 +85,23 @@ def split_sysu(test: Sequence[Record], mode: str = "all") -> tuple[list[Record],
 
 
 def draw_sysu_gallery(pool: Sequence[Record], mode: str, shot: str, seed: int) -> np.ndarray:
-    """One trial's gallery: indices into ``pool``.
+    """One trial's gallery: indices into ``pool``, the files the community evaluation code picks.
+
+    The public cross-modal baseline (``process_gallery_sysu`` in the AGW / CAJ ``data_manager.py``,
+    whose galleries published SYSU-MM01 numbers use) seeds Python's ``random`` with the trial
+    number, walks the test identities in sorted order and, for each, the mode's RGB cameras in the
+    order 1, 2, 4, 5, and takes ``random.choice`` of that folder's sorted file list. We make the same
+    calls on a private ``random.Random(seed)`` in the same order, so trial ``t`` (``seed = t``) draws
+    the very same files and our single-shot numbers compare exactly with published ones.
+
+    Multi-shot there takes ``np.random.choice(files, 10, replace=False)`` from NumPy's *global*
+    stream, which the baseline never seeds per trial, so its multi-shot galleries depend on
+    everything the process drew before and cannot be reproduced file for file. We draw the 10 from
+    ``np.random.RandomState(seed)`` in the same walk order (all files when a folder has 10 or fewer,
+    where the baseline would fail).
 
     Args:
-        pool: Candidate gallery records (as from :func:`split_sysu`).
+        pool: Candidate gallery records (as from :func:`split_sysu`: sorted by pid, camera, path).
         mode: ``"all"`` (cameras 1, 2, 4, 5) or ``"indoor"`` (1, 2).
         shot: ``"single"`` (1 image per identity per camera) or ``"multi"`` (10, or all if fewer).
         seed: The trial's seed; the same seed draws the same gallery.
@@ -101,12 +115,20 @@ def draw_sysu_gallery(pool: Sequence[Record], mode: str, shot: str, seed: int) -
     for i, r in enumerate(pool):
         if r.camid in SYSU_MODES[mode]:
             groups[(r.pid, r.camid)].append(i)
-    rng = np.random.default_rng(seed)
+    for members in groups.values():
+        members.sort(key=lambda i: pool[i].path)  # the baseline's sorted(os.listdir(...)) order
+    py_rng, np_rng = random.Random(seed), np.random.RandomState(seed)
     picked: list[int] = []
-    for key in sorted(groups):  # fixed visiting order: the draw depends only on the seed and the pool
-        members = groups[key]
-        k = min(SYSU_SHOTS[shot], len(members))
-        picked.extend(rng.choice(members, size=k, replace=False).tolist())
+    for pid in sorted({pid for pid, _ in groups}):
+        for cam in SYSU_MODES[mode]:  # the baseline's camera loop order, not sorted-by-number
+            members = groups.get((pid, cam))
+            if not members:
+                continue  # the baseline skips a camera folder that does not exist
+            if shot == "single":
+                picked.append(py_rng.choice(members))
+            else:
+                k = min(SYSU_SHOTS[shot], len(members))
+                picked.extend(np_rng.choice(members, size=k, replace=False).tolist())
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 

@@ -162,3 +162,63 @@ def test_cosine_distance_and_extract_features(sysu_test):
     expected = np.stack([read_image(p, 32, 16).reshape(-1, 3).mean(axis=0) for p in paths])
     assert feats.dtype == np.float32 and feats.shape == (5, 3)
     np.testing.assert_allclose(feats, expected, rtol=1e-5)
+
+
+def _community_single_shot(root, mode: str, trial: int) -> list[str]:
+    """The public baseline's ``process_gallery_sysu`` single-shot loop, restated as the reference."""
+    import os
+    import random as pyrandom
+
+    pyrandom.seed(trial)
+    cameras = ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else ["cam1", "cam2"]
+    with open(os.path.join(root, "exp/test_id.txt")) as fh:
+        ids = ["%04d" % int(y) for y in fh.read().splitlines()[0].split(",")]
+    files = []
+    for pid in sorted(ids):
+        for cam in cameras:
+            img_dir = os.path.join(root, cam, pid)
+            if os.path.isdir(img_dir):
+                files.append(pyrandom.choice(sorted([img_dir + "/" + i for i in os.listdir(img_dir)])))
+    return files
+
+
+@pytest.fixture()
+def uneven_sysu_tree(tmp_path):
+    """Test ids 7, 12, 3 (unsorted in the file); uneven file counts; a missing camera folder."""
+    import cv2
+
+    img = np.zeros((8, 4, 3), np.uint8)
+    counts = {(3, 1): 5, (3, 2): 3, (3, 4): 7, (3, 5): 2, (7, 1): 4, (7, 4): 6, (7, 5): 9,
+              (12, 1): 11, (12, 2): 1, (12, 4): 3, (12, 5): 8}
+    for cam in (3, 6):
+        counts.update({(p, cam): 2 for p in (3, 7, 12)})
+    counts.update({(p, cam): 1 for p in (20, 21) for cam in (1, 3)})  # train / val people
+    for (pid, cam), n in counts.items():
+        d = tmp_path / f"cam{cam}" / f"{pid:04d}"
+        d.mkdir(parents=True)
+        for k in reversed(range(n)):  # created in reverse so that listdir order is not the sorted order
+            cv2.imwrite(str(d / f"{k + 1:04d}.jpg"), img)
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "test_id.txt").write_text("7,12,3\n")
+    (tmp_path / "exp" / "train_id.txt").write_text("20\n")  # the parser needs a train split; unused here
+    (tmp_path / "exp" / "val_id.txt").write_text("21\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", ["all", "indoor"])
+def test_single_shot_galleries_are_the_community_files(uneven_sysu_tree, mode):
+    from pathlib import Path
+
+    test = build_dataset("sysu", uneven_sysu_tree).test
+    _, pool = split_sysu(test, mode)
+    for trial, idx in enumerate(sysu_galleries(pool, mode, "single", trials=10, seed=0)):
+        ours = sorted(str(Path(pool[i].path).resolve()) for i in idx)
+        theirs = sorted(str(Path(p).resolve()) for p in _community_single_shot(str(uneven_sysu_tree), mode, trial))
+        assert ours == theirs, f"trial {trial}"
+    # Pinned: trial 0 of all-search (Python's random.choice has been stable since 3.2).
+    first = [pool[i] for i in draw_sysu_gallery(pool, "all", "single", seed=0)] if mode == "all" else None
+    if first is not None:
+        picked = sorted(f"cam{r.camid}/{r.pid:04d}/{Path(r.path).name}" for r in first)
+        assert picked == sorted(Path(p).relative_to(uneven_sysu_tree).as_posix()
+                                for p in _community_single_shot(str(uneven_sysu_tree), "all", 0))
+        assert len(picked) == 11  # 3 ids x 4 cameras, id 7 has no cam2 folder
