@@ -27,6 +27,7 @@ __all__ = [
     "VARIANTS",
     "LossWeights",
     "correlation_loss",
+    "cross_modal_triplet_loss",
     "dfe_loss",
     "distribution_loss",
     "identity_loss",
@@ -130,13 +131,67 @@ def correlation_loss(feats_v: Tensor, feats_i: Tensor) -> Tensor:
     return (c_v - c_i).pow(2).sum() / feats_v.shape[0]
 
 
+def cross_modal_triplet_loss(feats_v: Tensor, feats_i: Tensor, labels: Tensor, margin: float = 0.3,
+                             cross_only: bool = True) -> Tensor:
+    """Batch-hard triplet loss across modalities (not part of DFE; a training option).
+
+    The metric-learning term of the cross-modal re-ID baselines (Ye et al.'s AGW uses a weighted
+    variant; Hermans et al., "In Defense of the Triplet Loss", 2017, the batch-hard form used
+    here). For every image (anchor), the farthest image of the same person and the nearest image of
+    another person are found among the images of the *other* modality (``cross_only``) or of the
+    whole batch, and the anchor is asked to be ``margin`` closer to the former. The identity loss
+    only ties the two modalities together per training label; this term asks directly for what
+    retrieval needs — an infrared image nearer to its person's visible images than to anyone
+    else's — which is what transfers to people never seen.
+
+    Distances are Euclidean between L2-normalised descriptors (``sqrt(2 - 2 cos)``), the geometry
+    the gallery searches in.
+
+    Args:
+        feats_v: ``[N, M]`` visible descriptors.
+        feats_i: ``[N, M]`` infrared descriptors.
+        labels: ``[N]`` identities of the pairs (row j of both streams is person ``labels[j]``).
+        margin: Required gap between the hardest negative and the hardest positive distance.
+        cross_only: Mine positives and negatives in the other modality only.
+
+    Returns:
+        Scalar: the mean hinge over anchors that have at least one positive and one negative
+        (0 when none has).
+    """
+    _check_pair(feats_v, feats_i, 2, "feats_v and feats_i", "[N, M]")
+    if labels.ndim != 1 or labels.shape[0] != feats_v.shape[0]:
+        raise ValueError(f"labels must be [N={feats_v.shape[0]}], got shape {tuple(labels.shape)}")
+    x = F.normalize(_at_least_float32(torch.cat([feats_v, feats_i])), dim=1)
+    y = torch.cat([labels, labels])
+    modality = torch.arange(2, device=x.device).repeat_interleave(feats_v.shape[0])
+    # sqrt(2 - 2cos), clamped: the gradient of sqrt at 0 is infinite for an image against itself.
+    dist = torch.sqrt((2 - 2 * x @ x.T).clamp_min(1e-12))
+    same = y[:, None] == y[None, :]
+    allowed = modality[:, None] != modality[None, :] if cross_only else ~torch.eye(len(y), dtype=torch.bool,
+                                                                                     device=x.device)
+    pos, neg = same & allowed, ~same & allowed
+    valid = pos.any(dim=1) & neg.any(dim=1)
+    if not valid.any():
+        return x.new_zeros(())
+    hardest_pos = torch.where(pos, dist, torch.full_like(dist, -1.0)).amax(dim=1)
+    hardest_neg = torch.where(neg, dist, torch.full_like(dist, 4.0)).amin(dim=1)
+    return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+
+
 @dataclass(frozen=True)
 class LossWeights:
-    """Trade-off factors of eq. 15: ``L = alpha*L_id + beta*L_d + gamma*L_c``."""
+    """Trade-off factors of eq. 15, ``L = alpha*L_id + beta*L_d + gamma*L_c``, plus an optional
+    cross-modal triplet term ``delta*L_tri`` (0 in the paper's recipe) and its margin."""
 
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 1.0
+    delta: float = 0.0
+    margin: float = 0.3
+
+    def scaled(self, align: float) -> LossWeights:
+        """These weights with beta and gamma multiplied by ``align`` (a warm-up factor in [0, 1])."""
+        return LossWeights(self.alpha, self.beta * align, self.gamma * align, self.delta, self.margin)
 
 
 # §4.2 "Trade-off factors": 1:1:1 for SYSU-MM01; 1:11:2 for RegDB, found by the authors' cross-validation.
@@ -154,24 +209,28 @@ VARIANTS: dict[str, tuple[bool, bool]] = {  # name -> (keep L_d, keep L_c)
 }
 
 
-def resolve_weights(preset: str, variant: str = "dfe") -> LossWeights:
+def resolve_weights(preset: str, variant: str = "dfe", triplet: float = 0.0, margin: float = 0.3) -> LossWeights:
     """Weights for a dataset preset and an ablation variant.
 
     Args:
         preset: ``"sysu"`` (1:1:1) or ``"regdb"`` (1:11:2).
         variant: ``"dfe"`` (all terms), ``"baseline"`` (L_id only), ``"no_lc"`` (L_id + L_d) or
             ``"no_ld"`` (L_id + L_c).
+        triplet: Weight of the cross-modal triplet term (0 = off, the paper's recipe).
+        margin: Its margin.
 
     Returns:
         The preset's weights with the dropped terms set to 0.
     """
+    if triplet < 0 or margin < 0:
+        raise ValueError(f"triplet weight and margin must be >= 0, got {triplet} and {margin}")
     if preset not in PRESETS:
         raise ValueError(f"unknown loss preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown loss variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
     base = PRESETS[preset]
     keep_d, keep_c = VARIANTS[variant]
-    return LossWeights(base.alpha, base.beta if keep_d else 0.0, base.gamma if keep_c else 0.0)
+    return LossWeights(base.alpha, base.beta if keep_d else 0.0, base.gamma if keep_c else 0.0, triplet, margin)
 
 
 def dfe_loss(out_v: DFEOutput, out_i: DFEOutput, labels: Tensor,
@@ -185,15 +244,15 @@ def dfe_loss(out_v: DFEOutput, out_i: DFEOutput, labels: Tensor,
         weights: the trade-off factors; a term whose weight is 0 is not computed.
 
     Returns:
-        ``(total, terms)``: ``total`` the scalar to back-propagate; ``terms`` maps ``"id"``, ``"dist"``
-        and ``"corr"`` to the *unweighted*, detached 0-dim tensors (0 for a term not computed). They
+        ``(total, terms)``: ``total`` the scalar to back-propagate; ``terms`` maps ``"id"``, ``"dist"``,
+        ``"corr"`` and ``"tri"`` to the *unweighted*, detached 0-dim tensors (0 for a term not computed). They
         stay tensors so a training step does not force a device synchronisation; call ``.item()``
         when logging.
     """
     parts_v, parts_i = out_v.parts, out_i.parts
     zero = parts_v.new_zeros((), dtype=torch.float32)
     total = zero
-    terms = {"id": zero, "dist": zero, "corr": zero}
+    terms = {"id": zero, "dist": zero, "corr": zero, "tri": zero}
     if weights.alpha:
         # Eq. 13: the batch-mean of the summed part losses of each modality, added over the two modalities.
         l_id = identity_loss(out_v.logits, labels) + identity_loss(out_i.logits, labels)
@@ -207,4 +266,8 @@ def dfe_loss(out_v: DFEOutput, out_i: DFEOutput, labels: Tensor,
         l_c = correlation_loss(parts_v.flatten(1), parts_i.flatten(1))
         total = total + weights.gamma * l_c
         terms["corr"] = l_c.detach()
+    if weights.delta:
+        l_t = cross_modal_triplet_loss(parts_v.flatten(1), parts_i.flatten(1), labels, weights.margin)
+        total = total + weights.delta * l_t
+        terms["tri"] = l_t.detach()
     return total, terms

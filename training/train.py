@@ -20,7 +20,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CSV_FIELDS = ("epoch", "steps", "lr_backbone", "lr_head", "loss", "id", "dist", "corr", "seconds", "steps_per_s")
+CSV_FIELDS = ("epoch", "steps", "lr_backbone", "lr_head", "loss", "id", "dist", "corr", "tri", "seconds",
+              "steps_per_s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=128, help="input width")
     g.add_argument("--batch-pairs", type=int, default=32, help="N visible-infrared pairs per batch")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="flip + pad-and-crop")
+    g.add_argument("--channel-aug", type=float, default=0.0,
+                   help="probability of channel augmentation of a visible image (CAJ, ICCV 2021): one random "
+                        "R/G/B channel or the luma replicated; 0 = off (the paper)")
+    g.add_argument("--random-erasing", type=float, default=0.0,
+                   help="probability of random erasing of each image (Zhong et al., AAAI 2020); 0 = off (the paper)")
+    g.add_argument("--grey-remap", type=float, default=0.0,
+                   help="probability of a random grey-level curve on each grey image (infrared, channel-augmented "
+                        "visible); 0 = off (the paper)")
+    g.add_argument("--aug-warmup-epochs", type=float, default=0.0,
+                   help="ramp the channel-aug / grey-remap / erasing probabilities up over this many epochs")
+    g.add_argument("--pairs-per-id", type=int, default=1,
+                   help="K: identity-balanced batches of batch-pairs/K people with K pairs each (AGW's PK "
+                        "sampler); 1 = the paper's walk")
     g.add_argument("--workers", type=int, default=0, help="data loading processes")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="resnet50", help="resnet18 | resnet34 | resnet50")
@@ -55,13 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
     g.add_argument("--head-lr", type=float, default=0.1, help="learning rate of the new layers")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--optimizer", default="sgd", choices=tuple(OPTIMIZERS),
+                   help="sgd (the paper: momentum SGD) or adam (Adam with L2 weight decay, the optimiser of the "
+                        "strong re-ID baselines, e.g. Luo et al.'s BoT; converges faster from scratch)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--step-size", type=int, default=5, help="epochs between learning-rate decays")
     g.add_argument("--lr-gamma", type=float, default=0.1, help="learning-rate decay factor")
     g.add_argument("--loss-preset", default=None, choices=("sysu", "regdb"),
                    help="alpha:beta:gamma 1:1:1 (sysu) or 1:11:2 (regdb); default: the dataset's")
     g.add_argument("--variant", default="dfe", choices=("dfe", "baseline", "no_lc", "no_ld"), help="loss variant")
+    g.add_argument("--triplet", type=float, default=0.0,
+                   help="weight of a cross-modal batch-hard triplet term (not in the paper; 0 = off)")
+    g.add_argument("--triplet-margin", type=float, default=0.3, help="its margin, on distances of unit vectors")
+    g.add_argument("--align-warmup-epochs", type=float, default=0.0,
+                   help="ramp the alignment weights beta and gamma linearly from 0 over this many epochs "
+                        "(0 = full weight from the first step, the paper)")
     g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cut epochs short (quick runs)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", required=True, type=Path, help="where last.pt, args.yaml, metrics.csv go")
@@ -72,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True, help="evaluate at the end")
     g.add_argument("--eval-trials", type=int, default=10, help="SYSU-MM01 gallery draws at the end")
     g.add_argument("--eval-batch-size", type=int, default=64)
+    g.add_argument("--gap-every", type=int, default=0,
+                   help="measure the modality-gap table every N epochs into gap.csv (learning curves); "
+                        "0 = only at the end")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -79,15 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parse_with_config(build_parser(), argv)
     checks = {"epochs": 1, "batch_pairs": 2, "step_size": 1, "height": 16, "width": 16, "workers": 0,
-              "eval_trials": 1, "eval_batch_size": 1}
+              "eval_trials": 1, "eval_batch_size": 1, "pairs_per_id": 1, "triplet": 0, "triplet_margin": 0,
+              "align_warmup_epochs": 0, "gap_every": 0, "aug_warmup_epochs": 0}
     for name, lo in checks.items():
         if getattr(args, name) < lo:
             raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
+    for name in ("channel_aug", "random_erasing", "grey_remap"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UserError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(args, name)}")
+    if args.batch_pairs % args.pairs_per_id:
+        raise UserError(f"--pairs-per-id {args.pairs_per_id} must divide --batch-pairs {args.batch_pairs}")
     if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
         raise UserError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
     if args.loss_preset is None:
         args.loss_preset = args.dataset
     return args
+
+
+#: Optimiser name -> builder(param groups, momentum). Adam keeps the L2 weight decay of the groups (torch's
+#: ``Adam(weight_decay=...)`` adds it to the gradient, as BoT / fast-reid's Adam recipe does).
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, momentum: torch.optim.SGD(groups, momentum=momentum),
+    "adam": lambda groups, momentum: torch.optim.Adam(groups),
+}
+
+
+def build_optimizer(name: str, groups: list[dict[str, Any]], momentum: float) -> torch.optim.Optimizer:
+    """The optimiser ``name`` over ``groups`` (see :func:`training.model.param_groups`)."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](groups, momentum)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,7 +202,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epoch: int, scaler=None,
-                    max_steps: int | None = None, progress: bool = True) -> dict[str, float]:
+                    max_steps: int | None = None, progress: bool = True,
+                    align: Callable[[int], float] | None = None) -> dict[str, float]:
     """One pass over the paired loader.
 
     Both modalities go through the shared model in ONE forward of the concatenated batch, so the
@@ -163,15 +211,17 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
     averages (used at test time, on either modality) estimate. Two separate forwards would normalise
     each modality by its own batch statistics during training but not at test time.
 
+    ``align(step)``, when given, scales beta and gamma at the epoch's ``step`` (the warm-up).
+
     Returns:
-        Mean losses ``{"loss", "id", "dist", "corr"}`` over the epoch, plus ``"steps"``.
+        Mean losses ``{"loss", "id", "dist", "corr", "tri"}`` over the epoch, plus ``"steps"``.
     """
     from training.losses import dfe_loss
     from training.model import DFEOutput
 
     model.train()
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
-    sums = dict.fromkeys(("loss", "id", "dist", "corr"), 0.0)
+    sums = dict.fromkeys(("loss", "id", "dist", "corr", "tri"), 0.0)
     use_amp = scaler is not None
     bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
     done = 0
@@ -185,7 +235,8 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
             out = model(torch.cat([rgb, ir]))
             out_v = DFEOutput(out.parts[:n], [lg[:n] for lg in out.logits])
             out_i = DFEOutput(out.parts[n:], [lg[n:] for lg in out.logits])
-            loss, terms = dfe_loss(out_v, out_i, labels, weights)
+            step_weights = weights if align is None else weights.scaled(align(done))
+            loss, terms = dfe_loss(out_v, out_i, labels, step_weights)
         optimizer.zero_grad(set_to_none=True)
         if use_amp:
             scaler.scale(loss).backward()
@@ -236,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import build_dataset
     from training.data.loader import build_train_loader
     from training.evaluate import format_table
+    from training.gap import format_gap
     from training.losses import resolve_weights
     from training.model import DFE, param_groups
 
@@ -248,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None and not args.resume.is_file():
         raise UserError(f"--resume checkpoint not found: {args.resume}")
     try:
-        weights = resolve_weights(args.loss_preset, args.variant)
+        weights = resolve_weights(args.loss_preset, args.variant, args.triplet, args.triplet_margin)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     seed_everything(args.seed)
@@ -258,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(args.dataset, args.data_root, **kwargs)
     loader = build_train_loader(dataset.train, height=args.height, width=args.width, batch_pairs=args.batch_pairs,
                                 mode=args.dataset, seed=args.seed, augment=args.augment, num_workers=args.workers,
-                                pin_memory=device.type == "cuda")
+                                pin_memory=device.type == "cuda", pairs_per_id=args.pairs_per_id,
+                                channel_aug=args.channel_aug, erasing=args.random_erasing, remap=args.grey_remap,
+                                aug_warmup_epochs=args.aug_warmup_epochs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     pretrained = None if str(args.pretrained).lower() in ("none", "", "false") else args.pretrained
@@ -267,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     pretrained=pretrained, height=args.height, width=args.width).to(device)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    optimizer = torch.optim.SGD(param_groups(model, args.lr, args.head_lr, args.weight_decay),
-                                momentum=args.momentum)
+    optimizer = build_optimizer(args.optimizer, param_groups(model, args.lr, args.head_lr, args.weight_decay),
+                                args.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.lr_gamma)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and args.amp else None
     start_epoch, resumed_from = 0, None
@@ -279,12 +333,14 @@ def main(argv: list[str] | None = None) -> int:
              len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch), weights)
 
     ckpt_path = args.output_dir / "last.pt"
+    steps_per_epoch = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
     for epoch in range(start_epoch, args.epochs):
         loader.set_epoch(epoch)
         lrs = [g["lr"] for g in optimizer.param_groups]
         tic = time.perf_counter()
         stats = train_one_epoch(model, loader, optimizer, weights, device, epoch + 1, scaler,
-                                args.max_steps_per_epoch, progress=not args.no_progress)
+                                args.max_steps_per_epoch, progress=not args.no_progress,
+                                align=_warmup(args.align_warmup_epochs, epoch, steps_per_epoch))
         seconds = time.perf_counter() - tic
         scheduler.step()
         save_checkpoint(ckpt_path, {
@@ -296,14 +352,55 @@ def main(argv: list[str] | None = None) -> int:
                "steps_per_s": round(stats["steps"] / max(seconds, 1e-9), 4), **stats}
         _write_csv_row(args.output_dir / "metrics.csv", row, resumed_from)
         resumed_from = None
-        log.info("epoch %d/%d: loss %.4f (id %.4f, dist %.4f, corr %.4f), %.1f s, %.2f steps/s", epoch + 1,
-                 args.epochs, stats["loss"], stats["id"], stats["dist"], stats["corr"], seconds, row["steps_per_s"])
+        log.info("epoch %d/%d: loss %.4f (id %.4f, dist %.4f, corr %.4f, tri %.4f), %.1f s, %.2f steps/s", epoch + 1,
+                 args.epochs, stats["loss"], stats["id"], stats["dist"], stats["corr"], stats["tri"], seconds,
+                 row["steps_per_s"])
+        last = epoch + 1 == args.epochs
+        if args.gap_every and ((epoch + 1) % args.gap_every == 0 or last) and not (last and args.eval):
+            _log_gap(model, args, dataset, epoch + 1, (epoch + 1) * steps_per_epoch)
 
     if args.eval:
         results = evaluate(model, args, dataset)
-        (args.output_dir / "final_metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        gap = _log_gap(model, args, dataset, args.epochs, args.epochs * steps_per_epoch)
+        (args.output_dir / "final_metrics.json").write_text(json.dumps({**results, GAP_KEY: gap}, indent=2) + "\n")
         print(format_table(results))
+        print(format_gap(gap))
     return 0
+
+
+#: Key of the modality-gap table in ``final_metrics.json`` (beside the protocol settings).
+GAP_KEY = "modality_gap"
+
+
+def _warmup(epochs: float, epoch: int, steps_per_epoch: int) -> Callable[[int], float] | None:
+    """The alignment warm-up factor of each step of ``epoch`` (None when there is no warm-up)."""
+    if epochs <= 0:
+        return None
+    total = epochs * steps_per_epoch
+    return lambda step: min(1.0, (epoch * steps_per_epoch + step) / total)
+
+
+def _log_gap(model, args: argparse.Namespace, dataset, epoch: int, steps: int) -> dict:
+    """Measure the gap table, append it to ``gap.csv`` (the learning curve) and return it."""
+    from training.gap import flat_gap, model_gap
+
+    gap = model_gap(model, dataset.train, dataset.test, batch_size=args.eval_batch_size)
+    row = {"epoch": epoch, "steps": steps, **flat_gap(gap)}
+    path = args.output_dir / "gap.csv"
+    rows = []
+    if path.exists():
+        with path.open() as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < epoch]
+    rows.append(row)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("epoch %d gap: test IR->RGB r1 %.3f, RGB->RGB %.3f, IR->IR %.3f, train IR->RGB %.3f, xm_auc %.3f",
+             epoch, row["test_ir_to_rgb_r1"], row["test_rgb_to_rgb_r1"], row["test_ir_to_ir_r1"],
+             row["train_ir_to_rgb_r1"], row["xm_auc"])
+    model.train()
+    return gap
 
 
 def _resume(path: Path, model, optimizer, scheduler, scaler) -> int:

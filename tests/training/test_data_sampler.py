@@ -138,3 +138,80 @@ def test_loader_is_deterministic(sysu_root: Path) -> None:
     loader = build_train_loader(train, seed=1, **kw)
     loader.set_epoch(1)
     assert not torch.equal(_batches(loader)[0][0], a[0][0])
+
+
+def _people(n_ids: int = 6, n_rgb: int = 5, n_ir: int = 3) -> list[Record]:
+    out = []
+    for pid in range(n_ids):
+        out += [Record(f"{pid}_v{i}.jpg", pid, 1, "rgb") for i in range(n_rgb)]
+        out += [Record(f"{pid}_t{i}.jpg", pid, 3, "ir") for i in range(n_ir)]
+    return out
+
+
+def test_pk_batches_hold_k_pairs_of_distinct_people() -> None:
+    recs = _people()
+    s = PairedBatchSampler(recs, batch_pairs=8, mode="sysu", seed=0, pairs_per_id=4)
+    assert s.pairs_per_epoch == 30
+    batches = list(s)
+    assert len(batches) == len(s) == 4 and [len(b) for b in batches] == [8, 8, 8, 6]
+    for batch in batches[:3]:
+        pids = [recs[a].pid for a, _, _ in batch]
+        assert all(recs[a].pid == recs[b].pid for a, b, _ in batch)
+        assert all(recs[a].modality == "rgb" and recs[b].modality == "ir" for a, b, _ in batch)
+        runs = Counter(pids)
+        assert len(runs) == 2 and set(runs.values()) == {4}  # 2 people x 4 pairs
+        # The 4 RGB images of a person are distinct (5 to choose from); IR has 3, so it repeats.
+        for pid in runs:
+            assert len({a for a, _, _ in batch if recs[a].pid == pid}) == 4
+    # Every person appears about equally often over the epoch (permutations of the 6 people).
+    counts = Counter(recs[a].pid for b in batches for a, _, _ in b)
+    assert max(counts.values()) - min(counts.values()) <= 4
+    assert _pairs(s) == _pairs(PairedBatchSampler(recs, 8, "sysu", seed=0, pairs_per_id=4))
+    with pytest.raises(UserError, match="divisor"):
+        PairedBatchSampler(recs, 8, "sysu", pairs_per_id=3)
+
+
+def test_channel_augment_makes_grey_from_one_channel_or_luma() -> None:
+    from training.data.transforms import channel_augment
+
+    img = np.random.default_rng(0).integers(0, 256, size=(12, 6, 3), dtype=np.uint8)
+    assert channel_augment(img, np.random.default_rng(0), 0.0) is img
+    seen = set()
+    for seed in range(40):
+        out = channel_augment(img, np.random.default_rng(seed), 1.0)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+        for k in range(3):
+            if np.array_equal(out[..., 0], img[..., k]):
+                seen.add(k)
+        luma = (img.astype(np.float64) @ [0.299, 0.587, 0.114]).round()
+        if np.abs(out[..., 0] - luma).max() <= 1:
+            seen.add("luma")
+    assert seen == {0, 1, 2, "luma"}
+
+
+def test_random_erasing_fills_one_rectangle() -> None:
+    from training.data.transforms import random_erasing
+
+    img = np.full((40, 20, 3), 7, np.uint8)
+    assert random_erasing(img, np.random.default_rng(0), 0.0) is img
+    for seed in range(20):
+        out = random_erasing(img, np.random.default_rng(seed), 1.0)
+        changed = (out != img).any(axis=2)
+        ys, xs = np.nonzero(changed)
+        assert ys.size > 0
+        box = changed[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        area = box.size / img[..., 0].size
+        assert 0.02 * 0.5 <= area <= 0.4 * 1.2  # within the sampled area range (rounding)
+        assert box.mean() > 0.9  # a filled rectangle (noise equals 7 now and then)
+
+
+def test_loader_channel_aug_applies_to_visible_images_only(sysu_root: Path) -> None:
+    train = build_dataset("sysu", sysu_root).train
+    loader = build_train_loader(train, height=32, width=16, batch_pairs=8, mode="sysu", seed=0, augment=False,
+                                channel_aug=1.0)
+    rgb, ir, _ = next(iter(loader))
+    assert torch.equal(rgb[:, 0], rgb[:, 1]) and torch.equal(rgb[:, 1], rgb[:, 2])  # grey
+    first = next(iter(loader.sampler))
+    for j, (_, b, _) in enumerate(first):  # infrared untouched
+        assert np.array_equal(ir[j].permute(1, 2, 0).numpy(), read_image(train[b].path, 32, 16))

@@ -288,3 +288,75 @@ def test_one_sgd_step_reduces_dfe_loss(two_stream_batch: tuple) -> None:
     opt.step()
     after, _ = dfe_loss(*_forward_pairs(net, rgb, ir), labels, weights)
     assert after.item() < before.item()
+
+
+# --------------------------------------------------------------------- cross-modal triplet (option)
+
+
+def ref_triplet(fv: np.ndarray, fi: np.ndarray, labels: np.ndarray, margin: float, cross_only: bool) -> float:
+    x = np.concatenate([fv, fi]).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.concatenate([labels, labels])
+    mod = [0] * len(fv) + [1] * len(fi)
+    hinges = []
+    for a in range(len(x)):
+        pos, neg = [], []
+        for b in range(len(x)):
+            if a == b or (cross_only and mod[a] == mod[b]):
+                continue
+            d = math.sqrt(max(2 - 2 * float(x[a] @ x[b]), 1e-12))
+            (pos if y[a] == y[b] else neg).append(d)
+        if pos and neg:
+            hinges.append(max(0.0, max(pos) - min(neg) + margin))
+    return sum(hinges) / len(hinges) if hinges else 0.0
+
+
+def test_triplet_hand_worked_case() -> None:
+    from training.losses import cross_modal_triplet_loss
+
+    fv = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    fi = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    # Anchors v0: 0 - 0 + .3; v1: sqrt2 - sqrt2 + .3; i0: max(0, 0 - sqrt2 + .3) = 0; i1: sqrt2 - 0 + .3.
+    expected = (0.3 + 0.3 + 0.0 + math.sqrt(2) + 0.3) / 4
+    assert cross_modal_triplet_loss(fv, fi, labels, margin=0.3).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("cross_only", [True, False])
+def test_triplet_matches_loop_reference(cross_only: bool) -> None:
+    from training.losses import cross_modal_triplet_loss
+
+    g = torch.Generator().manual_seed(0)
+    fv, fi = torch.randn(8, 12, generator=g), torch.randn(8, 12, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    got = cross_modal_triplet_loss(fv, fi, labels, margin=0.5, cross_only=cross_only).item()
+    assert got == pytest.approx(ref_triplet(fv.numpy(), fi.numpy(), labels.numpy(), 0.5, cross_only), **TOL)
+
+
+def test_triplet_in_dfe_loss_and_gradients() -> None:
+    from training.losses import cross_modal_triplet_loss
+
+    g = torch.Generator().manual_seed(1)
+    parts_v = torch.randn(4, 3, 5, generator=g, requires_grad=True)
+    parts_i = torch.randn(4, 3, 5, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    logits = [torch.zeros(4, 4)] * 3
+    w = resolve_weights("sysu", "baseline", triplet=2.0, margin=0.3)
+    assert w == LossWeights(1.0, 0.0, 0.0, 2.0, 0.3)
+    total, terms = dfe_loss(DFEOutput(parts_v, logits), DFEOutput(parts_i, logits), labels, w)
+    tri = cross_modal_triplet_loss(parts_v.flatten(1), parts_i.flatten(1), labels, 0.3)
+    torch.testing.assert_close(terms["tri"], tri.detach())
+    torch.testing.assert_close(total, terms["id"] + 2.0 * tri)
+    total.backward()
+    assert parts_v.grad.abs().sum() > 0 and parts_i.grad.abs().sum() > 0
+    # No anchor with both a positive and a negative (one person): zero, not NaN.
+    one = cross_modal_triplet_loss(torch.randn(2, 4), torch.randn(2, 4), torch.tensor([5, 5]))
+    assert one.item() == 0.0
+    with pytest.raises(ValueError, match=">= 0"):
+        resolve_weights("sysu", triplet=-1.0)
+
+
+def test_alignment_warmup_scales_beta_and_gamma_only() -> None:
+    w = LossWeights(1.0, 11.0, 2.0, 0.5, 0.3)
+    assert w.scaled(0.25) == LossWeights(1.0, 2.75, 0.5, 0.5, 0.3)
+    assert w.scaled(1.0) == w

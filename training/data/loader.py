@@ -16,32 +16,54 @@ from torch.utils.data import DataLoader, Dataset
 from training.data.images import read_image
 from training.data.records import Record
 from training.data.sampler import Pair, PairedBatchSampler
-from training.data.transforms import TrainTransform
+from training.data.transforms import TrainTransform, channel_augment, grey_remap, random_erasing
 
 
 class PairDataset(Dataset):
-    """Maps a sampled :data:`Pair` to ``(rgb uint8 [3,H,W], ir uint8 [3,H,W], label int64)``."""
+    """Maps a sampled :data:`Pair` to ``(rgb uint8 [3,H,W], ir uint8 [3,H,W], label int64)``.
+
+    Args:
+        records: The records the pair indices point into.
+        pid_to_label: Person id -> training label.
+        height: Model input height.
+        width: Model input width.
+        augment: Flip + pad-and-crop on both images.
+        channel_aug: Probability of channel augmentation of the visible image (``channel_augment``).
+        erasing: Probability of random erasing, drawn independently for each image.
+        remap: Probability of random grey-level remapping of each grey image (infrared, or visible
+            after channel augmentation; ``grey_remap``).
+
+    ``strength`` (set per epoch through :meth:`TrainLoader.set_epoch`) scales the three
+    probabilities, for a warm-up of the augmentation.
+    """
 
     def __init__(self, records: Sequence[Record], pid_to_label: dict[int, int], height: int, width: int,
-                 augment: bool) -> None:
+                 augment: bool, channel_aug: float = 0.0, erasing: float = 0.0, remap: float = 0.0) -> None:
         self.records, self.pid_to_label = list(records), pid_to_label
         self.height, self.width = height, width
         self.transform = TrainTransform(height, width) if augment else None
+        self.channel_aug, self.erasing, self.remap = float(channel_aug), float(erasing), float(remap)
+        self.strength = 1.0
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+    def _load(self, index: int, rng: np.random.Generator, visible: bool) -> torch.Tensor:
         img = read_image(self.records[index].path, self.height, self.width)
         if self.transform is not None:
             img = self.transform(img, rng)
+        k = self.strength
+        if visible:
+            img = channel_augment(img, rng, k * self.channel_aug)
+        img = grey_remap(img, rng, k * self.remap)
+        img = random_erasing(img, rng, k * self.erasing)
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
     def __getitem__(self, pair: Pair) -> tuple[torch.Tensor, torch.Tensor, int]:
         rgb_i, ir_i, aug_seed = pair
         rng = np.random.default_rng(aug_seed)
         label = self.pid_to_label[self.records[rgb_i].pid]
-        return self._load(rgb_i, rng), self._load(ir_i, rng), label
+        return self._load(rgb_i, rng, True), self._load(ir_i, rng, False), label
 
 
 class TrainLoader:
@@ -54,14 +76,21 @@ class TrainLoader:
         loader: The underlying ``torch.utils.data.DataLoader``.
     """
 
-    def __init__(self, loader: DataLoader, sampler: PairedBatchSampler) -> None:
+    def __init__(self, loader: DataLoader, sampler: PairedBatchSampler, aug_warmup_epochs: float = 0.0) -> None:
         self.loader, self.sampler = loader, sampler
+        self.aug_warmup_epochs = float(aug_warmup_epochs)
         self.num_classes = sampler.num_classes
         self.pid_to_label = dict(sampler.pid_to_label)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (pairing, order and augmentation are functions of (seed, epoch))."""
+        """Select the epoch (pairing, order and augmentation are functions of (seed, epoch)).
+
+        During the augmentation warm-up, epoch ``e`` (0-based) runs the channel augmentation, grey
+        remapping and erasing at ``(e + 1) / (warm-up epochs + 1)`` of their probabilities.
+        """
         self.sampler.set_epoch(epoch)
+        w = self.aug_warmup_epochs
+        self.loader.dataset.strength = 1.0 if w <= 0 else min(1.0, (epoch + 1) / (w + 1))
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -73,7 +102,8 @@ class TrainLoader:
 
 def build_train_loader(records: Sequence[Record], *, height: int, width: int, batch_pairs: int, mode: str,
                        seed: int, augment: bool = True, num_workers: int = 0, drop_last: bool = False,
-                       pin_memory: bool = False) -> TrainLoader:
+                       pin_memory: bool = False, pairs_per_id: int = 1, channel_aug: float = 0.0,
+                       erasing: float = 0.0, remap: float = 0.0, aug_warmup_epochs: float = 0.0) -> TrainLoader:
     """Build the two-stream training loader.
 
     Args:
@@ -87,12 +117,18 @@ def build_train_loader(records: Sequence[Record], *, height: int, width: int, ba
         num_workers: DataLoader worker processes (0 = load in this process).
         drop_last: Drop a final batch smaller than ``batch_pairs``.
         pin_memory: Pin host memory (useful when training on a GPU).
+        pairs_per_id: K > 1 gives identity-balanced batches of ``batch_pairs / K`` people with K
+            pairs each (see ``PairedBatchSampler``); 1 keeps the paper's walk.
+        channel_aug: Probability of channel augmentation of each visible image.
+        erasing: Probability of random erasing of each image.
+        remap: Probability of random grey-level remapping of each grey image.
+        aug_warmup_epochs: Ramp the three augmentation probabilities up over this many epochs.
 
     Returns:
         A :class:`TrainLoader` with ``num_classes``, ``set_epoch(epoch)`` and ``len()`` = batches per epoch.
     """
-    sampler = PairedBatchSampler(records, batch_pairs, mode, seed=seed, drop_last=drop_last)
-    dataset = PairDataset(records, sampler.pid_to_label, height, width, augment)
+    sampler = PairedBatchSampler(records, batch_pairs, mode, seed=seed, drop_last=drop_last, pairs_per_id=pairs_per_id)
+    dataset = PairDataset(records, sampler.pid_to_label, height, width, augment, channel_aug, erasing, remap)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                         persistent_workers=False)
-    return TrainLoader(loader, sampler)
+    return TrainLoader(loader, sampler, aug_warmup_epochs)
