@@ -1,14 +1,24 @@
 """``python -m training ablation``: baseline, DFE w/o L_c, DFE w/o L_d and DFE on the same data and seeds.
 
-    python -m training ablation --config configs/synthetic.yaml --data-root DIR --output-dir DIR \\
-        --seeds 0,1,2 [--epochs N] [--publish] [any other train option]
+    python -m training ablation --config configs/X.yaml --data-root DIR --output-dir DIR \\
+        --seeds 0,1,2 [--regdb-root DIR [--regdb-config configs/Y.yaml]] [--publish] [any other train option]
 
 Like the paper's Figure 6: each variant is trained and evaluated with ``python -m training train``
-(every unknown option is passed through to it) once per seed, into ``DIR/<variant>_seed<s>/``; the
-table reports mean ± sample standard deviation over the seeds of R1, mAP and mINP in percent.
+(every unknown option is passed through to it) once per seed, into ``DIR/<dataset>/<variant>_seed<s>/``.
+``--data-root`` is trained with the config's dataset and loss preset (SYSU-MM01: 1:1:1); with
+``--regdb-root`` the same variants and seeds also run on a RegDB-layout tree with RegDB's 1:11:2
+weights (``--regdb-config`` may give that layout its own schedule), so one command produces both
+layouts' tables. Per layout the report has:
+
+* R1, mAP and mINP of each evaluation setting, mean ± sample standard deviation over the seeds;
+* the paired difference of each variant against the baseline (same seed, same data: the pairing
+  removes the seed-to-seed spread they share), mean ± sample std;
+* the modality-gap table of ``training.gap`` per variant (test IR->RGB, RGB->RGB, IR->IR, train
+  IR->RGB rank-1; the cross-modal AUC and the modality distance ``mmd``), mean ± std.
+
 Runs whose ``final_metrics.json`` already exists are reused (``--force`` retrains), so an
 interrupted ablation continues where it stopped. ``--publish`` copies ``ablation.md`` and
-``ablation.json`` to ``benchmarks/results/``.
+``ablation.json`` to ``benchmarks/results/`` (``--publish-name`` renames them).
 """
 
 from __future__ import annotations
@@ -32,6 +42,11 @@ VARIANTS: tuple[str, ...] = ("baseline", "no_lc", "no_ld", "dfe")
 LABELS: dict[str, str] = {"baseline": "baseline (L_id)", "no_lc": "DFE w/o L_c", "no_ld": "DFE w/o L_d",
                           "dfe": "DFE"}
 METRICS: tuple[tuple[str, str], ...] = (("r1", "R1"), ("mAP", "mAP"), ("mINP", "mINP"))
+GAP_COLUMNS: tuple[tuple[str, str, str], ...] = (  # (gap setting or "alignment", key, label)
+    ("test_ir_to_rgb", "r1", "test IR->RGB"), ("test_rgb_to_rgb", "r1", "test RGB->RGB"),
+    ("test_ir_to_ir", "r1", "test IR->IR"), ("train_ir_to_rgb", "r1", "train IR->RGB"),
+    ("alignment", "xm_auc", "xm_auc"), ("alignment", "mmd", "mmd"))
+GAP_KEY = "modality_gap"  # where ``train`` writes the gap table in final_metrics.json
 PUBLISH_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
@@ -42,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, type=Path, help="one sub-folder per run, plus the tables")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {', '.join(VARIANTS)}")
+    p.add_argument("--regdb-root", type=Path, default=None,
+                   help="also run every variant and seed on this RegDB-layout tree with RegDB's 1:11:2 weights")
+    p.add_argument("--regdb-config", type=Path, default=None,
+                   help="config for the RegDB runs (default: --config); its dataset is forced to regdb")
     p.add_argument("--force", action="store_true", help="retrain runs that already have final_metrics.json")
     p.add_argument("--publish", action="store_true", help="copy ablation.md/json to benchmarks/results/")
+    p.add_argument("--publish-name", default="ablation", help="file stem of the published tables")
     return p
 
 
@@ -75,42 +95,85 @@ def run_one(variant: str, seed: int, out: Path, train_argv: list[str], force: bo
     return json.loads(metrics_file.read_text())
 
 
-def summarize(runs: dict[str, dict[int, dict]]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{variant: {seed: final_metrics}}`` → ``{setting: {variant: {metric, metric_std, per_seed}}}``."""
+def _stats(values: list[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "per_seed": [float(x) for x in v]}
+
+
+def summarize(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """``{variant: {seed: final_metrics}}`` of one layout → its tables.
+
+    Returns:
+        ``{"settings": {setting: {variant: {metric, metric_std, metric_per_seed, seeds}}},
+        "paired": {setting: {variant: {metric: {mean, std, per_seed}}}}`` (variant − baseline, same
+        seed; only when the baseline ran), ``"gap": {variant: {label: {mean, std, per_seed}}}``.
+    """
     table: dict[str, dict[str, dict]] = {}
+    paired: dict[str, dict[str, dict]] = {}
+    gap: dict[str, dict[str, dict]] = {}
     for variant, by_seed in runs.items():
-        settings = next(iter(by_seed.values())).keys()
+        seeds = sorted(by_seed)
+        settings = [k for k in by_seed[seeds[0]] if k != GAP_KEY]
         for setting in settings:
-            row: dict = {"seeds": sorted(by_seed)}
+            row: dict = {"seeds": seeds}
             for key, _ in METRICS:
-                values = np.array([by_seed[s][setting][key] for s in sorted(by_seed)])
-                row[key] = float(values.mean())
-                row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-                row[f"{key}_per_seed"] = [float(v) for v in values]
+                s = _stats([by_seed[s][setting][key] for s in seeds])
+                row[key], row[f"{key}_std"], row[f"{key}_per_seed"] = s["mean"], s["std"], s["per_seed"]
             table.setdefault(setting, {})[variant] = row
-    return table
+            base = runs.get("baseline", {})
+            common = [s for s in seeds if s in base]
+            if variant != "baseline" and common:
+                paired.setdefault(setting, {})[variant] = {
+                    key: _stats([by_seed[s][setting][key] - base[s][setting][key] for s in common])
+                    for key, _ in METRICS}
+        if all(GAP_KEY in by_seed[s] for s in seeds):
+            gap[variant] = {label: _stats([by_seed[s][GAP_KEY][name][key] for s in seeds])
+                            for name, key, label in GAP_COLUMNS}
+    return {"settings": table, "paired": paired, "gap": gap}
 
 
-def to_markdown(table: dict[str, dict[str, dict]], command: str) -> str:
-    """Markdown tables (one per evaluation setting), values in percent, mean ± std over seeds."""
+def _pct(s: dict, scale: float = 100.0, digits: int = 1) -> str:
+    return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+
+
+def to_markdown(tables: dict[str, dict], command: str) -> str:
+    """Markdown report: per layout, the metric tables, the paired differences and the gap table."""
     lines = ["# Ablation: loss variants (paper Fig. 6)", "", f"Command: `{command}`", ""]
-    for setting, rows in table.items():
-        n = len(next(iter(rows.values()))["seeds"])
-        lines += [f"## {setting} (mean ± std over {n} seed{'s' if n > 1 else ''}, %)", "",
-                  "| variant | " + " | ".join(label for _, label in METRICS) + " |",
-                  "|---|" + "---:|" * len(METRICS)]
-        for variant, row in rows.items():
-            cells = [f"{100 * row[k]:.2f} ± {100 * row[k + '_std']:.2f}" for k, _ in METRICS]
-            lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
-        if "baseline" in rows and "dfe" in rows:
-            deltas = ", ".join(f"{label} {100 * (rows['dfe'][k] - rows['baseline'][k]):+.2f}" for k, label in METRICS)
-            lines += ["", f"DFE − baseline: {deltas} points."]
-        lines.append("")
+    for layout, summary in tables.items():
+        for setting, rows in summary["settings"].items():
+            n = len(next(iter(rows.values()))["seeds"])
+            lines += [f"## {layout}: {setting} (mean ± std over {n} seed{'s' if n > 1 else ''}, %)", "",
+                      "| variant | " + " | ".join(label for _, label in METRICS) + " |",
+                      "|---|" + "---:|" * len(METRICS)]
+            for variant, row in rows.items():
+                cells = [f"{100 * row[k]:.2f} ± {100 * row[k + '_std']:.2f}" for k, _ in METRICS]
+                lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
+            diffs = summary["paired"].get(setting, {})
+            if diffs:
+                lines += ["", "Paired difference against the baseline (same seed), points:", "",
+                          "| variant − baseline | " + " | ".join(label for _, label in METRICS) + " |",
+                          "|---|" + "---:|" * len(METRICS)]
+                for variant, d in diffs.items():
+                    lines.append(f"| {LABELS[variant]} | " + " | ".join(
+                        f"{100 * d[k]['mean']:+.2f} ± {100 * d[k]['std']:.2f}" for k, _ in METRICS) + " |")
+            lines.append("")
+        if summary["gap"]:
+            labels = [label for _, _, label in GAP_COLUMNS]
+            lines += [f"## {layout}: modality gap per variant (rank-1 %, AUC, mmd; mean ± std)", "",
+                      "| variant | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+            for variant, g in summary["gap"].items():
+                cells = [_pct(g[label]) if label not in ("xm_auc", "mmd") else _pct(g[label], 1.0, 3)
+                         for label in labels]
+                lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ablation; writes ``ablation.md`` and ``ablation.json`` into ``--output-dir``."""
+    from training.config import load_yaml
+
     args, train_argv = build_parser().parse_known_args(argv)
     seeds = _int_list(args.seeds, "--seeds")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -120,19 +183,53 @@ def main(argv: list[str] | None = None) -> int:
     for forbidden in ("--variant", "--seed", "--output-dir", "--resume"):
         if forbidden in train_argv:
             raise UserError(f"{forbidden} is set by the ablation itself; remove it from the command line")
+    layouts: dict[str, list[str]] = {}
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--dataset", default=None)
+    known, _ = pre.parse_known_args(train_argv)
+    main_dataset = known.dataset or (load_yaml(known.config).get("dataset") if known.config else None) or "sysu"
+    layouts[main_dataset] = train_argv
+    if args.regdb_root is not None:
+        if main_dataset == "regdb":
+            raise UserError("--regdb-root given, but the main run is already RegDB; drop one of them")
+        regdb_argv = _replace_option(train_argv, "--data-root", str(args.regdb_root))
+        if args.regdb_config is not None:
+            regdb_argv = _replace_option(regdb_argv, "--config", str(args.regdb_config))
+        layouts["regdb"] = [*regdb_argv, "--dataset", "regdb", "--loss-preset", "regdb"]
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    runs = {v: {s: run_one(v, s, args.output_dir / f"{v}_seed{s}", train_argv, args.force) for s in seeds}
-            for v in variants}
-    table = summarize(runs)
+    tables = {}
+    for layout, layout_argv in layouts.items():
+        runs = {v: {s: run_one(v, s, args.output_dir / layout / f"{v}_seed{s}", layout_argv, args.force)
+                    for s in seeds} for v in variants}
+        tables[layout] = summarize(runs)
     command = "python -m training ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
-    md = to_markdown(table, command)
+    md = to_markdown(tables, command)
     (args.output_dir / "ablation.md").write_text(md)
     (args.output_dir / "ablation.json").write_text(json.dumps({"command": command, "seeds": seeds,
-                                                               "results": table}, indent=2) + "\n")
+                                                               "results": tables}, indent=2) + "\n")
     print(md)
     if args.publish:
         PUBLISH_DIR.mkdir(parents=True, exist_ok=True)
-        for name in ("ablation.md", "ablation.json"):
-            shutil.copyfile(args.output_dir / name, PUBLISH_DIR / name)
+        for suffix in (".md", ".json"):
+            shutil.copyfile(args.output_dir / f"ablation{suffix}", PUBLISH_DIR / f"{args.publish_name}{suffix}")
         log.info("published ablation tables to %s", PUBLISH_DIR)
     return 0
+
+
+def _replace_option(argv: list[str], option: str, value: str) -> list[str]:
+    """``argv`` with ``option``'s value replaced (both ``--opt v`` and ``--opt=v``), or appended."""
+    out, i, found = [], 0, False
+    while i < len(argv):
+        a = argv[i]
+        if a == option and i + 1 < len(argv):
+            out += [option, value]
+            i, found = i + 2, True
+            continue
+        if a.startswith(option + "="):
+            out.append(f"{option}={value}")
+            found = True
+        else:
+            out.append(a)
+        i += 1
+    return out if found else [*out, option, value]

@@ -113,18 +113,31 @@ def test_evaluate_cli_regdb_and_bad_options(tiny_checkpoint, regdb_root, tmp_pat
     assert "valid values are all, indoor" in capsys.readouterr().err
 
 
-def test_ablation_writes_table(repo_root, sysu_root, tmp_path):
+def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     out = tmp_path / "ablation"
     rc = cli(["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
-              "--output-dir", str(out), "--seeds", "0", "--epochs", "1", "--max-steps-per-epoch", "1",
-              "--eval-trials", "1", "--no-progress"])
+              "--regdb-root", str(regdb_root), "--output-dir", str(out), "--seeds", "0,1", "--epochs", "1",
+              "--max-steps-per-epoch", "1", "--eval-trials", "1", "--no-progress"])
     assert rc == 0
-    table = json.loads((out / "ablation.json").read_text())["results"]["sysu_all_single"]
-    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe"]
+    results = json.loads((out / "ablation.json").read_text())["results"]
+    assert set(results) == {"sysu", "regdb"}
+    table = results["sysu"]["settings"]["sysu_all_single"]
+    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe"] and table["dfe"]["seeds"] == [0, 1]
+    assert set(results["regdb"]["settings"]) == {"visible_to_thermal", "thermal_to_visible"}
+    # Paired differences are per seed: variant minus baseline of the same seed.
+    d = results["sysu"]["paired"]["sysu_all_single"]["dfe"]["r1"]
+    per = [table["dfe"]["r1_per_seed"][i] - table["baseline"]["r1_per_seed"][i] for i in range(2)]
+    assert d["per_seed"] == pytest.approx(per) and d["mean"] == pytest.approx(sum(per) / 2)
+    gap = results["sysu"]["gap"]["dfe"]
+    assert {"test IR->RGB", "train IR->RGB", "xm_auc", "mmd"} <= set(gap) and len(gap["xm_auc"]["per_seed"]) == 2
     md = (out / "ablation.md").read_text()
-    assert "| DFE w/o L_c |" in md and "DFE − baseline" in md
+    assert "| DFE w/o L_c |" in md and "variant − baseline" in md and "modality gap per variant" in md
+    assert "## regdb: visible_to_thermal" in md
     # The variants really differ: the baseline never computes the alignment losses.
-    rows = list(csv.DictReader((out / "baseline_seed0" / "metrics.csv").open()))
+    rows = list(csv.DictReader((out / "sysu" / "baseline_seed0" / "metrics.csv").open()))
     assert float(rows[0]["dist"]) == 0.0 and float(rows[0]["corr"]) == 0.0
-    rows = list(csv.DictReader((out / "dfe_seed0" / "metrics.csv").open()))
+    rows = list(csv.DictReader((out / "sysu" / "dfe_seed0" / "metrics.csv").open()))
     assert float(rows[0]["dist"]) > 0.0 and float(rows[0]["corr"]) > 0.0
+    # RegDB runs use RegDB's 1:11:2 weights.
+    args = yaml.safe_load((out / "regdb" / "dfe_seed0" / "args.yaml").read_text())
+    assert args["dataset"] == "regdb" and args["loss_preset"] == "regdb" and args["data_root"] == str(regdb_root)
