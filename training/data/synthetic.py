@@ -113,12 +113,17 @@ def _write_person(job: tuple) -> int:
     return count
 
 
-def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int) -> None:
+def default_test_ids(ids: int) -> int:
+    """Test identities when not given: 20 %, roughly SYSU-MM01's 96 of 491 (and RegDB's half for RegDB)."""
+    return max(1, math.ceil(0.2 * ids))
+
+
+def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int, test_ids: int | None) -> None:
     pids = np.arange(1, ids + 1)
     if layout == "sysu":
         # Roughly SYSU-MM01's 296 train / 99 val / 96 test of 491 identities.
         perm = np.random.default_rng([seed, 0, 0, 0, TAG_SPLIT]).permutation(pids)
-        n_test = max(1, math.ceil(0.2 * ids))
+        n_test = default_test_ids(ids) if test_ids is None else test_ids
         n_val = round(0.25 * (ids - n_test))
         parts = {"test_id": perm[:n_test], "val_id": perm[n_test:n_test + n_val],
                  "train_id": perm[n_test + n_val:]}
@@ -127,9 +132,10 @@ def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int) -> 
             (out / "exp" / f"{name}.txt").write_text(",".join(str(int(p)) for p in sorted(part)) + "\n")
         return
     (out / "idx").mkdir(parents=True, exist_ok=True)
-    for trial in range(1, REGDB_TRIALS + 1):  # 10 random 50/50 identity splits, as the RegDB protocol
+    n_test = ids - ids // 2 if test_ids is None else test_ids
+    for trial in range(1, REGDB_TRIALS + 1):  # 10 random identity splits (50/50 by default), as the RegDB protocol
         perm = np.random.default_rng([seed, 0, trial, 0, TAG_SPLIT]).permutation(pids)
-        half = {"train": sorted(perm[: ids // 2]), "test": sorted(perm[ids // 2:])}
+        half = {"train": sorted(perm[: ids - n_test]), "test": sorted(perm[ids - n_test:])}
         for split, members in half.items():
             for camid, mod in ((REGDB_VISIBLE_CAM, "visible"), (REGDB_THERMAL_CAM, "thermal")):
                 lines = [f"{_image_path('regdb', int(p), camid, n)} {int(p)}" for p in members for n in range(per_cam)]
@@ -151,7 +157,7 @@ def _prepare(out: Path) -> None:
 
 def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: int = 0,
              images_per_camera: int = 10, height: int = 192, width: int = 64, difficulty: float = 1.0,
-             show_progress: bool = True, workers: int = 2) -> Path:
+             show_progress: bool = True, workers: int = 2, test_ids: int | None = None) -> Path:
     """Write a synthetic dataset.
 
     Args:
@@ -165,6 +171,9 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
         difficulty: Scales camera nuisances (offsets, scale, blur, noise, lighting, pose); 0 = clean.
         show_progress: Show a tqdm bar.
         workers: Processes to render with (1 = in this process).
+        test_ids: Identities in the test split (default: 20 % for SYSU, half for RegDB). People are
+            the same whatever the split: ``--ids 400 --test-ids 24`` has as many test people as
+            ``--ids 120`` and four times the training people.
 
     Returns:
         The dataset root.
@@ -178,6 +187,8 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
             raise UserError(f"{name} must be an integer >= {lo}, got {value!r}")
     if not 0 <= difficulty <= 3:
         raise UserError(f"difficulty must be in [0, 3], got {difficulty}")
+    if test_ids is not None and (int(test_ids) != test_ids or not 1 <= test_ids < ids):
+        raise UserError(f"test_ids must be an integer in [1, ids - 1] = [1, {ids - 1}], got {test_ids!r}")
     out = Path(out_dir)
     _prepare(out)
     jobs = [(str(out), seed, layout, pid, images_per_camera, height, width, float(difficulty))
@@ -195,8 +206,8 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
             for written in pool.map(_write_person, jobs, chunksize=4):
                 bar.update(written)
     bar.close()
-    _write_splits(out, layout, ids, seed, images_per_camera)
-    params = {"layout": layout, "ids": ids, "seed": seed, "images_per_camera": images_per_camera,
+    _write_splits(out, layout, ids, seed, images_per_camera, test_ids)
+    params = {"layout": layout, "ids": ids, "test_ids": test_ids, "seed": seed, "images_per_camera": images_per_camera,
               "height": height, "width": width, "difficulty": difficulty, "jpeg_quality": JPEG_QUALITY}
     (out / MARKER).write_text(json.dumps(params, indent=2) + "\n")
     log.info("wrote %d images of %d identities (%s layout) to %s", total, ids, layout, out)
@@ -209,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=LAYOUTS, default="sysu", help="folder layout to write")
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--ids", required=True, type=int, help="number of identities")
+    parser.add_argument("--test-ids", type=int, default=None,
+                        help="identities in the test split (default: 20%% for sysu, half for regdb)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--images-per-camera", type=int, default=10, help="images per identity per camera")
     parser.add_argument("--height", type=int, default=192, help="image height in pixels")
@@ -220,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = generate(args.out, layout=args.layout, ids=args.ids, seed=args.seed,
                     images_per_camera=args.images_per_camera, height=args.height, width=args.width,
-                    difficulty=args.difficulty, show_progress=not args.no_progress, workers=args.workers)
+                    difficulty=args.difficulty, show_progress=not args.no_progress, workers=args.workers,
+                    test_ids=args.test_ids)
     if args.contact_sheet is not None:
         from training.data._contact_sheet import contact_sheet
 
