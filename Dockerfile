@@ -1,29 +1,35 @@
-# GPU serving image: FastAPI + ONNX Runtime (CUDA EP) / TensorRT + FAISS on GPU.
-# The model (model.onnx or model.plan + model.plan.json) and the gallery directory are mounted as volumes;
+# GPU serving image: FastAPI + ONNX Runtime (CUDA EP) / TensorRT + FAISS on GPU, CUDA 12 throughout.
+# The model (model.onnx, or model.plan + model.plan.json) and the gallery directory are mounted as volumes;
 # nothing of the training stack (torch) is installed.
 #
 #   docker build -t xmreid-serve .
 #   docker run --gpus all -p 8000:8000 -v $PWD/artifacts:/models:ro -v $PWD/artifacts/gallery:/gallery xmreid-serve
 #
-# cuDNN 9 + CUDA 12 runtime: what onnxruntime-gpu >= 1.19 and the tensorrt-cu12 / faiss-gpu-cu12 wheels link against.
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+# Base: the official Python image on Debian 12, the same Python minor (3.11) as the CPU side (CI, `make test`),
+# so the image gets the same wheels the project is tested with. The CUDA 12 user-space libraries (runtime,
+# cuBLAS, cuFFT, cuRAND, NVRTC, cuDNN 9) come from NVIDIA's pip wheels pinned through requirements-gpu.txt,
+# TensorRT's from its own wheels; only the driver comes from the host (NVIDIA Container Toolkit, driver
+# >= 525.60.13, 570+ recommended). tests/deploy/test_gpu_stack.py checks that this file, the pins and the
+# CPU side agree (`make docker-check`); no Docker engine is needed for that.
+FROM python:3.11-slim-bookworm
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 
+# curl for the HEALTHCHECK; libgl/libglib are not needed by opencv-python-headless.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-pip libgl1 libglib2.0-0 curl \
+ && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/*
 
-RUN python3 -m venv /opt/venv
+RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 COPY requirements-serve.txt requirements-gpu.txt ./
 RUN pip install --upgrade pip \
- && pip install -r requirements-serve.txt -r requirements-gpu.txt
+ && pip install -r requirements-gpu.txt -r requirements-serve.txt
 
 COPY pyproject.toml README.md ./
 COPY training ./training
@@ -36,7 +42,8 @@ RUN pip install --no-deps .
 RUN useradd --create-home --uid 10001 xmreid && mkdir -p /models /gallery && chown xmreid /gallery
 USER xmreid
 
-# Inside a container the server must listen on all interfaces; outside one the default stays 127.0.0.1.
+# Settings come from XMREID_* variables (serving/core/config.py). Inside a container the server must listen on
+# all interfaces; outside one the default stays 127.0.0.1.
 ENV XMREID_MODEL=/models/model.onnx \
     XMREID_GALLERY=/gallery \
     XMREID_HOST=0.0.0.0 \
@@ -47,4 +54,5 @@ VOLUME ["/models", "/gallery"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD curl -fsS "http://127.0.0.1:${XMREID_PORT}/healthz" || exit 1
 
-CMD ["sh", "-c", "python -m serving serve --model \"$XMREID_MODEL\" --gallery \"$XMREID_GALLERY\" --host \"$XMREID_HOST\" --port \"$XMREID_PORT\""]
+# Exec form: python itself is PID 1 and receives SIGTERM (uvicorn's graceful shutdown); `sh -c` would swallow it.
+CMD ["python", "-m", "serving", "serve"]

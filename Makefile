@@ -18,13 +18,15 @@ MODEL := $(ARTIFACTS)/model.onnx
 GALLERY := $(ARTIFACTS)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo data train export index serve bench clean help chromium
+.PHONY: venv test demo data train export index serve bench clean help chromium gpu-check docker-check
 
 help:
 	@echo "make test    - build .venv from nothing and run the test suite"
 	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT)"
 	@echo "make data | train | export | index | serve - one stage of the demo"
 	@echo "make bench   - run the benchmark scripts (writes benchmarks/results/)"
+	@echo "make gpu-check    - check the GPU path on this machine (skips what cannot run, with reasons)"
+	@echo "make docker-check - requirements-gpu.txt resolves to one CUDA major; the Dockerfile agrees with it"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,6 +82,14 @@ bench: $(GALLERY)/manifest.json
 	$(PY) -m benchmarks.http --model $(MODEL) --gallery $(GALLERY) --images $(DATA)
 	$(PY) -m benchmarks.end_to_end --model $(MODEL) --gallery $(GALLERY) --images $(DATA)
 	$(PY) -m benchmarks.trivial_matcher
+
+# On a bare GPU machine with a preinstalled CUDA PyTorch and no registry: `python -m benchmarks.gpu_check`
+# straight from a checkout works too (it needs numpy, torch, onnx, onnxruntime; the rest is optional).
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check
+
+docker-check: $(STAMP)
+	$(PY) -m pytest -q tests/deploy
 
 clean:
 	rm -rf $(RUN) $(ARTIFACTS)

@@ -58,6 +58,8 @@ def create_session(onnx_path: str | Path, provider: str = "auto", *, intra_op_th
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     providers = resolve_providers(provider)
+    if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA / cuDNN from NVIDIA's pip wheels (requirements-gpu.txt), ONNX Runtime >= 1.21
     try:
         return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for unreadable / invalid models

@@ -1,13 +1,24 @@
 """``python -m export tensorrt``: an ONNX model to a TensorRT engine, then verified against ONNX Runtime.
 
-Built with TensorRT 10's Python API: ``Builder`` -> explicit-batch network filled by the ``OnnxParser``
--> ``BuilderConfig`` (workspace memory-pool limit, FP16 on request) with one optimization profile over
-the batch axis of ``images`` (min / opt / max) -> ``build_serialized_network`` -> written atomically.
+Written against the TensorRT 11 Python API (the pinned ``tensorrt-cu12`` 11.4; NVIDIA's "Migrating
+from TensorRT 10.x to 11.x" and "Removed Python APIs and Replacements" pages) and still working on
+10.x: ``Builder`` -> network filled by the ``OnnxParser`` -> ``BuilderConfig`` (workspace memory-pool
+limit, a timing cache) with one optimization profile over the batch axis of ``images`` (min / opt /
+max) -> ``build_serialized_network`` -> written atomically, with the sidecar.
 
-Precision: an fp32 build clears the TF32 flag (TensorRT enables it by default) so that it is a faithful
-fp32 reference (cosine >= 0.9999 against ONNX Runtime). ``--fp16`` allows half-precision kernels;
-its descriptors drift more (threshold 0.999 by default), so ``--data-root`` also reports the rank-1
-change on a synthetic SYSU-MM01 test split, which is what a user of the ranking cares about.
+Precision:
+
+* fp32: the TF32 flag (on by default) is cleared so the engine is a faithful fp32 reference
+  (cosine >= 0.9999 against ONNX Runtime); ``--tf32`` keeps it.
+* fp16: TensorRT 11 networks are always strongly typed and ``BuilderFlag.FP16`` is gone, so the
+  fp32 ONNX is converted to an fp16 graph first (:mod:`export.fp16`; uint8 in, float32 out) and
+  built as is. On TensorRT 10 the same graph is built with the ``STRONGLY_TYPED`` creation flag;
+  only a TensorRT without that flag falls back to the old ``BuilderFlag.FP16``. Descriptors drift
+  more than fp32 (threshold 0.999 by default), so ``--data-root`` also reports the rank-1 change on
+  a synthetic SYSU-MM01 test split, which is what a user of the ranking cares about.
+
+The timing cache (``--timing-cache``, default ``<out>.timing``) stores the kernel timings of a build;
+the next build on the same GPU and TensorRT version reuses them and takes seconds instead of minutes.
 """
 
 from __future__ import annotations
@@ -27,8 +38,8 @@ from export.metadata import INPUT_NAME, read_metadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FP16_MIN_COSINE", "FP32_MIN_COSINE", "SIDECAR_FORMAT", "build_engine", "main", "sidecar_path",
-           "tensorrt_unavailable_reason", "verify_engine", "write_sidecar"]
+__all__ = ["FP16_MIN_COSINE", "FP32_MIN_COSINE", "SIDECAR_FORMAT", "build_engine", "main", "precision_plan",
+           "sidecar_path", "tensorrt_unavailable_reason", "verify_engine", "write_sidecar"]
 
 FP32_MIN_COSINE = 0.9999
 FP16_MIN_COSINE = 0.999
@@ -71,15 +82,60 @@ def write_sidecar(plan: str | Path, onnx_path: str | Path, *, precision: str, mi
 def tensorrt_unavailable_reason() -> str | None:
     """One sentence saying why TensorRT cannot build here, or ``None`` when it can."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt as trt
     except ImportError:
         return (f"TensorRT is not installed here (pip install -r requirements-gpu.txt on a machine with an NVIDIA "
                 f"GPU), so no engine was built; {_INSTALL_HINT}.")
-    import torch
-
-    if not torch.cuda.is_available():
+    major = _major(trt)
+    if major < 10:
+        return f"TensorRT {trt.__version__} is too old (10.x or 11.x is supported), so no engine was built; {_INSTALL_HINT}."
+    if _cuda_device_count() < 1:
         return f"TensorRT is installed but no CUDA GPU is visible, so no engine was built; {_INSTALL_HINT}."
     return None
+
+
+def _major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def _cuda_device_count() -> int:
+    """Visible CUDA devices, through cuda-python (in the GPU image) or torch (in the training env)."""
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+
+        err, count = cudart.cudaGetDeviceCount()
+        return int(count) if int(err) == 0 else 0
+    except ImportError:
+        pass
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def precision_plan(trt: Any, fp16: bool, tf32: bool) -> dict[str, Any]:
+    """How this TensorRT builds the requested precision (pure; unit-tested with fake modules).
+
+    Returns:
+        ``{"precision", "fp16_graph", "network_flags", "builder_flags_set", "builder_flags_clear"}``:
+        whether to convert the ONNX to fp16 first, the creation flags, and the builder flags to set
+        and clear (names of ``trt.BuilderFlag``).
+    """
+    major = _major(trt)
+    creation = trt.NetworkDefinitionCreationFlag
+    has_strong = hasattr(creation, "STRONGLY_TYPED")
+    plan: dict[str, Any] = {"precision": "fp16" if fp16 else ("tf32" if tf32 else "fp32"), "fp16_graph": False,
+                            "network_flags": 0, "builder_flags_set": [], "builder_flags_clear": []}
+    if fp16 and (major >= 11 or has_strong):
+        plan["fp16_graph"] = True  # strong typing: the precision lives in the graph
+        if major < 11:  # on 11 the flag is accepted but ignored (always strongly typed)
+            plan["network_flags"] |= 1 << int(creation.STRONGLY_TYPED)
+    elif fp16:
+        plan["builder_flags_set"].append("FP16")  # TensorRT 10 without strong typing: the weak-typing flag
+    if not fp16 and not tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        plan["builder_flags_clear"].append("TF32")
+    return plan
 
 
 def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
@@ -89,7 +145,8 @@ def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
 
 
 def build_engine(onnx_path: str | Path, out: str | Path, *, fp16: bool = False, min_batch: int = 1,
-                 opt_batch: int = 8, max_batch: int = 32, workspace_gb: float = 2.0, tf32: bool = False) -> Path:
+                 opt_batch: int = 8, max_batch: int = 32, workspace_gb: float = 2.0, tf32: bool = False,
+                 timing_cache: str | Path | None = None) -> Path:
     """Build and serialize a TensorRT engine for the ONNX model.
 
     Args:
@@ -101,6 +158,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, fp16: bool = False, 
         max_batch: largest batch the engine accepts.
         workspace_gb: scratch GPU memory TensorRT may use per layer while building and running.
         tf32: keep TensorRT's default TF32 kernels in an fp32 build (faster on Ampere+, less exact).
+        timing_cache: file of kernel timings to reuse and update (default ``<out>.timing``).
 
     Returns:
         ``out`` as a Path; its sidecar ``<out>.json`` (:func:`write_sidecar`) is written beside it.
@@ -116,36 +174,43 @@ def build_engine(onnx_path: str | Path, out: str | Path, *, fp16: bool = False, 
     if workspace_gb <= 0:
         raise UserError(f"--workspace-gb must be > 0, got {workspace_gb}")
     meta = read_metadata(onnx_path)
+    plan = precision_plan(trt, fp16, tf32)
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
-    # TensorRT 10 networks are always explicit-batch (the flag is deprecated and ignored); 8.x needs it.
-    major = int(trt.__version__.split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(plan["network_flags"])
     parser = trt.OnnxParser(network, trt_logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if plan["fp16_graph"]:
+        from export.fp16 import to_fp16
+
+        ok = parser.parse(to_fp16(onnx_path).SerializeToString())
+    else:
+        ok = parser.parse_from_file(str(onnx_path))
+    if not ok:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16:
-        if not builder.platform_has_fast_fp16:
-            logger.warning("this GPU has no fast FP16; the fp16 engine may be no faster than fp32")
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif not tf32:
-        config.clear_flag(trt.BuilderFlag.TF32)
+    for name in plan["builder_flags_set"]:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in plan["builder_flags_clear"]:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
+    cache_path = Path(timing_cache) if timing_cache is not None else Path(str(out) + ".timing")
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
     shape = (3, meta["height"], meta["width"])
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (min_batch, *shape), (opt_batch, *shape), (max_batch, *shape))
     config.add_optimization_profile(profile)
-    logger.info("building TensorRT %s engine (%s, batch %d/%d/%d, workspace %.1f GiB); this takes minutes",
-                trt.__version__, "fp16" if fp16 else ("tf32" if tf32 else "fp32"), min_batch, opt_batch, max_batch,
-                workspace_gb)
+    logger.info("building TensorRT %s engine (%s%s, batch %d/%d/%d, workspace %.1f GiB, timing cache %s); "
+                "this takes minutes without a cache", trt.__version__, plan["precision"],
+                ", fp16 graph, strongly typed" if plan["fp16_graph"] else "", min_batch, opt_batch, max_batch,
+                workspace_gb, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT could not build the engine; its log above says why")
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     path = atomic_write_bytes(out, bytes(serialized))
-    write_sidecar(path, onnx_path, precision="fp16" if fp16 else ("tf32" if tf32 else "fp32"), min_batch=min_batch,
+    write_sidecar(path, onnx_path, precision=plan["precision"], min_batch=min_batch,
                   opt_batch=opt_batch, max_batch=max_batch, tensorrt_version=trt.__version__)
     logger.info("wrote %s (%.1f MB) and %s", path, path.stat().st_size / 1e6, sidecar_path(path).name)
     return path
@@ -226,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opt-batch", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--workspace-gb", type=float, default=2.0, help="builder workspace limit (default 2)")
+    parser.add_argument("--timing-cache", type=Path, default=None,
+                        help="kernel-timing cache to reuse and update (default: <out>.timing)")
     parser.add_argument("--images", type=Path, help="real crops to verify on besides random images")
     parser.add_argument("--data-root", type=Path, help="SYSU-layout tree: also report the rank-1 change")
     parser.add_argument("--min-cosine", type=float, help="pass threshold (default 0.999 fp16, 0.9999 fp32)")
@@ -238,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _check_batches(args.min_batch, args.opt_batch, args.max_batch)
     plan = build_engine(args.onnx, args.out, fp16=args.fp16, min_batch=args.min_batch, opt_batch=args.opt_batch,
-                        max_batch=args.max_batch, workspace_gb=args.workspace_gb, tf32=args.tf32)
+                        max_batch=args.max_batch, workspace_gb=args.workspace_gb, tf32=args.tf32,
+                        timing_cache=args.timing_cache)
     print(f"wrote {plan} and {sidecar_path(plan)}")
     if args.skip_verify:
         return 0

@@ -25,6 +25,22 @@ def _cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def preload_cuda_libraries(ort) -> None:
+    """Load the CUDA / cuDNN libraries of NVIDIA's pip wheels before a CUDA session is created.
+
+    requirements-gpu.txt installs CUDA 12 and cuDNN 9 as pip packages (``onnxruntime-gpu[cuda,cudnn]``), not
+    system libraries; ONNX Runtime 1.21+ finds them through ``preload_dlls()`` (ONNX Runtime's CUDA EP docs,
+    "Install CUDA and cuDNN via pip"). Older versions, or a system CUDA install, need nothing.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a system CUDA install may still work: say so once and go on
+        logger.warning("onnxruntime.preload_dlls() failed (%s); relying on the system CUDA libraries", exc)
+
+
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build offers it, CPU always as the fallback."""
     import onnxruntime as ort
@@ -77,6 +93,8 @@ class OnnxRuntimeEmbedder(Embedder):
         # cut /search p50 several-fold at concurrency 1 (benchmarks/end_to_end.py, variant ort-no-spin).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if "CUDAExecutionProvider" in providers:
+            preload_cuda_libraries(ort)
         provider_args = [(p, {"device_id": device_id}) if p == "CUDAExecutionProvider" else p for p in providers]
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=provider_args)

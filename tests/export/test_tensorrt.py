@@ -34,12 +34,71 @@ def test_without_tensorrt_exit_2_with_one_sentence(tiny_onnx: Path, tmp_path: Pa
 
 def test_without_gpu_exit_2_with_one_sentence(tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # importable, but no GPU
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "11.4.0.106"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # importable, but no GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rc = tensorrt_build.main(["--onnx", str(tiny_onnx), "--out", str(tmp_path / "model.plan")])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert "no CUDA GPU" in err and "\n" not in err
+
+
+def _fake_trt(version: str, builder_flags: tuple[str, ...], creation_flags: tuple[str, ...]) -> types.ModuleType:
+    """A stand-in exposing only the enums ``precision_plan`` reads (argument handling, not evidence of a build)."""
+    import enum
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", {name: i for i, name in enumerate(builder_flags)})
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
+                                                     {name: i for i, name in enumerate(creation_flags)})
+    return trt
+
+
+def test_precision_plan_follows_each_tensorrt_api() -> None:
+    from export.tensorrt_build import precision_plan
+
+    # TensorRT 11 (pinned): no FP16 flag, always strongly typed -> an fp16 graph, no creation flag.
+    trt11 = _fake_trt("11.4.0.106", ("TF32", "REFIT"), ("STRONGLY_TYPED",))
+    assert precision_plan(trt11, fp16=True, tf32=False) == {
+        "precision": "fp16", "fp16_graph": True, "network_flags": 0, "builder_flags_set": [],
+        "builder_flags_clear": []}
+    assert precision_plan(trt11, fp16=False, tf32=False)["builder_flags_clear"] == ["TF32"]
+    assert precision_plan(trt11, fp16=False, tf32=True)["builder_flags_clear"] == []
+    # TensorRT 10.12+: strong typing is opt-in through the creation flag.
+    trt10 = _fake_trt("10.13.3.9", ("FP16", "TF32"), ("EXPLICIT_BATCH", "STRONGLY_TYPED"))
+    plan = precision_plan(trt10, fp16=True, tf32=False)
+    assert plan["fp16_graph"] and plan["network_flags"] == 1 << 1 and plan["builder_flags_set"] == []
+    # An old 10.x without STRONGLY_TYPED: the weak-typing FP16 flag on the fp32 graph.
+    old = _fake_trt("10.0.1", ("FP16", "TF32"), ("EXPLICIT_BATCH",))
+    plan = precision_plan(old, fp16=True, tf32=False)
+    assert not plan["fp16_graph"] and plan["builder_flags_set"] == ["FP16"]
+
+
+def test_fp16_graph_matches_fp32_on_onnxruntime(tiny_onnx: Path, sysu_root: Path) -> None:
+    """The converted graph the fp16 engine is built from, run by ONNX Runtime on this CPU: real numbers."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from export.fp16 import to_fp16
+    from export.parity import compare, random_images
+
+    proto = to_fp16(tiny_onnx)
+    inputs, outputs = proto.graph.input, proto.graph.output
+    assert inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert outputs[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer) > 0.8 * len(
+        proto.graph.initializer)
+    assert {p.key: p.value for p in proto.metadata_props} == {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
+    meta = read_metadata(tiny_onnx)
+    images = random_images(8, meta["height"], meta["width"], seed=0)
+    ref = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"images": images})[0]
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert compare(ref, got)["min_cosine"] >= tensorrt_build.FP16_MIN_COSINE
 
 
 def test_sidecar_is_what_serving_reads(tiny_onnx: Path, tmp_path: Path) -> None:
