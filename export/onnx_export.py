@@ -193,10 +193,14 @@ def quiet_exporter_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint`` or ``--random`` with its architecture options (shared with ``verify``)."""
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--checkpoint`` or ``--random`` with its architecture options (shared with ``verify``).
+
+    ``required=False`` lets a command check the choice itself (``verify`` does not need a PyTorch model
+    when it compares an INT8 model with its fp32 parent).
+    """
     group = parser.add_argument_group("model (a checkpoint, or --random for a benchmark-only model)")
-    source = group.add_mutually_exclusive_group(required=True)
+    source = group.add_mutually_exclusive_group(required=required)
     source.add_argument("--checkpoint", type=Path, help="training checkpoint (last.pt)")
     source.add_argument("--random", action="store_true", help="random weights; use with --arch/--height/--width")
     group.add_argument("--arch", default="resnet50", choices=sorted(ARCHS), help="with --random (default resnet50)")

@@ -1,5 +1,9 @@
 """``python -m export verify``: the same images through PyTorch and ONNX Runtime, compared.
 
+An INT8 model (``python -m export quantize``; ``precision=int8`` in its metadata) is compared with its
+fp32 parent instead (``--reference model.onnx``): descriptor cosine and SYSU retrieval metrics, with a
+mAP-drop threshold (:mod:`export.int8_verify`).
+
 Random uint8 images cover the whole input range; real crops (``--images``) cover the distribution the
 model is used on. Each batch size is checked separately because a wrongly frozen batch axis or a
 batch-dependent op only shows at sizes other than the export's example batch.
@@ -22,11 +26,12 @@ import numpy as np
 import torch
 
 from export.errors import UserError
-from export.metadata import INPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto
+from export.metadata import INPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto, read_metadata
 from export.models import LoadedModel
 from export.onnx_export import add_model_arguments, model_from_args
 from export.ort import PROVIDER_CHOICES, create_session
 from export.parity import compare, format_rows, image_batch, parse_batch_sizes, random_images
+from export.quantize import is_quantized
 
 logger = logging.getLogger(__name__)
 
@@ -106,25 +111,59 @@ def verify_onnx(model: LoadedModel | torch.nn.Module, onnx_path: str | Path, *,
     }
 
 
+def _int8_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from export.int8_verify import format_report, verify_int8
+
+    if args.reference is None:
+        parser.error(f"{args.onnx} is an INT8 model: give --reference, the fp32 model it was quantized from")
+    report = verify_int8(args.onnx, args.reference, data_root=args.data_root, images_dir=args.images,
+                         trials=args.trials, provider=args.provider, max_map_drop=args.max_map_drop,
+                         max_r1_drop=args.max_r1_drop, min_cosine_p1=args.min_cosine)
+    print(format_report(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        print("FAILED: " + "; ".join(report["failures"]))
+        return 1
+    drops = report["drops"]
+    worst = max((d["mAP"] for d in drops.values()), default=0.0)
+    print(f"passed: worst INT8 mAP drop {worst:.2f} points <= {args.max_map_drop}" if drops else
+          "passed: cosine only (no --data-root, so no retrieval threshold was checked)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export verify", description=__doc__.splitlines()[0])
-    add_model_arguments(parser)
-    parser.add_argument("--onnx", type=Path, required=True, help="the exported model")
+    add_model_arguments(parser, required=False)
+    parser.add_argument("--onnx", type=Path, required=True, help="the exported (or quantized) model")
     parser.add_argument("--images", type=Path, help="folder of real crops to test besides random images")
     parser.add_argument("--batch-sizes", default="1,3,8", help="comma-separated (default 1,3,8)")
     parser.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help="ONNX Runtime provider")
-    parser.add_argument("--min-cosine", type=float, default=FP32_MIN_COSINE, help="pass threshold (default 0.9999)")
+    parser.add_argument("--min-cosine", type=float, default=None,
+                        help="pass threshold (default 0.9999; INT8: on the p1 cosine, unchecked by default)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    int8 = parser.add_argument_group("INT8 models (compared with their fp32 parent, no PyTorch model needed)")
+    int8.add_argument("--reference", type=Path, help="the fp32 ONNX model the INT8 one was quantized from")
+    int8.add_argument("--data-root", type=Path, help="SYSU-MM01-layout tree: cosine and R1/mAP/mINP on its test split")
+    int8.add_argument("--trials", type=int, default=10, help="SYSU gallery draws (default 10)")
+    int8.add_argument("--max-map-drop", type=float, default=1.0, help="fail above this many mAP points lost (1.0)")
+    int8.add_argument("--max-r1-drop", type=float, default=None, help="fail above this many R1 points lost (unset)")
     args = parser.parse_args(argv)
+    if is_quantized(read_metadata(args.onnx)):
+        return _int8_main(args, parser)
+    if args.checkpoint is None and not args.random:
+        parser.error("one of the arguments --checkpoint --random is required (or an INT8 model with --reference)")
+    min_cosine = FP32_MIN_COSINE if args.min_cosine is None else args.min_cosine
     report = verify_onnx(model_from_args(args), args.onnx, batch_sizes=parse_batch_sizes(args.batch_sizes),
-                         images_dir=args.images, provider=args.provider, min_cosine=args.min_cosine)
+                         images_dir=args.images, provider=args.provider, min_cosine=min_cosine)
     print(format_rows(report["rows"], f"PyTorch vs ONNX Runtime {report['providers'][0]} ({args.onnx})"))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if not report["passed"]:
-        print(f"FAILED: min cosine {report['min_cosine']:.8f} < {args.min_cosine}")
+        print(f"FAILED: min cosine {report['min_cosine']:.8f} < {min_cosine}")
         return 1
-    print(f"passed: min cosine {report['min_cosine']:.8f} >= {args.min_cosine}, "
+    print(f"passed: min cosine {report['min_cosine']:.8f} >= {min_cosine}, "
           f"max abs diff {report['max_abs_diff']:.3e}")
     return 0
