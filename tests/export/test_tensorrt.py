@@ -161,3 +161,53 @@ def test_engine_rejects_batches_outside_its_profile(tiny_onnx: Path, tmp_path: P
     assert (runner.min_batch, runner.opt_batch, runner.max_batch) == (1, 2, 2)
     with pytest.raises(UserError, match="outside the engine's profile"):
         runner(np.zeros((3, 3, runner.height, runner.width), dtype=np.uint8))
+
+
+def test_precision_plan_int8_is_explicit_quantization() -> None:
+    """Stand-ins for argument handling only: no INT8 engine has been built here (no GPU, no TensorRT)."""
+    from export.errors import UserError
+    from export.tensorrt_build import precision_plan
+
+    trt11 = _fake_trt("11.4.0.106", ("TF32", "REFIT"), ("STRONGLY_TYPED",))  # no INT8 flag, no calibrators
+    assert precision_plan(trt11, fp16=False, tf32=False, int8=True) == {
+        "precision": "int8", "fp16_graph": False, "network_flags": 0, "builder_flags_set": [],
+        "builder_flags_clear": ["TF32"]}
+    trt10 = _fake_trt("10.13.3.9", ("FP16", "INT8", "TF32"), ("EXPLICIT_BATCH", "STRONGLY_TYPED"))
+    plan = precision_plan(trt10, fp16=False, tf32=False, int8=True)
+    assert plan["network_flags"] == 1 << 1 and plan["builder_flags_set"] == [] and not plan["fp16_graph"]
+    old = _fake_trt("10.0.1", ("FP16", "INT8", "TF32"), ("EXPLICIT_BATCH",))
+    assert precision_plan(old, fp16=False, tf32=False, int8=True)["builder_flags_set"] == ["INT8"]
+    with pytest.raises(UserError, match="exclusive"):
+        precision_plan(trt11, fp16=True, tf32=False, int8=True)
+
+
+def test_int8_build_refuses_models_tensorrt_cannot_take(tiny_onnx: Path, tiny_int8: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked before TensorRT is looked for, so this runs here; the build itself has not run without a GPU."""
+    for model, expected in ((tiny_onnx, "has no QuantizeLinear/DequantizeLinear nodes"),
+                            (tiny_int8, "quantized asymmetrically")):
+        rc = export_cli(["tensorrt", "--int8", "--onnx", str(model), "--out", str(tmp_path / "m.plan")])
+        err = capsys.readouterr().err
+        assert rc == 1 and expected in err and "--target tensorrt" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        export_cli(["tensorrt", "--int8", "--fp16", "--onnx", str(tiny_int8), "--out", str(tmp_path / "m.plan")])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_cli(["tensorrt", "--reference", str(tiny_onnx), "--onnx", str(tiny_onnx), "--out", str(tmp_path / "m")])
+    assert "--reference is for --int8" in capsys.readouterr().err
+
+
+@pytest.mark.tensorrt
+@pytest.mark.slow
+@needs_tensorrt
+def test_int8_engine_from_the_qdq_model(tiny_onnx: Path, sysu_root: Path, tmp_path: Path) -> None:
+    from export.quantize import quantize_onnx
+
+    qdq = quantize_onnx(tiny_onnx, sysu_root, tmp_path / "model.int8.onnx", num_images=32, target="tensorrt")
+    plan = build_engine(qdq, tmp_path / "model.int8.plan", int8=True, min_batch=1, opt_batch=8, max_batch=16)
+    report = verify_engine(plan, qdq, fp16=False, int8=True, data_root=sysu_root, reference_onnx=tiny_onnx)
+    assert report["precision"] == "int8" and report["passed"], report
+    assert abs(report["retrieval"]["rank1_change"]) <= 0.05, report["retrieval"]
+    import json
+
+    assert json.loads(sidecar_path(plan).read_text())["precision"] == "int8"

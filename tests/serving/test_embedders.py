@@ -244,3 +244,23 @@ def test_tensorrt_engine_matches_onnx_runtime(tmp_path: Path, tiny_onnx: Path, o
     engine = load_embedder(onnx_copy)  # auto prefers the engine built from this very ONNX file
     assert engine.name == "tensorrt" and engine.fingerprint == ort.fingerprint and engine.max_batch_size == 4
     assert _cosine(engine.embed(crops), ort.embed(crops)).min() >= 0.9999  # 8 crops: split into 4 + 4
+
+
+def test_int8_model_loads_and_embeds_like_any_onnx_file(ort: OnnxRuntimeEmbedder, tiny_onnx: Path, sysu_root: Path,
+                                                        crops: np.ndarray, tmp_path: Path) -> None:
+    """A QDQ model from ``python -m export quantize`` keeps the uint8 input, the metadata and the output contract."""
+    from export.quantize import quantize_onnx
+    from serving.embedders.base import ArtifactMetadata
+
+    path = quantize_onnx(tiny_onnx, sysu_root, tmp_path / "model.int8.onnx", num_images=32)
+    int8 = load_embedder(path)
+    assert isinstance(int8, OnnxRuntimeEmbedder) and int8._input_dtype is np.uint8
+    assert (int8.height, int8.width, int8.dim) == (ort.height, ort.width, ort.dim)
+    assert int8.fingerprint == hashlib.sha256(path.read_bytes()).hexdigest() != ort.fingerprint
+    raw = dict(int8.metadata.raw)
+    assert raw["precision"] == "int8" and raw["parent_fingerprint"] == ort.fingerprint
+    assert ArtifactMetadata.from_strings(raw, source=path.name).descriptor_dim == ort.dim
+    json.dumps(int8.info())
+    got, ref = int8.embed(crops[:6]), ort.embed(crops[:6])  # the real crops (the noise is out of distribution)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    assert _cosine(got.astype(np.float64), ref.astype(np.float64)).min() >= 0.98
