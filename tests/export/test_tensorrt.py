@@ -211,3 +211,30 @@ def test_int8_engine_from_the_qdq_model(tiny_onnx: Path, sysu_root: Path, tmp_pa
     import json
 
     assert json.loads(sidecar_path(plan).read_text())["precision"] == "int8"
+
+
+def test_gpu_check_int8_plumbing_runs_with_a_stand_in_engine(tmp_path: Path) -> None:
+    """benchmarks.gpu_check's INT8 step end to end on the CPU, with ONNX Runtime standing in for the engine.
+
+    Proves only that the step's own code (calibration tree, quantize --target tensorrt, rows) runs, so a
+    GPU machine's time is not lost to a typo; it says nothing about TensorRT.
+    """
+    import onnxruntime as ort
+
+    from benchmarks import gpu_check
+
+    ctx = gpu_check.Context(tmp_path, True, device="cpu", arch="resnet18", height=96, width=32)
+    built = {}
+
+    def fake_build(onnx_path, out, **kwargs):
+        built.update(kwargs, onnx=onnx_path)
+        return onnx_path
+
+    def fake_runner(plan):
+        session = ort.InferenceSession(str(plan), providers=["CPUExecutionProvider"])
+        return lambda images: session.run(None, {"images": images})[0]
+
+    details, ok = gpu_check._tensorrt_int8(ctx, fake_build, fake_runner)
+    assert built["int8"] is True and read_metadata(built["onnx"])["precision"] == "int8"
+    assert ok and [r["batch"] for r in details["rows"]] == list(gpu_check.BATCHES)
+    assert all(r["min_cosine"] > 0.9999 and -1.0 <= r["min_cosine_vs_fp32"] <= 1.0 for r in details["rows"])
