@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--parts", type=int, default=6, help="K horizontal stripes")
     g.add_argument("--embed-dim", type=int, default=256, help="D, width of each part embedding")
     g.add_argument("--pretrained", default="imagenet", help="imagenet | none | path to a ResNet state dict")
+    g.add_argument("--classifier-std", type=float, default=None,
+                   help="re-initialise the part classifiers with this weight std (default: the model's 0.001, "
+                        "PCB's value for a pretrained trunk; from scratch a larger value such as 0.01 lets the "
+                        "identity loss reach the trunk from the first steps)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--step-size", type=int, default=5, help="epochs between learning-rate decays")
     g.add_argument("--lr-gamma", type=float, default=0.1, help="learning-rate decay factor")
+    g.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear learning-rate warm-up from 1%% over this many epochs of steps (the cross-modal "
+                        "baselines AGW/CAJ warm up for 10 epochs; 0 = none, the paper)")
     g.add_argument("--loss-preset", default=None, choices=("sysu", "regdb"),
                    help="alpha:beta:gamma 1:1:1 (sysu) or 1:11:2 (regdb); default: the dataset's")
     g.add_argument("--variant", default="dfe", choices=("dfe", "baseline", "no_lc", "no_ld"), help="loss variant")
@@ -106,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parse_with_config(build_parser(), argv)
     checks = {"epochs": 1, "batch_pairs": 2, "step_size": 1, "height": 16, "width": 16, "workers": 0,
               "eval_trials": 1, "eval_batch_size": 1, "pairs_per_id": 1, "triplet": 0, "triplet_margin": 0,
-              "align_warmup_epochs": 0, "gap_every": 0, "aug_warmup_epochs": 0}
+              "align_warmup_epochs": 0, "gap_every": 0, "aug_warmup_epochs": 0, "warmup_epochs": 0}
     for name, lo in checks.items():
         if getattr(args, name) < lo:
             raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
@@ -203,7 +210,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epoch: int, scaler=None,
                     max_steps: int | None = None, progress: bool = True,
-                    align: Callable[[int], float] | None = None) -> dict[str, float]:
+                    align: Callable[[int], float] | None = None,
+                    lr_scale: Callable[[int], float] | None = None) -> dict[str, float]:
     """One pass over the paired loader.
 
     Both modalities go through the shared model in ONE forward of the concatenated batch, so the
@@ -211,7 +219,8 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
     averages (used at test time, on either modality) estimate. Two separate forwards would normalise
     each modality by its own batch statistics during training but not at test time.
 
-    ``align(step)``, when given, scales beta and gamma at the epoch's ``step`` (the warm-up).
+    ``align(step)``, when given, scales beta and gamma at the epoch's ``step`` (the warm-up);
+    ``lr_scale(step)`` scales every group's learning rate of this epoch (the learning-rate warm-up).
 
     Returns:
         Mean losses ``{"loss", "id", "dist", "corr", "tri"}`` over the epoch, plus ``"steps"``.
@@ -225,6 +234,7 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
     use_amp = scaler is not None
     bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
     done = 0
+    epoch_lrs = [g["lr"] for g in optimizer.param_groups]
     for rgb, ir, labels in loader:
         if done >= steps:
             break
@@ -237,6 +247,9 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
             out_i = DFEOutput(out.parts[n:], [lg[n:] for lg in out.logits])
             step_weights = weights if align is None else weights.scaled(align(done))
             loss, terms = dfe_loss(out_v, out_i, labels, step_weights)
+        if lr_scale is not None:
+            for group, lr in zip(optimizer.param_groups, epoch_lrs):
+                group["lr"] = lr * lr_scale(done)
         optimizer.zero_grad(set_to_none=True)
         if use_amp:
             scaler.scale(loss).backward()
@@ -254,6 +267,8 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
         bar.set_postfix(id=f"{values['id']:.3f}", dist=f"{values['dist']:.3f}", corr=f"{values['corr']:.3f}")
         bar.update()
     bar.close()
+    for group, lr in zip(optimizer.param_groups, epoch_lrs):
+        group["lr"] = lr  # the scheduler owns the epoch's rate; the warm-up only scaled it step by step
     return {"steps": done, **{k: v / max(done, 1) for k, v in sums.items()}}
 
 
@@ -321,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                     pretrained=pretrained, height=args.height, width=args.width).to(device)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    if args.classifier_std is not None:
+        if args.classifier_std <= 0:
+            raise UserError(f"--classifier-std must be > 0, got {args.classifier_std}")
+        for fc in model.classifiers:
+            torch.nn.init.normal_(fc.weight, std=args.classifier_std)
     optimizer = build_optimizer(args.optimizer, param_groups(model, args.lr, args.head_lr, args.weight_decay),
                                 args.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.lr_gamma)
@@ -340,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         tic = time.perf_counter()
         stats = train_one_epoch(model, loader, optimizer, weights, device, epoch + 1, scaler,
                                 args.max_steps_per_epoch, progress=not args.no_progress,
-                                align=_warmup(args.align_warmup_epochs, epoch, steps_per_epoch))
+                                align=_warmup(args.align_warmup_epochs, epoch, steps_per_epoch),
+                                lr_scale=_warmup(args.warmup_epochs, epoch, steps_per_epoch, start=0.01))
         seconds = time.perf_counter() - tic
         scheduler.step()
         save_checkpoint(ckpt_path, {
@@ -372,12 +393,13 @@ def main(argv: list[str] | None = None) -> int:
 GAP_KEY = "modality_gap"
 
 
-def _warmup(epochs: float, epoch: int, steps_per_epoch: int) -> Callable[[int], float] | None:
-    """The alignment warm-up factor of each step of ``epoch`` (None when there is no warm-up)."""
+def _warmup(epochs: float, epoch: int, steps_per_epoch: int, start: float = 0.0) -> Callable[[int], float] | None:
+    """A linear warm-up factor for each step of ``epoch``: from ``start`` to 1 over ``epochs`` epochs of steps
+    (None when there is no warm-up)."""
     if epochs <= 0:
         return None
     total = epochs * steps_per_epoch
-    return lambda step: min(1.0, (epoch * steps_per_epoch + step) / total)
+    return lambda step: min(1.0, start + (1.0 - start) * (epoch * steps_per_epoch + step) / total)
 
 
 def _log_gap(model, args: argparse.Namespace, dataset, epoch: int, steps: int) -> dict:

@@ -116,3 +116,20 @@ def test_end_to_end_benchmark_splits_latency_and_profiles(tiny_onnx: Path, tiny_
     profile = results["profile"]
     assert profile["requests"] == 3 and profile["by_package"] and profile["functions"]
     assert "Where the overhead is" in (tmp_path / "end_to_end.md").read_text()
+
+
+def test_trivial_matchers_and_oracle_on_the_fixture(sysu_root, tmp_path, monkeypatch):
+    """The difficulty report runs on the gap splits and the SYSU protocol; the attribute oracle is perfect
+    (the invariant cues identify every person) while raw pixels stay near chance across modalities."""
+    from benchmarks import _machine, trivial_matcher
+
+    monkeypatch.setattr(_machine, "RESULTS_DIR", tmp_path)
+    assert trivial_matcher.main(["--data-root", str(sysu_root), "--out", "tm"]) == 0
+    report = json.loads((tmp_path / "tm.json").read_text())["results"]["reports"][0]
+    res = report["results"]
+    assert set(res) == {"raw_pixels", "grey_histogram", "hog", "oracle", "oracle_shape", "oracle_pattern"}
+    assert res["oracle"]["gap"]["test_ir_to_rgb"]["r1"] == 1.0 and res["oracle"]["sysu_all_single"]["r1"] == 1.0
+    for name in ("raw_pixels", "grey_histogram"):
+        assert 0.0 <= res[name]["gap"]["test_ir_to_rgb"]["r1"] <= 1.0
+    md = (tmp_path / "tm.md").read_text()
+    assert "Contract (raw pixels and grey histogram" in md and "| oracle |" in md

@@ -141,3 +141,45 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     # RegDB runs use RegDB's 1:11:2 weights.
     args = yaml.safe_load((out / "regdb" / "dfe_seed0" / "args.yaml").read_text())
     assert args["dataset"] == "regdb" and args["loss_preset"] == "regdb" and args["data_root"] == str(regdb_root)
+
+
+def test_gap_options_train_and_record_curves(repo_root, sysu_root, tmp_path, capsys):
+    """Every modality-gap training option runs together; gap.csv holds the learning curve and
+    final_metrics.json and the printed output carry the gap table."""
+    run = tmp_path / "opts"
+    rc = train_main(_tiny(repo_root, sysu_root, run, "--channel-aug", "1", "--grey-remap", "1", "--random-erasing",
+                          "0.5", "--pairs-per-id", "4", "--triplet", "1", "--align-warmup-epochs", "1",
+                          "--aug-warmup-epochs", "1", "--warmup-epochs", "1", "--optimizer", "adam", "--lr", "3e-4",
+                          "--head-lr", "3e-3", "--classifier-std", "0.01", "--gap-every", "1"))
+    assert rc == 0
+    curve = list(csv.DictReader((run / "gap.csv").open()))
+    assert [int(r["epoch"]) for r in curve] == [1, 2] and [int(r["steps"]) for r in curve] == [2, 4]
+    assert {"test_ir_to_rgb_r1", "train_ir_to_rgb_r1", "xm_auc", "mmd"} <= set(curve[0])
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert set(final) == {"sysu_all_single", "modality_gap"}
+    assert 0 <= final["modality_gap"]["test_ir_to_rgb"]["r1"] <= 1
+    assert float(curve[-1]["test_ir_to_rgb_r1"]) == pytest.approx(final["modality_gap"]["test_ir_to_rgb"]["r1"],
+                                                                  abs=1e-5)
+    out = capsys.readouterr().out
+    assert "modality gap" in out and "alignment (test)" in out
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert float(rows[0]["tri"]) > 0  # the triplet term ran
+    # The warm-up scaled each step's rate but the epoch's scheduled rate is what the log (and the resume) keep.
+    assert float(rows[0]["lr_backbone"]) == pytest.approx(3e-4) and float(rows[1]["lr_head"]) == pytest.approx(3e-3)
+    assert torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--channel-aug", "1.5"], "--channel-aug is a probability"),
+    (["--pairs-per-id", "3"], "--pairs-per-id 3 must divide --batch-pairs 8"),
+    (["--optimizer", "lbfgs"], "invalid choice"),
+    (["--classifier-std", "0"], "--classifier-std must be > 0"),
+])
+def test_gap_option_mistakes(repo_root, sysu_root, tmp_path, capsys, extra, message):
+    argv = ["train", *_tiny(repo_root, sysu_root, tmp_path / "run"), *extra]
+    try:
+        rc = cli(argv)
+    except SystemExit as exc:  # argparse's own choices error
+        rc = exc.code
+    assert rc in (1, 2)
+    assert message in capsys.readouterr().err
