@@ -1,6 +1,7 @@
 """Embedding benchmark: images/s and ms/image for PyTorch eager, ONNX Runtime and TensorRT, side by side.
 
-``python -m benchmarks.embed [--quick] [--models paper,demo] [--checkpoint CKPT] [--threads N]``
+``python -m benchmarks.embed [--quick] [--models paper,demo] [--checkpoint CKPT] [--threads N]
+[--calibration-images DIR] [--no-int8]``
 
 Models: ``paper`` is the paper's DFE (ResNet-50, 384x128, 6 parts; random weights time exactly like
 trained ones) and ``demo`` the demo model of ``configs/synthetic.yaml`` (random weights unless
@@ -13,6 +14,10 @@ same image batch:
 * ``onnxruntime-cpu``: CPU execution provider, ``ORT_ENABLE_ALL`` (BatchNorm folding, Conv+activation
   fusion, NCHWc layout), ``intra_op_num_threads = N``, loaded from the optimised graph ONNX Runtime
   saved offline (``optimized_model_filepath``), which only shortens session start-up.
+* ``onnxruntime-int8-cpu``: the same model quantized by ``export.quantize`` (static INT8, QDQ, the
+  command's defaults: MinMax, U8S8, per-channel, reduce-range), calibrated on real crops
+  (``--calibration-images``, default ``data/synthetic_sysu``, else a small synthetic tree written for the
+  run), run like ``onnxruntime-cpu``.
 * on a CUDA machine also ``pytorch-eager-cuda``, ``onnxruntime-cuda`` (with onnxruntime-gpu) and
   ``tensorrt-fp16`` (with TensorRT); batch 64 is added there.
 
@@ -20,7 +25,15 @@ Fairness (after LitServe's parity tests: baseline in the same run, on the same m
 interleaved round by round, so a burst of load from other processes hits all of them alike, and
 both CPU backends get the same thread count. Each round's batch latency is one sample; ms/image is
 latency / batch size. The owner's target for ONNX Runtime over PyTorch eager is kept per device in
-``TARGETS`` and reported as met or not, never asserted.
+``TARGETS``, the INT8 target over fp32 ONNX Runtime in ``INT8_TARGETS``, and both are reported as met or
+not, never asserted.
+
+Accuracy next to speed: every row carries the cosine of its descriptors against fp32 ONNX Runtime on real
+crops (min / p1 / median over up to 64 held-out crops of both modalities; random images are outside the
+calibration distribution, so they would misstate INT8). The operator breakdown profiles PyTorch, fp32 and
+INT8 ONNX Runtime at batch 8 (time per operator type), which is what explains an INT8 speed-up below
+target. The JSON also records whether ONNX Runtime's U8S8 integer GEMM saturates on this CPU (the
+``VPMADDUBSW`` path of x86 CPUs without VNNI) or is exact (VNNI kernels).
 """
 
 from __future__ import annotations
@@ -43,9 +56,11 @@ import yaml
 from benchmarks import _machine
 from export.errors import UserError
 from export.models import LoadedModel, load_model
+from export.metadata import read_metadata
 from export.onnx_export import export_model, quiet_exporter_logs
 from export.ort import create_session
 from export.parity import compare, random_images
+from export.quantize import quantization_settings, quantize_onnx
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +69,12 @@ DEMO_CONFIG = REPO / "configs" / "synthetic.yaml"
 BASELINE = "pytorch-eager-cpu"
 # Owner's throughput target (images/s ratio over PyTorch eager at the same batch), per device and model.
 TARGETS: dict[str, dict[str, float]] = {"onnxruntime-cpu": {"paper": 2.5}}
+# INT8 over fp32 ONNX Runtime (images/s at batch 8, same threads, same run), per model (issue 20).
+INT8_BACKEND, FP32_ORT = "onnxruntime-int8-cpu", "onnxruntime-cpu"
+INT8_TARGETS: dict[str, dict[str, float]] = {INT8_BACKEND: {"paper": 1.5}}
+INT8_TARGET_BATCH = 8
+DEFAULT_CALIBRATION = REPO / "data" / "synthetic_sysu"
+ACCURACY_IMAGES = 64
 
 
 NOTES = """## What limits the ONNX Runtime / PyTorch ratio
@@ -67,8 +88,14 @@ NOTES = """## What limits the ONNX Runtime / PyTorch ratio
   reach a similar GFLOP/s per core (`gflop_per_s` column), so the ratio shrinks as batch and input size
   grow. The small demo model gains more because per-call layout conversion and dispatch are a larger
   share of its short convolutions.
-* A larger ratio needs lower precision (INT8 quantisation in ONNX Runtime, fp16 / INT8 TensorRT on a GPU),
-  which changes the descriptors and needs its own accuracy check; it is not used here.
+* A larger ratio needs lower precision: the `onnxruntime-int8-cpu` rows (static INT8 from
+  `python -m export quantize`), whose cosine columns say what it costs the descriptors; its retrieval cost
+  is measured by `python -m export verify --onnx model.int8.onnx --reference model.onnx --data-root DIR`.
+  INT8 convolutions (`QLinearConv`) do 4x the multiply-adds per instruction of fp32 FMA with VNNI
+  (`VPDPBUSD`) and about 2x without it (`VPMADDUBSW` + `VPMADDWD`), minus what the graph spends outside
+  them: the uint8 -> float input normalisation, the one QuantizeLinear / DequantizeLinear pair at the
+  graph's edges, the NCHW <-> NHWC transposes of the integer kernels and the requantisation of each
+  output (the INT8 vs fp32 table above).
 * Thread contention: on a shared machine PyTorch's OpenMP threads wait at every operator's barrier for a
   descheduled sibling, while ONNX Runtime's thread pool lets the calling thread keep working. When the load
   average exceeds the core count, multi-thread rows overstate ONNX Runtime's advantage and the 1-thread rows
@@ -110,8 +137,26 @@ def model_specs(names: list[str], checkpoint: Path | None) -> dict[str, dict[str
     return specs
 
 
-def cpu_backends(loaded: LoadedModel, onnx_path: Path, threads: int, info: dict[str, Any]) -> list[Backend]:
-    """PyTorch eager and ONNX Runtime on the CPU with the same thread count."""
+def _ort_backend(name: str, onnx_path: Path, threads: int, info: dict[str, Any]) -> Backend:
+    """An ONNX Runtime CPU backend loaded from the optimised graph ONNX Runtime saved for it."""
+    optimized = onnx_path.with_suffix(f".ort-optimized-{threads}.onnx")
+    key = "ort" if name == FP32_ORT else "ort_int8"
+    start = time.perf_counter()
+    create_session(onnx_path, "cpu", intra_op_threads=threads, optimized_model_path=optimized)
+    info[f"{key}_session_init_s_threads{threads}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    session = create_session(optimized, "cpu", intra_op_threads=threads)
+    info[f"{key}_optimized_session_init_s_threads{threads}"] = time.perf_counter() - start
+
+    def ort_run(images: np.ndarray) -> np.ndarray:
+        return session.run(None, {"images": images})[0]
+
+    return Backend(name, ort_run, threads=threads)
+
+
+def cpu_backends(loaded: LoadedModel, onnx_path: Path, threads: int, info: dict[str, Any],
+                 int8_path: Path | None = None) -> list[Backend]:
+    """PyTorch eager, ONNX Runtime fp32 and (given ``int8_path``) INT8 on the CPU with the same thread count."""
     model = loaded.model.eval()
 
     def torch_run(images: np.ndarray) -> np.ndarray:
@@ -119,18 +164,60 @@ def cpu_backends(loaded: LoadedModel, onnx_path: Path, threads: int, info: dict[
         with torch.inference_mode():
             return model(torch.from_numpy(images)).numpy()
 
-    optimized = onnx_path.with_suffix(f".ort-optimized-{threads}.onnx")
-    start = time.perf_counter()
-    create_session(onnx_path, "cpu", intra_op_threads=threads, optimized_model_path=optimized)
-    info[f"ort_session_init_s_threads{threads}"] = time.perf_counter() - start
-    start = time.perf_counter()
-    session = create_session(optimized, "cpu", intra_op_threads=threads)
-    info[f"ort_optimized_session_init_s_threads{threads}"] = time.perf_counter() - start
+    backends = [Backend(BASELINE, torch_run, threads=threads), _ort_backend(FP32_ORT, onnx_path, threads, info)]
+    if int8_path is not None:
+        backends.append(_ort_backend(INT8_BACKEND, int8_path, threads, info))
+    return backends
 
-    def ort_run(images: np.ndarray) -> np.ndarray:
-        return session.run(None, {"images": images})[0]
 
-    return [Backend(BASELINE, torch_run, threads=threads), Backend("onnxruntime-cpu", ort_run, threads=threads)]
+def int8_gemm_saturates() -> dict[str, Any]:
+    """Whether ONNX Runtime's U8S8 integer GEMM saturates on this CPU.
+
+    x86 CPUs without VNNI run U8S8 through ``VPMADDUBSW``, whose sum of two u8 x s8 products is clamped to
+    int16 (ONNX Runtime's quantization docs, "When and why do I need to try U8U8?"); VNNI's ``VPDPBUSD``
+    accumulates in int32. ``255 * 127`` pairs tell them apart: exact, or clamped to 32767 per pair.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    m, k, n = 16, 64, 16
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "probe",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k]),
+                               helper.make_tensor_value_info("B", TensorProto.INT8, [k, n])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = int(session.run(None, {"A": np.full((m, k), 255, np.uint8), "B": np.full((k, n), 127, np.int8)})[0][0, 0])
+    exact = 255 * 127 * k
+    return {"u8s8_saturates": got != exact, "exact": exact, "got": got}
+
+
+def calibration_root(args: argparse.Namespace, workdir: Path) -> Path:
+    """``--calibration-images``, else the repository's synthetic tree, else a small one written for this run."""
+    if args.calibration_images is not None:
+        return args.calibration_images
+    if DEFAULT_CALIBRATION.is_dir():
+        return DEFAULT_CALIBRATION
+    from training.data.synthetic import generate
+
+    log.warning("%s not found; writing a small synthetic SYSU tree for INT8 calibration", DEFAULT_CALIBRATION)
+    return generate(workdir / "calibration", ids=20, images_per_camera=4, show_progress=False)
+
+
+def accuracy_images(root: Path, height: int, width: int) -> np.ndarray:
+    """Up to :data:`ACCURACY_IMAGES` held-out crops of both modalities (a SYSU tree's test split)."""
+    from export.calibration import CalibrationReader, select_calibration_images
+
+    picks = select_calibration_images(root, ACCURACY_IMAGES, split="test", minimum=1)
+    return CalibrationReader(picks.files, height, width).images
+
+
+def cosine_columns(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """``cos_min`` / ``cos_p1`` / ``cos_median`` of the rows of two ``[N, D]`` descriptor arrays."""
+    from export.int8_verify import cosine_stats
+
+    stats = cosine_stats(reference, candidate)
+    return {"cos_min": stats["min"], "cos_p1": stats["p1"], "cos_median": stats["median"]}
 
 
 def gpu_backends(loaded: LoadedModel, onnx_path: Path, max_batch: int, info: dict[str, Any]) -> list[Backend]:
@@ -178,16 +265,44 @@ def gflop_per_image(model: torch.nn.Module) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _ort_op_times(onnx_path: Path, images: np.ndarray, threads: int, workdir: Path) -> dict[str, float]:
+    """Milliseconds per operator type in ONNX Runtime's profile of one warm run (the second of two)."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(workdir / f"ort-profile-{onnx_path.stem}")
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        session.run(None, {"images": images})
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    last_run = max(e["ts"] for e in trace if e.get("name") == "model_run")
+    per_op: dict[str, float] = {}
+    for e in trace:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= last_run:
+            per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0.0) + e["dur"] / 1000.0
+    return dict(sorted(per_op.items(), key=lambda kv: -kv[1]))
+
+
+def _shares(times: dict[str, float], top: int) -> dict[str, float]:
+    total = sum(times.values()) or 1.0
+    return {k: t / total for k, t in list(times.items())[:top]}
+
+
 def op_breakdown(loaded: LoadedModel, onnx_path: Path, images: np.ndarray, threads: int, workdir: Path,
-                 top: int = 6) -> dict[str, dict[str, float]]:
+                 top: int = 6, int8_path: Path | None = None) -> dict[str, Any]:
     """Share of compute time per operator type in each CPU runtime (second, warm run of each).
 
     This is the evidence for what bounds the ONNX Runtime / PyTorch ratio: what is left once ONNX Runtime
     has fused everything it can is the convolutions, which both runtimes run as fp32 GEMM-like kernels.
+    With ``int8_path`` it also profiles the INT8 model and returns ``int8_vs_fp32_ms`` (operator type ->
+    ``[fp32 ms, int8 ms]``), the evidence for what bounds the INT8 / fp32 ratio.
     """
-    import json
-
-    import onnxruntime as ort
     from torch.profiler import profile
 
     torch.set_num_threads(threads)
@@ -198,25 +313,15 @@ def op_breakdown(loaded: LoadedModel, onnx_path: Path, images: np.ndarray, threa
     events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
     total = sum(t for _, t in events) or 1.0
     torch_share = {k: t / total for k, t in sorted(events, key=lambda kv: -kv[1])[:top]}
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = str(workdir / "ort-profile")
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    for _ in range(2):
-        session.run(None, {"images": images})
-    trace = json.loads(Path(session.end_profiling()).read_text())
-    last_run = max(e["ts"] for e in trace if e.get("name") == "model_run")
-    per_op: dict[str, float] = {}
-    for e in trace:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= last_run:
-            per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0.0) + e["dur"]
-    total = sum(per_op.values()) or 1.0
-    ort_share = {k: t / total for k, t in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]}
-    return {"pytorch": torch_share, "onnxruntime": ort_share}
+    fp32_ms = _ort_op_times(onnx_path, images, threads, workdir)
+    result: dict[str, Any] = {"pytorch": torch_share, "onnxruntime": _shares(fp32_ms, top)}
+    if int8_path is not None:
+        int8_ms = _ort_op_times(int8_path, images, threads, workdir)
+        result["onnxruntime-int8"] = _shares(int8_ms, top)
+        ops = list(dict.fromkeys([*fp32_ms, *int8_ms]))
+        result["int8_vs_fp32_ms"] = {op: [round(fp32_ms.get(op, 0.0), 3), round(int8_ms.get(op, 0.0), 3)]
+                                     for op in ops}
+    return result
 
 
 def measure(backends: list[Backend], images: np.ndarray, *, warmup: int, max_rounds: int, budget_s: float,
@@ -252,10 +357,18 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, workd
     info: dict[str, Any] = {"model": name, "source": loaded.source, "arch": model.arch, "height": model.height,
                             "width": model.width, "descriptor_dim": model.descriptor_dim,
                             "gflop_per_image": gflop_per_image(model)}
+    int8_path = None
+    if args.int8:
+        start = time.perf_counter()
+        int8_path = quantize_onnx(onnx_path, args.calibration_root, workdir / f"{name}.int8.onnx",
+                                  num_images=args.calibration_num_images)
+        info["int8_quantize_s"] = time.perf_counter() - start
+        info["int8_quantization"] = quantization_settings(read_metadata(int8_path))
     gpu_sizes = [64] if torch.cuda.is_available() and not args.quick else []
     sizes = sorted(set(args.batch_sizes + gpu_sizes))
-    cpu = [b for threads in args.threads for b in cpu_backends(loaded, onnx_path, threads, info)]
+    cpu = [b for threads in args.threads for b in cpu_backends(loaded, onnx_path, threads, info, int8_path)]
     gpu = gpu_backends(loaded, onnx_path, max(sizes), info)
+    accuracy = _accuracy(cpu + gpu, args.calibration_root, model.height, model.width)
     rows, parity = [], {}
     for size in sizes:
         images = random_images(size, model.height, model.width, seed=size)
@@ -272,41 +385,103 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, workd
                    "images_per_s": speed[backend.key],
                    "ms_per_image_p50": stats["p50_ms"] / size, "ms_per_image_p95": stats["p95_ms"] / size,
                    "ms_per_batch_p50": stats["p50_ms"], "rounds": stats["n"],
-                   "gflop_per_s": speed[backend.key] * info["gflop_per_image"]}
+                   "gflop_per_s": speed[backend.key] * info["gflop_per_image"], **accuracy.get(backend.key, {})}
             # Against PyTorch eager with the same CPU threads (GPU backends: against the most-threaded one).
-            base = f"{BASELINE}/{backend.threads or max(args.threads)}t"
+            threads = backend.threads or max(args.threads)
+            base = f"{BASELINE}/{threads}t"
             if base in speed:
                 row["speedup_vs_pytorch_eager_cpu"] = speed[backend.key] / speed[base]
+            if f"{FP32_ORT}/{threads}t" in speed:
+                row["speedup_vs_onnxruntime_cpu"] = speed[backend.key] / speed[f"{FP32_ORT}/{threads}t"]
             rows.append(row)
         progress.update(1)
         log.info("%s batch %d done", name, size)
-    profile_batch = max([s for s in args.batch_sizes if s <= 8] or [1])
+    profile_batch = max([s for s in args.batch_sizes if s <= INT8_TARGET_BATCH] or [1])
     breakdown = op_breakdown(loaded, onnx_path, random_images(profile_batch, model.height, model.width),
-                             min(args.threads), workdir)
+                             min(args.threads), workdir, int8_path=int8_path)
     return {"info": info, "rows": rows, "parity_min_cosine": parity,
             "op_breakdown": {"batch": profile_batch, "threads": min(args.threads), **breakdown}}
 
 
+def _accuracy(backends: list[Backend], root: Path, height: int, width: int) -> dict[str, dict[str, float]]:
+    """Cosine columns of every backend against fp32 ONNX Runtime on real held-out crops (batch-independent)."""
+    images = accuracy_images(root, height, width)
+    reference = next(b for b in backends if b.name == FP32_ORT)
+
+    def run(backend: Backend) -> np.ndarray:
+        step = min(backend.max_batch or 32, 32)
+        return np.concatenate([backend.run(images[i:i + step]) for i in range(0, len(images), step)])
+
+    ref = run(reference)
+    return {b.key: {**cosine_columns(ref, run(b)), "accuracy_images": len(images)} for b in backends}
+
+
+def _int8_verdicts(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for backend, per_model in INT8_TARGETS.items():
+        for name, target in per_model.items():
+            for row in results["models"].get(name, {}).get("rows", []):
+                if (row["backend"] == backend and row["batch"] == INT8_TARGET_BATCH
+                        and "speedup_vs_onnxruntime_cpu" in row):
+                    ratio = row["speedup_vs_onnxruntime_cpu"]
+                    lines.append(f"- {backend} on {name}, {row['threads']} threads, batch {row['batch']}: {ratio:.2f}x "
+                                 f"fp32 ONNX Runtime (target {target}x: {'met' if ratio >= target else 'not met'}; "
+                                 f"cosine vs fp32 min {row.get('cos_min', float('nan')):.4f})")
+    return lines
+
+
+def _int8_table(ob: dict[str, Any], top: int = 12) -> str:
+    """Operator types by fp32 + INT8 time, with the INT8 / fp32 ratio of the whole run."""
+    ms = ob["int8_vs_fp32_ms"]
+    fp32_total, int8_total = sum(v[0] for v in ms.values()), sum(v[1] for v in ms.values())
+    rows = [{"op_type": op, "fp32_ms": v[0], "int8_ms": v[1],
+             "fp32_share": v[0] / (fp32_total or 1.0), "int8_share": v[1] / (int8_total or 1.0)}
+            for op, v in sorted(ms.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:top]]
+    rows.append({"op_type": "total", "fp32_ms": fp32_total, "int8_ms": int8_total, "fp32_share": 1.0,
+                 "int8_share": 1.0})
+    return _machine.markdown_table(rows, ["op_type", "fp32_ms", "int8_ms", "fp32_share", "int8_share"])
+
+
 def report(results: dict[str, Any]) -> str:
-    """The Markdown body: one table per model, the target verdicts, and what limits the ratio."""
-    parts = [f"Host-to-host throughput with {results['threads']} CPU threads (both CPU backends get the same count); "
-             f"interleaved rounds on the same random uint8 images. Speed-up = images/s over `{BASELINE}` at the "
-             "same batch and thread count."]
+    """The Markdown body: one table per model, the target verdicts, and what limits the ratios."""
+    parts = [f"Host-to-host throughput with {results['threads']} CPU threads (all CPU backends get the same count); "
+             f"interleaved rounds on the same random uint8 images. Speed-up = images/s over `{BASELINE}` (and over "
+             f"`{FP32_ORT}`) at the same batch and thread count. `cos_*` = cosine of the backend's descriptors "
+             f"against `{FP32_ORT}` on real held-out crops of both modalities (min / 1st percentile / median)."]
+    probe = results.get("int8_gemm")
+    if probe:
+        parts.append("ONNX Runtime's U8S8 integer GEMM on this CPU: " + (
+            f"saturates ({probe['got']} for an exact {probe['exact']}: the VPMADDUBSW path of x86 without VNNI)"
+            if probe["u8s8_saturates"] else f"exact ({probe['got']}), i.e. VNNI kernels"))
     columns = ["backend", "threads", "batch", "images_per_s", "ms_per_image_p50", "ms_per_image_p95",
-               "speedup_vs_pytorch_eager_cpu", "gflop_per_s", "rounds"]
+               "speedup_vs_pytorch_eager_cpu", "speedup_vs_onnxruntime_cpu", "cos_min", "cos_p1", "cos_median",
+               "gflop_per_s", "rounds"]
     for name, model in results["models"].items():
         info = model["info"]
         parts.append(f"## {name}: {info['arch']} {info['height']}x{info['width']} -> {info['descriptor_dim']} "
                      f"({info['source']}; {info['gflop_per_image']:.2f} GFLOP/image)")
-        parts.append(_machine.markdown_table(model["rows"], columns))
+        # Cosines near 1 need more than the table's 3 significant digits.
+        shown = [{**row, **{k: f"{row[k]:.5f}" for k in ("cos_min", "cos_p1", "cos_median") if k in row}}
+                 for row in model["rows"]]
+        parts.append(_machine.markdown_table(shown, columns))
+        if "int8_quantization" in info:
+            q = info["int8_quantization"]
+            parts.append(f"INT8: `python -m export quantize` defaults ({q['method']}, {q['types']}, per-channel "
+                         f"{q['per_channel']}, reduce-range {q['reduce_range']}), {q['calibration_images']} "
+                         f"calibration crops from {q['calibration_source']} ({info['int8_quantize_s']:.0f} s).")
         cosines = ", ".join(f"batch {b}: " + ", ".join(f"{k} {v:.6f}" for k, v in c.items())
                             for b, c in model["parity_min_cosine"].items())
-        parts.append(f"Parity (min cosine vs the first backend): {cosines}.")
+        parts.append(f"Parity on the random timing images (min cosine vs the first backend; INT8 was calibrated on "
+                     f"real crops, so the `cos_*` columns are its accuracy): {cosines}.")
         if "op_breakdown" in model:
             ob = model["op_breakdown"]
+            runtimes = [r for r in ("pytorch", "onnxruntime", "onnxruntime-int8") if r in ob]
             shares = "; ".join(f"{runtime}: " + ", ".join(f"{op} {share:.1%}" for op, share in ob[runtime].items())
-                               for runtime in ("pytorch", "onnxruntime"))
+                               for runtime in runtimes)
             parts.append(f"Time per operator type (batch {ob['batch']}, {ob['threads']} thread(s)): {shares}.")
+            if "int8_vs_fp32_ms" in ob:
+                parts.append(f"INT8 vs fp32 ONNX Runtime, ms per operator type (batch {ob['batch']}, "
+                             f"{ob['threads']} thread(s), one warm run each):\n\n{_int8_table(ob)}")
     verdicts = []
     for backend, per_model in TARGETS.items():
         for name, target in per_model.items():
@@ -315,6 +490,7 @@ def report(results: dict[str, Any]) -> str:
                     ratio = row["speedup_vs_pytorch_eager_cpu"]
                     verdicts.append(f"- {backend} on {name}, {row['threads']} threads, batch {row['batch']}: "
                                     f"{ratio:.2f}x (target {target}x: {'met' if ratio >= target else 'not met'})")
+    verdicts += _int8_verdicts(results)
     if verdicts:
         parts.append("## Target\n\n" + "\n".join(verdicts))
     parts.append(NOTES)
@@ -354,7 +530,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=30, help="most timed rounds per batch size")
     parser.add_argument("--budget-s", type=float, default=60.0,
                         help="time budget per batch size for the slowest backend (at least 3 rounds run)")
-    parser.add_argument("--quick", action="store_true", help="batch 1 and 8, shorter budget: a few-minute check")
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 1 and 8, shorter budget, 64 calibration crops: a few-minute check")
+    parser.add_argument("--no-int8", dest="int8", action="store_false", help="skip the INT8 (quantized) backend")
+    parser.add_argument("--calibration-images", type=Path, default=None,
+                        help=f"INT8 calibration crops (default {DEFAULT_CALIBRATION.relative_to(REPO)}, else a small "
+                             "synthetic tree)")
+    parser.add_argument("--calibration-num-images", type=int, default=256, help="INT8 calibration crops (256)")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     parser.add_argument("--name", default="embed", help="results file stem")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -369,6 +551,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.batch_sizes = [s for s in args.batch_sizes if s <= 8] or [1]
         args.budget_s, args.rounds, args.warmup = min(args.budget_s, 15.0), min(args.rounds, 10), 1
+        args.calibration_num_images = min(args.calibration_num_images, 64)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     return args
 
@@ -381,13 +564,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_exporter_logs()
     machine = _machine.describe_machine()
     results: dict[str, Any] = {"threads": args.threads, "batch_sizes": args.batch_sizes, "targets": TARGETS,
-                               "models": {}}
+                               "int8_targets": INT8_TARGETS, "models": {}}
+    if args.int8:
+        results["int8_gemm"] = int8_gemm_saturates()
     try:
         specs = model_specs(args.models, args.checkpoint)
         sizes = len(set(args.batch_sizes + ([64] if torch.cuda.is_available() and not args.quick else [])))
         with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp, \
                 tqdm(total=sizes * len(specs), desc="embed benchmark", unit="batch size",
                      disable=args.no_progress) as bar:
+            args.calibration_root = calibration_root(args, Path(tmp))
             for name, spec in specs.items():
                 results["models"][name] = bench_model(name, spec, args, Path(tmp), bar)
     except UserError as exc:
