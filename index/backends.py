@@ -32,6 +32,12 @@ class VectorBackend(abc.ABC):
     kind: str
     dim: int
     exact: bool = True
+    # Removals leave the vector in place behind a tombstone (HNSW): an id removed by an undone add must
+    # then never be handed out again, since the tombstone would hide the new item.
+    tombstones: bool = False
+    # Scores are estimates from compressed codes (PQ) that can stray a little past [-1, 1]; they are
+    # clipped to it. For every other kind a score outside it means the vectors in memory are damaged.
+    estimated_scores: bool = False
 
     @property
     @abc.abstractmethod
@@ -88,6 +94,21 @@ class VectorBackend(abc.ABC):
         Returns:
             ``(scores, ids)``, float32 and int64 ``[Q, k]``, best first; rows with fewer than
             ``k`` results end with score ``-inf`` and id ``-1``.
+        """
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (all present), ``[n, dim]`` float32: what undoing a removal re-adds."""
+        raise NotImplementedError(f"kind {self.kind!r} cannot give back stored vectors")
+
+    def restore(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Put back items removed by :meth:`remove_ids` (from :meth:`reconstruct`), undoing the removal."""
+        self.add_with_ids(vectors, ids)
+
+    def check_vectors(self, path: Path) -> None:
+        """Refuse stored vectors that are not finite or, where the kind keeps them whole, not unit length.
+
+        Raises:
+            CorruptGalleryError: naming ``path`` (the index file) and the first bad id.
         """
 
     @abc.abstractmethod
@@ -167,3 +188,41 @@ def search_wider(search: SearchFn, queries: np.ndarray, k: int, allowed_ids: np.
         todo = todo[~done]
         fetch = min(limit, fetch * 4)
     return out_s, out_i, complete
+
+
+# Stored vectors are L2-normalised float32 (or fp16): their norms are 1 within rounding. Anything further
+# off is damage (a flipped exponent bit gives 1e36), and would break the cosine-score contract.
+UNIT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3}
+_CHECK_BLOCK = 65536
+
+
+def check_unit_rows(path: Path, vectors: np.ndarray, ids: np.ndarray, tolerance: float) -> None:
+    """Raise :class:`CorruptGalleryError` for the first row that is not finite or not of unit norm.
+
+    Args:
+        path: the index file (named in the error).
+        vectors: ``[n, dim]`` rows (a block of the index).
+        ids: the ``[n]`` gallery ids of those rows.
+        tolerance: the allowed ``|norm - 1|``.
+    """
+    from index.errors import CorruptGalleryError
+
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise CorruptGalleryError(path, f"the vector of id {int(ids[bad])} holds NaN or infinite values: the "
+                                        f"index data is damaged")
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    off = np.abs(norms - 1.0) > tolerance
+    if off.any():
+        bad = int(np.flatnonzero(off)[0])
+        raise CorruptGalleryError(path, f"the vector of id {int(ids[bad])} has norm {norms[bad]:.6g}, not 1: "
+                                        f"the index data is damaged (stored vectors are L2-normalised)")
+
+
+def check_in_blocks(path: Path, n: int, read: Callable[[int, int], np.ndarray], ids: np.ndarray,
+                    tolerance: float) -> None:
+    """:func:`check_unit_rows` over ``read(start, count)`` blocks, so memory stays at one block."""
+    for start in range(0, n, _CHECK_BLOCK):
+        count = min(_CHECK_BLOCK, n - start)
+        check_unit_rows(path, read(start, count), ids[start:start + count], tolerance)

@@ -19,8 +19,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.backends import VectorBackend, pad_results, search_wider
-from index.errors import GalleryError
+from index.backends import UNIT_TOLERANCE, VectorBackend, check_in_blocks, pad_results, search_wider
+from index.errors import CorruptGalleryError, GalleryError
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ class BlasFlatBackend(VectorBackend):
         """Read a ``flat`` index file into the array store."""
         try:
             index = faiss.read_index(str(path))  # already the concrete, owning type
-        except RuntimeError as exc:
-            raise GalleryError(f"index file {path} is unreadable: {exc}") from None
+        except (RuntimeError, MemoryError) as exc:
+            raise CorruptGalleryError(path, f"is not a readable FAISS index ({str(exc).splitlines()[0][:200]})") from None
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
         if not isinstance(inner, faiss.IndexFlatIP):
-            raise GalleryError(f"index file {path} is not an IndexIDMap2 over an IndexFlatIP, as flat_blas expects")
+            raise CorruptGalleryError(path, "is not an IndexIDMap2 over an IndexFlatIP, as flat_blas expects")
         if index.d != dim:
-            raise GalleryError(f"index file {path} has dimension {index.d} but the manifest says {dim}")
+            raise CorruptGalleryError(path, f"has dimension {index.d} but the manifest says {dim}")
         backend = cls(kind, dim, options, **runtime)
         backend._x = faiss.vector_to_array(inner.codes).view(np.float32).reshape(-1, dim)
         backend._ids = faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -94,6 +94,18 @@ class BlasFlatBackend(VectorBackend):
         self._x[:n_new] = self._x[:self._n][keep]
         self._ids[:n_new] = self._ids[:self._n][keep]
         self._n = n_new
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        live = self._ids[:self._n]
+        order = np.argsort(live, kind="stable")
+        rows = order[np.searchsorted(live, ids, sorter=order)]
+        return self._x[rows].copy()
+
+    def check_vectors(self, path: Path) -> None:
+        ids = self._ids[:self._n]
+        if len(np.unique(ids)) != len(ids):
+            raise CorruptGalleryError(path, "the id map holds an id twice: the index data is damaged")
+        check_in_blocks(path, self._n, lambda start, count: self._x[start:start + count], ids, UNIT_TOLERANCE["fp32"])
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
                use_selector: bool = True) -> tuple[np.ndarray, np.ndarray]:

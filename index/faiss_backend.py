@@ -32,8 +32,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.backends import VectorBackend, pad_results, search_wider
-from index.errors import GalleryError
+from index.backends import UNIT_TOLERANCE, VectorBackend, check_in_blocks, pad_results, search_wider
+from index.errors import CorruptGalleryError, GalleryError
 from index.gpu import GPU_MAX_K, GpuMirror, gpu_count
 
 # FAISS parallelises even a single query over the database with OpenMP. For small searches the
@@ -180,12 +180,12 @@ class FaissBackend(VectorBackend):
         """Load an index written by :meth:`serialize` and check that it is the kind the manifest says."""
         try:
             index = faiss.read_index(str(path))  # already the concrete, owning type
-        except RuntimeError as exc:
-            raise GalleryError(f"index file {path} is unreadable: {exc}") from None
+        except (RuntimeError, MemoryError) as exc:
+            raise CorruptGalleryError(path, f"is not a readable FAISS index ({str(exc).splitlines()[0][:200]})") from None
         if not isinstance(index, faiss.IndexIDMap2):
-            raise GalleryError(f"index file {path} holds a {type(index).__name__}, expected an IndexIDMap2")
+            raise CorruptGalleryError(path, f"holds a {type(index).__name__}, expected an IndexIDMap2")
         if index.d != dim:
-            raise GalleryError(f"index file {path} has dimension {index.d} but the manifest says {dim}")
+            raise CorruptGalleryError(path, f"has dimension {index.d} but the manifest says {dim}")
         inner = type(faiss.downcast_index(index.index)).__name__
         backend = cls.__new__(cls)
         backend.kind, backend.dim, backend.exact = kind, dim, kind in ("flat", "flat_fp16")
@@ -195,7 +195,7 @@ class FaissBackend(VectorBackend):
         if kind in _IVF and inner == "IndexFlatIP":
             backend._index, backend._staging = None, index  # saved before it had enough vectors to train
         elif inner != _EXPECTED_TYPE[kind]:
-            raise GalleryError(f"index file {path} holds a {inner}, but kind {kind!r} expects {_EXPECTED_TYPE[kind]}")
+            raise CorruptGalleryError(path, f"holds a {inner}, but kind {kind!r} expects {_EXPECTED_TYPE[kind]}")
         if backend._index is not None:
             backend._apply_search_params()
         backend._gpu = backend._make_gpu(device, gpu_fp16)
@@ -206,6 +206,14 @@ class FaissBackend(VectorBackend):
     @property
     def options(self) -> dict[str, Any]:
         return dict(self._options)
+
+    @property
+    def tombstones(self) -> bool:  # type: ignore[override]
+        return self.kind == "hnsw"
+
+    @property
+    def estimated_scores(self) -> bool:  # type: ignore[override]
+        return self.kind == "ivf_pq" and self._index is not None
 
     @property
     def device(self) -> str:
@@ -294,10 +302,89 @@ class FaissBackend(VectorBackend):
             self._deleted = np.union1d(self._deleted, ids)
             if len(self._deleted) > len(self):
                 self._compact_hnsw()
+        elif self.kind in _IVF:
+            self._remove_ivf(ids)
         else:
             self._index.remove_ids(_batch_selector(ids))
             if self._gpu is not None:
                 self._gpu.mark_stale()
+
+    def _remove_ivf(self, ids: np.ndarray) -> None:
+        # IndexIDMap2.remove_ids compacts its id map, which assumes the inner index renumbers what follows
+        # a removed vector (IndexFlat does). IVF lists keep their internal ids, so without this every id
+        # after the first removed one would name its neighbour's vector. Renumber the lists the same way.
+        positions = faiss.vector_to_array(self._index.id_map)
+        removed = np.sort(np.flatnonzero(np.isin(positions, ids)))
+        self._index.remove_ids(_batch_selector(ids))
+        ivf = faiss.extract_index_ivf(self._index.index)
+        lists = ivf.invlists
+        for list_no in range(ivf.nlist):
+            size = lists.list_size(list_no)
+            if size:
+                internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size)  # a writable view of the list
+                internal -= np.searchsorted(removed, internal)
+        if self._gpu is not None:
+            self._gpu.mark_stale()
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        live = self._index if self._index is not None else self._staging
+        ivf = faiss.extract_index_ivf(live.index) if self._index is not None and self.kind in _IVF else None
+        if ivf is not None:
+            ivf.make_direct_map(True)  # only for this call: it costs 8 bytes a vector to keep
+        try:
+            return np.vstack([live.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        finally:
+            if ivf is not None:
+                ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+
+    def restore(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if self.kind == "hnsw" and self._index is not None and np.isin(ids, self._deleted).all():
+            self._deleted = np.setdiff1d(self._deleted, ids, assume_unique=True)  # still in the graph
+            return
+        # ivf_pq: the decoded vector is re-encoded, which gives back the same code in all but rare cases.
+        self.add_with_ids(vectors, ids)
+
+    def check_vectors(self, path: Path) -> None:
+        live = self._index if self._index is not None else self._staging
+        ids = faiss.vector_to_array(live.id_map).astype(np.int64)
+        if len(np.unique(ids)) != len(ids) or (len(ids) and ids.min() < 0):
+            raise CorruptGalleryError(path, "the id map holds a negative or repeated id: the index data is damaged")
+        if self._index is not None and self.kind in _IVF:
+            self._check_ivf(path, ids)
+            return
+        tolerance = UNIT_TOLERANCE["fp16" if self.kind == "flat_fp16" else "fp32"]
+        inner = faiss.downcast_index(live.index)
+        check_in_blocks(path, int(inner.ntotal), lambda start, count: inner.reconstruct_n(start, count), ids, tolerance)
+
+    def _check_ivf(self, path: Path, ids: np.ndarray) -> None:
+        ivf = faiss.extract_index_ivf(self._index.index)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        centroids = quantizer.reconstruct_n(0, int(quantizer.ntotal))
+        if not np.isfinite(centroids).all():
+            raise CorruptGalleryError(path, "the IVF coarse centroids hold NaN or infinite values: the index is damaged")
+        pq = faiss.downcast_index(self._index.index).pq if self.kind == "ivf_pq" else None
+        if pq is not None and not np.isfinite(faiss.vector_to_array(pq.centroids)).all():
+            raise CorruptGalleryError(path, "the PQ codebooks hold NaN or infinite values: the index is damaged")
+        lists, seen = ivf.invlists, []
+        for list_no in range(ivf.nlist):
+            size = lists.list_size(list_no)
+            if not size:
+                continue
+            internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy()
+            seen.append(internal)
+            if self.kind == "ivf_flat":
+                codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * ivf.code_size)
+                vectors = np.frombuffer(codes, dtype=np.float32).reshape(size, self.dim)
+                inside = (internal >= 0) & (internal < len(ids))
+                shown = np.where(inside, ids[np.clip(internal, 0, max(len(ids) - 1, 0))], -1) if len(ids) else internal
+                check_in_blocks(path, size, lambda start, count: vectors[start:start + count], shown,
+                                UNIT_TOLERANCE["fp32"])
+        internal = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
+        if not np.array_equal(internal, np.arange(len(ids))):
+            # What IVF galleries saved by versions before the renumbering fix look like after a removal.
+            raise CorruptGalleryError(path, "the IVF lists and the id map disagree (internal ids are not 0.."
+                                            f"{len(ids) - 1}): items would answer with other items' ids; "
+                                            f"re-index the gallery")
 
     def _compact_hnsw(self) -> None:
         log.info("rebuilding the HNSW graph without %d removed vectors", len(self._deleted))

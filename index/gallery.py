@@ -2,42 +2,58 @@
 
 A gallery is a vector backend (FAISS by default, :mod:`index.registry` lists the kinds) plus a
 SQLite metadata table, kept in step under one readers-writer lock, with stable int64 ids that the
-gallery assigns and never reuses, and an atomic on-disk format (:mod:`index.persist`).
+gallery assigns and never reuses, and an atomic, checksummed on-disk format (:mod:`index.persist`).
 
 Conventions callers rely on:
 
 * Scores are cosine similarities (inner products of L2-normalised vectors, normalised here and
-  nowhere else in the serving path), higher is more similar, best first.
+  nowhere else in the serving path), higher is more similar, best first, always finite and within
+  [-1, 1] (up to 1e-3 of float rounding; a search that would break this raises
+  :class:`~index.errors.CorruptGalleryError` instead of answering).
 * Where fewer than ``k`` results exist, rows end with id ``-1`` and score ``-inf`` (not NaN: ``-inf``
   sorts last and compares cleanly).
 * Thread safety: any number of concurrent ``search``/``get``/``stats``/``save`` calls, or one
   ``add``/``remove``/``train`` at a time (writers are preferred; see :mod:`index.locking`).
+* One writer per directory: the first save to a directory (or ``claim()``, or ``load(claim=True)``)
+  takes the directory's write lock, held until ``close()``; another process is refused at once, with
+  the holder named. A save also refuses to overwrite a version it has not seen (another writer's).
+  ``load(read_only=True)`` takes no lock and never writes the directory.
+* ``with gallery.transaction(): add/remove ...; save(...)``: if anything in the block raises, the
+  changes are undone in memory too, so memory and disk never disagree after a failed save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
+import threading
 import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import faiss
 import numpy as np
 
 from index import persist
-from index.errors import GalleryError, UnknownIdsError
-from index.faiss_backend import SEARCH_PARAMS
-from index.locking import ReadWriteLock
+from index.errors import (CorruptGalleryError, GalleryError, ReadOnlyGalleryError, StaleGalleryError, UndoFailedError,
+                          UnknownIdsError)
+from index.journal import AddRecord, RemoveRecord, undo
+from index.loading import check_model, read_saved
+from index.locking import DirectoryLock, ReadWriteLock, acquire_directory, read_holder
+from index.manifest import legacy_uid
 from index.metadata import MetadataStore, validate_metadata
-from index.registry import (RUNTIME_DEFAULTS, check_backend, check_kind, create_backend, load_backend,
-                            split_options)
-from index.validate import as_cameras, as_ids, as_k, as_time_range, normalized
+from index.registry import check_backend, check_kind, create_backend, split_options
+from index.validate import as_cameras, as_ids, as_k, as_time_range, check_scores, normalized
 
 log = logging.getLogger(__name__)
 
-# Kinds that share one file format and can be reopened as each other (Gallery.load(kind=...)).
-_INTERCHANGEABLE = {"flat", "flat_blas"}
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 class Gallery:
@@ -47,7 +63,9 @@ class Gallery:
     """
 
     def __init__(self, *, backend: Any, store: MetadataStore, fingerprint: str | None, runtime: dict[str, Any],
-                 next_id: int, created: str, saved: str | None = None, directory: Path | None = None) -> None:
+                 next_id: int, created: str, saved: str | None = None, directory: Path | None = None,
+                 read_only: bool = False, sequence: int | None = None, uid: str | None = None,
+                 origin: dict[str, Any] | None = None) -> None:
         self._backend = backend
         self._store = store
         self._fingerprint = fingerprint
@@ -56,12 +74,23 @@ class Gallery:
         self._created = created
         self._saved = saved
         self._directory = directory
+        self._read_only = read_only
+        self._sequence = sequence  # the save sequence of `directory` this object last read or wrote
+        self._uid = uid or uuid.uuid4().hex
+        self._origin = origin  # for a copy: the gallery (uid, sequence) it was copied from
         self._lock = ReadWriteLock()
+        # Held by a transaction from its first change to its end, and by every change and save: so a
+        # save from another thread never writes a transaction's changes before they are committed.
+        self._writer = threading.RLock()
+        self._journal: list[AddRecord | RemoveRecord] | None = None
+        self._unsaved = 0  # changes since the last save to `directory`
+        self._owner: DirectoryLock | None = None
+        self._finalizer: weakref.finalize | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
     def create(cls, dim: int, kind: str = "flat", fingerprint: str | None = None, *, backend: str = "faiss",
-               uri: Any = None, **options: Any) -> Gallery:
+               uri: Any = None, directory: str | Path | None = None, **options: Any) -> Gallery:
         """An empty gallery.
 
         Args:
@@ -76,6 +105,11 @@ class Gallery:
                 ``ivf_flat``, ``ivf_pq``, ``hnsw``; see :mod:`index.milvus_gallery`).
             uri: for ``backend="milvus"``: a Milvus Lite file (``"gallery/milvus.db"``) or a server address
                 (``"http://host:19530"``).
+            directory: where this gallery will be saved; its write lock is taken now, so that a second
+                writer is refused before either does any work (it must hold no gallery yet).
+
+        Raises:
+            GalleryLockedError: ``directory`` is being written by another process.
         """
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
             raise GalleryError(f"dim must be a positive int, got {dim!r}")
@@ -88,14 +122,19 @@ class Gallery:
             raise GalleryError("uri= is for backend='milvus'; a FAISS gallery lives in memory until save(directory)")
         kind = check_kind(kind)
         backend_options, runtime = split_options(kind, options)
-        backend = create_backend(kind, int(dim), backend_options, runtime)
-        return cls(backend=backend, store=MetadataStore.in_memory(), fingerprint=fingerprint, runtime=runtime,
-                   next_id=0, created=persist.utc_now())
+        vectors = create_backend(kind, int(dim), backend_options, runtime)
+        gallery = cls(backend=vectors, store=MetadataStore.in_memory(), fingerprint=fingerprint, runtime=runtime,
+                      next_id=0, created=persist.utc_now())
+        if directory is not None:
+            gallery._directory = Path(directory)
+            gallery.claim()
+        return gallery
 
     @classmethod
     def load(cls, directory: str | Path, fingerprint: str | None = None, *, dim: int | None = None,
-             kind: str | None = None, backend: str | None = None, uri: Any = None, **options: Any) -> Gallery:
-        """Open a saved gallery, checking it against the model that will query it.
+             kind: str | None = None, backend: str | None = None, uri: Any = None, read_only: bool = False,
+             claim: bool = False, **options: Any) -> Gallery:
+        """Open a saved gallery, checking it against the model that will query it, and checking its files.
 
         Args:
             directory: a directory written by :meth:`save`.
@@ -107,10 +146,15 @@ class Gallery:
             backend: when given, the backend the gallery must have (``"faiss"`` or ``"milvus"``); the
                 manifest says which it is.
             uri: for a milvus gallery, the Milvus address to use instead of the saved one (the server moved).
+            read_only: never take the directory's write lock nor write to it (a replica serving a
+                snapshot, an evaluation); changes and saves to ``directory`` are refused.
+            claim: take the directory's write lock now (a writer that must not start if another one
+                runs); otherwise it is taken by the first save.
 
         Raises:
-            GalleryError: not a gallery, fingerprint or dim mismatch, or the index and the metadata
-                disagree (different ids or counts).
+            GalleryLockedError: ``claim`` and another process writes the directory.
+            CorruptGalleryError: a file is damaged (one line naming it; see :mod:`index.loading`).
+            GalleryError: not a gallery, or fingerprint or dim mismatch.
         """
         directory = Path(directory)
         saved_backend = persist.read_manifest(directory).get("backend", "faiss")
@@ -122,38 +166,121 @@ class Gallery:
                                             dim=dim, kind=kind, uri=uri, **options)
         if uri is not None:
             raise GalleryError(f"uri= is for milvus galleries; {directory} is a FAISS gallery")
-        manifest, (index_path, db_path) = persist.wait_for_data(directory)
-        saved_kind = check_kind(manifest["kind"])
-        saved_dim = int(manifest["dim"])
-        saved_fp = manifest.get("fingerprint")
-        if dim is not None and dim != saved_dim:
-            raise GalleryError(f"gallery {directory} holds {saved_dim}-d descriptors but the model produces "
-                               f"{dim}-d ones; re-index the gallery with this model")
-        if fingerprint is not None and fingerprint != saved_fp:
-            raise GalleryError(f"gallery {directory} was built with model fingerprint {saved_fp!r}, but this "
-                               f"model's fingerprint is {fingerprint!r}; re-index the gallery with this model")
-        kind = saved_kind if kind is None else check_kind(kind)
-        if kind != saved_kind and not {kind, saved_kind} <= _INTERCHANGEABLE:
-            raise GalleryError(f"gallery {directory} is a {saved_kind!r} index; it can only be reopened as "
-                               f"another kind between {sorted(_INTERCHANGEABLE)}")
-        search_params = {k: v for k, v in options.items() if k in SEARCH_PARAMS}
-        bad = set(options) - set(RUNTIME_DEFAULTS) - SEARCH_PARAMS
-        if bad:
-            raise GalleryError(f"option(s) {sorted(bad)} cannot be given to load(); valid: "
-                               f"{', '.join(sorted(set(RUNTIME_DEFAULTS) | SEARCH_PARAMS))}")
-        _, runtime = split_options(kind, {k: v for k, v in options.items() if k in RUNTIME_DEFAULTS})
-        saved_options = manifest["options"] if kind == saved_kind else {}
-        started = time.perf_counter()
-        store = MetadataStore.load(db_path)
-        backend = load_backend(kind, index_path, saved_dim, saved_options, manifest.get("backend_state", {}), runtime)
-        if search_params:
-            backend.set_search_params(**search_params)
-        _check_consistent(directory, manifest, backend.ids(), store.ids())
-        log.info("loaded %s gallery %s: %d items in %.2f s", kind, directory, len(backend),
-                 time.perf_counter() - started)
-        return cls(backend=backend, store=store, fingerprint=saved_fp, runtime=runtime,
-                   next_id=int(manifest["next_id"]), created=manifest.get("created", ""),
-                   saved=manifest.get("saved"), directory=directory)
+        if read_only and claim:
+            raise GalleryError("read_only=True and claim=True contradict each other: a read-only gallery takes no lock")
+        owner = acquire_directory(directory) if claim else None
+        try:
+            def read(manifest: dict[str, Any]) -> Any:
+                check_model(directory, manifest, fingerprint, dim)
+                return read_saved(directory, manifest, kind, options)
+
+            loaded = persist.retry_if_swapped(directory, read, attempts=1 if claim else 3)
+        except BaseException:
+            if owner is not None:
+                owner.release()
+            raise
+        manifest = loaded.manifest
+        gallery = cls(backend=loaded.backend, store=loaded.store, fingerprint=manifest.get("fingerprint"),
+                      runtime=loaded.runtime, next_id=int(manifest["next_id"]), created=manifest.get("created", ""),
+                      saved=manifest.get("saved"), directory=directory, read_only=read_only,
+                      sequence=int(manifest.get("sequence", 0)), uid=manifest.get("uid") or legacy_uid(manifest),
+                      origin=manifest.get("origin"))
+        if owner is not None:
+            gallery._adopt(owner)
+        if read_only:
+            holder = read_holder(directory)
+            writer = (f"written by pid {holder['pid']} ({holder.get('command', '?')})" if holder.get("alive")
+                      else "no writer holds it")
+            log.info("opened gallery %s read-only (save %s; %s): changes are refused and nothing is written there",
+                     directory, gallery._sequence, writer)
+        return gallery
+
+    # ----------------------------------------------------------------- ownership
+    def claim(self, directory: str | Path | None = None) -> Gallery:
+        """Take the write lock of this gallery's directory now (instead of at the first save).
+
+        Args:
+            directory: the directory, for a gallery that has none yet (``create``d, never saved).
+
+        Returns:
+            The gallery (for chaining).
+
+        Raises:
+            GalleryLockedError: another process writes the directory (the message names it).
+            StaleGalleryError: another writer saved the directory since this gallery read it.
+            ReadOnlyGalleryError: the gallery was opened read-only.
+        """
+        if directory is not None:
+            if self._directory is not None and not _same_dir(directory, self._directory):
+                raise GalleryError(f"this gallery belongs to {self._directory}; it cannot claim {directory}")
+            self._directory = Path(directory)
+        if self._directory is None:
+            raise GalleryError("this gallery has no directory yet: give claim() one, or save() it first")
+        if self._read_only:
+            raise ReadOnlyGalleryError(f"gallery {self._directory} was opened read-only; it cannot be claimed for writing")
+        if self._owner is None or not self._owner.held:
+            lock = acquire_directory(self._directory)
+            try:
+                self._check_not_stale(self._directory)
+            except BaseException:
+                lock.release()
+                raise
+            self._adopt(lock)
+        return self
+
+    def _adopt(self, lock: DirectoryLock) -> None:
+        self._owner = lock
+        # A gallery dropped without close() still releases the lock (kernel flock goes with the last reference).
+        self._finalizer = weakref.finalize(self, lock.release)
+
+    def _check_not_stale(self, directory: Path) -> None:
+        manifest_path = directory / persist.MANIFEST
+        if not manifest_path.exists():
+            if self._sequence is not None:
+                raise StaleGalleryError(f"the gallery in {directory} was removed since this gallery was read from it")
+            return
+        found = int(persist.read_manifest(directory).get("sequence", 0))
+        if self._sequence is None:
+            raise StaleGalleryError(f"{directory} already holds a gallery (save {found}); load that one to change it, "
+                                    f"or use a new directory")
+        if found != self._sequence:
+            raise StaleGalleryError(f"the gallery in {directory} was saved by another writer since this one read it "
+                                    f"(save {found} on disk, {self._sequence} read): reload it before changing it")
+
+    def rebase(self, directory: str | Path, *, sequence: int | None, uid: str) -> None:
+        """Make this gallery the next version of another directory's gallery (installing a staging copy).
+
+        After this, ``save(directory)`` writes it there as the version after ``sequence`` (refused, as
+        always, if the directory has moved on meanwhile), under that gallery's ``uid``. The lock of the
+        directory this gallery came from is released.
+
+        Args:
+            directory: the directory to save to from now on.
+            sequence: the save of ``directory`` this gallery supersedes (None: it holds none yet).
+            uid: the uid of the gallery in ``directory``, kept so that copies stay traceable to it.
+        """
+        if self._read_only:
+            raise ReadOnlyGalleryError(f"gallery {self._directory} was opened read-only; it cannot be rebased")
+        with self._writer:
+            self.close()
+            self._directory, self._sequence, self._uid, self._origin = Path(directory), sequence, uid, None
+
+    @property
+    def owns_directory(self) -> bool:
+        """Whether this gallery holds its directory's write lock."""
+        return self._owner is not None and self._owner.held
+
+    def close(self) -> None:
+        """Release the directory's write lock (the gallery stays usable in memory; a later save claims again)."""
+        if self._finalizer is not None:
+            self._finalizer()  # releases once, idempotently
+        self._owner = self._finalizer = None
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ----------------------------------------------------------------- properties
     @property
@@ -172,6 +299,35 @@ class Gallery:
     def device(self) -> str:
         return self._backend.device
 
+    @property
+    def directory(self) -> Path | None:
+        """The directory this gallery was loaded from or saves to."""
+        return self._directory
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @property
+    def sequence(self) -> int | None:
+        """The save sequence of :attr:`directory` this gallery last read or wrote (None before its first save)."""
+        return self._sequence
+
+    @property
+    def uid(self) -> str:
+        """A random id given at creation and kept by every save: copies record which gallery they came from."""
+        return self._uid
+
+    @property
+    def origin(self) -> dict[str, Any] | None:
+        """For a gallery saved as a copy (``save(other_dir)``): the ``uid`` and ``sequence`` it was copied from."""
+        return dict(self._origin) if self._origin else None
+
+    @property
+    def unsaved_changes(self) -> int:
+        """Adds and removals made since the last save to :attr:`directory` (0 after a save)."""
+        return self._unsaved
+
     def __len__(self) -> int:
         with self._lock.read():
             return len(self._backend)
@@ -180,7 +336,52 @@ class Gallery:
         return f"Gallery(kind={self.kind!r}, dim={self.dim}, count={len(self)}, device={self.device!r})"
 
     # ----------------------------------------------------------------- mutation
-    def add(self, vectors: Any, metadata: Any) -> np.ndarray:
+    @contextlib.contextmanager
+    def transaction(self, guard: Callable[[], ContextManager[Any]] | None = None) -> Iterator[Gallery]:
+        """Changes made in the block are undone if the block raises (typically: its ``save`` failed).
+
+        Other threads' changes and saves wait until the block ends, so nothing but a committed state is
+        ever written. Blocks do not nest.
+
+        Args:
+            guard: a lock to hold while undoing (the server's own readers-writer lock, so that none of its
+                searches sees half an undo).
+
+        Raises:
+            Whatever the block raised, after the undo. If the undo itself fails (it only touches memory,
+            so it should not), :class:`~index.errors.UndoFailedError` says that memory no longer matches
+            the last save.
+        """
+        with self._writer:
+            if self._journal is not None:
+                raise GalleryError("gallery transactions do not nest")
+            self._journal = []
+            try:
+                yield self
+            except BaseException:
+                journal, self._journal = self._journal, None
+                if journal:
+                    self._undo(journal, guard)
+                raise
+            finally:
+                self._journal = None
+
+    def _undo(self, journal: list[AddRecord | RemoveRecord], guard: Callable[[], ContextManager[Any]] | None) -> None:
+        try:
+            with guard() if guard is not None else contextlib.nullcontext(), self._lock.write():
+                self._next_id = undo(journal, self._backend, self._store, self._next_id)
+                self._unsaved = max(0, self._unsaved - len(journal))
+        except Exception as exc:
+            raise UndoFailedError(f"a change to the gallery failed to save and could not be undone in memory ({exc}); "
+                                  f"memory no longer matches the last save: restart from the saved gallery") from exc
+        log.info("undid %d gallery change(s) that were not saved", len(journal))
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise ReadOnlyGalleryError(f"gallery {self._directory} was opened read-only; it cannot be changed")
+
+    def add(self, vectors: Any, metadata: Any, *, idempotency_key: str | None = None,
+            request_digest: str = "") -> np.ndarray:
         """Add descriptors with their metadata; returns their new ids.
 
         Args:
@@ -188,28 +389,61 @@ class Gallery:
             metadata: ``N`` dicts: ``camera`` (int, required), ``person_label`` (int or str),
                 ``source`` (path or URI), ``timestamp`` (Unix seconds, datetime or ISO-8601; stored
                 as Unix seconds), ``extra`` (JSON-able dict).
+            idempotency_key: when given and already recorded (by an add that was saved), nothing is
+                added and the ids of that add are returned; otherwise the key is recorded with the ids,
+                in the same save. A retried request therefore never adds twice.
+            request_digest: what identifies the request behind the key (e.g. a hash of its bytes); a key
+                reused with another digest is refused.
 
         Returns:
             int64 ``[N]`` ids, increasing, never used before in this gallery.
 
         Raises:
             GalleryError: wrong shape, NaN/inf/zero vectors, metadata of the wrong length or with a
-                bad/missing field. Nothing is changed then.
+                bad/missing field, or an idempotency key reused for another request. Nothing is changed then.
         """
+        self._check_writable()
         x = normalized(vectors, self.dim, "vectors")
         rows = validate_metadata(metadata, len(x))
-        with self._lock.write():
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+            raise GalleryError(f"idempotency_key must be a non-empty str, got {idempotency_key!r}")
+        with self._writer, self._lock.write():
+            if idempotency_key is not None:
+                replay = self._replay(idempotency_key, request_digest)
+                if replay is not None:
+                    return replay
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             if len(x) == 0:
                 return ids
             self._backend.add_with_ids(x, ids)
             try:
                 self._store.insert(ids, rows)
+                if idempotency_key is not None:
+                    self._store.record_request(idempotency_key, request_digest, ids.tolist())
             except BaseException:
                 self._backend.remove_ids(ids)
+                self._store.delete(ids)
                 raise
+            if self._journal is not None:
+                self._journal.append(AddRecord(ids, self._next_id, idempotency_key))
             self._next_id += len(x)
+            self._unsaved += 1
         return ids
+
+    def _replay(self, key: str, digest: str) -> np.ndarray | None:
+        found = self._store.find_request(key)
+        if found is None:
+            return None
+        saved_digest, ids = found
+        if saved_digest != digest:
+            raise GalleryError(f"idempotency key {key!r} was already used for a different request; use a new key "
+                               f"for a new request")
+        return np.asarray(ids, dtype=np.int64)
+
+    def find_request(self, key: str) -> tuple[str, list[int]] | None:
+        """``(request_digest, ids)`` of the saved add that recorded ``key``, or None."""
+        with self._lock.read():
+            return self._store.find_request(key)
 
     def remove(self, ids: Any, *, missing: str = "error") -> int:
         """Remove items by id; returns how many were removed.
@@ -221,15 +455,22 @@ class Gallery:
         """
         if missing not in ("error", "ignore"):
             raise GalleryError(f"missing must be 'error' or 'ignore', got {missing!r}")
+        self._check_writable()
         wanted = np.unique(as_ids(ids))
-        with self._lock.write():
+        with self._writer, self._lock.write():
             present = np.isin(wanted, self._store.ids())
             if missing == "error" and not present.all():
                 raise UnknownIdsError(wanted[~present].tolist())
             found = wanted[present]
             if found.size:
+                record = None
+                if self._journal is not None:  # read what an undo would put back, before it is gone
+                    record = RemoveRecord(found, self._backend.reconstruct(found), self._store.rows(found))
                 self._backend.remove_ids(found)
                 self._store.delete(found)
+                if record is not None:
+                    self._journal.append(record)
+                self._unsaved += 1
         return int(found.size)
 
     def train(self, vectors: Any) -> None:
@@ -237,8 +478,9 @@ class Gallery:
 
         Without this, IVF kinds train themselves on the gallery once it holds ``train_size`` items.
         """
+        self._check_writable()
         x = normalized(vectors, self.dim, "training vectors")
-        with self._lock.write():
+        with self._writer, self._lock.write():
             self._backend.train(x)
 
     def set_search_params(self, **params: Any) -> None:
@@ -262,6 +504,9 @@ class Gallery:
             ``(scores, ids)``: float32 and int64 ``[Q, k]``, best first; ``-inf`` / ``-1`` pad
             rows with fewer than ``k`` matches. A filter still yields ``k`` results when at least
             ``k`` items match (exactly so for exact kinds).
+
+        Raises:
+            CorruptGalleryError: a score came out non-finite or outside [-1, 1] (damaged vectors in memory).
         """
         q = normalized(queries, self.dim, "queries", allow_1d=True)
         k = as_k(k)
@@ -271,7 +516,8 @@ class Gallery:
             allowed = None if cams is None and window is None else self._store.select_ids(cams, window)
             if len(self._backend) == 0 or (allowed is not None and allowed.size == 0):
                 return (np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64))
-            return self._backend.search(q, k, allowed, use_selector=self._runtime["filter_mode"] != "wider")
+            scores, ids = self._backend.search(q, k, allowed, use_selector=self._runtime["filter_mode"] != "wider")
+        return check_scores(scores, ids, clip=self._backend.estimated_scores, where=self._directory or "gallery")
 
     def get(self, ids: Any, *, missing: str = "error") -> list[dict[str, Any] | None]:
         """Metadata for ``ids``, in order: dicts with ``id``, ``camera``, ``person_label``,
@@ -327,48 +573,61 @@ class Gallery:
             }
 
     # ----------------------------------------------------------------- persistence
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, replace: bool = False) -> Path:
         """Atomically write the gallery to ``directory`` (see :mod:`index.persist`).
 
-        Searches keep running during a save; adds and removes wait for it.
+        Searches keep running during a save; adds and removes wait for it. Saving to the gallery's own
+        directory (or, for a gallery that has none, adopting ``directory``) takes and keeps the
+        directory's write lock; saving anywhere else writes a copy (which records this gallery as its
+        origin) and leaves this gallery where it was.
+
+        Args:
+            directory: where to save.
+            replace: overwrite a gallery this object did not read (``gallery repair``); never needed otherwise.
 
         Returns:
             The directory.
+
+        Raises:
+            GalleryLockedError: another process writes ``directory``.
+            StaleGalleryError: ``directory`` holds a save this gallery has not seen (another writer's), or a
+                copy's target already holds a gallery. Nothing is written.
+            ReadOnlyGalleryError: the gallery was opened read-only and ``directory`` is its own.
+            OSError: a write failed (ENOSPC...): nothing changed on disk (see :func:`persist.save_directory`).
         """
         directory = Path(directory)
+        own = self._directory is None or _same_dir(directory, self._directory)
+        if own and self._read_only:
+            raise ReadOnlyGalleryError(f"gallery {directory} was opened read-only; save a copy elsewhere instead")
         started = time.perf_counter()
-        with self._lock.read():
-            manifest = {
-                "format": persist.FORMAT, "format_version": persist.FORMAT_VERSION, "kind": self.kind,
-                "dim": self.dim, "fingerprint": self._fingerprint, "options": self._backend.options,
-                "created": self._created, "count": len(self._backend), "next_id": self._next_id,
-                "faiss_version": faiss.__version__,
-            }
+        with self._writer:
+            if own:
+                self._directory = directory
+                if not replace:
+                    self.claim()
+            with self._lock.read():
+                manifest = {
+                    "format": persist.FORMAT, "format_version": persist.FORMAT_VERSION, "kind": self.kind,
+                    "dim": self.dim, "fingerprint": self._fingerprint, "options": self._backend.options,
+                    "created": self._created, "count": len(self._backend), "next_id": self._next_id,
+                    "faiss_version": faiss.__version__, "uid": self._uid,
+                    "origin": self._origin if own else {"uid": self._uid, "sequence": self._sequence or 0,
+                                                         "directory": str(self._directory)},
+                }
 
-            def write(tmp: Path) -> dict[str, Any]:
-                state = self._backend.serialize(tmp / persist.INDEX_FILE)
-                self._store.save(tmp / persist.METADATA_FILE)
-                return {"backend_state": state}
+                def write(tmp: Path) -> dict[str, Any]:
+                    state = self._backend.serialize(tmp / persist.INDEX_FILE)
+                    self._store.save(tmp / persist.METADATA_FILE)
+                    return {"backend_state": state}
 
-            persist.save_directory(directory, write, manifest)
-        self._directory, self._saved = directory, persist.utc_now()
-        log.info("saved %d items to %s in %.2f s", manifest["count"], directory, time.perf_counter() - started)
+                _, written = persist.save_directory(
+                    directory, write, manifest, lock=self._owner if own and not replace else None,
+                    expect_sequence=self._sequence if own else None, replace=replace)
+            if own:
+                self._sequence, self._saved, self._unsaved = int(written["sequence"]), written["saved"], 0
+        log.info("saved %d items to %s (save %d) in %.2f s", manifest["count"], directory, written["sequence"],
+                 time.perf_counter() - started)
         return directory
 
 
-def _check_consistent(directory: Path, manifest: dict[str, Any], index_ids: np.ndarray,
-                      store_ids: np.ndarray) -> None:
-    """The index and the metadata must hold the same ids, as many as the manifest says."""
-    if not np.array_equal(index_ids, store_ids):
-        only_index = np.setdiff1d(index_ids, store_ids)
-        only_store = np.setdiff1d(store_ids, index_ids)
-        raise GalleryError(
-            f"gallery {directory} is inconsistent: the index holds {len(index_ids)} ids and the metadata "
-            f"{len(store_ids)}; {len(only_index)} only in the index (e.g. {only_index[:5].tolist()}), "
-            f"{len(only_store)} only in the metadata (e.g. {only_store[:5].tolist()})")
-    if int(manifest["count"]) != len(index_ids):
-        raise GalleryError(f"gallery {directory} is inconsistent: the manifest says {manifest['count']} items, "
-                           f"the index and metadata hold {len(index_ids)}")
-    if len(index_ids) and int(manifest["next_id"]) <= int(index_ids[-1]):
-        raise GalleryError(f"gallery {directory} is inconsistent: next id {manifest['next_id']} is not above the "
-                           f"largest stored id {int(index_ids[-1])}")
+__all__ = ["CorruptGalleryError", "Gallery"]

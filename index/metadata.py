@@ -6,24 +6,37 @@ in :mod:`index.persist` and never disagree with the index file saved next to the
 
 Columns: ``id`` (the gallery id), ``camera`` (int), ``person_label`` (int, str or NULL),
 ``source`` (path or URI), ``timestamp`` (Unix seconds, REAL), ``extra`` (JSON object as text).
+
+A second table, ``requests``, remembers the idempotency keys of recent adds (key -> request digest and
+the ids it created). It lives in the same file as the items on purpose: a key and the items it made are
+committed by the same atomic save, so a retried request after a crash or a timeout can never find the
+items without the key (a duplicate) or the key without the items (a lost add).
+
+Loading reads every row once and refuses the file (one line naming it and the row) when SQLite's
+``quick_check`` fails or a value has the wrong type: a ``camera`` stored as text or an ``extra`` that is
+not JSON would otherwise load and turn every search that returns that item into a 500.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import numbers
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.errors import GalleryError
+from index.errors import CorruptGalleryError, GalleryError
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("camera", "person_label", "source", "timestamp", "extra")
 
@@ -39,7 +52,18 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_camera ON items(camera);
 CREATE INDEX IF NOT EXISTS items_timestamp ON items(timestamp);
 CREATE INDEX IF NOT EXISTS items_source ON items(source);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    ids TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
+_COLUMNS = ("id", "camera", "person_label", "source", "timestamp", "extra")
+# Idempotency keys are kept this long (a client retries within minutes; a day is generous) and at most
+# this many, so the table stays small however many adds a gallery sees.
+REQUEST_TTL_S = 24 * 3600.0
+MAX_REQUESTS = 100_000
 # ``person_label`` has no declared type on purpose: SQLite then keeps ints as ints and strings as
 # strings, so a label round-trips with the type the caller gave it.
 
@@ -155,18 +179,54 @@ class MetadataStore:
 
     @classmethod
     def load(cls, path: Path) -> MetadataStore:
-        """Copy a saved database into memory (the file is left untouched)."""
+        """Copy a saved database into memory (the file is left untouched), checking every row once.
+
+        Raises:
+            CorruptGalleryError: the file is not a readable SQLite database, ``PRAGMA quick_check`` reports
+                damage, the ``items`` table is missing or has other columns, or a row holds a value of the
+                wrong type (the message names the file and the row id).
+        """
         if not path.is_file():
             raise GalleryError(f"metadata database {path} is missing")
-        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
         try:
-            conn = sqlite3.connect(":memory:", check_same_thread=False)
-            src.backup(conn)
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                problems = [" ".join(str(row[0]).split()) for row in src.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise CorruptGalleryError(path, f"SQLite quick_check reports damage: {'; '.join(problems)}")
+                src.backup(conn)
+            finally:
+                src.close()
+            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(items)"))
         except sqlite3.DatabaseError as exc:
-            raise GalleryError(f"metadata database {path} is unreadable: {exc}") from None
-        finally:
-            src.close()
-        return cls(conn)
+            conn.close()
+            raise CorruptGalleryError(path, f"is not a readable SQLite database ({' '.join(str(exc).split())})") from None
+        except BaseException:
+            conn.close()
+            raise
+        if columns != _COLUMNS:
+            conn.close()
+            raise CorruptGalleryError(path, f"has no items table with columns {', '.join(_COLUMNS)} "
+                                            f"(found {', '.join(columns) or 'none'})")
+        store = cls(conn)
+        store._columns = store._checked_columns(path)
+        return store
+
+    def _checked_columns(self, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Read every row once: check each value's type, and build the search-filter columns from the same pass."""
+        ids, cams, stamps = [], [], []
+        try:
+            with self._lock:
+                for row in self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM items ORDER BY id"):
+                    check_stored_row(path, row)
+                    ids.append(row[0])
+                    cams.append(row[1])
+                    stamps.append(np.nan if row[4] is None else row[4])
+        except sqlite3.DatabaseError as exc:
+            raise CorruptGalleryError(path, f"cannot be read row by row ({exc})") from None
+        return (np.asarray(ids, dtype=np.int64), np.asarray(cams, dtype=np.int64),
+                np.asarray(stamps, dtype=np.float64))
 
     def save(self, path: Path) -> None:
         """Write the whole table to a new database file at ``path`` (which must not exist)."""
@@ -176,6 +236,11 @@ class MetadataStore:
                 self._conn.backup(dest)
         finally:
             dest.close()
+
+    def reindex(self) -> None:
+        """Rebuild every SQLite index from its table (what ``gallery repair`` writes after damaged indexes)."""
+        with self._lock, self._conn:
+            self._conn.execute("REINDEX")
 
     def insert(self, ids: np.ndarray, rows: Sequence[Row]) -> None:
         """Insert validated rows (one transaction: all or nothing)."""
@@ -192,6 +257,40 @@ class MetadataStore:
             self._conn.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in ids])
             self._columns = None
             self._generation += 1
+
+    def rows(self, ids: np.ndarray) -> list[Row]:
+        """The stored rows of ``ids`` (all present), in the order given: what :meth:`insert` takes back."""
+        found: dict[int, Row] = {}
+        wanted = [int(i) for i in ids]
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                for row in self._conn.execute(
+                        f"SELECT {', '.join(_COLUMNS)} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    found[row[0]] = tuple(row[1:])  # type: ignore[assignment]
+        return [found[i] for i in wanted]
+
+    # -- idempotency keys ---------------------------------------------------------------------------
+    def find_request(self, key: str) -> tuple[str, list[int]] | None:
+        """``(digest, ids)`` recorded for an idempotency key, or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT digest, ids FROM requests WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (str(row[0]), [int(i) for i in json.loads(row[1])])
+
+    def record_request(self, key: str, digest: str, ids: Sequence[int], now: float | None = None) -> None:
+        """Remember a key and the ids its add created; forget keys older than :data:`REQUEST_TTL_S`."""
+        now = time.time() if now is None else now
+        with self._lock, self._conn:
+            self._conn.execute("DELETE FROM requests WHERE created < ?", (now - REQUEST_TTL_S,))
+            self._conn.execute("INSERT INTO requests (key, digest, ids, created) VALUES (?, ?, ?, ?)",
+                               (key, digest, json.dumps([int(i) for i in ids]), now))
+            self._conn.execute("DELETE FROM requests WHERE key IN (SELECT key FROM requests ORDER BY created DESC "
+                               "LIMIT -1 OFFSET ?)", (MAX_REQUESTS,))
+
+    def forget_request(self, key: str) -> None:
+        """Drop a key (undoing an add that did not become durable)."""
+        with self._lock, self._conn:
+            self._conn.execute("DELETE FROM requests WHERE key = ?", (key,))
 
     def get(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """Rows by id, as dicts with ``id`` and every field; ids not present are left out."""
@@ -279,3 +378,89 @@ class MetadataStore:
             if self._generation == generation:
                 self._columns = cached
         return cached
+
+
+def check_stored_row(path: Path, row: Sequence[Any]) -> None:
+    """Refuse a stored row whose values do not have the types :func:`validate_metadata` writes.
+
+    Raises:
+        CorruptGalleryError: naming the file, the row id and the field.
+    """
+    item_id, camera, label, source, timestamp, extra = row
+
+    def bad(field: str, what: str, value: Any) -> CorruptGalleryError:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return CorruptGalleryError(path, f"row id {item_id}: {field} must be {what}, found {shown}")
+
+    if not isinstance(item_id, int) or item_id < 0:
+        raise CorruptGalleryError(path, f"a row has id {item_id!r}; ids are non-negative integers")
+    if not isinstance(camera, int):
+        raise bad("camera", "an integer", camera)
+    if label is not None and not isinstance(label, (int, str)):
+        raise bad("person_label", "an integer, a string or NULL", label)
+    if source is not None and not isinstance(source, str):
+        raise bad("source", "a string or NULL", source)
+    if timestamp is not None and (not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp)):
+        raise bad("timestamp", "finite Unix seconds or NULL", timestamp)
+    if not isinstance(extra, str):
+        raise bad("extra", "a JSON object (text)", extra)
+    try:
+        parsed = json.loads(extra)
+    except (ValueError, RecursionError):
+        raise bad("extra", "a JSON object", extra) from None
+    if not isinstance(parsed, dict):
+        raise bad("extra", "a JSON object", extra)
+
+
+def integrity_problems(path: Path, limit: int = 10) -> list[str]:
+    """``PRAGMA integrity_check`` of a database file (read-only): ``[]`` when it is sound.
+
+    Slower than the ``quick_check`` every load runs: it also cross-checks each index against its table,
+    which is what ``python -m serving gallery check`` is for.
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = [" ".join(str(row[0]).split()) for row in conn.execute(f"PRAGMA integrity_check({int(limit)})")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return [f"not a readable SQLite database ({exc})"]
+    return [] if rows == ["ok"] else rows
+
+
+def rebuild_database(source: Path, dest: Path) -> int:
+    """Copy the rows of a database whose indexes are damaged into a new file with fresh indexes.
+
+    Reads the tables row by row (never through an index, which may be what is broken) and writes
+    them into ``dest`` (which must not exist) under the current schema.
+
+    Returns:
+        The number of item rows copied.
+
+    Raises:
+        CorruptGalleryError: a table itself cannot be read (the rows are lost; this cannot be repaired).
+    """
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    out = sqlite3.connect(dest)
+    try:
+        out.executescript(_SCHEMA)
+        try:
+            # NOT INDEXED: read the table b-tree itself, not an index that may be what is damaged.
+            items = src.execute(f"SELECT {', '.join(_COLUMNS)} FROM items NOT INDEXED ORDER BY rowid").fetchall()
+            tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            requests = (src.execute("SELECT key, digest, ids, created FROM requests NOT INDEXED").fetchall()
+                        if "requests" in tables else [])
+        except sqlite3.DatabaseError as exc:
+            raise CorruptGalleryError(source, f"its tables cannot be read ({exc}): the metadata cannot be "
+                                              f"rebuilt; re-index the images into a new gallery") from None
+        for row in items:
+            check_stored_row(source, row)
+        with out:
+            out.executemany(f"INSERT INTO items ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)", items)
+            out.executemany("INSERT OR IGNORE INTO requests (key, digest, ids, created) VALUES (?, ?, ?, ?)",
+                            requests)
+    finally:
+        src.close()
+        out.close()
+    return len(items)

@@ -127,8 +127,15 @@ class MilvusGallery(Gallery):
                    created=manifest.get("created", ""), saved=manifest.get("saved"), directory=directory)
 
     # ----------------------------------------------------------------- mutation
-    def add(self, vectors: Any, metadata: Any) -> np.ndarray:
-        """As :meth:`Gallery.add`; vectors and metadata go into Milvus in the same rows."""
+    def add(self, vectors: Any, metadata: Any, *, idempotency_key: str | None = None,
+            request_digest: str = "") -> np.ndarray:
+        """As :meth:`Gallery.add`; vectors and metadata go into Milvus in the same rows.
+
+        Idempotency keys are not supported: Milvus commits each insert itself, outside the gallery's save.
+        """
+        if idempotency_key is not None:
+            raise GalleryError("milvus galleries do not record idempotency keys (Milvus commits each insert "
+                               "itself); send the add without one")
         x = normalized(vectors, self.dim, "vectors")
         rows = validate_metadata(metadata, len(x))
         with self._lock.write():

@@ -4,20 +4,28 @@ Layout::
 
     gallery/
       manifest.json            <- the pointer: names the current data directory, plus kind, dim,
-                                  fingerprint, options, count, next id, created/saved, format version
+                                  fingerprint, options, count, next id, created/saved, format version,
+                                  the save sequence, and the size and sha256 of each data file
       data-000007-1a2b3c4d/    <- one complete, immutable version
         index.faiss            (CPU FAISS index, IndexIDMap2)
-        metadata.sqlite        (SQLite, table ``items``)
-      .lock                    <- flock'd while saving, so two savers cannot interleave
+        metadata.sqlite        (SQLite, tables ``items`` and ``requests``)
+      .lock                    <- flock'd by the one process that writes this gallery; names it
+                                  (pid, command, since when: :func:`index.locking.acquire_directory`)
 
 Why a versioned directory plus a manifest swap: the index and the database must switch together,
 and POSIX can only replace one name atomically. So a save writes both files into a fresh temporary
-directory, fsyncs them and the directory, renames it to a new ``data-*`` name (fsync the parent),
-then writes ``manifest.json`` to a temporary file, fsyncs it and ``os.replace``-s it over the old
-manifest (fsync the parent again). The manifest replace is the commit point: a process killed at any
-earlier moment leaves the old manifest pointing at the old, untouched data directory; killed later,
-the new one is complete. Old versions and leftovers of killed saves are deleted only after the commit
-(the idea is the temp-file-then-``os.replace`` pattern of faiss ``contrib``, lifted to a directory).
+directory, checksums them, fsyncs them and the directory, renames it to a new ``data-*`` name (fsync
+the parent), then writes ``manifest.json`` to a temporary file, fsyncs it and ``os.replace``-s it over
+the old manifest (fsync the parent again). The manifest replace is the commit point: a process killed,
+or a write that fails (a full disk: ``ENOSPC``), at any earlier moment leaves the old manifest pointing
+at the old, untouched data directory, and the temporary files are removed; after it, the new version
+is what every reader and every restart sees. Old versions and leftovers of killed saves are deleted
+only after the commit (the idea is the temp-file-then-``os.replace`` pattern of faiss ``contrib``,
+lifted to a directory).
+
+Two guards keep concurrent writers from losing each other's items: the directory's write lock (one
+process at a time), and the manifest's ``sequence``, which a save must find unchanged since the saving
+object read it (two objects of one process, or a writer that came back after another one saved).
 """
 
 from __future__ import annotations
@@ -34,23 +42,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from index.errors import GalleryError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: saves are still atomic, just not guarded against two savers
-    fcntl = None  # type: ignore[assignment]
+from index.errors import CorruptGalleryError, GalleryError, StaleGalleryError
+from index.integrity import sha256_file, verify_files
+from index.locking import LOCK_FILE, DirectoryLock, acquire_directory
+from index.manifest import (DATA_FILES, FORMAT, FORMAT_VERSION, INDEX_FILE, MANIFEST, METADATA_FILE,
+                            read_manifest)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "xmreid-gallery"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-INDEX_FILE = "index.faiss"
-METADATA_FILE = "metadata.sqlite"
+__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_FILE", "MANIFEST", "METADATA_FILE", "data_paths", "read_manifest",
+           "save_directory", "utc_now", "verified_data"]
+
 _DATA_PREFIX = "data-"
 _TMP_PREFIX = ".tmp-"
-_LOCK = ".lock"
+_LOCK = LOCK_FILE
 
 
 def utc_now() -> str:
@@ -77,105 +82,160 @@ def _fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def _save_lock(directory: Path) -> Iterator[None]:
-    if fcntl is None:
+    """The directory's write lock for the length of one save (the Milvus gallery's manifest writes)."""
+    lock = acquire_directory(directory)
+    try:
         yield
-        return
-    with open(directory / _LOCK, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def _ours(name: str) -> bool:
     return name in (MANIFEST, _LOCK) or name.startswith((_DATA_PREFIX, _TMP_PREFIX, "." + MANIFEST))
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """Read and check ``manifest.json`` of a gallery directory."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        what = "does not exist" if not Path(directory).exists() else "has no manifest.json"
-        raise GalleryError(f"{directory} is not a gallery directory: it {what}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GalleryError(f"{path} is unreadable: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise GalleryError(f"{path} is not a gallery manifest (expected format {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise GalleryError(f"{path} has format version {manifest.get('format_version')!r}; "
-                           f"this code reads version {FORMAT_VERSION}")
-    for key in ("kind", "dim", "count", "next_id", "data_dir", "options"):
-        if key not in manifest:
-            raise GalleryError(f"{path} lacks the required field {key!r}")
-    return manifest
+def data_dir(directory: Path, manifest: dict[str, Any]) -> Path:
+    """The data directory a (validated) manifest names, checked to lie inside the gallery directory.
+
+    The name is already known to be ``data-<sequence>-<token>``; resolving also refuses a data
+    directory that is a symlink to somewhere else (another gallery's data).
+    """
+    directory = Path(directory)
+    path = directory / manifest["data_dir"]
+    if path.is_symlink() or not path.resolve().is_relative_to(directory.resolve()):
+        raise CorruptGalleryError(directory / MANIFEST, f"data_dir {manifest['data_dir']!r} leads outside the "
+                                                       f"gallery directory ({path.resolve()})")
+    return path
 
 
 def data_paths(directory: Path, manifest: dict[str, Any]) -> tuple[Path, Path]:
     """The index and metadata files the manifest points at (checked to exist, with the recorded sizes)."""
-    data = Path(directory) / manifest["data_dir"]
+    data = data_dir(directory, manifest)
     paths = (data / INDEX_FILE, data / METADATA_FILE)
     sizes = manifest.get("sizes", {})
     for path in paths:
         if not path.is_file():
-            raise GalleryError(f"gallery file {path} named by {Path(directory) / MANIFEST} is missing")
+            raise CorruptGalleryError(path, f"is missing (named by {Path(directory) / MANIFEST})")
         if path.name in sizes and path.stat().st_size != sizes[path.name]:
-            raise GalleryError(f"gallery file {path} has {path.stat().st_size} bytes, the manifest says "
-                               f"{sizes[path.name]}: it was changed or truncated after the save")
+            raise CorruptGalleryError(path, f"has {path.stat().st_size} bytes, the manifest says {sizes[path.name]}: "
+                                            f"it was changed or truncated after the save")
     return paths
 
 
-def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]], manifest: dict[str, Any]) -> Path:
+def verified_data(directory: Path, manifest: dict[str, Any]) -> tuple[tuple[Path, Path], bool]:
+    """:func:`data_paths` plus the checksums: ``((index, metadata), checksums_verified)``.
+
+    Raises:
+        CorruptGalleryError: a file is missing, truncated or its sha256 differs from the manifest's.
+    """
+    paths = data_paths(directory, manifest)
+    verified = verify_files(Path(directory) / MANIFEST, dict(zip(DATA_FILES, paths)), manifest)
+    return paths, verified
+
+
+def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]], manifest: dict[str, Any], *,
+                   lock: DirectoryLock | None = None, expect_sequence: int | None = None,
+                   replace: bool = False) -> tuple[Path, dict[str, Any]]:
     """Atomically replace the gallery in ``directory`` (created if missing); see the module docstring.
 
     Args:
         directory: the gallery directory.
         write_data: writes ``INDEX_FILE`` and ``METADATA_FILE`` into the directory it is given and
             returns extra manifest fields.
-        manifest: the manifest fields (``sequence``, ``data_dir``, ``sizes``, ``saved`` are added).
+        manifest: the manifest fields (``sequence``, ``data_dir``, ``sizes``, ``checksums``, ``saved`` are added).
+        lock: the caller's write lock on ``directory``; taken for the length of the save when None.
+        expect_sequence: the save sequence the caller last read or wrote here; None for a caller that
+            holds no gallery from this directory (then the directory must hold none).
+        replace: allow replacing a gallery the caller did not read (``gallery repair``, an explicit overwrite).
 
     Returns:
-        The new data directory.
+        ``(new data directory, the manifest written)``.
+
+    Raises:
+        GalleryLockedError: another process writes this directory.
+        StaleGalleryError: the directory holds a save the caller has not seen (nothing is written then).
+        OSError: a write failed (ENOSPC, EIO, ...); the previous gallery is untouched and the temporary
+            files are removed, unless the failure came after the commit point (then it is logged only:
+            the new version is complete and is what a restart loads).
     """
     directory = Path(directory)
+    own = lock is None
+    lock = acquire_directory(directory) if lock is None else lock
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise GalleryError(f"cannot save a gallery to {directory}: it exists and is not a directory") from None
-    with _save_lock(directory):
-        previous = read_manifest(directory) if (directory / MANIFEST).exists() else None
-        if previous is None:
-            foreign = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
-            if foreign:
-                raise GalleryError(f"cannot save a gallery to {directory}: it is not empty and not a gallery "
-                                   f"(holds {', '.join(foreign[:5])}); use a new or empty directory")
+        previous = _previous(directory, replace)
+        _check_target(directory, previous, expect_sequence, replace)
         sequence = int(previous.get("sequence", 0)) + 1 if previous else 1
         token = uuid.uuid4().hex[:8]
         tmp = directory / f"{_TMP_PREFIX}{token}"
+        data_name = f"{_DATA_PREFIX}{sequence:06d}-{token}"
         tmp.mkdir()
         try:
             extra = write_data(tmp)
-            sizes = {}
-            for name in (INDEX_FILE, METADATA_FILE):
+            sizes, checksums = {}, {}
+            for name in DATA_FILES:
+                checksums[name] = sha256_file(tmp / name, what="checksumming")
                 _fsync_file(tmp / name)
                 sizes[name] = (tmp / name).stat().st_size
             _fsync_dir(tmp)
-            data_name = f"{_DATA_PREFIX}{sequence:06d}-{token}"
             os.rename(tmp, directory / data_name)
             _fsync_dir(directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         final = {**manifest, **extra, "sequence": sequence, "data_dir": data_name, "sizes": sizes,
-                 "saved": utc_now()}
-        _replace_json(directory / MANIFEST, final)
+                 "checksums": checksums, "saved": utc_now()}
+        try:
+            _replace_json(directory / MANIFEST, final, sync_parent=False)
+        except BaseException:
+            shutil.rmtree(directory / data_name, ignore_errors=True)  # never committed: nobody names it
+            raise
+        try:
+            _fsync_dir(directory)
+        except OSError as exc:  # after the commit point: the new version is in place; say so, do not undo it
+            log.error("saved %s (sequence %d), but syncing the directory afterwards failed: %s", directory,
+                      sequence, exc)
         _remove_stale(directory, keep=data_name)
-    return directory / data_name
+    finally:
+        if own:
+            lock.release()
+    return directory / data_name, final
 
 
-def _replace_json(path: Path, payload: dict[str, Any]) -> None:
+def _previous(directory: Path, replace: bool) -> dict[str, Any] | None:
+    if not (directory / MANIFEST).exists():
+        return None
+    try:
+        return read_manifest(directory)
+    except GalleryError:
+        if replace:  # gallery repair writing a good version over a damaged manifest
+            return None
+        raise
+
+
+def _check_target(directory: Path, previous: dict[str, Any] | None, expect_sequence: int | None,
+                  replace: bool) -> None:
+    if previous is None:
+        foreign = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
+        if foreign:
+            raise GalleryError(f"cannot save a gallery to {directory}: it is not empty and not a gallery "
+                               f"(holds {', '.join(foreign[:5])}); use a new or empty directory")
+        if expect_sequence is not None and not replace:
+            raise StaleGalleryError(f"the gallery in {directory} was removed since this gallery was read from it "
+                                    f"(at save {expect_sequence}); nothing was saved")
+        return
+    if replace:
+        return
+    found = int(previous.get("sequence", 0))
+    if expect_sequence is None:
+        raise StaleGalleryError(f"cannot save a new gallery to {directory}: it already holds one ({previous['count']} "
+                                f"items, save {found}); load that one to change it, or use a new directory")
+    if found != expect_sequence:
+        raise StaleGalleryError(f"the gallery in {directory} was saved by another writer since this one read it "
+                                f"(save {found} on disk, {expect_sequence} read); nothing was saved: reload it "
+                                f"and apply the change again")
+
+
+def _replace_json(path: Path, payload: dict[str, Any], *, sync_parent: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -186,11 +246,12 @@ def _replace_json(path: Path, payload: dict[str, Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_parent:
+        _fsync_dir(path.parent)
 
 
 def _remove_stale(directory: Path, keep: str) -> None:
-    """Delete older versions and leftovers of killed saves (called with the save lock held)."""
+    """Delete older versions and leftovers of killed saves (called with the write lock held)."""
     for entry in directory.iterdir():
         name = entry.name
         if name == keep or not name.startswith((_DATA_PREFIX, _TMP_PREFIX, "." + MANIFEST)):
@@ -204,15 +265,25 @@ def _remove_stale(directory: Path, keep: str) -> None:
             log.warning("could not remove old gallery version %s: %s", entry, exc)
 
 
-def wait_for_data(directory: Path, attempts: int = 3) -> tuple[dict[str, Any], tuple[Path, Path]]:
-    """Read the manifest and locate its files, retrying if a concurrent save swapped versions meanwhile."""
+def retry_if_swapped(directory: Path, read: Callable[[dict[str, Any]], Any], attempts: int = 3) -> Any:
+    """Run ``read(manifest)``, again if a concurrent save replaced the version while it was being read.
+
+    A reader without the write lock may see the version it is reading deleted by the writer's cleanup
+    after a newer save; that is not damage, so read the newer version instead. Damage that persists
+    (the manifest still names the same version) is raised.
+    """
     attempt = 0
     while True:
         manifest = read_manifest(directory)
         try:
-            return manifest, data_paths(directory, manifest)
-        except GalleryError:
+            return read(manifest)
+        except (GalleryError, FileNotFoundError):
             attempt += 1
             if attempt >= attempts or read_manifest(directory).get("data_dir") == manifest["data_dir"]:
                 raise
             time.sleep(0.05)
+
+
+def wait_for_data(directory: Path, attempts: int = 3) -> tuple[dict[str, Any], tuple[Path, Path]]:
+    """Read the manifest and locate its files, retrying if a concurrent save swapped versions meanwhile."""
+    return retry_if_swapped(directory, lambda m: (m, data_paths(directory, m)), attempts)

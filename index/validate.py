@@ -12,11 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import GalleryError
+from pathlib import Path
+
+from index.errors import CorruptGalleryError, GalleryError
 from index.metadata import to_timestamp
 
 # Below this norm a vector has no direction; normalising it would produce NaN/inf.
 _MIN_NORM = 1e-12
+# Cosines of float32 unit vectors are within ~1e-6 of [-1, 1] (fp16 storage: ~1e-3); further out, the
+# vectors are not what was stored.
+SCORE_SLACK = 1e-3
 
 
 def normalized(vectors: Any, dim: int, what: str, allow_1d: bool = False) -> np.ndarray:
@@ -93,3 +98,34 @@ def as_time_range(time_range: Any) -> tuple[float | None, float | None] | None:
     if lo is not None and hi is not None and lo > hi:
         raise GalleryError(f"time_range start {time_range[0]!r} is after its end {time_range[1]!r}")
     return lo, hi
+
+
+def check_scores(scores: np.ndarray, ids: np.ndarray, *, clip: bool, where: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """The last guard before scores leave the gallery: finite, and cosines within [-1, 1].
+
+    Args:
+        scores: ``[Q, k]`` search scores (``-inf`` where ``ids`` is ``-1``).
+        ids: ``[Q, k]`` ids.
+        clip: the kind's scores are estimates from compressed codes (IVF-PQ): clip them to [-1, 1]
+            instead of treating a small overshoot as damage.
+        where: the gallery (named in the error).
+
+    Returns:
+        ``(scores, ids)``, the scores clipped where allowed.
+
+    Raises:
+        CorruptGalleryError: a hit's score is NaN or infinite, or (not ``clip``) outside [-1, 1] by more
+            than :data:`SCORE_SLACK`: the vectors in memory are damaged, and the answer would be garbage.
+    """
+    hit = ids >= 0
+    finite = np.isfinite(scores)
+    bad = hit & ~finite
+    if not clip:
+        bad |= hit & finite & (np.abs(scores) > 1.0 + SCORE_SLACK)
+    if bad.any():
+        row, col = (int(v[0]) for v in np.nonzero(bad))
+        raise CorruptGalleryError(where, f"a search scored id {int(ids[row, col])} at {float(scores[row, col])!r}; "
+                                         f"cosine scores lie in [-1, 1], so the vectors in memory are damaged")
+    if clip and hit.any():
+        scores = np.where(hit, np.clip(scores, -1.0, 1.0), scores).astype(np.float32)
+    return scores, ids

@@ -1,0 +1,120 @@
+"""Reading a saved FAISS gallery, with every check that keeps a damaged one from being served.
+
+In order, each failure one line naming the file and what is wrong (:class:`CorruptGalleryError`):
+
+1. the manifest: JSON, every value's type (:mod:`index.manifest`), ``data_dir`` inside the gallery;
+2. the data files: present, the recorded sizes and sha256 checksums (streamed; galleries saved
+   before checksums existed load with a warning, and their next save adds them);
+3. the metadata: SQLite ``quick_check``, the table's columns, every row's types, parsed once;
+4. the index: readable, the kind and dimension the manifest says, every stored vector finite and
+   (where the kind keeps vectors whole) of unit length, the id map free of repeats;
+5. index and metadata hold the same ids, as many as the manifest says, all below the next id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index import persist
+from index.backends import VectorBackend
+from index.errors import CorruptGalleryError, GalleryError
+from index.faiss_backend import SEARCH_PARAMS, resolve_options
+from index.manifest import MANIFEST
+from index.metadata import MetadataStore
+from index.registry import KINDS, RUNTIME_DEFAULTS, check_kind, load_backend, split_options
+
+log = logging.getLogger(__name__)
+
+# Kinds that share one file format and can be reopened as each other (Gallery.load(kind=...)).
+INTERCHANGEABLE = {"flat", "flat_blas"}
+
+
+@dataclass
+class LoadedGallery:
+    """What :func:`read_saved` read: the manifest, the store, the backend, and whether checksums were verified."""
+
+    manifest: dict[str, Any]
+    store: MetadataStore
+    backend: VectorBackend
+    runtime: dict[str, Any]
+    checksummed: bool
+
+
+def check_model(directory: Path, manifest: dict[str, Any], fingerprint: str | None, dim: int | None) -> None:
+    """The querying model must be the one the gallery was built with (when the caller says which)."""
+    saved_dim, saved_fp = int(manifest["dim"]), manifest.get("fingerprint")
+    if dim is not None and dim != saved_dim:
+        raise GalleryError(f"gallery {directory} holds {saved_dim}-d descriptors but the model produces "
+                           f"{dim}-d ones; re-index the gallery with this model")
+    if fingerprint is not None and fingerprint != saved_fp:
+        raise GalleryError(f"gallery {directory} was built with model fingerprint {saved_fp!r}, but this "
+                           f"model's fingerprint is {fingerprint!r}; re-index the gallery with this model")
+
+
+def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, options: dict[str, Any]) -> LoadedGallery:
+    """Read and check the version ``manifest`` names (see the module docstring).
+
+    Args:
+        directory: the gallery directory.
+        manifest: its validated manifest.
+        kind: reopen as this kind (``flat`` <-> ``flat_blas``), or None for the saved kind.
+        options: runtime options and search-time parameters given to ``Gallery.load``.
+    """
+    manifest_path = Path(directory) / MANIFEST
+    if manifest["kind"] not in KINDS:
+        raise CorruptGalleryError(manifest_path, f"field 'kind' is {manifest['kind']!r}; valid kinds: {', '.join(KINDS)}")
+    saved_kind = manifest["kind"]
+    kind = saved_kind if kind is None else check_kind(kind)
+    if kind != saved_kind and not {kind, saved_kind} <= INTERCHANGEABLE:
+        raise GalleryError(f"gallery {directory} is a {saved_kind!r} index; it can only be reopened as "
+                           f"another kind between {sorted(INTERCHANGEABLE)}")
+    search_params = {k: v for k, v in options.items() if k in SEARCH_PARAMS}
+    bad = set(options) - set(RUNTIME_DEFAULTS) - SEARCH_PARAMS
+    if bad:
+        raise GalleryError(f"option(s) {sorted(bad)} cannot be given to load(); valid: "
+                           f"{', '.join(sorted(set(RUNTIME_DEFAULTS) | SEARCH_PARAMS))}")
+    _, runtime = split_options(kind, {k: v for k, v in options.items() if k in RUNTIME_DEFAULTS})
+    saved_options = manifest["options"] if kind == saved_kind else {}
+    if saved_kind != "flat_blas":
+        try:
+            resolve_options(saved_kind, manifest["options"])
+        except GalleryError as exc:
+            raise CorruptGalleryError(manifest_path, f"field 'options' is invalid: {exc}") from None
+    started = time.perf_counter()
+    (index_path, db_path), checksummed = persist.verified_data(directory, manifest)
+    if not checksummed:
+        log.warning("gallery %s has no checksums (saved by an older version): its files were checked for size "
+                    "only; `python -m serving gallery repair %s` or its next save adds them", directory, directory)
+    store = MetadataStore.load(db_path)
+    backend = load_backend(kind, index_path, int(manifest["dim"]), saved_options, manifest.get("backend_state", {}),
+                           runtime)
+    backend.check_vectors(index_path)
+    if search_params:
+        backend.set_search_params(**search_params)
+    check_consistent(directory, manifest, backend.ids(), store.ids())
+    log.info("loaded %s gallery %s: %d items in %.2f s (%s)", kind, directory, len(backend),
+             time.perf_counter() - started, "checksums verified" if checksummed else "no checksums")
+    return LoadedGallery(manifest, store, backend, runtime, checksummed)
+
+
+def check_consistent(directory: Path, manifest: dict[str, Any], index_ids: np.ndarray, store_ids: np.ndarray) -> None:
+    """The index and the metadata must hold the same ids, as many as the manifest says."""
+    if not np.array_equal(index_ids, store_ids):
+        only_index = np.setdiff1d(index_ids, store_ids)
+        only_store = np.setdiff1d(store_ids, index_ids)
+        raise CorruptGalleryError(
+            directory, f"the gallery is inconsistent: the index holds {len(index_ids)} ids and the metadata "
+                       f"{len(store_ids)}; {len(only_index)} only in the index (e.g. {only_index[:5].tolist()}), "
+                       f"{len(only_store)} only in the metadata (e.g. {only_store[:5].tolist()})")
+    if int(manifest["count"]) != len(index_ids):
+        raise CorruptGalleryError(directory, f"the gallery is inconsistent: the manifest says {manifest['count']} "
+                                             f"items, the index and metadata hold {len(index_ids)}")
+    if len(index_ids) and int(manifest["next_id"]) <= int(index_ids[-1]):
+        raise CorruptGalleryError(directory, f"the gallery is inconsistent: next id {manifest['next_id']} is not "
+                                             f"above the largest stored id {int(index_ids[-1])}")
