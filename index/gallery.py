@@ -219,6 +219,7 @@ class Gallery:
         if self._read_only:
             raise ReadOnlyGalleryError(f"gallery {self._directory} was opened read-only; it cannot be claimed for writing")
         if self._owner is None or not self._owner.held:
+            persist.check_new_target(self._directory)  # never leave a lock file in someone else's folder
             lock = acquire_directory(self._directory)
             try:
                 self._check_not_stale(self._directory)

@@ -201,6 +201,22 @@ def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]]
     return directory / data_name, final
 
 
+def check_new_target(directory: Path) -> None:
+    """Refuse a directory that exists, holds no gallery and is not empty (before any file is put there).
+
+    Raises:
+        GalleryError: naming a few of the files that are in the way.
+    """
+    directory = Path(directory)
+    if directory.is_dir() and not (directory / MANIFEST).exists():
+        foreign = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
+        if foreign:
+            raise GalleryError(f"cannot save a gallery to {directory}: it is not empty and not a gallery "
+                               f"(holds {', '.join(foreign[:5])}); use a new or empty directory")
+    elif directory.exists() and not directory.is_dir():
+        raise GalleryError(f"cannot save a gallery to {directory}: it exists and is not a directory")
+
+
 def _previous(directory: Path, replace: bool) -> dict[str, Any] | None:
     if not (directory / MANIFEST).exists():
         return None

@@ -15,6 +15,7 @@ from serving.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("serving.indexing", "crawl camera folders of RGB crops, embed them and add them to a gallery"),
     "serve": ("serving.server", "run the FastAPI retrieval server"),
+    "gallery": ("serving.gallery_cli", "check, repair or copy a gallery directory (offline)"),
     "demo-hint": ("serving.demo_hint", "print a ready-to-paste curl that posts an IR crop to /search"),
 }
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from serving.api import api_router, pages, thumbnails
 from serving.core.config import KIB, Settings, get_settings
 from serving.core.errors import install_error_handlers
 from serving.core.middleware import RequestContext
+from serving.errors import EXIT_DAMAGED, UserError
 from serving.metrics import Metrics
 from serving.state import Runtime
 
@@ -52,18 +53,32 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings, metrics, embedder=embedder, gallery=gallery)
+        try:
+            runtime = await Runtime.start(settings, metrics, embedder=embedder, gallery=gallery)
+        except UserError as exc:
+            if exc.exit_code != EXIT_DAMAGED:
+                raise
+            # A damaged gallery is never served: stay up, say why on /readyz (503), and let the operator see it.
+            logger.error("%s", exc)
+            app.state.startup_error = str(exc)
+            yield
+            return
         app.state.runtime = runtime
         try:
             yield
         finally:
             app.state.runtime = None
+            app.state.shutdown_report = {"unsaved_changes": runtime.durable.unsaved_changes,
+                                         "diverged": runtime.durable.diverged}
             await runtime.close()
 
     app = FastAPI(title="xmreid retrieval server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None
+    app.state.startup_error = None
+    app.state.shutdown_report = {}
+    app.state.counters = {"cancelled": 0}
     app.dependency_overrides[get_settings] = lambda: settings
 
     def body_limit(method: str, path: str) -> int:
@@ -72,7 +87,8 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
             return _SMALL_BODY
         return settings.body_limit(1 if kind == "single" else settings.max_images_per_request)
 
-    app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit)
+    app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit, body_timeout_s=settings.body_timeout_s,
+                       counters=app.state.counters)
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(thumbnails.router)

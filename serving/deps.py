@@ -29,9 +29,15 @@ async def get_runtime(request: Request) -> Runtime:
     ``async`` so FastAPI runs it on the event loop instead of handing it to its thread pool on every request.
     """
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None or not runtime.ready:
+    if runtime is None:
+        failed = getattr(request.app.state, "startup_error", None)
+        if failed:
+            raise ApiError(503, "gallery_damaged", failed, headers={"Retry-After": "30"})
         raise ApiError(503, "not_ready", "the model and gallery are not loaded yet; retry shortly",
                        headers={"Retry-After": "1"})
+    if not runtime.ready:
+        error = "gallery_damaged" if runtime.durable.damaged else "not_ready"
+        raise ApiError(503, error, f"{runtime.not_ready_reason}; retry later", headers={"Retry-After": "1"})
     return runtime
 
 

@@ -6,6 +6,11 @@ faiss's ``big_batch_search`` checkpoints: the gallery is saved every ``--save-ev
 the last save, and a rerun skips every ``source`` already in the gallery, so it finishes the job without
 adding duplicates. Unreadable files are reported and skipped; they never abort the run.
 
+The run owns the gallery directory for writing from start to end (its write lock, ``index.locking``): a
+second indexer, or a server that has written the gallery, is refused at once with the holder named, so
+two writers can never overwrite each other's items. A save that fails (a full disk) keeps the last good
+save, and the run stops with one sentence and exit status 1; rerunning the same command resumes.
+
 Decoding and resizing (OpenCV releases the GIL) run in a thread pool, a couple of batches ahead of the
 embedder, so the model is kept busy while the next batch is read.
 """
@@ -13,6 +18,7 @@ embedder, so the model is kept busy while the next batch is read.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import time
 from collections import deque
@@ -26,7 +32,7 @@ from tqdm import tqdm
 
 from serving.crawl import SPLITS, ImageItem, crawl_generic, crawl_sysu, is_sysu_tree, read_manifest
 from serving.embedders import BACKENDS, Embedder, load_embedder
-from serving.errors import UserError
+from serving.errors import EXIT_DAMAGED, UserError
 from serving.imageio import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image_file
 
 logger = logging.getLogger(__name__)
@@ -98,29 +104,84 @@ def crawl(images: Path, cameras: Sequence[int] | None = None, split: str = "all"
 
 
 def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **options: Any) -> Any:
-    """Load the gallery in ``directory`` (checking it belongs to this model), or create an empty one.
+    """Load the gallery in ``directory`` (checking it belongs to this model), or create an empty one, and
+    take the directory's write lock for the run.
 
     Raises:
-        UserError: the gallery was built with another model or descriptor size, or is unreadable.
+        UserError: the gallery was built with another model or descriptor size, is damaged (exit status 2),
+            or another process writes it (the message names it and says how to add crops to a served gallery).
     """
     from index import Gallery
-    from index.errors import GalleryError
+    from index.errors import CorruptGalleryError, GalleryError, GalleryLockedError
 
-    if (directory / GALLERY_MANIFEST).is_file():
-        try:
-            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, dim=embedder.dim)
-        except GalleryError as exc:
+    try:
+        if (directory / GALLERY_MANIFEST).is_file():
+            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, dim=embedder.dim, claim=True)
+            if gallery.kind != kind:
+                logger.warning("%s is an existing %r gallery; --kind %s applies only to new galleries",
+                               directory, gallery.kind, kind)
+            logger.info("resuming gallery %s (%d items)", directory, len(gallery))
+            return gallery
+        if options.get("backend") == "milvus":  # Milvus keeps its own data; its manifest is written on save
+            return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint, **options)
+        return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint, directory=directory,
+                              **options)
+    except GalleryLockedError as exc:
+        raise UserError(f"cannot index into {directory}: {exc}. To add crops to a gallery a server is serving, "
+                        f"POST them to its /gallery, or copy it (python -m serving gallery copy), index into the "
+                        f"copy and POST /gallery/reload") from exc
+    except CorruptGalleryError as exc:
+        raise UserError(f"cannot add to the gallery in {directory}: {exc}", exit_code=EXIT_DAMAGED) from exc
+    except GalleryError as exc:
+        if (directory / GALLERY_MANIFEST).is_file():
             raise UserError(f"cannot add to the gallery in {directory}: {exc}. A gallery holds descriptors "
                             "of one model; index into a new --gallery directory") from exc
-        if gallery.kind != kind:
-            logger.warning("%s is an existing %r gallery; --kind %s applies only to new galleries",
-                           directory, gallery.kind, kind)
-        logger.info("resuming gallery %s (%d items)", directory, len(gallery))
-        return gallery
-    try:
-        return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint, **options)
-    except GalleryError as exc:
         raise UserError(f"cannot create a {kind!r} gallery: {exc}") from exc
+
+
+def reserve_gallery(directory: Path) -> Any:
+    """The gallery directory's write lock, taken before anything slow (a context manager).
+
+    Raises:
+        UserError: another process writes the directory (named), or it is not a gallery directory.
+    """
+    from index.errors import GalleryError, GalleryLockedError
+    from index.locking import acquire_directory
+    from index.persist import check_new_target
+
+    try:
+        check_new_target(directory)
+        return acquire_directory(directory)
+    except GalleryLockedError as exc:
+        raise UserError(f"cannot index into {directory}: {exc}. To add crops to a gallery a server is serving, "
+                        f"POST them to its /gallery, or copy it (python -m serving gallery copy), index into the "
+                        f"copy and POST /gallery/reload") from exc
+    except GalleryError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def save_gallery(store: Any, gallery_dir: Path) -> None:
+    """Save, turning a failed save into one sentence (the last good save stays, and a rerun resumes from it).
+
+    Raises:
+        UserError: the save failed; the message names the cause and what is on disk now.
+    """
+    try:
+        store.save(gallery_dir)
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        raise UserError(f"could not save the gallery to {gallery_dir}: {exc.strerror or exc} ({code}); "
+                        f"{_last_good_save(gallery_dir)}; fix that and rerun the same command to resume") from None
+
+
+def _last_good_save(gallery_dir: Path) -> str:
+    from index.persist import read_manifest
+
+    try:
+        manifest = read_manifest(gallery_dir)
+    except Exception:  # noqa: BLE001 - only describing what is there
+        return "nothing was saved there yet"
+    return f"the last good save is kept ({manifest['count']} items, saved {manifest.get('saved')})"
 
 
 def gallery_metadata(gallery: Any, chunk: int = 10_000) -> list[dict[str, Any]]:
@@ -190,11 +251,22 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
     if batch_size < 1 or workers < 1 or save_every < 0:
         raise UserError(f"--batch-size and --workers must be >= 1 and --save-every >= 0, "
                         f"got {batch_size}, {workers}, {save_every}")
-    embedder = model if isinstance(model, Embedder) else load_embedder(model, backend=backend)
-    items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None)
-    summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
+    with reserve_gallery(gallery_dir):  # before the model loads: a second writer is refused at once
+        embedder = model if isinstance(model, Embedder) else load_embedder(model, backend=backend)
+        items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None)
+        summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
+        store = open_gallery(gallery_dir, embedder, kind, **(gallery_options or {}))
+        try:
+            return _index_into(store, embedder, items, summary, gallery_dir, batch_size=batch_size, workers=workers,
+                               save_every=save_every, limits=limits, show_progress=show_progress)
+        finally:
+            store.close()  # the directory's write lock
 
-    store = open_gallery(gallery_dir, embedder, kind, **(gallery_options or {}))
+
+def _index_into(store: Any, embedder: Embedder, items: list[ImageItem], summary: IndexSummary, gallery_dir: Path, *,
+                batch_size: int, workers: int, save_every: int, limits: DecodeLimits,
+                show_progress: bool) -> IndexSummary:
+    """The embedding loop of :func:`index_images` (with the gallery open and locked)."""
     done = gallery_sources(store)
     todo: list[ImageItem] = []
     queued: set[str] = set()
@@ -245,7 +317,7 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
                 n_batches += 1
                 progress.update(len(batch))
                 if save_every and n_batches % save_every == 0:
-                    store.save(gallery_dir)
+                    save_gallery(store, gallery_dir)
     except KeyboardInterrupt:
         save_interrupted(store, gallery_dir, summary)
         raise
@@ -258,13 +330,13 @@ def save_interrupted(store: Any, gallery_dir: Path, summary: IndexSummary) -> No
     """Keep what a Ctrl-C'd run indexed so far: the same command resumes from there (every engine)."""
     logger.warning("interrupted: saving the %d image(s) indexed so far; rerun the same command to resume",
                    summary.indexed)
-    store.save(gallery_dir)
+    save_gallery(store, gallery_dir)
 
 
 def finish_run(store: Any, gallery_dir: Path, summary: IndexSummary, start: float,
                engine: str = "") -> IndexSummary:
     """The last step of every engine's run: save the gallery atomically and complete the summary."""
-    store.save(gallery_dir)
+    save_gallery(store, gallery_dir)
     summary.seconds = time.perf_counter() - start
     summary.gallery_size = len(store)
     logger.info("indexed %d image(s)%s in %.1f s (%.1f images/s); %d skipped; gallery %s has %d items",

@@ -38,7 +38,7 @@ from serving.crawl import ImageItem
 from serving.embedders import load_embedder
 from serving.errors import UserError
 from serving.imageio import DEFAULT_LIMITS, DecodeLimits
-from serving.indexing import IndexSummary, _load, crawl, finish_run, open_gallery, save_interrupted
+from serving.indexing import IndexSummary, _load, crawl, finish_run, open_gallery, save_gallery, save_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
                 n_batches += 1
                 progress.update(len(seq))
                 if save_every and n_batches % save_every == 0:
-                    store.save(gallery_dir)
+                    save_gallery(store, gallery_dir)
+        return finish_run(store, gallery_dir, summary, start, engine="Ray")
     except KeyboardInterrupt:
         save_interrupted(store, gallery_dir, summary)
         raise
@@ -205,7 +206,7 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
         progress.close()
         if started_ray:
             ray.shutdown()
-    return finish_run(store, gallery_dir, summary, start, engine="Ray")
+        store.close()  # the directory's write lock
 
 
 def _run_pipeline(ray: Any, todo: list[ImageItem], model: str, backend: str, height: int, width: int,

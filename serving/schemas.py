@@ -29,13 +29,16 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "the server has an API key and the X-API-Key header is missing",
     403: "the X-API-Key header does not match the server's API key",
     404: "no gallery item has this id",
-    409: "the gallery is empty, so there is nothing to search",
+    408: "the request head or body did not arrive in time",
+    409: "search: the gallery is empty; gallery changes: the gallery is read-only here, written by another "
+         "process, or changed on disk since this server loaded it (nothing was changed)",
     413: "the request or one of its files is larger than the server accepts",
     415: "the file's content type or format is not JPEG, PNG or BMP",
     422: "a parameter is invalid (top_k out of range, unknown camera, bad metadata, too many pixels, "
          "too many files, missing field)",
     500: "an internal failure; the body carries the request id that is in the server log",
-    503: "the model or gallery is not loaded yet, or the model queue is full; retry later",
+    503: "the model or gallery is not loaded yet (or is damaged), or the model queue is full; retry later",
+    507: "the gallery could not be saved: its disk is full (nothing was changed)",
 }
 
 
@@ -128,6 +131,16 @@ class GalleryDeleteResponse(BaseModel):
     size: int = Field(description="items in the gallery after the removal")
 
 
+class GalleryReloadResponse(BaseModel):
+    """Answer to ``POST /gallery/reload``."""
+
+    source: str = Field(description="`staging`: the staging copy was installed; `directory`: the served "
+                                    "directory was re-read")
+    size: int = Field(description="items in the gallery now served")
+    previous_size: int = Field(description="items in the gallery served before")
+    sequence: int | None = Field(None, description="the save sequence of the gallery now served")
+
+
 class GalleryStatsResponse(BaseModel):
     """Answer to ``GET /gallery/stats``."""
 
@@ -157,3 +170,8 @@ class ReadyResponse(BaseModel):
     status: str = Field(description="`ready` when the model and gallery are loaded and the batcher runs")
     model: ModelInfo = Field(description="the loaded model")
     gallery_size: int = Field(description="items in the gallery")
+    unsaved_changes: int = Field(0, description="gallery changes held in memory only (`--no-save`); a saving "
+                                                "server never holds any")
+    writable: bool = Field(True, description="whether this server takes gallery changes (false: `--read-only`)")
+    last_save_error: str | None = Field(None, description="why the last gallery save failed, if it did (the "
+                                                          "change was refused and undone)")

@@ -5,7 +5,16 @@ Every option can also come from the environment (``XMREID_MODEL``, ``XMREID_GALL
 ``XMREID_API_KEY`` to ``--api-key``: command lines are visible to every user of the machine.
 
 The model and gallery are loaded here, before uvicorn starts, so a wrong path or a gallery built with
-another model is a one-line error and exit status 1 rather than a traceback from inside the server.
+another model is a one-line error and exit status 1 rather than a traceback from inside the server, and a
+damaged gallery one line and exit status 2 (it is never served).
+
+Connections are bounded (``--limit-concurrency``, lowered to fit the open-file limit; ``--backlog``;
+``--keep-alive-s``; ``--header-timeout-s`` and ``--body-timeout-s``): beyond the cap a client gets 503 at
+once, and an idle or slow client is closed instead of holding a descriptor. Repeated warnings and errors
+are logged once per ``XMREID_LOG_REPEAT_S`` with a count.
+
+Exit status 3 after a shutdown that was not clean: requests still running after the grace period were
+cancelled, or gallery changes held in memory (``--no-save``) were never saved. The log says which.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from serving.core.config import BACKENDS, Settings
-from serving.errors import UserError
+from serving.errors import EXIT_UNCLEAN, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start with an empty gallery when --gallery holds none")
     p.add_argument("--no-save", dest="save_on_mutation", action="store_false", default=None,
                    help="do not persist the gallery after POST/DELETE /gallery")
+    p.add_argument("--read-only", dest="read_only", action="store_true", default=None,
+                   help="serve the gallery read-only (a replica): no write lock, changes answer 409")
+    p.add_argument("--exclusive", action="store_true", default=None,
+                   help="take the gallery's write lock at start; refuse to start if another process writes it")
+    p.add_argument("--staging-gallery", type=Path,
+                   help="a copy of the gallery to index into offline; POST /gallery/reload installs it")
+    p.add_argument("--limit-concurrency", type=int, help="most open connections (default 1000, lowered to fit "
+                                                          "`ulimit -n`); beyond it 503 at once")
+    p.add_argument("--backlog", type=int, help="kernel accept queue length (default 2048)")
+    p.add_argument("--keep-alive-s", type=float, help="idle keep-alive connections close after this (default 5)")
+    p.add_argument("--header-timeout-s", type=float, help="a request head must arrive within this (default 10)")
+    p.add_argument("--body-timeout-s", type=float, help="longest wait for the next piece of a body (default 30)")
+    p.add_argument("--graceful-shutdown-s", type=float, help="time running requests get at shutdown (default 10)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level")
     return p
@@ -78,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         argv: command-line arguments (without the ``serve`` command).
 
     Returns:
-        0 after a clean shutdown.
+        0 after a clean shutdown, 3 when requests were cancelled or changes left unsaved.
 
     Raises:
         UserError: bad options, a missing model or gallery, or a gallery built with another model.
@@ -94,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from serving.app import create_app
+    from serving.core import logfilter
+    from serving.core.connections import effective_connection_limit, protocol_class
     from serving.state import load_components
 
     embedder, gallery = load_components(settings)
@@ -101,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if settings.host not in {"127.0.0.1", "localhost", "::1"}:
         logger.warning("listening on %s: the API is reachable from other machines%s", settings.host,
                        "" if settings.api_key else " and gallery changes need no API key")
+    limit = effective_connection_limit(settings.limit_concurrency)
+    logfilter.install(settings.log_repeat_s)  # the root handler (python -m serving's basicConfig)
     # One process: the gallery lives in this process's memory, so several workers would each hold and
     # save their own diverging copy. Scale with micro-batching and more replicas behind a proxy instead.
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler that was
@@ -111,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, workers=1,
-                    timeout_graceful_shutdown=10)
+                    timeout_graceful_shutdown=settings.graceful_shutdown_s, limit_concurrency=limit,
+                    backlog=settings.backlog, timeout_keep_alive=settings.keep_alive_s,
+                    http=protocol_class(settings.header_timeout_s, limit), log_config=log_config(settings.log_repeat_s))
         if stopped_by:
             logger.info("stopped by %s after a graceful shutdown", signal.Signals(stopped_by[0]).name)
     finally:
@@ -120,4 +148,37 @@ def main(argv: list[str] | None = None) -> int:
         close = getattr(embedder, "close", None)
         if callable(close):
             close()
-    return 0
+        gallery.close()  # releases the directory's write lock (the kernel would, at exit, anyway)
+    return shutdown_status(app, settings)
+
+
+def log_config(repeat_s: float) -> dict[str, Any]:
+    """uvicorn's logging configuration with the repeat filter on its handlers (see :mod:`serving.core.logfilter`)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["repeat"] = {"()": "serving.core.logfilter.RepeatFilter", "interval_s": repeat_s}
+    for handler in config.get("handlers", {}).values():
+        handler.setdefault("filters", []).append("repeat")
+    return config
+
+
+def shutdown_status(app: Any, settings: Settings) -> int:
+    """0 after a clean shutdown; otherwise log what was not clean and return :data:`EXIT_UNCLEAN`."""
+    problems = []
+    cancelled = int(app.state.counters.get("cancelled", 0))
+    if cancelled:
+        problems.append(f"{cancelled} request(s) still running after the {settings.graceful_shutdown_s:g} s grace "
+                        f"period were cancelled")
+    report = dict(app.state.shutdown_report or {})
+    if report.get("unsaved_changes"):
+        problems.append(f"{report['unsaved_changes']} gallery change(s) were held in memory only and are lost "
+                        f"(--no-save: nothing was written to {settings.gallery})")
+    if report.get("diverged"):
+        problems.append(f"the gallery in memory had diverged from its last save ({report['diverged']})")
+    if not problems:
+        return 0
+    logger.error("shutdown was not clean: %s", "; ".join(problems))
+    return EXIT_UNCLEAN

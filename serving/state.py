@@ -4,21 +4,15 @@ Built once in the FastAPI lifespan (LitServe's "setup once, then serve" lifecycl
 shutdown, and reached by routes through ``deps.RuntimeDep``. All blocking work (decoding, model calls,
 FAISS search, SQLite, saving) runs in threads so the event loop only ever shuffles requests.
 
-Concurrency rules for the gallery, kept here so routes need not think about them:
-
-* searches run in parallel threads (the gallery's own readers-writer lock lets them);
-* a search and the metadata lookup of its hits happen under one *read* hold of :attr:`Runtime._rw`, so a
-  concurrent delete can never leave a hit without its metadata;
-* mutations are serialised by :attr:`Runtime._mutation` and take the *write* side only while they change
-  the gallery; the save that follows holds the read side, so searches continue while it writes to disk.
+The gallery's concurrency and durability rules (changes saved before they are acknowledged, undone when
+the save fails, one writer per directory) live in :mod:`serving.durable`, so routes need not think
+about them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +21,8 @@ import numpy as np
 
 from serving.batching import MicroBatcher
 from serving.core.config import Settings
-from serving.errors import UserError
+from serving.durable import AddResult, DurableGallery
+from serving.errors import EXIT_DAMAGED, UserError
 from serving.imageio import DecodeLimits, decode_image
 from serving.metrics import Metrics
 
@@ -51,31 +46,60 @@ def load_components(settings: Settings) -> tuple[Any, Any]:
     """
     from serving.embedders import load_embedder
 
-    embedder = load_embedder(settings.model, backend=settings.backend)
-    return embedder, load_gallery(settings, embedder)
+    early = None
+    if settings.exclusive and settings.save_on_mutation and not settings.read_only:
+        early = _reserve(Path(settings.gallery))  # before the model loads: refused at once if another writes
+    try:
+        embedder = load_embedder(settings.model, backend=settings.backend)
+        return embedder, load_gallery(settings, embedder)
+    finally:
+        if early is not None:
+            early.release()  # the gallery holds its own reference to the lock now
+
+
+def _reserve(directory: Path) -> Any:
+    from index.errors import GalleryError
+    from index.locking import acquire_directory
+
+    try:
+        return acquire_directory(directory)
+    except GalleryError as exc:
+        raise UserError(f"cannot use gallery {directory}: {exc}") from exc
 
 
 def load_gallery(settings: Settings, embedder: Any) -> Any:
     """Open ``settings.gallery`` for ``embedder`` (or start an empty one when ``create_gallery`` is set).
 
+    The directory's write lock is taken now only with ``exclusive`` (otherwise by the first saved change);
+    with ``read_only`` never.
+
     Raises:
-        UserError: no gallery there, or one built with another model or descriptor size.
+        UserError: no gallery there, one built with another model or descriptor size, one another process
+            writes (with ``exclusive``), or a damaged one (exit code 2, the message names the file).
     """
     from index import Gallery
-    from index.errors import GalleryError
+    from index.errors import CorruptGalleryError, GalleryError
 
     directory = Path(settings.gallery)
+    claim = settings.exclusive and settings.save_on_mutation and not settings.read_only
     try:
         if (directory / MANIFEST).is_file():
-            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, dim=int(embedder.dim))
-        elif settings.create_gallery:
+            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, dim=int(embedder.dim),
+                                   read_only=settings.read_only, claim=claim)
+        elif settings.create_gallery and not settings.read_only:
             logger.info("no gallery in %s; starting an empty one (it is written on the first change)", directory)
-            gallery = Gallery.create(int(embedder.dim), fingerprint=embedder.fingerprint)
+            gallery = Gallery.create(int(embedder.dim), fingerprint=embedder.fingerprint,
+                                     directory=directory if claim else None)
         else:
-            raise UserError(f"no gallery in {directory} (no {MANIFEST}); build one with `python -m serving index`, "
-                            f"or start with --create-gallery to begin empty")
+            raise UserError(f"no gallery in {directory} (no {MANIFEST}); build one with `python -m serving index`"
+                            + ("" if settings.read_only else ", or start with --create-gallery to begin empty"))
+    except CorruptGalleryError as exc:
+        raise UserError(f"cannot use gallery {directory}: {exc}", exit_code=EXIT_DAMAGED) from exc
     except GalleryError as exc:
         raise UserError(f"cannot use gallery {directory}: {exc}") from exc
+    if not settings.save_on_mutation and not settings.read_only:
+        logger.warning("gallery changes are kept in memory only (--no-save): nothing is written to %s, and a "
+                       "shutdown with changes reports them and exits non-zero", directory)
     return gallery
 
 
@@ -92,12 +116,9 @@ class Runtime:
     """
 
     def __init__(self, settings: Settings, embedder: Any, gallery: Any, metrics: Metrics, *,
-                 owns_embedder: bool = False) -> None:
-        from index.locking import ReadWriteLock
-
+                 owns_embedder: bool = False, owns_gallery: bool = False) -> None:
         self.settings = settings
         self.embedder = embedder
-        self.gallery = gallery
         self.metrics = metrics
         self.limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
                                    max_side=settings.max_side)
@@ -106,13 +127,16 @@ class Runtime:
             max_queue=settings.max_queue, thread_safe=bool(getattr(embedder, "thread_safe", False)),
             concurrency=settings.model_concurrency, observer=metrics.observe_batch)
         self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-        self._rw = ReadWriteLock()
-        # A thread lock, taken inside the worker thread: an asyncio lock would be released when a client
-        # disconnects mid-request while the thread it started is still changing the gallery.
-        self._mutation = threading.Lock()
+        self.durable = DurableGallery(settings, gallery, getattr(embedder, "fingerprint", None), int(embedder.dim))
+        self._given_gallery = None if owns_gallery else gallery  # a caller's gallery is theirs to close
         self._cameras: dict[int, int] = {}
         self._size = 0
         self._owns_embedder = owns_embedder  # close only what we loaded; a caller's embedder is theirs
+
+    @property
+    def gallery(self) -> Any:
+        """The served ``index.Gallery`` (a reload replaces it: read it afresh, do not keep it)."""
+        return self.durable.gallery
 
     @classmethod
     async def start(cls, settings: Settings, metrics: Metrics, embedder: Any = None, gallery: Any = None) -> "Runtime":
@@ -127,14 +151,14 @@ class Runtime:
         Returns:
             The runtime, ready to serve.
         """
-        owns_embedder = embedder is None
+        owns_embedder, owns_gallery = embedder is None, gallery is None
         if embedder is None:
             from serving.embedders import load_embedder
 
             embedder = await asyncio.to_thread(load_embedder, settings.model, settings.backend)
         if gallery is None:
             gallery = await asyncio.to_thread(load_gallery, settings, embedder)
-        runtime = cls(settings, embedder, gallery, metrics, owns_embedder=owns_embedder)
+        runtime = cls(settings, embedder, gallery, metrics, owns_embedder=owns_embedder, owns_gallery=owns_gallery)
         await asyncio.to_thread(runtime._refresh_cameras)
         await runtime.batcher.start()
         logger.info("serving model %s (%s, %dx%d -> %d-d) over a gallery of %d items",
@@ -143,17 +167,26 @@ class Runtime:
         return runtime
 
     async def close(self) -> None:
-        """Stop the batcher and the decode threads, and release the model if this runtime loaded it."""
+        """Stop the batcher and the decode threads; release the model and gallery if this runtime loaded them."""
         await self.batcher.stop()
         self._decode_pool.shutdown(wait=True)
+        if self.gallery is not self._given_gallery:
+            self.gallery.close()  # the directory's write lock, if it was taken
         close = getattr(self.embedder, "close", None)
         if self._owns_embedder and callable(close):
             close()
 
     @property
     def ready(self) -> bool:
-        """Whether requests can be served (the batcher's worker is alive)."""
-        return self.batcher.running
+        """Whether requests can be served (the batcher's worker is alive, the gallery is sound)."""
+        return self.batcher.running and self.durable.not_ready_reason is None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why :attr:`ready` is False, as a sentence (None when ready)."""
+        if not self.batcher.running:
+            return "the micro-batcher is not running"
+        return self.durable.not_ready_reason
 
     def model_info(self) -> dict[str, Any]:
         """The ``model`` object of search answers."""
@@ -174,7 +207,7 @@ class Runtime:
         return self._size
 
     def _refresh_cameras(self) -> None:
-        stats = self.gallery.stats()
+        stats = self.durable.stats()
         self._cameras = {int(k): int(v) for k, v in dict(stats.get("cameras", {})).items()}
         self._size = int(stats.get("count", len(self.gallery)))
         self.metrics.gallery_size.set(self._size)
@@ -201,58 +234,44 @@ class Runtime:
         return await asyncio.to_thread(self._search_sync, vectors, k, cameras)
 
     def _search_sync(self, vectors: np.ndarray, k: int, cameras: list[int] | None) -> list[list[dict[str, Any]]]:
-        with self._rw.read():
-            scores, ids = self.gallery.search(np.asarray(vectors, dtype=np.float32), k, cameras=cameras)
-            found = sorted({int(i) for i in np.asarray(ids).ravel() if i >= 0})
-            meta = dict(zip(found, self.gallery.get(found))) if found else {}
-        answers = []
-        for row_scores, row_ids in zip(np.asarray(scores), np.asarray(ids)):
-            hits = []
-            for score, gid in zip(row_scores, row_ids):
-                if gid < 0:  # -1 pads rows when fewer than k items match
-                    continue
-                item = meta[int(gid)]
-                hits.append({"rank": len(hits) + 1, "gallery_id": int(gid), "score": float(score),
-                             "camera": item.get("camera"), "person_label": item.get("person_label"),
-                             "source": item.get("source")})
-            answers.append(hits)
-        return answers
+        return self.durable.search(vectors, k, cameras)
 
-    async def add(self, vectors: np.ndarray, metadata: list[dict[str, Any]]) -> tuple[list[int], int]:
-        """Add items, persist (unless disabled), and return (new ids, gallery size)."""
-        return await asyncio.to_thread(self._add_sync, vectors, metadata)
+    async def add(self, vectors: np.ndarray, metadata: list[dict[str, Any]], key: str | None = None,
+                  digest: str = "") -> AddResult:
+        """Add items and save them (see :meth:`serving.durable.DurableGallery.add`)."""
+        return await asyncio.to_thread(self._add_sync, vectors, metadata, key, digest)
 
-    def _add_sync(self, vectors: np.ndarray, metadata: list[dict[str, Any]]) -> tuple[list[int], int]:
-        with self._mutation:
-            with self._rw.write():
-                ids = [int(i) for i in np.asarray(self.gallery.add(np.asarray(vectors, dtype=np.float32), metadata))]
-            self._after_mutation()
-            return ids, self._size
+    def _add_sync(self, vectors: np.ndarray, metadata: list[dict[str, Any]], key: str | None = None,
+                  digest: str = "") -> AddResult:
+        try:
+            return self.durable.add(vectors, metadata, key, digest)
+        finally:
+            self._refresh_cameras()
+
+    async def find_request(self, key: str) -> tuple[str, list[int]] | None:
+        """``(digest, ids)`` of a saved add made with this idempotency key, or None."""
+        find = getattr(self.gallery, "find_request", None)
+        return await asyncio.to_thread(find, key) if find is not None else None
 
     async def remove(self, item_id: int) -> int:
         """Remove one item (``index.errors.UnknownIdsError`` if absent), persist, return the gallery size."""
         return await asyncio.to_thread(self._remove_sync, item_id)
 
     def _remove_sync(self, item_id: int) -> int:
-        with self._mutation:
-            with self._rw.write():
-                self.gallery.remove([int(item_id)])
-            self._after_mutation()
-            return self._size
-
-    def _after_mutation(self) -> None:
-        # Reading for the save is enough: searches may go on while the files are written.
-        with self._rw.read():
-            if self.settings.save_on_mutation:
-                started = time.perf_counter()
-                self.gallery.save(self.settings.gallery)
-                logger.info("gallery saved to %s in %.1f ms", self.settings.gallery,
-                            1000 * (time.perf_counter() - started))
+        try:
+            return self.durable.remove(item_id)
+        finally:
             self._refresh_cameras()
+
+    async def reload(self) -> dict[str, Any]:
+        """Reload the gallery from disk, or install the staging copy (:meth:`DurableGallery.reload`)."""
+        def _reload() -> dict[str, Any]:
+            try:
+                return self.durable.reload()
+            finally:
+                self._refresh_cameras()
+        return await asyncio.to_thread(_reload)
 
     async def stats(self) -> dict[str, Any]:
         """The gallery's own statistics plus size, dimension and fingerprint."""
-        def _stats() -> dict[str, Any]:
-            with self._rw.read():
-                return dict(self.gallery.stats())
-        return await asyncio.to_thread(_stats)
+        return await asyncio.to_thread(self.durable.stats)

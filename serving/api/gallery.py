@@ -1,22 +1,52 @@
-"""``/gallery``: add crops, remove items, inspect the gallery. Changes need the API key when one is set."""
+"""``/gallery``: add crops, remove items, reload, inspect the gallery. Changes need the API key when one is set.
+
+Every change is on disk when it is acknowledged, or it did not happen (:mod:`serving.durable`): the answers
+that refuse one (409, 507, 500) all say that nothing was changed. ``POST /gallery`` takes an
+``Idempotency-Key`` header: a retry with the same key (after a timeout, say) gets the first answer's ids
+back with status 200 and ``Idempotent-Replayed: true``, and adds nothing.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Path, UploadFile
+from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile
 from pydantic import TypeAdapter, ValidationError
 
-from serving.api.uploads import decode_uploads
+from serving.api.uploads import decode_uploads, read_uploads
 from serving.core.errors import ApiError
 from serving.deps import ApiKeyDep, RuntimeDep
-from serving.schemas import (GalleryAddResponse, GalleryDeleteResponse, GalleryItemMetadata, GalleryStatsResponse,
-                             error_responses)
+from serving.schemas import (GalleryAddResponse, GalleryDeleteResponse, GalleryItemMetadata, GalleryReloadResponse,
+                             GalleryStatsResponse, error_responses)
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
 _METADATA = TypeAdapter(list[GalleryItemMetadata])
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:~+/=-]{1,128}$")
+_CHANGE_ERRORS = (409, 507)
+
+
+def request_digest(datas: list[bytes], metadata: str) -> str:
+    """What identifies an add request behind its idempotency key: a hash of its files and metadata, in order."""
+    digest = hashlib.sha256()
+    for data in datas:
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    digest.update(metadata.encode("utf-8"))
+    return "sha256:" + digest.hexdigest()
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """The ``Idempotency-Key`` header, checked (1-128 URL-safe characters), or None when absent."""
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(422, "invalid_idempotency_key", "the Idempotency-Key header must be 1 to 128 characters "
+                                                       "from A-Z a-z 0-9 . _ : ~ + / = - (a UUID works)")
+    return key
 
 
 def parse_metadata(text: str, count: int) -> list[dict[str, Any]]:
@@ -54,33 +84,51 @@ def parse_metadata(text: str, count: int) -> list[dict[str, Any]]:
 
 
 @router.post("", response_model=GalleryAddResponse, status_code=201, dependencies=[ApiKeyDep],
-             summary="Add crops to the gallery", responses=error_responses(400, 401, 403, 413, 415, 422, 503))
-async def add_items(runtime: RuntimeDep,
+             summary="Add crops to the gallery",
+             responses={200: {"model": GalleryAddResponse, "description": "a retry of an add already made with this "
+                                                                          "Idempotency-Key: its ids, nothing added"},
+                        **error_responses(400, 401, 403, 408, 409, 413, 415, 422, 503, 507)})
+async def add_items(runtime: RuntimeDep, response: Response,
                     images: Annotated[list[UploadFile], File(description="the crops to add (repeat the `images` "
                                                                          "field), at most max_images_per_request")],
                     metadata: Annotated[str, Form(description="JSON list, one object per image in upload order: "
                                                               '`[{"camera": 1, "person_label": 7, "source": "cam1/'
                                                               '0007/0001.jpg", "timestamp": 1700000000, '
-                                                              '"extra": {}}]`; camera is required')]
+                                                              '"extra": {}}]`; camera is required')],
+                    idempotency_key: Annotated[str | None, Header(
+                        alias="Idempotency-Key", description="makes a retry safe: an add already made with this key "
+                                                             "is answered again (200), never repeated")] = None,
                     ) -> GalleryAddResponse:
     """Embed the crops with the server's model and add them with their metadata; saved before answering."""
     from index.errors import GalleryError
 
+    key = check_idempotency_key(idempotency_key)
     limit = runtime.settings.max_images_per_request
     if len(images) > limit:
         raise ApiError(422, "too_many_images", f"{len(images)} images sent; at most {limit} per request")
     items = parse_metadata(metadata, len(images))
-    decoded = await decode_uploads(runtime, images)
+    datas = await read_uploads(runtime, images)
+    digest = request_digest(datas, metadata) if key else ""
+    if key is not None:
+        found = await runtime.find_request(key)
+        if found is not None and found[0] == digest:  # answered before: skip the model (the add re-checks)
+            response.status_code = 200
+            response.headers["Idempotent-Replayed"] = "true"
+            return GalleryAddResponse(ids=found[1], size=runtime.size)
+    decoded = await decode_uploads(runtime, images, datas)
     vectors = await runtime.batcher.submit_many(decoded)
     try:
-        ids, size = await runtime.add(vectors, items)
+        result = await runtime.add(vectors, items, key, digest)
     except GalleryError as exc:  # metadata the gallery refuses (e.g. an unparseable timestamp)
-        raise ApiError(422, "invalid_metadata", str(exc)) from None
-    return GalleryAddResponse(ids=ids, size=size)
+        raise ApiError(422, "invalid_metadata", f"{exc}; nothing was changed") from None
+    if result.replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return GalleryAddResponse(ids=result.ids, size=result.size)
 
 
 @router.delete("/{item_id}", response_model=GalleryDeleteResponse, dependencies=[ApiKeyDep],
-               summary="Remove one gallery item", responses=error_responses(401, 403, 404, 422, 503))
+               summary="Remove one gallery item", responses=error_responses(401, 403, 404, 409, 422, 503, 507))
 async def delete_item(runtime: RuntimeDep,
                       item_id: Annotated[int, Path(ge=0, le=2**63 - 1,  # ids are int64 (an id past it was a 500)
                                                    description="the gallery id (as returned by search or add)")]
@@ -93,6 +141,17 @@ async def delete_item(runtime: RuntimeDep,
     except UnknownIdsError:
         raise ApiError(404, "not_found", f"gallery id {item_id} does not exist") from None
     return GalleryDeleteResponse(deleted=item_id, size=size)
+
+
+@router.post("/reload", response_model=GalleryReloadResponse, dependencies=[ApiKeyDep],
+             summary="Reload the gallery from disk, or install the staging copy",
+             responses=error_responses(401, 403, 409, 422, 503, 507))
+async def reload_gallery(runtime: RuntimeDep) -> GalleryReloadResponse:
+    """With a staging gallery configured (``--staging-gallery``) that holds a copy of this gallery at its
+    current save with crops indexed into it, install it: it is checked like any load, saved into the
+    served directory as its next version, and swapped in for searches at once. Otherwise re-read the
+    served directory (a read-only replica, or a server whose directory an indexer extended)."""
+    return GalleryReloadResponse(**await runtime.reload())
 
 
 @router.get("/stats", response_model=GalleryStatsResponse, summary="Gallery size, cameras and index",

@@ -25,10 +25,18 @@ async def readyz(request: Request) -> ReadyResponse:
     balancer sends no searches to a server that cannot answer them."""
     runtime: Runtime | None = getattr(request.app.state, "runtime", None)
     if runtime is None:
+        failed = getattr(request.app.state, "startup_error", None)
+        if failed:  # a damaged gallery found at start: never served, and said why
+            raise ApiError(503, "gallery_damaged", failed, headers={"Retry-After": "30"})
         raise ApiError(503, "not_ready", "the model and gallery are not loaded", headers={"Retry-After": "1"})
-    if not runtime.ready:
-        raise ApiError(503, "not_ready", "the micro-batcher is not running", headers={"Retry-After": "1"})
-    return ReadyResponse(status="ready", model=runtime.model_info(), gallery_size=runtime.size)
+    reason = runtime.not_ready_reason
+    if reason is not None:
+        error = "gallery_damaged" if runtime.durable.damaged else "not_ready"
+        raise ApiError(503, error, reason, headers={"Retry-After": "1"})
+    durable = runtime.durable
+    return ReadyResponse(status="ready", model=runtime.model_info(), gallery_size=runtime.size,
+                         unsaved_changes=durable.unsaved_changes, writable=durable.writable,
+                         last_save_error=durable.last_save_error)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

@@ -55,16 +55,29 @@ async def read_upload(upload: UploadFile, max_bytes: int, index: int | None = No
     return data
 
 
-async def decode_uploads(runtime: Runtime, uploads: list[UploadFile]) -> list[np.ndarray]:
+async def read_uploads(runtime: Runtime, uploads: list[UploadFile]) -> list[bytes]:
+    """The bytes of every upload, in order, each checked as :func:`read_upload` does."""
+    many = len(uploads) > 1
+    return [await read_upload(u, runtime.settings.max_upload_bytes, i if many else None)
+            for i, u in enumerate(uploads)]
+
+
+async def decode_uploads(runtime: Runtime, uploads: list[UploadFile],
+                         datas: list[bytes] | None = None) -> list[np.ndarray]:
     """Read and decode several uploads concurrently (in the decode pool), in order.
+
+    Args:
+        runtime: the server runtime (limits, decode pool).
+        uploads: the multipart files.
+        datas: their bytes when already read (:func:`read_uploads`).
 
     Raises:
         ApiError: as :func:`read_upload`.
         ImageDecodeError: the first image (in upload order) that cannot be decoded, its detail naming it.
     """
     many = len(uploads) > 1
-    datas = [await read_upload(u, runtime.settings.max_upload_bytes, i if many else None)
-             for i, u in enumerate(uploads)]
+    if datas is None:
+        datas = await read_uploads(runtime, uploads)
     results = await asyncio.gather(*(runtime.decode(d) for d in datas), return_exceptions=True)
     for i, (upload, result) in enumerate(zip(uploads, results)):
         if isinstance(result, ImageDecodeError):

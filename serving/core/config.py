@@ -68,6 +68,29 @@ class Settings(BaseSettings):
                                                                      "thumbnail, and its default size")
     save_on_mutation: bool = Field(True, description="persist the gallery after every add/delete")
     create_gallery: bool = Field(False, description="start with an empty gallery when the directory has none")
+    read_only: bool = Field(False, description="open the gallery read-only (a replica serving a snapshot): no "
+                                               "write lock is taken, changes answer 409 read_only")
+    exclusive: bool = Field(False, description="take the gallery's write lock at start (refuse to start when "
+                                               "another process writes it); by default it is taken by the first "
+                                               "saved change")
+    staging_gallery: Path | None = Field(None, description="a copy of the gallery to index into offline "
+                                                           "(python -m serving gallery copy); POST /gallery/reload "
+                                                           "installs it")
+    # Connections: uvicorn's own limits, plus a header/body read timeout (serving.core.connections). An idle
+    # client holds a socket and a file descriptor; without these, a few hundred of them exhaust the process.
+    limit_concurrency: int = Field(1000, ge=1, description="most open connections (and requests in flight); "
+                                                           "beyond it new ones get 503 at once. Lowered at start to "
+                                                           "fit under the process's file-descriptor limit")
+    backlog: int = Field(2048, ge=1, description="connections the kernel queues before the server accepts them")
+    keep_alive_s: float = Field(5.0, gt=0, le=3600, description="an idle keep-alive connection is closed after this")
+    header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a connection that has not sent a complete "
+                                                                      "request head by then is closed (408)")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="longest wait for the next piece of a request "
+                                                                    "body before answering 408")
+    graceful_shutdown_s: float = Field(10.0, ge=0, le=3600, description="on SIGTERM, how long running requests may "
+                                                                         "finish before they are cancelled")
+    log_repeat_s: float = Field(10.0, gt=0, le=3600, description="warnings and errors of one kind are logged "
+                                                                  "once per this interval, then as a count")
 
     @field_validator("backend")
     @classmethod
@@ -90,6 +113,11 @@ class Settings(BaseSettings):
         if isinstance(value, Path):
             return [value]
         return value
+
+    @field_validator("staging_gallery", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_key")
     @classmethod

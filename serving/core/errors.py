@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batching import BatcherClosed, BatcherOverloaded
+from serving.durable import ChangeNotSaved, ChangeRefused, GalleryDamaged
 from serving.imageio import ImageDecodeError
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ logger = logging.getLogger(__name__)
 # Codes for HTTPExceptions raised without one (Starlette's 404/405, FastAPI's own 4xx).
 _DEFAULT_CODES: dict[int, str] = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "request_too_large", 415: "unsupported_media_type", 422: "validation_error",
-    500: "internal_error", 503: "unavailable",
+    408: "request_timeout", 409: "conflict", 413: "request_too_large", 415: "unsupported_media_type",
+    422: "validation_error", 500: "internal_error", 503: "unavailable", 507: "insufficient_storage",
 }
 
 
@@ -95,6 +96,29 @@ async def _closed(request: Request, exc: BatcherClosed) -> JSONResponse:
     return error_response(503, "not_ready", str(exc), headers={"Retry-After": "1"})
 
 
+async def _change_refused(request: Request, exc: ChangeRefused) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status in (503, 507) else None
+    extra = {"request_id": _request_id(request)} if exc.status >= 500 else {}
+    return error_response(exc.status, exc.error, exc.detail, headers=headers, **extra)
+
+
+async def _change_not_saved(request: Request, exc: ChangeNotSaved) -> JSONResponse:
+    # A 500 that is not a crash: the change was undone. The cause goes to the log under the request id.
+    request_id = _request_id(request)
+    logger.error("%s %s: %s (request_id=%s)", request.method, request.url.path, exc, request_id,
+                 exc_info=exc.__cause__ or exc)
+    return error_response(500, "internal_error", f"{exc}; quote request id {request_id} when reporting it",
+                          request_id=request_id)
+
+
+async def _damaged(request: Request, exc: GalleryDamaged) -> JSONResponse:
+    return error_response(503, "gallery_damaged", str(exc), headers={"Retry-After": "30"})
+
+
+def _request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "") or "")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``.
 
@@ -106,3 +130,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageDecodeError, _decode_error)  # type: ignore[arg-type]
     app.add_exception_handler(BatcherOverloaded, _overloaded)  # type: ignore[arg-type]
     app.add_exception_handler(BatcherClosed, _closed)  # type: ignore[arg-type]
+    app.add_exception_handler(ChangeRefused, _change_refused)  # type: ignore[arg-type]
+    app.add_exception_handler(ChangeNotSaved, _change_not_saved)  # type: ignore[arg-type]
+    app.add_exception_handler(GalleryDamaged, _damaged)  # type: ignore[arg-type]

@@ -10,6 +10,12 @@ It is a plain ASGI class rather than Starlette's ``BaseHTTPMiddleware`` because 
   moment it passes the limit, so a client cannot make the server spool an unbounded upload to disk.
 * **Metrics.** Every answer is counted by route *template* (``/gallery/{item_id}``, not the id) so label
   cardinality stays bounded; unmatched paths share one ``unmatched`` label.
+* **Body read timeout.** Each piece of a request body must arrive within ``body_timeout_s`` of the last one,
+  or the request is answered 408: a client that stops sending mid-upload (or sends one byte a minute)
+  cannot hold a request, its memory and its connection for ever. The request *head* has its own timeout
+  in the protocol (:mod:`serving.core.connections`), since no ASGI app runs before the head is complete.
+* **Cancelled requests.** uvicorn cancels requests still running when the graceful-shutdown period ends;
+  they are counted (``counters["cancelled"]``) so that the shutdown can say so and exit non-zero.
 * **500.** An exception nothing else handled is logged with its traceback and the request id, and answered
   ``{"error": "internal_error", "detail": ..., "request_id": ...}``: the client can quote the id, the operator
   can find it in the log, and no internals leak into the body.
@@ -17,6 +23,7 @@ It is a plain ASGI class rather than Starlette's ``BaseHTTPMiddleware`` because 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -46,6 +53,14 @@ class BodyTooLarge(ApiError):
                                                    f"endpoint accepts")
 
 
+class BodyTimeout(ApiError):
+    """Raised from ``receive`` when the next piece of the body does not arrive in time."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, "request_timeout", f"the request body stopped arriving: nothing came for "
+                                                 f"{timeout_s:g} s")
+
+
 class RequestContext:
     """ASGI middleware: see the module docstring.
 
@@ -53,12 +68,18 @@ class RequestContext:
         app: the wrapped application.
         metrics: where request counts and latencies go.
         body_limit: the byte limit for a (method, path).
+        body_timeout_s: the longest wait for the next piece of a body (None: no limit).
+        counters: where to count cancelled requests (``"cancelled"``); a fresh dict when None.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, body_limit: BodyLimit) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, body_limit: BodyLimit, body_timeout_s: float | None = None,
+                 counters: dict[str, int] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.body_limit = body_limit
+        self.body_timeout_s = body_timeout_s
+        self.counters = counters if counters is not None else {}
+        self.counters.setdefault("cancelled", 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,7 +109,12 @@ class RequestContext:
                     "error": "request_too_large",
                     "detail": f"the request body is {declared} bytes; this endpoint accepts at most {limit} bytes"})
                 return
-            await self.app(scope, _capped(receive, limit), send_with_id)
+            await self.app(scope, _capped(receive, limit, self.body_timeout_s), send_with_id)
+        except asyncio.CancelledError:
+            self.counters["cancelled"] += 1
+            logger.warning("request %s %s (request_id=%s) was cancelled before it finished", scope["method"],
+                           scope["path"], request_id)
+            raise
         except Exception as exc:
             if response_started:
                 logger.exception("request %s failed after its response started", request_id)
@@ -126,17 +152,32 @@ def _content_length(scope: Scope) -> int | None:
     return length if length >= 0 else None
 
 
-def _capped(receive: Receive, limit: int) -> Receive:
-    """``receive`` that raises :class:`BodyTooLarge` once more than ``limit`` body bytes arrived."""
+def _capped(receive: Receive, limit: int, timeout_s: float | None = None) -> Receive:
+    """``receive`` that raises :class:`BodyTooLarge` once more than ``limit`` body bytes arrived, and
+    :class:`BodyTimeout` when the body's next piece takes longer than ``timeout_s``.
+
+    The timeout applies only while body is still expected: afterwards the app may wait on ``receive`` for a
+    disconnect for as long as its response takes.
+    """
     total = 0
+    complete = False
 
     async def wrapped() -> Message:
-        nonlocal total
-        message = await receive()
+        nonlocal total, complete
+        if timeout_s is None or complete:
+            message = await receive()
+        else:
+            try:
+                message = await asyncio.wait_for(receive(), timeout_s)
+            except asyncio.TimeoutError:
+                raise BodyTimeout(timeout_s) from None
         if message["type"] == "http.request":
             total += len(message.get("body", b""))
             if total > limit:
                 raise BodyTooLarge(limit)
+            complete = not message.get("more_body", False)
+        else:
+            complete = True
         return message
 
     return wrapped

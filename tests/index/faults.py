@@ -33,6 +33,7 @@ class SaveFaults:
     def __init__(self, monkeypatch: Any, error: int = errno.ENOSPC) -> None:
         self.calls: list[str] = []
         self.fail_on: int | None = None
+        self.fail_label: str | None = None
         self.error = error
         self.failed: str | None = None
         for owner, name, label in ((os, "mkdir", "os.mkdir"), (os, "fsync", "os.fsync"), (os, "rename", "os.rename"),
@@ -56,6 +57,10 @@ class SaveFaults:
 
     def _step(self, label: str) -> None:
         self.calls.append(label)
+        if self.fail_label is not None and label == self.fail_label:
+            self.fail_label = None
+            self.failed = label
+            raise OSError(self.error, os.strerror(self.error))
         if self.fail_on is not None and len(self.calls) == self.fail_on:
             self.failed = label
             raise OSError(self.error, os.strerror(self.error))
@@ -67,9 +72,9 @@ class SaveFaults:
         steps, self.calls = self.calls, []
         return steps
 
-    def arm(self, n: int) -> None:
-        """Fail the n-th step from now."""
-        self.calls, self.fail_on, self.failed = [], n, None
+    def arm(self, n: int | None = None, label: str | None = None) -> None:
+        """Fail the n-th step from now, or the next step called ``label`` (e.g. ``"faiss.write_index"``)."""
+        self.calls, self.fail_on, self.fail_label, self.failed = [], n, label, None
 
     def disarm(self) -> None:
-        self.fail_on = None
+        self.fail_on = self.fail_label = None
