@@ -14,7 +14,7 @@ from export.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "onnx": ("export.onnx_export", "export a checkpoint to ONNX (uint8 RGB in, K*256 descriptor out)"),
-    "verify": ("export.verify", "compare PyTorch and ONNX Runtime outputs on the same images"),
+    "verify": ("export.verify", "compare PyTorch and ONNX Runtime outputs, or an INT8 model with its fp32 parent"),
     "quantize": ("export.quantize", "quantize the ONNX model to INT8 (QDQ), calibrated on RGB and infrared crops"),
     "tensorrt": ("export.tensorrt_build", "build a TensorRT engine from the ONNX model and verify it"),
     "triton": ("export.triton", "write a Triton Inference Server model repository"),
