@@ -128,7 +128,7 @@ def test_trivial_matchers_and_oracle_on_the_fixture(sysu_root, tmp_path, monkeyp
     report = json.loads((tmp_path / "tm.json").read_text())["results"]["reports"][0]
     res = report["results"]
     assert set(res) == {"raw_pixels", "grey_histogram", "hog", "oracle", "oracle_shape", "oracle_pattern"}
-    assert res["oracle"]["gap"]["test_ir_to_rgb"]["r1"] == 1.0 and res["oracle"]["sysu_all_single"]["r1"] == 1.0
+    assert res["oracle"]["gap"]["test_ir_to_rgb"]["r1"] == 1.0 and res["oracle"]["protocol"]["r1"] == 1.0
     for name in ("raw_pixels", "grey_histogram"):
         assert 0.0 <= res[name]["gap"]["test_ir_to_rgb"]["r1"] <= 1.0
     md = (tmp_path / "tm.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 import re
 from pathlib import Path
@@ -154,3 +156,17 @@ def test_regenerating_replaces_a_previous_synthetic_set(tmp_path: Path) -> None:
     generate(tmp_path / "d", ids=6, images_per_camera=3, **kw)
     generate(tmp_path / "d", ids=3, images_per_camera=1, **kw)
     assert len(list((tmp_path / "d").rglob("*.jpg"))) == 3 * 6 * 1  # no stale images left behind
+
+
+def test_extra_train_ids_keep_the_test_people(tmp_path):
+    from training.data import build_dataset
+    from training.data.synthetic import generate
+
+    base = generate(tmp_path / "base", ids=10, images_per_camera=1, show_progress=False, workers=1)
+    more = generate(tmp_path / "more", ids=10, extra_train_ids=5, images_per_camera=1, show_progress=False,
+                    workers=1)
+    assert (base / "exp" / "test_id.txt").read_text() == (more / "exp" / "test_id.txt").read_text()
+    a, b = build_dataset("sysu", base), build_dataset("sysu", more)
+    assert {r.pid for r in b.train} == {r.pid for r in a.train} | set(range(11, 16))
+    assert (base / "cam3" / "0004" / "0001.jpg").read_bytes() == (more / "cam3" / "0004" / "0001.jpg").read_bytes()
+    assert json.loads((more / "synthetic.json").read_text())["extra_train_ids"] == 5

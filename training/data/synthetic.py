@@ -118,15 +118,17 @@ def default_test_ids(ids: int) -> int:
     return max(1, math.ceil(0.2 * ids))
 
 
-def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int, test_ids: int | None) -> None:
+def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int, test_ids: int | None,
+                  extra_train_ids: int = 0) -> None:
     pids = np.arange(1, ids + 1)
+    extra = np.arange(ids + 1, ids + 1 + extra_train_ids)  # after the split of 1..ids: it stays as it was
     if layout == "sysu":
         # Roughly SYSU-MM01's 296 train / 99 val / 96 test of 491 identities.
         perm = np.random.default_rng([seed, 0, 0, 0, TAG_SPLIT]).permutation(pids)
         n_test = default_test_ids(ids) if test_ids is None else test_ids
         n_val = round(0.25 * (ids - n_test))
         parts = {"test_id": perm[:n_test], "val_id": perm[n_test:n_test + n_val],
-                 "train_id": perm[n_test + n_val:]}
+                 "train_id": np.concatenate([perm[n_test + n_val:], extra])}
         (out / "exp").mkdir(parents=True, exist_ok=True)
         for name, part in parts.items():  # one line of comma-separated ints, like the real files
             (out / "exp" / f"{name}.txt").write_text(",".join(str(int(p)) for p in sorted(part)) + "\n")
@@ -135,7 +137,7 @@ def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int, tes
     n_test = ids - ids // 2 if test_ids is None else test_ids
     for trial in range(1, REGDB_TRIALS + 1):  # 10 random identity splits (50/50 by default), as the RegDB protocol
         perm = np.random.default_rng([seed, 0, trial, 0, TAG_SPLIT]).permutation(pids)
-        half = {"train": sorted(perm[: ids - n_test]), "test": sorted(perm[ids - n_test:])}
+        half = {"train": sorted([*perm[: ids - n_test], *extra]), "test": sorted(perm[ids - n_test:])}
         for split, members in half.items():
             for camid, mod in ((REGDB_VISIBLE_CAM, "visible"), (REGDB_THERMAL_CAM, "thermal")):
                 lines = [f"{_image_path('regdb', int(p), camid, n)} {int(p)}" for p in members for n in range(per_cam)]
@@ -157,7 +159,8 @@ def _prepare(out: Path) -> None:
 
 def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: int = 0,
              images_per_camera: int = 10, height: int = 192, width: int = 64, difficulty: float = 1.0,
-             show_progress: bool = True, workers: int = 2, test_ids: int | None = None) -> Path:
+             show_progress: bool = True, workers: int = 2, test_ids: int | None = None,
+             extra_train_ids: int = 0) -> Path:
     """Write a synthetic dataset.
 
     Args:
@@ -174,6 +177,9 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
         test_ids: Identities in the test split (default: 20 % for SYSU, half for RegDB). People are
             the same whatever the split: ``--ids 400 --test-ids 24`` has as many test people as
             ``--ids 120`` and four times the training people.
+        extra_train_ids: People ``ids + 1 .. ids + extra_train_ids``, added to the training split after
+            the split of ``1 .. ids`` is drawn, so the test people are exactly those of ``--ids`` alone:
+            ``--ids 120 --extra-train-ids 280`` trains on 376 people and tests on the demo's 24.
 
     Returns:
         The dataset root.
@@ -187,13 +193,16 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
             raise UserError(f"{name} must be an integer >= {lo}, got {value!r}")
     if not 0 <= difficulty <= 3:
         raise UserError(f"difficulty must be in [0, 3], got {difficulty}")
+    if int(extra_train_ids) != extra_train_ids or extra_train_ids < 0:
+        raise UserError(f"extra_train_ids must be an integer >= 0, got {extra_train_ids!r}")
     if test_ids is not None and (int(test_ids) != test_ids or not 1 <= test_ids < ids):
         raise UserError(f"test_ids must be an integer in [1, ids - 1] = [1, {ids - 1}], got {test_ids!r}")
     out = Path(out_dir)
     _prepare(out)
+    people = ids + extra_train_ids
     jobs = [(str(out), seed, layout, pid, images_per_camera, height, width, float(difficulty))
-            for pid in range(1, ids + 1)]
-    total = ids * len(_cameras(layout)) * images_per_camera
+            for pid in range(1, people + 1)]
+    total = people * len(_cameras(layout)) * images_per_camera
     bar = tqdm(total=total, desc=f"synth {layout}", unit="img", disable=not show_progress)
     if workers == 1 or total < 400:  # a pool costs more than it saves for toy sets
         for job in jobs:
@@ -206,11 +215,12 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
             for written in pool.map(_write_person, jobs, chunksize=4):
                 bar.update(written)
     bar.close()
-    _write_splits(out, layout, ids, seed, images_per_camera, test_ids)
-    params = {"layout": layout, "ids": ids, "test_ids": test_ids, "seed": seed, "images_per_camera": images_per_camera,
+    _write_splits(out, layout, ids, seed, images_per_camera, test_ids, extra_train_ids)
+    params = {"layout": layout, "ids": ids, "test_ids": test_ids, "extra_train_ids": extra_train_ids, "seed": seed,
+              "images_per_camera": images_per_camera,
               "height": height, "width": width, "difficulty": difficulty, "jpeg_quality": JPEG_QUALITY}
     (out / MARKER).write_text(json.dumps(params, indent=2) + "\n")
-    log.info("wrote %d images of %d identities (%s layout) to %s", total, ids, layout, out)
+    log.info("wrote %d images of %d identities (%s layout) to %s", total, people, layout, out)
     return out
 
 
@@ -222,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ids", required=True, type=int, help="number of identities")
     parser.add_argument("--test-ids", type=int, default=None,
                         help="identities in the test split (default: 20%% for sysu, half for regdb)")
+    parser.add_argument("--extra-train-ids", type=int, default=0,
+                        help="more training people after the split of --ids is drawn (same test people)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--images-per-camera", type=int, default=10, help="images per identity per camera")
     parser.add_argument("--height", type=int, default=192, help="image height in pixels")
@@ -234,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     root = generate(args.out, layout=args.layout, ids=args.ids, seed=args.seed,
                     images_per_camera=args.images_per_camera, height=args.height, width=args.width,
                     difficulty=args.difficulty, show_progress=not args.no_progress, workers=args.workers,
-                    test_ids=args.test_ids)
+                    test_ids=args.test_ids, extra_train_ids=args.extra_train_ids)
     if args.contact_sheet is not None:
         from training.data._contact_sheet import contact_sheet
 
