@@ -180,7 +180,8 @@ def _markdown(reports: list[dict]) -> str:
              "RegDB trial 1 thermal -> visible.", ""]
     for rep in reports:
         chance = 100 * rep["chance_rank1"]
-        lines += [f"### {rep['layout']} layout, {rep['data']['ids']} identities ({rep['test_ids']} test, "
+        people = rep["data"]["ids"] + (rep["data"].get("extra_train_ids") or 0)
+        lines += [f"### {rep['layout']} layout, {people} identities ({rep['test_ids']} test, "
                   f"{rep['train_ids']} train; chance rank-1 {chance:.1f} %; protocol: {rep['protocol']})", "",
                   "| matcher | " + " | ".join(GAP_SETTINGS) + " | xm_auc | protocol R1 | protocol mAP | IR->RGB / chance |",
                   "|---|" + "---:|" * (len(GAP_SETTINGS) + 4)]
