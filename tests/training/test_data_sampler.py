@@ -215,3 +215,23 @@ def test_loader_channel_aug_applies_to_visible_images_only(sysu_root: Path) -> N
     first = next(iter(loader.sampler))
     for j, (_, b, _) in enumerate(first):  # infrared untouched
         assert np.array_equal(ir[j].permute(1, 2, 0).numpy(), read_image(train[b].path, 32, 16))
+
+
+def test_grey_remap_redraws_levels_but_keeps_regions() -> None:
+    from training.data.transforms import grey_remap
+
+    grey = np.zeros((20, 10, 3), np.uint8)
+    grey[:10] = 60   # two regions with distinct levels
+    grey[10:] = 200
+    assert grey_remap(grey, np.random.default_rng(0), 0.0) is grey
+    colour = np.dstack([grey[..., 0], grey[..., 0] // 2, grey[..., 0]])
+    assert grey_remap(colour, np.random.default_rng(0), 1.0) is colour  # colour images are left alone
+    orders = set()
+    for seed in range(30):
+        out = grey_remap(grey, np.random.default_rng(seed), 1.0)
+        assert out.dtype == np.uint8 and out.shape == grey.shape
+        assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+        top, bottom = np.unique(out[:10]), np.unique(out[10:])
+        assert top.size == 1 and bottom.size == 1  # one level per region: boundaries survive
+        orders.add(int(top[0]) < int(bottom[0]))
+    assert orders == {True, False}  # which region is brighter is redrawn: no preferred polarity
