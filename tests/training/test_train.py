@@ -89,6 +89,9 @@ def test_evaluate_cli_sysu_all_settings(tiny_checkpoint, sysu_root, tmp_path, ca
     assert rc == 0
     table = capsys.readouterr().out
     assert "R1" in table and "mINP" in table and "sysu_indoor_multi" in table and "±" in table
+    assert "modality gap" in table and "train IR->RGB" in table and "xm_auc" in table
+    gap = json.loads(out_json.read_text())["modality_gap"]
+    assert set(gap) == {"test_ir_to_rgb", "test_rgb_to_rgb", "test_ir_to_ir", "train_ir_to_rgb", "alignment"}
     results = json.loads(out_json.read_text())["results"]
     assert set(results) == {"sysu_all_single", "sysu_all_multi", "sysu_indoor_single", "sysu_indoor_multi"}
     for m in results.values():
