@@ -7,10 +7,15 @@ Knows nothing of images or models: it stores and searches float32 descriptors.
     ids = gallery.add(descriptors, [{"camera": 1, "source": "cam1/0001/0001.jpg"}, ...])
     scores, ids = gallery.search(query_descriptors, k=10, cameras=[1, 2])
     gallery.save("artifacts/gallery"); Gallery.load("artifacts/gallery", fingerprint=model_sha256)
+
+One process writes a gallery directory at a time (``GalleryLockedError`` names the holder); damaged files
+are refused at load (``CorruptGalleryError``, one line naming the file); see ``docs/contracts.md``.
 """
 
-from index.errors import GalleryError, UnknownIdsError
+from index.errors import (CorruptGalleryError, GalleryError, GalleryLockedError, ReadOnlyGalleryError,
+                          StaleGalleryError, UnknownIdsError)
 from index.gallery import Gallery
 from index.registry import EXACT_KINDS, KINDS
 
-__all__ = ["EXACT_KINDS", "KINDS", "Gallery", "GalleryError", "UnknownIdsError"]
+__all__ = ["EXACT_KINDS", "KINDS", "CorruptGalleryError", "Gallery", "GalleryError", "GalleryLockedError",
+           "ReadOnlyGalleryError", "StaleGalleryError", "UnknownIdsError"]

@@ -193,11 +193,14 @@ def search_wider(search: SearchFn, queries: np.ndarray, k: int, allowed_ids: np.
 # Stored vectors are L2-normalised float32 (or fp16): their norms are 1 within rounding. Anything further
 # off is damage (a flipped exponent bit gives 1e36), and would break the cosine-score contract.
 UNIT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-3}
-_CHECK_BLOCK = 65536
+_CHECK_FLOATS = 1 << 20  # floats per checked block (4 MiB of float32)
 
 
 def check_unit_rows(path: Path, vectors: np.ndarray, ids: np.ndarray, tolerance: float) -> None:
     """Raise :class:`CorruptGalleryError` for the first row that is not finite or not of unit norm.
+
+    One pass over the block: the squared norm of a row is non-finite exactly when a value in it is (or is so
+    large that its square overflows), so only failing rows are looked at twice.
 
     Args:
         path: the index file (named in the error).
@@ -207,22 +210,25 @@ def check_unit_rows(path: Path, vectors: np.ndarray, ids: np.ndarray, tolerance:
     """
     from index.errors import CorruptGalleryError
 
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise CorruptGalleryError(path, f"the vector of id {int(ids[bad])} holds NaN or infinite values: the "
+    block = np.asarray(vectors, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        bad = ~np.isfinite(norms) | (np.abs(norms - 1.0) > tolerance)
+    if not bad.any():
+        return
+    row = int(np.flatnonzero(bad)[0])
+    if not np.isfinite(block[row]).all():
+        raise CorruptGalleryError(path, f"the vector of id {int(ids[row])} holds NaN or infinite values: the "
                                         f"index data is damaged")
-    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    off = np.abs(norms - 1.0) > tolerance
-    if off.any():
-        bad = int(np.flatnonzero(off)[0])
-        raise CorruptGalleryError(path, f"the vector of id {int(ids[bad])} has norm {norms[bad]:.6g}, not 1: "
-                                        f"the index data is damaged (stored vectors are L2-normalised)")
+    norm = float(np.linalg.norm(block[row].astype(np.float64)))
+    raise CorruptGalleryError(path, f"the vector of id {int(ids[row])} has norm {norm:.6g}, not 1: the index data "
+                                    f"is damaged (stored vectors are L2-normalised)")
 
 
 def check_in_blocks(path: Path, n: int, read: Callable[[int, int], np.ndarray], ids: np.ndarray,
-                    tolerance: float) -> None:
-    """:func:`check_unit_rows` over ``read(start, count)`` blocks, so memory stays at one block."""
-    for start in range(0, n, _CHECK_BLOCK):
-        count = min(_CHECK_BLOCK, n - start)
+                    tolerance: float, dim: int | None = None) -> None:
+    """:func:`check_unit_rows` over ``read(start, count)`` blocks of about 4 MiB, so memory stays flat."""
+    rows = max(1, _CHECK_FLOATS // max(1, dim or 1))
+    for start in range(0, n, rows):
+        count = min(rows, n - start)
         check_unit_rows(path, read(start, count), ids[start:start + count], tolerance)

@@ -53,7 +53,8 @@ class BlasFlatBackend(VectorBackend):
         try:
             index = faiss.read_index(str(path))  # already the concrete, owning type
         except (RuntimeError, MemoryError) as exc:
-            raise CorruptGalleryError(path, f"is not a readable FAISS index ({str(exc).splitlines()[0][:200]})") from None
+            reason = str(exc).splitlines()[0][:200]
+            raise CorruptGalleryError(path, f"is not a readable FAISS index ({reason})") from None
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
         if not isinstance(inner, faiss.IndexFlatIP):
             raise CorruptGalleryError(path, "is not an IndexIDMap2 over an IndexFlatIP, as flat_blas expects")
@@ -105,7 +106,8 @@ class BlasFlatBackend(VectorBackend):
         ids = self._ids[:self._n]
         if len(np.unique(ids)) != len(ids):
             raise CorruptGalleryError(path, "the id map holds an id twice: the index data is damaged")
-        check_in_blocks(path, self._n, lambda start, count: self._x[start:start + count], ids, UNIT_TOLERANCE["fp32"])
+        check_in_blocks(path, self._n, lambda start, count: self._x[start:start + count], ids, UNIT_TOLERANCE["fp32"],
+                        self.dim)
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
                use_selector: bool = True) -> tuple[np.ndarray, np.ndarray]:

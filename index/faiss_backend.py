@@ -181,7 +181,8 @@ class FaissBackend(VectorBackend):
         try:
             index = faiss.read_index(str(path))  # already the concrete, owning type
         except (RuntimeError, MemoryError) as exc:
-            raise CorruptGalleryError(path, f"is not a readable FAISS index ({str(exc).splitlines()[0][:200]})") from None
+            reason = str(exc).splitlines()[0][:200]
+            raise CorruptGalleryError(path, f"is not a readable FAISS index ({reason})") from None
         if not isinstance(index, faiss.IndexIDMap2):
             raise CorruptGalleryError(path, f"holds a {type(index).__name__}, expected an IndexIDMap2")
         if index.d != dim:
@@ -354,14 +355,16 @@ class FaissBackend(VectorBackend):
             return
         tolerance = UNIT_TOLERANCE["fp16" if self.kind == "flat_fp16" else "fp32"]
         inner = faiss.downcast_index(live.index)
-        check_in_blocks(path, int(inner.ntotal), lambda start, count: inner.reconstruct_n(start, count), ids, tolerance)
+        check_in_blocks(path, int(inner.ntotal), lambda start, count: inner.reconstruct_n(start, count), ids, tolerance,
+                        self.dim)
 
     def _check_ivf(self, path: Path, ids: np.ndarray) -> None:
         ivf = faiss.extract_index_ivf(self._index.index)
         quantizer = faiss.downcast_index(ivf.quantizer)
         centroids = quantizer.reconstruct_n(0, int(quantizer.ntotal))
         if not np.isfinite(centroids).all():
-            raise CorruptGalleryError(path, "the IVF coarse centroids hold NaN or infinite values: the index is damaged")
+            raise CorruptGalleryError(path, "the IVF coarse centroids hold NaN or infinite values: the index is "
+                                            "damaged")
         pq = faiss.downcast_index(self._index.index).pq if self.kind == "ivf_pq" else None
         if pq is not None and not np.isfinite(faiss.vector_to_array(pq.centroids)).all():
             raise CorruptGalleryError(path, "the PQ codebooks hold NaN or infinite values: the index is damaged")
@@ -378,7 +381,7 @@ class FaissBackend(VectorBackend):
                 inside = (internal >= 0) & (internal < len(ids))
                 shown = np.where(inside, ids[np.clip(internal, 0, max(len(ids) - 1, 0))], -1) if len(ids) else internal
                 check_in_blocks(path, size, lambda start, count: vectors[start:start + count], shown,
-                                UNIT_TOLERANCE["fp32"])
+                                UNIT_TOLERANCE["fp32"], self.dim)
         internal = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
         if not np.array_equal(internal, np.arange(len(ids))):
             # What IVF galleries saved by versions before the renumbering fix look like after a removal.

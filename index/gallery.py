@@ -217,7 +217,8 @@ class Gallery:
         if self._directory is None:
             raise GalleryError("this gallery has no directory yet: give claim() one, or save() it first")
         if self._read_only:
-            raise ReadOnlyGalleryError(f"gallery {self._directory} was opened read-only; it cannot be claimed for writing")
+            raise ReadOnlyGalleryError(f"gallery {self._directory} was opened read-only; it cannot be claimed for "
+                                       f"writing")
         if self._owner is None or not self._owner.held:
             persist.check_new_target(self._directory)  # never leave a lock file in someone else's folder
             lock = acquire_directory(self._directory)

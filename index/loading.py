@@ -68,7 +68,8 @@ def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, opti
     """
     manifest_path = Path(directory) / MANIFEST
     if manifest["kind"] not in KINDS:
-        raise CorruptGalleryError(manifest_path, f"field 'kind' is {manifest['kind']!r}; valid kinds: {', '.join(KINDS)}")
+        raise CorruptGalleryError(manifest_path, f"field 'kind' is {manifest['kind']!r}; valid kinds: "
+                                                 f"{', '.join(KINDS)}")
     saved_kind = manifest["kind"]
     kind = saved_kind if kind is None else check_kind(kind)
     if kind != saved_kind and not {kind, saved_kind} <= INTERCHANGEABLE:

@@ -97,6 +97,7 @@ def _command_line() -> str:
         if arg in _SECRET_FLAGS:
             argv[i + 1] = "***"
     argv = [a.split("=", 1)[0] + "=***" if a.startswith(tuple(f + "=" for f in _SECRET_FLAGS)) else a for a in argv]
+    argv = [" ".join(a.split()) for a in argv]  # a `python -c` program spans lines: one line in the message
     text = shlex.join([Path(argv[0]).name, *argv[1:]]) if argv else "python"
     return text if len(text) <= _COMMAND_CHARS else text[:_COMMAND_CHARS - 1] + "…"
 

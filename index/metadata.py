@@ -201,7 +201,8 @@ class MetadataStore:
             columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(items)"))
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise CorruptGalleryError(path, f"is not a readable SQLite database ({' '.join(str(exc).split())})") from None
+            reason = " ".join(str(exc).split())
+            raise CorruptGalleryError(path, f"is not a readable SQLite database ({reason})") from None
         except BaseException:
             conn.close()
             raise

@@ -100,7 +100,8 @@ def as_time_range(time_range: Any) -> tuple[float | None, float | None] | None:
     return lo, hi
 
 
-def check_scores(scores: np.ndarray, ids: np.ndarray, *, clip: bool, where: Path | str) -> tuple[np.ndarray, np.ndarray]:
+def check_scores(scores: np.ndarray, ids: np.ndarray, *, clip: bool,
+                 where: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """The last guard before scores leave the gallery: finite, and cosines within [-1, 1].
 
     Args:

@@ -298,10 +298,9 @@ class DurableGallery:
                     fresh = self._load_staging(Path(staging))
                 else:
                     if getattr(previous, "owns_directory", False):
-                        raise ChangeRefused(409, "nothing_to_reload", f"this server writes {self.settings.gallery} "
-                                                                      f"itself, so the disk holds nothing newer; to add "
-                                                                      f"a batch, copy it to the staging directory, index "
-                                                                      f"into that and reload")
+                        raise ChangeRefused(409, "nothing_to_reload", (
+                            f"this server writes {self.settings.gallery} itself, so the disk holds nothing newer; to "
+                            f"add a batch, copy it to the staging directory, index into that and reload"))
                     fresh = Gallery.load(self.settings.gallery, fingerprint=self.fingerprint, dim=self.dim,
                                          read_only=bool(self.settings.read_only))
             except GalleryLockedError as exc:
@@ -324,13 +323,17 @@ class DurableGallery:
         from index import Gallery
 
         current = self.gallery
+        if not self.settings.save_on_mutation:
+            raise ChangeRefused(409, "not_saving", "this server does not save the gallery (--no-save), so it cannot "
+                                                   "install the staging copy into it; nothing was reloaded")
         if not self.writable:
             raise ChangeRefused(409, "read_only", "this server opened the gallery read-only; install the staging "
                                                   "gallery through the server that writes it")
         fresh = Gallery.load(staging, fingerprint=self.fingerprint, dim=self.dim, claim=True)
         try:
             origin = fresh.origin or {}
-            if origin.get("uid") != current.uid or origin.get("sequence") != current.sequence or current.unsaved_changes:
+            lineage = origin.get("uid") == current.uid and origin.get("sequence") == current.sequence
+            if not lineage or current.unsaved_changes:
                 raise ChangeRefused(409, "staging_stale", (
                     f"the staging gallery {staging} is not a copy of the served gallery at its current save "
                     f"(copied from save {origin.get('sequence')!r} of gallery {origin.get('uid')!r}; serving save "

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from serving.app import create_app
     from serving.core import logfilter
-    from serving.core.connections import effective_connection_limit, protocol_class
+    from serving.core.connections import fit_to_descriptors, protocol_class
     from serving.state import load_components
 
     embedder, gallery = load_components(settings)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.host not in {"127.0.0.1", "localhost", "::1"}:
         logger.warning("listening on %s: the API is reachable from other machines%s", settings.host,
                        "" if settings.api_key else " and gallery changes need no API key")
-    limit = effective_connection_limit(settings.limit_concurrency)
+    limit, backlog = fit_to_descriptors(settings.limit_concurrency, settings.backlog)
     logfilter.install(settings.log_repeat_s)  # the root handler (python -m serving's basicConfig)
     # One process: the gallery lives in this process's memory, so several workers would each hold and
     # save their own diverging copy. Scale with micro-batching and more replicas behind a proxy instead.
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, workers=1,
                     timeout_graceful_shutdown=settings.graceful_shutdown_s, limit_concurrency=limit,
-                    backlog=settings.backlog, timeout_keep_alive=settings.keep_alive_s,
+                    backlog=backlog, timeout_keep_alive=settings.keep_alive_s,
                     http=protocol_class(settings.header_timeout_s, limit), log_config=log_config(settings.log_repeat_s))
         if stopped_by:
             logger.info("stopped by %s after a graceful shutdown", signal.Signals(stopped_by[0]).name)

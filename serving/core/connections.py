@@ -8,9 +8,11 @@ with two additions:
 
 * **header timeout**: a connection that has not completed a request head ``header_timeout_s`` after it
   opened (or after its previous response) is answered ``408`` and closed;
-* **early shedding**: a connection accepted while ``max_connections`` are already open is closed after
-  ``shed_after_s`` (a second at most) unless its request arrives first, which uvicorn then answers 503.
-  An idle flood is thereby turned away within about a second, keeping descriptors free for real clients.
+* **early shedding**: a connection accepted while ``max_connections`` are already open is answered 503
+  at once (before its request arrives: a client reads it as the answer to what it sends), its sending
+  side is closed, and it is dropped ``shed_after_s`` later (reading, not parsing, whatever the client
+  sends meanwhile, so that the client gets the 503 and not a reset). An idle flood is thereby turned away
+  within a second, keeping descriptors free for real clients.
 
 :func:`effective_connection_limit` keeps the cap under the process's ``RLIMIT_NOFILE`` with room for the
 files the server itself opens (model, gallery, logs, upload spools), so the cap, not the kernel, refuses.
@@ -26,48 +28,89 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger(__name__)
 
-FD_RESERVE = 64  # descriptors kept for the server's own files beyond its connections
+FD_RESERVE = 96  # descriptors kept beyond the connection cap: the server's own files, shedding, accept bursts
+_BASE_FDS = 40  # what the server itself holds open (model, gallery lock, logs, epoll, upload spools), generously
+LINGER_SLOTS = 8  # shed connections kept open for a moment so the client reads its 503; beyond, closed at once
 
 _408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
         b"content-length: %d\r\n\r\n%s")
 _408_BODY = b'{"error": "request_timeout", "detail": "the request head did not arrive in time"}'
+_503_BODY = (b'{"error": "overloaded", "detail": "the server holds as many connections as it accepts; '
+             b'retry shortly"}')
+_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_503_BODY), _503_BODY))
 
 
 def effective_connection_limit(configured: int, reserve: int = FD_RESERVE) -> int:
-    """``configured``, lowered to fit under the soft ``RLIMIT_NOFILE`` minus ``reserve`` (at least 8)."""
+    """``configured``, lowered to fit under the soft ``RLIMIT_NOFILE`` (see :func:`fit_to_descriptors`)."""
+    return fit_to_descriptors(configured, 2048, reserve)[0]
+
+
+def fit_to_descriptors(limit: int, backlog: int, reserve: int = FD_RESERVE) -> tuple[int, int]:
+    """``(connection limit, accept backlog)`` that cannot exhaust the process's file descriptors.
+
+    The connection cap is lowered to the soft ``RLIMIT_NOFILE`` minus ``reserve`` (or a quarter of it). The
+    backlog matters too: asyncio accepts up to ``backlog`` connections per event-loop tick before any of them
+    is looked at, and a couple of ticks pass before an over-cap one is closed; with a low descriptor limit, a
+    burst larger than what is left makes ``accept`` fail (EMFILE), and asyncio then stops accepting for a
+    whole second each time. So the backlog is lowered until three bursts fit in what the cap leaves.
+    """
     try:
         import resource
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, ValueError, OSError):
-        return configured
+        return limit, backlog
     if soft == resource.RLIM_INFINITY:
-        return configured
-    fitted = max(8, int(soft) - reserve)
-    if fitted < configured:
-        logger.warning("connection limit lowered from %d to %d to stay under the open-file limit (RLIMIT_NOFILE "
-                       "%d, %d kept for the server's own files); raise `ulimit -n` to allow more", configured,
-                       fitted, soft, reserve)
-        return fitted
-    return configured
+        return limit, backlog
+    # A quarter of the descriptors (at least `reserve`) stay out of the cap, so that the accept backlog left
+    # over is not squeezed to a handful (a 1024 limit gives 768 connections and a backlog of ~70).
+    fitted = max(8, min(limit, int(soft) - max(reserve, int(soft) // 4)))
+    burst = max(4, min(backlog, (int(soft) - fitted - _BASE_FDS - LINGER_SLOTS) // 3))
+    if fitted < limit or burst < backlog:
+        logger.warning("connection limit %d and accept backlog %d (asked: %d, %d) to stay under the open-file "
+                       "limit (RLIMIT_NOFILE %d); raise `ulimit -n` to allow more", fitted, burst, limit, backlog,
+                       soft)
+    return fitted, burst
 
 
-def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: float = 1.0) -> type[H11Protocol]:
+def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: float = 0.25) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a header timeout and early shedding (see the module docstring).
 
     Args:
         header_timeout_s: how long a connection may take to send a complete request head.
         max_connections: connections beyond this many are shed (uvicorn's ``limit_concurrency``).
-        shed_after_s: how long a connection over the cap may take to send its request (for its 503).
+        shed_after_s: how long a connection over the cap is kept after its 503 (so the client reads it). Beyond
+            the cap plus half the descriptor reserve, connections are closed at once, without the 503: the
+            reserve is for the server's own files.
     """
 
     class BoundedH11Protocol(H11Protocol):
         """H11Protocol that closes connections which do not send a request head in time."""
 
+        _shedding = False
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            over = len(self.connections) > max_connections
-            self._arm_head_timer(min(shed_after_s, header_timeout_s) if over else header_timeout_s)
+            if len(self.connections) > max_connections + LINGER_SLOTS:
+                self._shedding = True
+                transport.close()
+                return
+            if len(self.connections) > max_connections:
+                self._shedding = True
+                logger.warning("shedding a connection with 503: %d open, the limit is %d", len(self.connections),
+                               max_connections)
+                transport.write(_503)
+                if transport.can_write_eof():
+                    transport.write_eof()
+                self._arm_head_timer(min(shed_after_s, header_timeout_s))
+                return
+            self._arm_head_timer(header_timeout_s)
+
+        def data_received(self, data: bytes) -> None:
+            if self._shedding:
+                return  # answered already; read and drop what the client sends until it is closed
+            super().data_received(data)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -91,6 +134,9 @@ def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: 
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
+            if self._shedding:
+                self.transport.close()
+                return
             if self.transport.is_closing() or self.cycle is not self._head_cycle:
                 return  # closed already, or a request head arrived: uvicorn handles it from here
             if self.cycle is None or self.cycle.response_complete:
