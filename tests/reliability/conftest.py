@@ -106,16 +106,17 @@ class Server:
 
 
 def start_server(model: Path, gallery: Path, log: Path, *, args: Sequence[str] = (),
-                 env: dict[str, str] | None = None, ready: bool = True) -> Server:
+                 env: dict[str, str] | None = None, ready: bool = True, preexec_fn=None) -> Server:
     """Start ``python -m serving serve`` on a free loopback port, output to ``log`` (a file, not a pipe:
-    a pipe nobody reads fills up under load and blocks the server)."""
+    a pipe nobody reads fills up under load and blocks the server). ``preexec_fn`` runs in the child
+    before it starts (e.g. to lower ``RLIMIT_NOFILE``)."""
     port = free_port()
     argv = [sys.executable, "-m", "serving", "serve", "--model", str(model), "--gallery", str(gallery),
             "--port", str(port), *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "XMREID_API_KEY": "", **(env or {})}
     full_env.pop("XMREID_HOST", None)  # the default bind address is under test
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
     server = Server(proc, port, log, argv)
     if ready:
         try:
