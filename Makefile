@@ -18,13 +18,16 @@ MODEL := $(ARTIFACTS)/model.onnx
 GALLERY := $(ARTIFACTS)/gallery
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo data train export index serve bench clean help chromium gpu-check docker-check
+.PHONY: venv test demo data train export index serve bench clean help chromium gpu-check docker-check \
+	train-reference ablation
 
 help:
 	@echo "make test    - build .venv from nothing and run the test suite"
 	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT)"
 	@echo "make data | train | export | index | serve - one stage of the demo"
 	@echo "make bench   - run the benchmark scripts (writes benchmarks/results/)"
+	@echo "make train-reference - the reference run (~30 min): 376 training people, 9600 steps"
+	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE x 3 seeds on the SYSU and RegDB layouts (~2.5 h)"
 	@echo "make gpu-check    - check the GPU path on this machine (skips what cannot run, with reasons)"
 	@echo "make docker-check - requirements-gpu.txt resolves to one CUDA major; the Dockerfile agrees with it"
 
@@ -74,6 +77,24 @@ serve: $(GALLERY)/manifest.json
 demo: $(GALLERY)/manifest.json
 	@$(PY) -m serving demo-hint --images $(DATA) --host $(HOST) --port $(PORT)
 	$(MAKE) --no-print-directory serve
+
+# The reference run: the demo recipe with 280 more training people (the same 24 test people) and 9600 steps.
+REF_DATA := data/synthetic_sysu_ref
+$(REF_DATA)/exp/test_id.txt: | $(STAMP)
+	$(PY) -m training synth --layout sysu --out $(REF_DATA) --ids $(IDS) --extra-train-ids 280 --seed $(SEED)
+
+train-reference: $(REF_DATA)/exp/test_id.txt
+	$(PY) -m training train --config configs/reference.yaml --data-root $(REF_DATA) --output-dir runs/reference
+
+# The ablation of the paper's Fig. 6 at the demo recipe's budget, on both layouts; publishes benchmarks/results/ablation.*
+REGDB_DATA := data/synthetic_regdb
+$(REGDB_DATA)/idx/test_visible_1.txt: | $(STAMP)
+	$(PY) -m training synth --layout regdb --out $(REGDB_DATA) --ids 412 --seed $(SEED)
+
+ablation: $(DATA)/exp/test_id.txt $(REGDB_DATA)/idx/test_visible_1.txt
+	$(PY) -m training ablation --config configs/synthetic.yaml --data-root $(DATA) --regdb-root $(REGDB_DATA) \
+	    --regdb-config configs/synthetic_regdb.yaml --seeds 0,1,2 --gap-every 4 --no-progress \
+	    --output-dir runs/ablation --publish
 
 # The HTTP benchmarks run against the demo artifacts (built by `make index` first).
 bench: $(GALLERY)/manifest.json
