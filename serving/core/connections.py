@@ -113,9 +113,13 @@ def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: 
             super().data_received(data)
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
+            super().on_response_complete()  # may start the next (pipelined) request at once
+            if not self.transport.is_closing() and not self._busy():
                 self._arm_head_timer(header_timeout_s)  # the next request on this connection
+
+        def _busy(self) -> bool:
+            """A request head has arrived and its response is not finished: nothing to time out."""
+            return self.cycle is not None and not self.cycle.response_complete
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
@@ -137,10 +141,9 @@ def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: 
             if self._shedding:
                 self.transport.close()
                 return
-            if self.transport.is_closing() or self.cycle is not self._head_cycle:
+            if self.transport.is_closing() or self._busy() or self.cycle is not self._head_cycle:
                 return  # closed already, or a request head arrived: uvicorn handles it from here
-            if self.cycle is None or self.cycle.response_complete:
-                self.transport.write(_408 % (len(_408_BODY), _408_BODY))
+            self.transport.write(_408 % (len(_408_BODY), _408_BODY))
             self.transport.close()
 
     return BoundedH11Protocol
