@@ -65,10 +65,12 @@ class Gallery:
     def __init__(self, *, backend: Any, store: MetadataStore, fingerprint: str | None, runtime: dict[str, Any],
                  next_id: int, created: str, saved: str | None = None, directory: Path | None = None,
                  read_only: bool = False, sequence: int | None = None, uid: str | None = None,
-                 origin: dict[str, Any] | None = None) -> None:
+                 origin: dict[str, Any] | None = None, family: str | None = None) -> None:
         self._backend = backend
         self._store = store
         self._fingerprint = fingerprint
+        self._family = family or fingerprint  # the fp32 model of the indexing model (see index.loading)
+        self._mixed_precision = False  # opened by another member of the family (fp32 <-> INT8)
         self._runtime = runtime
         self._next_id = next_id
         self._created = created
@@ -90,7 +92,8 @@ class Gallery:
     # ----------------------------------------------------------------- construction
     @classmethod
     def create(cls, dim: int, kind: str = "flat", fingerprint: str | None = None, *, backend: str = "faiss",
-               uri: Any = None, directory: str | Path | None = None, **options: Any) -> Gallery:
+               uri: Any = None, directory: str | Path | None = None, family: str | None = None,
+               **options: Any) -> Gallery:
         """An empty gallery.
 
         Args:
@@ -98,6 +101,8 @@ class Gallery:
             kind: ``flat`` (exact, default), ``flat_fp16``, ``flat_blas`` (exact, fastest on CPU at
                 batch > 1), ``ivf_flat``, ``ivf_pq`` or ``hnsw``.
             fingerprint: the model fingerprint (sha256 of the ONNX file); loading checks it.
+            family: the fingerprint of the fp32 model the indexing model computes (an INT8 model's
+                parent; default: ``fingerprint``): other members of the family may query the gallery.
             **options: kind options (``nlist``, ``nprobe``, ``train_size`` for IVF; ``m``, ``nbits`` for
                 IVF-PQ; ``hnsw_m``, ``ef_construction``, ``ef_search`` for HNSW) and runtime options
                 (``device``: auto/cpu/gpu, ``gpu_fp16``, ``filter_mode``: auto/selector/wider).
@@ -113,8 +118,9 @@ class Gallery:
         """
         if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
             raise GalleryError(f"dim must be a positive int, got {dim!r}")
-        if fingerprint is not None and not isinstance(fingerprint, str):
-            raise GalleryError(f"fingerprint must be a str or None, got {type(fingerprint).__name__}")
+        for name, value in (("fingerprint", fingerprint), ("family", family)):
+            if value is not None and not isinstance(value, str):
+                raise GalleryError(f"{name} must be a str or None, got {type(value).__name__}")
         if check_backend(backend) == "milvus":
             from index.milvus_gallery import MilvusGallery
             return MilvusGallery.create_new(int(dim), kind, fingerprint, uri=uri, **options)
@@ -124,7 +130,7 @@ class Gallery:
         backend_options, runtime = split_options(kind, options)
         vectors = create_backend(kind, int(dim), backend_options, runtime)
         gallery = cls(backend=vectors, store=MetadataStore.in_memory(), fingerprint=fingerprint, runtime=runtime,
-                      next_id=0, created=persist.utc_now())
+                      next_id=0, created=persist.utc_now(), family=family)
         if directory is not None:
             gallery._directory = Path(directory)
             gallery.claim()
@@ -133,12 +139,15 @@ class Gallery:
     @classmethod
     def load(cls, directory: str | Path, fingerprint: str | None = None, *, dim: int | None = None,
              kind: str | None = None, backend: str | None = None, uri: Any = None, read_only: bool = False,
-             claim: bool = False, **options: Any) -> Gallery:
+             claim: bool = False, family: str | None = None, **options: Any) -> Gallery:
         """Open a saved gallery, checking it against the model that will query it, and checking its files.
 
         Args:
             directory: a directory written by :meth:`save`.
-            fingerprint: the querying model's fingerprint; must equal the one saved (when given).
+            fingerprint: the querying model's fingerprint; must equal the one saved (when given), or
+                ``family`` must equal the gallery's family (fp32 <-> INT8 of one model: accepted with
+                one warning, and :attr:`mixed_precision` is True).
+            family: the querying model's family (see :meth:`create`).
             dim: the querying model's descriptor size; must equal the saved one (when given).
             kind: reopen a ``flat`` gallery as ``flat_blas`` or the reverse (same file format).
             **options: runtime options (``device``, ``gpu_fp16``, ``filter_mode``) and search-time
@@ -169,10 +178,12 @@ class Gallery:
         if read_only and claim:
             raise GalleryError("read_only=True and claim=True contradict each other: a read-only gallery takes no lock")
         owner = acquire_directory(directory) if claim else None
+        mixed = [False]  # set by read(): the model is another precision of the gallery's
         try:
             def read(manifest: dict[str, Any]) -> Any:
-                check_model(directory, manifest, fingerprint, dim)
+                mixed[0] = check_model(directory, manifest, fingerprint, dim, family)
                 return read_saved(directory, manifest, kind, options)
+
 
             loaded = persist.retry_if_swapped(directory, read, attempts=1 if claim else 3)
         except BaseException:
@@ -184,7 +195,13 @@ class Gallery:
                       runtime=loaded.runtime, next_id=int(manifest["next_id"]), created=manifest.get("created", ""),
                       saved=manifest.get("saved"), directory=directory, read_only=read_only,
                       sequence=int(manifest.get("sequence", 0)), uid=manifest.get("uid") or legacy_uid(manifest),
-                      origin=manifest.get("origin"))
+                      origin=manifest.get("origin"), family=manifest.get("family"))
+        if mixed[0]:
+            gallery._mixed_precision = True
+            log.warning("gallery %s was indexed with model %s and is opened with model %s, another precision of the same "
+                        "fp32 model (family %s): scores mix precisions (`python -m export verify --reference` "
+                        "measures the cost); re-index with this model to remove the mix", directory,
+                        str(manifest.get("fingerprint"))[:12], str(fingerprint)[:12], str(family)[:12])
         if owner is not None:
             gallery._adopt(owner)
         if read_only:
@@ -296,6 +313,16 @@ class Gallery:
     @property
     def fingerprint(self) -> str | None:
         return self._fingerprint
+
+    @property
+    def family(self) -> str | None:
+        """The fp32 model of the model that indexed this gallery (its fingerprint, or an INT8 model's parent)."""
+        return self._family
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether the gallery was opened by another member of its family (fp32 gallery, INT8 queries or reverse)."""
+        return self._mixed_precision
 
     @property
     def device(self) -> str:
@@ -566,6 +593,7 @@ class Gallery:
         with self._lock.read():
             return {
                 "count": len(self._backend), "dim": self.dim, "kind": self.kind, "fingerprint": self._fingerprint,
+                "family": self._family, "mixed_precision": self._mixed_precision,
                 "options": self._backend.options,
                 "runtime": {k: v for k, v in self._runtime.items()},
                 "next_id": self._next_id, "cameras": self._store.camera_counts(),
@@ -610,8 +638,9 @@ class Gallery:
             with self._lock.read():
                 manifest = {
                     "format": persist.FORMAT, "format_version": persist.FORMAT_VERSION, "kind": self.kind,
-                    "dim": self.dim, "fingerprint": self._fingerprint, "options": self._backend.options,
-                    "created": self._created, "count": len(self._backend), "next_id": self._next_id,
+                    "dim": self.dim, "fingerprint": self._fingerprint, "family": self._family,
+                    "options": self._backend.options, "created": self._created, "count": len(self._backend),
+                    "next_id": self._next_id,
                     "faiss_version": faiss.__version__, "uid": self._uid,
                     "origin": self._origin if own else {"uid": self._uid, "sequence": self._sequence or 0,
                                                          "directory": str(self._directory)},

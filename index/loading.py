@@ -46,15 +46,34 @@ class LoadedGallery:
     checksummed: bool
 
 
-def check_model(directory: Path, manifest: dict[str, Any], fingerprint: str | None, dim: int | None) -> None:
-    """The querying model must be the one the gallery was built with (when the caller says which)."""
+def check_model(directory: Path, manifest: dict[str, Any], fingerprint: str | None, dim: int | None,
+                family: str | None = None) -> bool:
+    """The querying model must be the one the gallery was built with, or of its family (when the caller says).
+
+    A *family* is one fp32 model and the INT8 models quantized from it (their ``parent_fingerprint``):
+    the upgrade path of a deployment is to keep a gallery indexed in fp32 and query it with INT8 (or
+    the reverse), which costs retrieval a fraction of a point (``python -m export verify --reference``
+    measures it: the mixed row). Any other model's descriptors live in another space and are refused.
+
+    Returns:
+        True when the model is another member of the gallery's family (mixed precision), False when
+        it is the same model (or the caller gave no fingerprint).
+
+    Raises:
+        GalleryError: another descriptor size, or a model of another family.
+    """
     saved_dim, saved_fp = int(manifest["dim"]), manifest.get("fingerprint")
     if dim is not None and dim != saved_dim:
         raise GalleryError(f"gallery {directory} holds {saved_dim}-d descriptors but the model produces "
                            f"{dim}-d ones; re-index the gallery with this model")
-    if fingerprint is not None and fingerprint != saved_fp:
-        raise GalleryError(f"gallery {directory} was built with model fingerprint {saved_fp!r}, but this "
-                           f"model's fingerprint is {fingerprint!r}; re-index the gallery with this model")
+    if fingerprint is None or fingerprint == saved_fp:
+        return False
+    saved_family = manifest.get("family") or saved_fp
+    if family is not None and saved_family is not None and family == saved_family:
+        return True
+    raise GalleryError(f"gallery {directory} was built with model fingerprint {saved_fp!r}, but this "
+                       f"model's fingerprint is {fingerprint!r} (and it is not an INT8 or fp32 sibling of "
+                       f"that model); re-index the gallery with this model")
 
 
 def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, options: dict[str, Any]) -> LoadedGallery:

@@ -70,6 +70,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sequence": (_int(0), "a non-negative integer"),
     "options": (_option_values, "an object of option names to values"),
     "fingerprint": (_optional(_is_str), "a string or null"),
+    "family": (_optional(_is_str), "a string or null"),
     "created": (_optional(_is_str), "an ISO-8601 string"),
     "saved": (_optional(_is_str), "an ISO-8601 string or null"),
     "uid": (_optional(_is_str), "a string"),

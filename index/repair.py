@@ -126,6 +126,7 @@ def _repair_metadata(directory: Path, manifest: dict[str, Any], found: CorruptGa
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     gallery = Gallery(backend=loaded.backend, store=loaded.store, fingerprint=manifest.get("fingerprint"),
+                      family=manifest.get("family"),
                       runtime=loaded.runtime, next_id=int(manifest["next_id"]), created=manifest.get("created", ""),
                       saved=manifest.get("saved"), directory=directory, sequence=int(manifest.get("sequence", 0)),
                       uid=manifest.get("uid"), origin=manifest.get("origin"))

@@ -91,14 +91,18 @@ class DurableGallery:
         gallery: the loaded ``index.Gallery``.
         fingerprint: the model's fingerprint (what reloaded galleries must have been built with).
         dim: the model's descriptor size.
+        family: the model's family (its fp32 parent, for an INT8 model): reloaded galleries of the family
+            are accepted as at start-up (see :func:`index.loading.check_model`).
     """
 
-    def __init__(self, settings: Settings, gallery: Any, fingerprint: str | None, dim: int) -> None:
+    def __init__(self, settings: Settings, gallery: Any, fingerprint: str | None, dim: int,
+                 family: str | None = None) -> None:
         from index.locking import ReadWriteLock
 
         self.settings = settings
         self.gallery = gallery
         self.fingerprint = fingerprint
+        self.family = family
         self.dim = dim
         self.rw = ReadWriteLock()
         # A thread lock, taken inside the worker thread: an asyncio lock would be released when a client
@@ -301,7 +305,8 @@ class DurableGallery:
                         raise ChangeRefused(409, "nothing_to_reload", (
                             f"this server writes {self.settings.gallery} itself, so the disk holds nothing newer; to "
                             f"add a batch, copy it to the staging directory, index into that and reload"))
-                    fresh = Gallery.load(self.settings.gallery, fingerprint=self.fingerprint, dim=self.dim,
+                    fresh = Gallery.load(self.settings.gallery, fingerprint=self.fingerprint, family=self.family,
+                                         dim=self.dim,
                                          read_only=bool(self.settings.read_only))
             except GalleryLockedError as exc:
                 raise ChangeRefused(409, "gallery_locked", f"{exc}; nothing was reloaded") from None
@@ -329,7 +334,7 @@ class DurableGallery:
         if not self.writable:
             raise ChangeRefused(409, "read_only", "this server opened the gallery read-only; install the staging "
                                                   "gallery through the server that writes it")
-        fresh = Gallery.load(staging, fingerprint=self.fingerprint, dim=self.dim, claim=True)
+        fresh = Gallery.load(staging, fingerprint=self.fingerprint, family=self.family, dim=self.dim, claim=True)
         try:
             origin = fresh.origin or {}
             lineage = origin.get("uid") == current.uid and origin.get("sequence") == current.sequence

@@ -116,15 +116,18 @@ def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **opti
 
     try:
         if (directory / GALLERY_MANIFEST).is_file():
-            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, dim=embedder.dim, claim=True)
+            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
+                                   dim=embedder.dim, claim=True)
             if gallery.kind != kind:
                 logger.warning("%s is an existing %r gallery; --kind %s applies only to new galleries",
                                directory, gallery.kind, kind)
             logger.info("resuming gallery %s (%d items)", directory, len(gallery))
             return gallery
         if options.get("backend") == "milvus":  # Milvus keeps its own data; its manifest is written on save
-            return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint, **options)
-        return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint, directory=directory,
+            return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint,
+                                  family=getattr(embedder, "family", None), **options)
+        return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
+                              directory=directory,
                               **options)
     except GalleryLockedError as exc:
         raise UserError(f"cannot index into {directory}: {exc}. To add crops to a gallery a server is serving, "

@@ -84,11 +84,12 @@ def load_gallery(settings: Settings, embedder: Any) -> Any:
     claim = settings.exclusive and settings.save_on_mutation and not settings.read_only
     try:
         if (directory / MANIFEST).is_file():
-            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, dim=int(embedder.dim),
+            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
+                                   dim=int(embedder.dim),
                                    read_only=settings.read_only, claim=claim)
         elif settings.create_gallery and not settings.read_only:
             logger.info("no gallery in %s; starting an empty one (it is written on the first change)", directory)
-            gallery = Gallery.create(int(embedder.dim), fingerprint=embedder.fingerprint,
+            gallery = Gallery.create(int(embedder.dim), fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
                                      directory=directory if claim else None)
         else:
             raise UserError(f"no gallery in {directory} (no {MANIFEST}); build one with `python -m serving index`"
@@ -127,7 +128,8 @@ class Runtime:
             max_queue=settings.max_queue, thread_safe=bool(getattr(embedder, "thread_safe", False)),
             concurrency=settings.model_concurrency, observer=metrics.observe_batch)
         self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
-        self.durable = DurableGallery(settings, gallery, getattr(embedder, "fingerprint", None), int(embedder.dim))
+        self.durable = DurableGallery(settings, gallery, getattr(embedder, "fingerprint", None), int(embedder.dim),
+                                      getattr(embedder, "family", None))
         self._given_gallery = None if owns_gallery else gallery  # a caller's gallery is theirs to close
         self._cameras: dict[int, int] = {}
         self._size = 0

@@ -131,6 +131,9 @@ class Embedder(abc.ABC):
         dim: descriptor length.
         fingerprint: sha256 identifying the model, stored in a gallery's manifest so a gallery is never
             searched with descriptors from a different model.
+        family: the fingerprint of the fp32 model this one computes (itself, or the parent an INT8 model
+            was quantized from, ``parent_fingerprint`` in its metadata): a gallery indexed by one member of
+            a family may be queried by another, with a logged notice (see :mod:`index.loading`).
         thread_safe: whether :meth:`_run` may be called from several threads at once. When it is False,
             :meth:`embed` serialises calls with a lock, so the object is always safe to share; the flag
             tells a micro-batcher whether parallel calls can actually overlap.
@@ -202,10 +205,20 @@ class Embedder(abc.ABC):
             raise ValueError(f"images must have shape [B, H, W, 3] = {list(expected)} (RGB, resized to the "
                              f"model's input size), got {list(images.shape)}")
 
+    @property
+    def family(self) -> str:
+        """The fp32 model this one computes: ``parent_fingerprint`` of an INT8 model, else its own fingerprint."""
+        metadata = getattr(self, "metadata", None)
+        raw = metadata.raw if metadata is not None else {}
+        parent = raw.get("parent_fingerprint")
+        if raw.get("precision") == "int8" and isinstance(parent, str) and len(parent) == 64:
+            return parent
+        return self.fingerprint
+
     def info(self) -> dict[str, Any]:
         """A JSON-ready description of the loaded model, for logs and API responses."""
         return {"backend": self.name, "height": self.height, "width": self.width, "dim": self.dim,
-                "fingerprint": self.fingerprint, "thread_safe": self.thread_safe,
+                "fingerprint": self.fingerprint, "family": self.family, "thread_safe": self.thread_safe,
                 "max_batch_size": self.max_batch_size, "path": str(self.path)}
 
     def close(self) -> None:

@@ -181,3 +181,33 @@ def test_serving_index_accepts_the_int8_model(tiny_int8: Path, sysu_root: Path, 
     assert rc == 0
     manifest = json.loads((gallery / "manifest.json").read_text())
     assert manifest["fingerprint"] == _sha256(tiny_int8)
+
+
+def test_an_fp32_gallery_takes_its_int8_model_and_refuses_other_models(tiny_onnx: Path, tiny_int8: Path,
+                                                                        sysu_root: Path, tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The upgrade path: a gallery indexed in fp32 keeps working when the server moves to the INT8 model."""
+    from serving.embedders import load_embedder
+    from serving.indexing import main as index_main
+
+    int8 = load_embedder(tiny_int8, backend="onnxruntime")
+    assert int8.fingerprint == _sha256(tiny_int8) and int8.family == _sha256(tiny_onnx)
+    assert load_embedder(tiny_onnx, backend="onnxruntime").family == _sha256(tiny_onnx)
+
+    gallery = tmp_path / "gallery"
+    common = ["--images", str(sysu_root), "--gallery", str(gallery), "--split", "test", "--no-progress"]
+    assert index_main(["--model", str(tiny_onnx), "--cameras", "1", *common]) == 0
+    with caplog.at_level("WARNING"):
+        assert index_main(["--model", str(tiny_int8), "--cameras", "2", *common]) == 0
+    assert sum("same fp32 model" in r.getMessage() for r in caplog.records) == 1
+    manifest = json.loads((gallery / "manifest.json").read_text())
+    assert manifest["fingerprint"] == manifest["family"] == _sha256(tiny_onnx), "the gallery keeps naming its indexer"
+
+    proto = onnx.load(str(tiny_onnx))  # another fp32 model (same graph, other bytes): another family
+    proto.doc_string = "retrained"
+    other = tmp_path / "other.onnx"
+    onnx.save(proto, str(other))
+    from serving.errors import UserError as ServingUserError
+
+    with pytest.raises(ServingUserError, match="not an INT8 or fp32 sibling"):
+        index_main(["--model", str(other), "--cameras", "2", *common])

@@ -94,6 +94,47 @@ def test_mismatched_fingerprint_or_dim_is_refused(tmp_path) -> None:
     assert len(Gallery.load(tmp_path / "g", fingerprint="model-A", dim=8)) == 2
 
 
+def test_another_precision_of_the_same_model_opens_with_one_warning(tmp_path, caplog) -> None:
+    """The family rule (fp32 gallery, INT8 queries or the reverse): same parent accepted and flagged, others refused."""
+    gallery = Gallery.create(8, fingerprint="fp32-A")  # an fp32 model's family is itself
+    gallery.add(np.ones((2, 8)), _items(2))
+    gallery.save(tmp_path / "g")
+    assert read_manifest(tmp_path / "g")["family"] == "fp32-A"
+    exact = Gallery.load(tmp_path / "g", fingerprint="fp32-A", family="fp32-A")
+    assert not exact.mixed_precision and exact.stats()["mixed_precision"] is False
+    exact.close()
+    with caplog.at_level("WARNING", logger="index.gallery"):
+        mixed = Gallery.load(tmp_path / "g", fingerprint="int8-of-A", family="fp32-A")
+    assert mixed.mixed_precision and mixed.stats()["mixed_precision"] is True
+    assert mixed.fingerprint == "fp32-A" and mixed.family == "fp32-A", "the gallery still names its indexer"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "same fp32 model" in warnings[0].getMessage()
+    mixed.close()
+    with pytest.raises(GalleryError, match="not an INT8 or fp32 sibling"):
+        Gallery.load(tmp_path / "g", fingerprint="int8-of-B", family="fp32-B")
+    with pytest.raises(GalleryError, match="'fp32-A'.*'int8-of-A'"):
+        Gallery.load(tmp_path / "g", fingerprint="int8-of-A")  # a caller that names no family gets the exact rule
+
+    quantized = Gallery.create(8, fingerprint="int8-of-A", family="fp32-A")  # indexed with the INT8 model
+    quantized.add(np.ones((1, 8)), _items(1))
+    quantized.save(tmp_path / "q")
+    assert Gallery.load(tmp_path / "q", fingerprint="fp32-A", family="fp32-A").mixed_precision
+    assert not Gallery.load(tmp_path / "q", fingerprint="int8-of-A", family="fp32-A").mixed_precision
+
+
+def test_galleries_saved_before_families_existed_use_their_fingerprint(tmp_path) -> None:
+    gallery = Gallery.create(8, fingerprint="fp32-A")
+    gallery.add(np.ones((1, 8)), _items(1))
+    gallery.save(tmp_path / "g")
+    manifest_path = tmp_path / "g" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["family"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert Gallery.load(tmp_path / "g", fingerprint="int8-of-A", family="fp32-A").mixed_precision
+    with pytest.raises(GalleryError, match="not an INT8 or fp32 sibling"):
+        Gallery.load(tmp_path / "g", fingerprint="int8-of-B", family="fp32-B")
+
+
 def test_store_and_index_disagreement_detected(tmp_path) -> None:
     gallery = Gallery.create(8)
     gallery.add(np.random.default_rng(1).standard_normal((5, 8)), _items(5))
