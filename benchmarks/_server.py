@@ -122,6 +122,10 @@ class ServerProcess:
         ready_timeout_s: how long to wait for ``/readyz``.
         launcher: the interpreter arguments that stand for ``-m serving`` (the default); a benchmark that
             measures a proposed change passes ``["-c", code]`` whose code patches and then runs the CLI.
+        cpus: cores the server may run on (``sched_setaffinity`` before it starts, as ``taskset -c`` does, so
+            every thread it starts inherits them and ONNX Runtime sizes its thread pool to them); None: all.
+        cwd: the checkout whose ``serving`` package runs (``-m`` imports from the working directory); this
+            repository by default, another worktree to measure an earlier version side by side.
 
     Attributes:
         url: the base URL once started.
@@ -131,7 +135,8 @@ class ServerProcess:
 
     def __init__(self, model: Path, gallery: Path, extra_args: Sequence[str] = (), *, host: str = "127.0.0.1",
                  port: int | None = None, env: dict[str, str] | None = None, ready_timeout_s: float = 180.0,
-                 launcher: Sequence[str] = ("-m", "serving")) -> None:
+                 launcher: Sequence[str] = ("-m", "serving"), cpus: set[int] | None = None,
+                 cwd: Path | None = None) -> None:
         self.model, self.gallery = Path(model), Path(gallery)
         self.extra_args = list(extra_args)
         self.host = host
@@ -139,6 +144,8 @@ class ServerProcess:
         self.env = dict(env or {})
         self.ready_timeout_s = ready_timeout_s
         self.launcher = list(launcher)
+        self.cpus = set(cpus) if cpus else None
+        self.cwd = Path(cwd) if cwd is not None else REPO
         self.url = ""
         self.ready: dict = {}
         self.log_path: Path | None = None
@@ -154,7 +161,8 @@ class ServerProcess:
     def command(self) -> list[str]:
         """The command line as recorded in the results (``python``; a ``-c`` launcher's code elided)."""
         shown = ["-c", "<patches>"] if self.launcher[:1] == ["-c"] else self.launcher
-        return ["python", *shown, *self._serve_args()]
+        pinned = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
+        return [*pinned, "python", *shown, *self._serve_args()]
 
     def _serve_args(self) -> list[str]:
         return ["serve", "--model", str(self.model), "--gallery", str(self.gallery),
@@ -178,8 +186,10 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115  # closed in stop()
         cmd = [sys.executable, *self.launcher, *self._serve_args()]
         logger.info("starting %s", " ".join(self.command))
-        self._proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **self.env}, stdout=self._log,
-                                      stderr=subprocess.STDOUT)
+        cpus = self.cpus
+        self._proc = subprocess.Popen(cmd, cwd=self.cwd, env={**os.environ, **self.env}, stdout=self._log,
+                                      stderr=subprocess.STDOUT,
+                                      preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
             self.ready = wait_ready(self.url, self.ready_timeout_s, self._proc, self.log_path)
         except BaseException:

@@ -30,8 +30,12 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-BatchObserver = Callable[[int, float], None]
-"""Called after every model call with (batch size, seconds the call took); metrics hook."""
+BatchObserver = Callable[[int, float, float], None]
+"""Called after every model call with (batch size, seconds it took, CPU seconds of the thread that ran it).
+
+Both times are taken inside the model thread, around the call alone (not the hand-off to the thread), so
+they are the embedder's own cost. The CPU time is that thread's: all of the model's CPU when the backend
+computes in the calling thread (ONNX Runtime with one intra-op thread), a lower bound otherwise."""
 
 
 class BatcherOverloaded(RuntimeError):
@@ -70,7 +74,7 @@ class MicroBatcher:
             max_queue: most images waiting; :meth:`submit` raises :class:`BatcherOverloaded` beyond it.
             thread_safe: whether ``embed`` may run in several threads at once.
             concurrency: batches in flight at once when ``thread_safe``; ignored (1) otherwise.
-            observer: called with (batch size, seconds) after every model call.
+            observer: called with (batch size, seconds, CPU seconds) after every model call.
             history: how many recent batch sizes :attr:`batch_sizes` keeps.
 
         Raises:
@@ -239,13 +243,19 @@ class MicroBatcher:
                 batch.append(item)
         return batch
 
+    def _timed_embed(self, images: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """The model call with its wall and thread-CPU seconds, measured in the model thread."""
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        out = self._embed(images)
+        return out, time.perf_counter() - started, time.thread_time() - cpu_started
+
     async def _call_model(self, batch: list[_Item]) -> None:
         assert self._slots is not None
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+        seconds = cpu_seconds = 0.0
         try:
             stacked = np.stack([item.image for item in batch])
-            out = await loop.run_in_executor(self._executor, self._embed, stacked)
+            out, seconds, cpu_seconds = await loop.run_in_executor(self._executor, self._timed_embed, stacked)
             out = np.asarray(out)
             if out.ndim != 2 or out.shape[0] != len(batch):
                 raise RuntimeError(f"the model returned shape {list(out.shape)} for a batch of {len(batch)}")
@@ -256,14 +266,13 @@ class MicroBatcher:
                     item.future.set_exception(exc)
             return
         finally:
-            seconds = time.perf_counter() - started
             self.calls += 1
             self.items += len(batch)
             self.batch_sizes.append(len(batch))
             self._slots.release()
             if self._observer is not None:
                 try:
-                    self._observer(len(batch), seconds)
+                    self._observer(len(batch), seconds, cpu_seconds)
                 except Exception:  # metrics must never take the worker down
                     logger.exception("batch observer failed")
         for row, item in zip(out, batch):

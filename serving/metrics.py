@@ -22,7 +22,8 @@ class Metrics:
         latency: ``xmreid_http_request_duration_seconds{endpoint, method, status}``.
         batch_size: ``xmreid_model_batch_size``, images per model call.
         model_calls: ``xmreid_model_calls_total``.
-        model_seconds: ``xmreid_model_call_duration_seconds``.
+        model_seconds: ``xmreid_model_call_duration_seconds``, timed in the model thread around the call.
+        model_cpu_seconds: ``xmreid_model_cpu_seconds_total``, CPU time of the model thread during calls.
         stage_seconds: ``xmreid_stage_duration_seconds{stage}`` for decode / embed / search.
         gallery_size: ``xmreid_gallery_size``, items in the gallery.
     """
@@ -39,6 +40,9 @@ class Metrics:
         self.model_calls = Counter("xmreid_model_calls_total", "Model (embedder) calls", registry=r)
         self.model_seconds = Histogram("xmreid_model_call_duration_seconds", "Duration of one model call",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.model_cpu_seconds = Counter("xmreid_model_cpu_seconds", "CPU seconds of the thread running the "
+                                         "model, during model calls (all of the model's CPU when it computes "
+                                         "in that thread, e.g. ONNX Runtime with one intra-op thread)", registry=r)
         self.stage_seconds = Histogram("xmreid_stage_duration_seconds", "Per-image time in each serving stage",
                                        ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.gallery_size = Gauge("xmreid_gallery_size", "Items in the gallery", registry=r)
@@ -49,11 +53,12 @@ class Metrics:
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
 
-    def observe_batch(self, size: int, seconds: float) -> None:
+    def observe_batch(self, size: int, seconds: float, cpu_seconds: float = 0.0) -> None:
         """Record one model call (the :class:`serving.batching.MicroBatcher` observer)."""
         self.model_calls.inc()
         self.batch_size.observe(size)
         self.model_seconds.observe(seconds)
+        self.model_cpu_seconds.inc(max(0.0, cpu_seconds))
 
     def observe_stages(self, **seconds: float) -> None:
         """Record per-stage times, e.g. ``observe_stages(decode=0.002, embed=0.01)``."""

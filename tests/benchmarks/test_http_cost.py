@@ -1,0 +1,74 @@
+"""The HTTP benchmark's cost accounting: OS CPU readings, core split, per-request CPU, medians and aims.
+
+No timing is asserted: only that the numbers are read, combined and compared the way the report says.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmarks import _proc, http
+from benchmarks._server import ServerProcess
+
+
+def test_cpu_times_reads_this_process_and_its_main_thread() -> None:
+    before = _proc.cpu_times(os.getpid())
+    assert before is not None and before.total >= 0
+    sum(i * i for i in range(2_000_000))  # some CPU work
+    after = _proc.cpu_times(os.getpid())
+    spent = after - before
+    assert spent.total >= 0 and (spent.main_thread is None or spent.main_thread >= 0)
+    assert _proc.cpu_times(2**22 + 12345) is None  # above Linux's largest pid: absent, and no exception
+
+
+def test_split_cores_gives_the_client_one_core_and_the_server_the_rest() -> None:
+    assert _proc.split_cores([0]) is None
+    assert _proc.split_cores([3, 1]) == ({1}, {3})
+    assert _proc.split_cores([0, 1, 2, 3]) == ({0}, {1, 2, 3})
+    assert _proc.describe({1}) == "1" and _proc.describe({1, 2, 3}) == "1-3" and _proc.describe({0, 2}) == "0,2"
+    assert _proc.describe(None) == "all"
+
+
+def test_pinned_server_command_names_its_cores(tmp_path) -> None:
+    server = ServerProcess(tmp_path / "m.onnx", tmp_path, cpus={1}, port=1234)
+    assert server.command[:4] == ["taskset", "-c", "1", "python"]
+    assert ServerProcess(tmp_path / "m.onnx", tmp_path, port=1234).command[0] == "python"
+
+
+def _level(ok: int = 4) -> http.LevelResult:
+    return http.LevelResult(concurrency=8, planned=ok, latencies_s=[0.01] * ok,
+                            timings_ms=[{"decode": 1.0, "embed": 3.0, "search": 2.0, "total": 6.0}] * ok, elapsed_s=1.0)
+
+
+def test_level_row_splits_server_cpu_at_the_model() -> None:
+    before = {http.SEARCH_OK: 10.0, http.MODEL_CPU: 1.0, "xmreid_model_calls_total": 5.0}
+    after = {http.SEARCH_OK: 14.0, http.MODEL_CPU: 1.02, "xmreid_model_calls_total": 6.0,
+             "xmreid_model_batch_size_sum": 4.0}
+    row = http.level_row("batching", _level(), before, after, _proc.CpuTimes(total=0.03, main_thread=0.006))
+    assert row["server_cpu_ms"] == pytest.approx(7.5)  # 30 ms of process CPU over 4 answered searches
+    assert row["model_cpu_ms"] == pytest.approx(5.0)  # 20 ms of model-thread CPU over 4
+    assert row["outside_model_cpu_ms"] == pytest.approx(2.5)
+    assert row["event_loop_cpu_ms"] == pytest.approx(1.5)
+    unknown = http.level_row("external", _level(), before, {**after, http.MODEL_CPU: 1.02})
+    assert unknown["server_cpu_ms"] is None and unknown["outside_model_cpu_ms"] is None
+
+
+def test_summary_takes_medians_per_mode_and_level_and_checks_the_aims() -> None:
+    rows = []
+    for run, (rps, outside, p99) in enumerate([(100.0, 1.0, 50.0), (120.0, 2.0, 70.0), (110.0, 1.2, 60.0)]):
+        rows.append({"mode": "batching", "concurrency": 32, "run": run, "requests_per_s": rps, "p50_ms": 10.0,
+                     "p99_ms": p99, "mean_batch": 9.0, "outside_model_cpu_ms": outside, "errors": 0})
+        rows.append({"mode": "no-batching", "concurrency": 32, "run": run, "requests_per_s": 90.0, "p50_ms": 12.0,
+                     "p99_ms": 65.0, "mean_batch": 1.0, "outside_model_cpu_ms": 1.4, "errors": 0})
+    summary = http.summarize_runs(rows)
+    batching = next(r for r in summary if r["mode"] == "batching")
+    assert (batching["runs"], batching["requests_per_s"], batching["outside_model_cpu_ms"]) == (3, 110.0, 1.2)
+    assert batching["server_cpu_ms"] is None  # not measured in these rows
+    results = {"concurrency": [32], "summary": summary, "offline": [{"images_per_s": 125.0}]}
+    checks = {c["check"].split(" at ")[0]: c for c in http.issue_checks(results)}
+    assert checks["server CPU per /search outside the model"]["met"]  # 1.2 <= 1.5
+    assert checks["p99 with batching <= without"]["met"]  # 60 <= 65
+    assert checks["batched req/s"]["met"]  # 110 / 125 = 88 % >= 80 %
+    assert checks["mean micro-batch"]["met"]
