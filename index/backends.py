@@ -81,15 +81,16 @@ class VectorBackend(abc.ABC):
 
     @abc.abstractmethod
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
-               use_selector: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               use_selector: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product.
 
         Args:
             queries: ``[Q, dim]`` normalised float32.
             k: results per query, at least 1.
             allowed_ids: when given, only these ids (sorted, unique, all present) may be returned.
-            use_selector: filter inside the index (FAISS ``IDSelector``) when the backend can;
-                ``False`` forces the search-wider-then-filter path (tests use it to check both).
+            use_selector: ``True`` filters inside the index (FAISS ``IDSelector``) when the backend can;
+                ``False`` forces the search-wider-then-filter path; ``None`` (``filter_mode="auto"``)
+                lets the backend choose the fastest exact-enough path (tests force each).
 
         Returns:
             ``(scores, ids)``, float32 and int64 ``[Q, k]``, best first; rows with fewer than

@@ -15,10 +15,15 @@ can be reconstructed and checked), with inner-product metric on normalised vecto
   become tombstones, filtered out with an ``IDSelector`` and recorded in the manifest; the graph is
   rebuilt once tombstones outnumber live vectors.
 
-Filtered search passes an ``IDSelectorBatch`` of the allowed ids in the search parameters (every kind
-above supports one on the CPU). Approximate kinds can come back short of ``k`` (a tight filter, or too
-few vectors in the probed lists): those rows are searched again with 4x ``nprobe`` / ``efSearch``
-until complete or the whole index has been scanned.
+FAISS's CPU settings (the BLAS switch, threads) are :mod:`index.faiss_config`'s, applied on import.
+
+Filtered search (``filter_mode``): ``selector`` passes an ``IDSelectorBatch`` of the allowed ids in the
+search parameters (every kind above supports one on the CPU); ``wider`` searches unfiltered for more
+and filters after; ``auto`` is ``selector`` for the approximate kinds and, for the exact kinds (where a
+selector forces FAISS's slow per-query scan), a scan of just the allowed rows for a selective filter
+or ``wider`` for a broad one (:func:`index.exact.filter_plan`). Approximate kinds can come back short of
+``k`` (a tight filter, or too few vectors in the probed lists): those rows are searched again with 4x
+``nprobe`` / ``efSearch`` until complete or the whole index has been scanned.
 """
 
 from __future__ import annotations
@@ -32,21 +37,11 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index import exact
 from index.backends import UNIT_TOLERANCE, VectorBackend, check_in_blocks, pad_results, search_wider
 from index.errors import CorruptGalleryError, GalleryError
+from index.faiss_config import DEFAULT_THREADS, SINGLE_THREAD_WORK, set_search_threads
 from index.gpu import GPU_MAX_K, GpuMirror, gpu_count
-
-# FAISS parallelises even a single query over the database with OpenMP. For small searches the
-# barrier costs more than the scan, and far more on a busy machine where a thread gets descheduled
-# (about 25 ms instead of < 1 ms for one query over 1k items, benchmarks/end_to_end.py). Below this many
-# query x item pairs a search runs on the calling thread alone; omp_set_num_threads only changes the
-# calling thread's setting, so concurrent searches in other threads are unaffected.
-_SINGLE_THREAD_WORK = 20_000
-_DEFAULT_THREADS = faiss.omp_get_max_threads()
-
-
-def _set_search_threads(work: int) -> None:
-    faiss.omp_set_num_threads(1 if work <= _SINGLE_THREAD_WORK else _DEFAULT_THREADS)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +56,9 @@ SEARCH_PARAMS = {"nprobe", "ef_search"}
 _IVF = {"ivf_flat", "ivf_pq"}
 _TRAIN_POINTS_PER_CENTROID = 64
 _GPU_KINDS = {"flat", "flat_fp16", "ivf_flat", "ivf_pq"}  # FAISS has no GPU HNSW (CAGRA is a different index)
+# Exact kinds whose small batches are split between threads by index.exact (FAISS's fp32 flat search
+# does this itself since 1.14.2; its scalar quantizer does not).
+_SPLIT_KINDS = {"flat_fp16"}
 _EXPECTED_TYPE = {"flat": "IndexFlatIP", "flat_fp16": "IndexScalarQuantizer", "ivf_flat": "IndexIVFFlat",
                   "ivf_pq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
 
@@ -401,15 +399,30 @@ class FaissBackend(VectorBackend):
 
     # ----------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *,
-               use_selector: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               use_selector: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self._gpu is not None and self._index is not None and not self._gpu.failed:
             answer = self._search_gpu(queries, k, allowed_ids)
             if answer is not None:
                 return answer
-        if allowed_ids is None or use_selector:
+        if allowed_ids is None:
+            return self._search_cpu(queries, k, None)
+        if use_selector is None:  # filter_mode "auto"
+            if not self.exact or self._index is None:
+                return self._search_cpu(queries, k, allowed_ids)
+            if exact.filter_plan(len(allowed_ids), len(self), self.dim) == "subset":
+                return self._search_subset(queries, k, allowed_ids)
+        elif use_selector:
             return self._search_cpu(queries, k, allowed_ids)
         scores, ids, _ = search_wider(lambda q, kk: self._search_cpu(q, kk, None), queries, k, allowed_ids, len(self))
         return scores, ids
+
+    def _search_subset(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact kinds, selective filter: FAISS over the allowed rows only (see :mod:`index.exact`)."""
+        id_map = exact.id_map_view(self._index)
+        positions = exact.allowed_positions(id_map, allowed_ids)
+        set_search_threads(len(queries) * len(positions))
+        scores, found = exact.subset_search(faiss.downcast_index(self._index.index), positions, queries, k)
+        return pad_results(scores, exact.to_ids(id_map, found), k)
 
     def _search_gpu(self, queries: np.ndarray, k: int,
                     allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -468,8 +481,14 @@ class FaissBackend(VectorBackend):
             inner = _batch_selector(self._deleted)
             keep_alive.append(inner)
             selector = faiss.IDSelectorNot(inner)
+        work = len(queries) * n_candidates
+        if selector is None and self.kind in _SPLIT_KINDS and len(queries) < DEFAULT_THREADS < n_candidates \
+                and work > SINGLE_THREAD_WORK:
+            # fewer queries than threads: FAISS's fp16 scan would use one core (index.exact)
+            scores, found = exact.split_search(faiss.downcast_index(index.index), queries, need, DEFAULT_THREADS)
+            return pad_results(scores, exact.to_ids(exact.id_map_view(index), found), k)
         make_params = self._params_factory(index, selector)
-        _set_search_threads(len(queries) * n_candidates)
+        set_search_threads(work)
         scale = 1
         scores, ids = index.search(queries, need, params=make_params(scale))
         while not self.exact and self._index is not None:

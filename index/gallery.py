@@ -51,6 +51,9 @@ from index.validate import as_cameras, as_ids, as_k, as_time_range, check_scores
 
 log = logging.getLogger(__name__)
 
+# filter_mode -> the backends' use_selector (None: the backend picks; see index.faiss_backend).
+_USE_SELECTOR = {"auto": None, "selector": True, "wider": False}
+
 
 def _same_dir(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
@@ -98,8 +101,8 @@ class Gallery:
 
         Args:
             dim: descriptor size (1536 for the paper's 6x256 model).
-            kind: ``flat`` (exact, default), ``flat_fp16``, ``flat_blas`` (exact, fastest on CPU at
-                batch > 1), ``ivf_flat``, ``ivf_pq`` or ``hnsw``.
+            kind: ``flat`` (exact, default), ``flat_fp16`` (exact on fp16 storage), ``ivf_flat``,
+                ``ivf_pq`` or ``hnsw``.
             fingerprint: the model fingerprint (sha256 of the ONNX file); loading checks it.
             family: the fingerprint of the fp32 model the indexing model computes (an INT8 model's
                 parent; default: ``fingerprint``): other members of the family may query the gallery.
@@ -149,7 +152,8 @@ class Gallery:
                 one warning, and :attr:`mixed_precision` is True).
             family: the querying model's family (see :meth:`create`).
             dim: the querying model's descriptor size; must equal the saved one (when given).
-            kind: reopen a ``flat`` gallery as ``flat_blas`` or the reverse (same file format).
+            kind: the kind expected (an error if the saved one differs); ``flat_blas``, a removed
+                kind, is accepted as ``flat``, and galleries saved as ``flat_blas`` open as ``flat``.
             **options: runtime options (``device``, ``gpu_fp16``, ``filter_mode``) and search-time
                 parameters (``nprobe``, ``ef_search``); build options cannot change after creation.
             backend: when given, the backend the gallery must have (``"faiss"`` or ``"milvus"``); the
@@ -545,7 +549,7 @@ class Gallery:
             allowed = None if cams is None and window is None else self._store.select_ids(cams, window)
             if len(self._backend) == 0 or (allowed is not None and allowed.size == 0):
                 return (np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64))
-            scores, ids = self._backend.search(q, k, allowed, use_selector=self._runtime["filter_mode"] != "wider")
+            scores, ids = self._backend.search(q, k, allowed, use_selector=_USE_SELECTOR[self._runtime["filter_mode"]])
         return check_scores(scores, ids, clip=self._backend.estimated_scores, where=self._directory or "gallery")
 
     def get(self, ids: Any, *, missing: str = "error") -> list[dict[str, Any] | None]:

@@ -27,11 +27,12 @@ from index.errors import CorruptGalleryError, GalleryError
 from index.faiss_backend import SEARCH_PARAMS, resolve_options
 from index.manifest import MANIFEST
 from index.metadata import MetadataStore
-from index.registry import KINDS, RUNTIME_DEFAULTS, check_kind, load_backend, split_options
+from index.registry import KIND_ALIASES, KINDS, RUNTIME_DEFAULTS, check_kind, load_backend, split_options
 
 log = logging.getLogger(__name__)
 
-# Kinds that share one file format and can be reopened as each other (Gallery.load(kind=...)).
+# Kind names that share one file format and can be reopened as each other (Gallery.load(kind=...)):
+# ``flat_blas`` is now an alias of ``flat`` (index.registry.KIND_ALIASES).
 INTERCHANGEABLE = {"flat", "flat_blas"}
 
 
@@ -82,30 +83,36 @@ def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, opti
     Args:
         directory: the gallery directory.
         manifest: its validated manifest.
-        kind: reopen as this kind (``flat`` <-> ``flat_blas``), or None for the saved kind.
+        kind: reopen as this kind, or None for the saved kind (``flat_blas``, a removed kind, names ``flat``).
         options: runtime options and search-time parameters given to ``Gallery.load``.
     """
     manifest_path = Path(directory) / MANIFEST
-    if manifest["kind"] not in KINDS:
-        raise CorruptGalleryError(manifest_path, f"field 'kind' is {manifest['kind']!r}; valid kinds: "
-                                                 f"{', '.join(KINDS)}")
     saved_kind = manifest["kind"]
-    kind = saved_kind if kind is None else check_kind(kind)
-    if kind != saved_kind and not {kind, saved_kind} <= INTERCHANGEABLE:
-        raise GalleryError(f"gallery {directory} is a {saved_kind!r} index; it can only be reopened as "
-                           f"another kind between {sorted(INTERCHANGEABLE)}")
+    if saved_kind not in KINDS and saved_kind not in KIND_ALIASES:
+        raise CorruptGalleryError(manifest_path, f"field 'kind' is {saved_kind!r}; valid kinds: "
+                                                 f"{', '.join(KINDS)}")
+    if saved_kind in KIND_ALIASES:
+        log.warning("gallery %s was saved with kind %r, which no longer exists; opening it as %r (the same file "
+                    "format, the same exact results); its next save records %r", directory, saved_kind,
+                    KIND_ALIASES[saved_kind], KIND_ALIASES[saved_kind])
+    saved_kind = KIND_ALIASES.get(saved_kind, saved_kind)
+    if kind is not None:
+        asked = KIND_ALIASES[kind] if kind in KIND_ALIASES else check_kind(kind)
+        if asked != saved_kind and not {asked, saved_kind} <= INTERCHANGEABLE:
+            raise GalleryError(f"gallery {directory} is a {saved_kind!r} index; it can only be reopened as "
+                               f"another kind between {sorted(INTERCHANGEABLE)}")
+    kind = saved_kind  # the interchangeable names are one kind now
     search_params = {k: v for k, v in options.items() if k in SEARCH_PARAMS}
     bad = set(options) - set(RUNTIME_DEFAULTS) - SEARCH_PARAMS
     if bad:
         raise GalleryError(f"option(s) {sorted(bad)} cannot be given to load(); valid: "
                            f"{', '.join(sorted(set(RUNTIME_DEFAULTS) | SEARCH_PARAMS))}")
     _, runtime = split_options(kind, {k: v for k, v in options.items() if k in RUNTIME_DEFAULTS})
-    saved_options = manifest["options"] if kind == saved_kind else {}
-    if saved_kind != "flat_blas":
-        try:
-            resolve_options(saved_kind, manifest["options"])
-        except GalleryError as exc:
-            raise CorruptGalleryError(manifest_path, f"field 'options' is invalid: {exc}") from None
+    saved_options = manifest["options"]
+    try:
+        resolve_options(saved_kind, saved_options)
+    except GalleryError as exc:
+        raise CorruptGalleryError(manifest_path, f"field 'options' is invalid: {exc}") from None
     started = time.perf_counter()
     (index_path, db_path), checksummed = persist.verified_data(directory, manifest)
     if not checksummed:

@@ -1,6 +1,6 @@
 """Index kinds by name, and which options belong to the backend, the runtime or the gallery.
 
-A flat name -> class dict (torchvision's ``register_model`` idea, without the decorator): the six
+A flat name -> class dict (torchvision's ``register_model`` idea, without the decorator): the five
 kinds are listed once here and every error that rejects a kind names them.
 """
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from index.backends import VectorBackend
-from index.blas_backend import BlasFlatBackend
 from index.errors import GalleryError
 from index.faiss_backend import DEFAULTS as FAISS_DEFAULTS
 from index.faiss_backend import FaissBackend
@@ -18,12 +17,15 @@ from index.faiss_backend import FaissBackend
 KINDS: dict[str, type] = {
     "flat": FaissBackend,
     "flat_fp16": FaissBackend,
-    "flat_blas": BlasFlatBackend,
     "ivf_flat": FaissBackend,
     "ivf_pq": FaissBackend,
     "hnsw": FaissBackend,
 }
-EXACT_KINDS = ("flat", "flat_fp16", "flat_blas")
+EXACT_KINDS = ("flat", "flat_fp16")
+# Removed kinds that saved galleries may still name, and the kind that now reads their files.
+# ``flat_blas`` (a numpy GEMM search over the same IndexIDMap2(IndexFlatIP) file as ``flat``) went when
+# ``flat`` itself reached GEMM speed through FAISS's BLAS threshold (index.faiss_config, issue 18).
+KIND_ALIASES: dict[str, str] = {"flat_blas": "flat"}
 # Where a gallery's vectors live: an in-process FAISS index, or a Milvus collection (index/milvus_*.py,
 # imported only when asked for, so pymilvus stays an optional extra).
 BACKENDS = ("faiss", "milvus")
@@ -33,6 +35,9 @@ FILTER_MODES = ("auto", "selector", "wider")
 
 
 def check_kind(kind: Any) -> str:
+    if isinstance(kind, str) and kind in KIND_ALIASES:
+        raise GalleryError(f"index kind {kind!r} was removed: kind {KIND_ALIASES[kind]!r} searches as fast now "
+                           f"(FAISS's BLAS path, index.faiss_config); valid kinds: {', '.join(KINDS)}")
     if kind not in KINDS:
         raise GalleryError(f"unknown index kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     return kind

@@ -146,7 +146,7 @@ class GalleryStatsResponse(BaseModel):
 
     size: int = Field(description="items in the gallery")
     dim: int = Field(description="descriptor length the gallery stores")
-    kind: str = Field(description="index kind: flat (exact), flat_fp16, flat_blas, ivf_flat, ivf_pq or hnsw")
+    kind: str = Field(description="index kind: flat (exact), flat_fp16, ivf_flat, ivf_pq or hnsw")
     fingerprint: str | None = Field(None, description="fingerprint of the model the gallery was built with")
     model_fingerprint: str = Field(description="fingerprint of the model the server runs (equal to the above)")
     cameras: dict[str, int] = Field(description="items per camera (keys are camera ids)")

@@ -228,7 +228,7 @@ def test_approximate_kinds_reach_a_recall_floor(make: Factory, kind: str, tmp_pa
 # ----------------------------------------------------------------- milvus-specific errors
 def test_milvus_arguments_are_checked(milvus_db: Path, tmp_path: Path) -> None:
     with pytest.raises(GalleryError, match="valid kinds: flat, ivf_flat, ivf_pq, hnsw"):
-        Gallery.create(DIM, "flat_blas", backend="milvus", uri=milvus_db)
+        Gallery.create(DIM, "flat_fp16", backend="milvus", uri=milvus_db)
     with pytest.raises(GalleryError, match="needs uri="):
         Gallery.create(DIM, backend="milvus")
     with pytest.raises(GalleryError, match="valid options"):

@@ -1,7 +1,7 @@
 """The search benchmark runs end to end at toy size, and the shared benchmark helpers compute right.
 
 (The benchmark's numbers are measured by running it, never asserted here; these tests check that
-it runs, writes its three files, and that its exact kinds agree with its numpy reference.)
+it runs, writes its three files, and that its exact rows agree with its numpy reference.)
 """
 
 from __future__ import annotations
@@ -15,21 +15,30 @@ from benchmarks import search as search_bench
 
 
 def test_search_benchmark_tiny_run(tmp_path) -> None:
-    rc = search_bench.main(["--sizes", "300,600", "--dim", "32", "--b1-queries", "3", "--b64-batches", "1",
-                            "--out", str(tmp_path), "--no-progress"])
+    rc = search_bench.main(["--size", "600", "--approx-sizes", "300,600", "--dim", "32", "--b1-queries", "3",
+                            "--b64-batches", "1", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     payload = json.loads((tmp_path / "search.json").read_text())
-    rows = payload["results"]["rows"]
+    results = payload["results"]
+    exact = results["exact"]
+    names = [r["row"] for r in exact["rows"]]
+    assert names[0].startswith("numpy GEMM") and {"Gallery flat", "Gallery flat_fp16"} <= set(names)
+    assert sum("filter" in n for n in names) == 3
+    for row in exact["rows"]:
+        assert row["b1_ms_per_query"] > 0 and row["b64_ms_per_query"] > 0
+        if not row["row"].startswith("Gallery flat_fp16"):  # fp16 rounding may swap near-ties
+            assert row["agreement_with_reference"] == pytest.approx(1.0), row["row"]
+    assert all(c > 0 for c in exact["ceilings"].values())
+    assert {t["target"].split()[0] for t in exact["targets"]} >= {"flat", "flat_fp16", "filter"}
+    assert [r["batch"] for r in exact["threshold_sweep"]][:2] == [1, 2]
+    rows = results["rows"]
     assert {(r["size"], r["kind"]) for r in rows} == {(n, k) for n in (300, 600) for k in search_bench.ORDER}
     for row in rows:
         assert row["b1_ms_p50"] > 0 and row["b64_ms_per_query"] > 0 and 0 <= row["recall_at_10"] <= 1
-        if row["kind"] in ("flat", "flat_blas"):
-            assert row["recall_at_10"] == pytest.approx(1.0) and row["b64_gflops"] > 0
-    refs = payload["results"]["hardware_reference"]
-    assert [r["size"] for r in refs] == [300, 600] and all(r["sgemm_gflops"] > 0 for r in refs)
     assert payload["machine"]["cpu"] and payload["machine"]["command"].startswith("python")
     md = (tmp_path / "search.md").read_text()
-    assert "| size | kind | device |" in md and "Hardware reference" in md and "## Machine" in md
+    assert "## Exact search" in md and "### Ceilings" in md and "### README table" in md and "## Machine" in md
+    assert "| size | kind | device |" in md
     assert (tmp_path / "search.png").stat().st_size > 1000
 
 

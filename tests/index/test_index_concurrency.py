@@ -16,7 +16,7 @@ def _camera(ids: np.ndarray) -> np.ndarray:
     return ids % 4 + 1  # every item's camera follows from its id, so any result can be checked
 
 
-@pytest.mark.parametrize("kind", ["flat", "flat_blas", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "flat_fp16", "hnsw"])
 def test_concurrent_search_add_remove(kind: str, tmp_path) -> None:
     dim, rng = 16, np.random.default_rng(0)
     gallery = Gallery.create(dim, kind)

@@ -95,7 +95,7 @@ def test_enospc_at_every_write_step_leaves_memory_equal_to_disk(change: str, tmp
     assert all(o == "saved" for _, o in outcomes[commit + 1:]), outcomes  # after the commit: it is on disk
 
 
-@pytest.mark.parametrize("kind", ["flat", "flat_fp16", "flat_blas", "hnsw", "ivf_flat", "ivf_pq"])
+@pytest.mark.parametrize("kind", ["flat", "flat_fp16", "hnsw", "ivf_flat", "ivf_pq"])
 def test_an_undone_removal_puts_back_the_same_items(kind: str, tmp_path: Path) -> None:
     template, x = _template(tmp_path, kind)
     gallery = Gallery.load(template)

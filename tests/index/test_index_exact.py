@@ -1,4 +1,4 @@
-"""Exact kinds against a float64 numpy brute force, and the camera / time filters (both paths)."""
+"""Exact kinds against a float64 numpy brute force, and the camera / time filters (every path)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from index_helpers import brute_force, meta
 
-from index import Gallery
+from index import Gallery, exact
 
-EXACT = ["flat", "flat_blas", "flat_fp16"]
+EXACT = ["flat", "flat_fp16"]
 # fp16 storage rounds each component to 11 significant bits: scores move by ~1e-3, so it is
 # compared on scores only (ranks of near-ties can swap); float32 kinds also on ids.
-SCORE_TOL = {"flat": 1e-5, "flat_blas": 1e-5, "flat_fp16": 2e-3}
+SCORE_TOL = {"flat": 1e-5, "flat_fp16": 2e-3}
 
 
 def _gallery(kind: str, x: np.ndarray, cameras: np.ndarray, **options) -> Gallery:
@@ -67,7 +67,7 @@ def test_single_vector_query_and_empty_gallery() -> None:
 
 
 @pytest.mark.parametrize("kind", EXACT)
-@pytest.mark.parametrize("filter_mode", ["selector", "wider"])
+@pytest.mark.parametrize("filter_mode", ["auto", "selector", "wider"])
 def test_camera_filter_returns_exactly_k_from_that_camera(kind: str, filter_mode: str, data) -> None:
     x, q, cameras = data
     gallery = _gallery(kind, x, cameras, filter_mode=filter_mode)
@@ -84,7 +84,7 @@ def test_camera_filter_returns_exactly_k_from_that_camera(kind: str, filter_mode
         assert {m["camera"] for m in got} <= set(np.atleast_1d(wanted).tolist())
 
 
-@pytest.mark.parametrize("filter_mode", ["selector", "wider"])
+@pytest.mark.parametrize("filter_mode", ["auto", "selector", "wider"])
 def test_rare_camera_and_time_range(filter_mode: str, data) -> None:
     x, q, cameras = data
     cameras = cameras.copy()
@@ -113,7 +113,7 @@ def test_items_without_timestamp_never_match_a_time_range() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 40), dim=st.integers(1, 9), k=st.integers(1, 50), seed=st.integers(0, 2**16),
-       kind=st.sampled_from(["flat", "flat_blas"]))
+       kind=st.sampled_from(["flat"]))
 def test_property_exact_search_matches_numpy(n: int, dim: int, k: int, seed: int, kind: str) -> None:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim)).astype(np.float32) + 0.01
@@ -129,3 +129,56 @@ def test_property_exact_search_matches_numpy(n: int, dim: int, k: int, seed: int
     xs = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     qs = q / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)
     np.testing.assert_allclose(np.take_along_axis(qs @ xs.T, ids[:, :width], axis=1), ref_s, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def large() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Big enough for every FAISS path: > SINGLE_THREAD_WORK pairs at batch 1, sgemm from batch 2 at d=1536."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((24_000, 32)).astype(np.float32)
+    q = rng.standard_normal((200, 32)).astype(np.float32)
+    return x, q, rng.integers(1, 21, len(x))  # 20 cameras: one is 5 % of the gallery
+
+
+@pytest.mark.parametrize("kind", EXACT)
+@pytest.mark.parametrize("batch", [1, 3, 200])
+def test_every_search_path_equals_brute_force(kind: str, batch: int, large) -> None:
+    """Batch 1 (FAISS's split over threads, or index.exact's), small batches (per-query scan), 200 x 32
+    floats (sgemm): the same top-k; and filters of 5 % (scan of the allowed rows) and 95 % (search
+    wider) of the gallery against brute force over the allowed items."""
+    x, q, cameras = large
+    gallery = _gallery(kind, x, cameras)
+    q = q[:batch]
+    scores, ids = gallery.search(q, 10)
+    ref_s, ref_i = brute_force(x, q, 10)
+    np.testing.assert_allclose(scores, ref_s, atol=SCORE_TOL[kind])
+    if kind != "flat_fp16":
+        np.testing.assert_array_equal(ids, ref_i)
+    for wanted in ([7], [c for c in range(1, 21) if c != 7]):
+        allowed = np.isin(cameras, wanted)
+        plan = exact.filter_plan(int(allowed.sum()), len(x), x.shape[1])
+        assert plan == ("subset" if len(wanted) == 1 else "wider")
+        scores, ids = gallery.search(q, 10, cameras=wanted)
+        ref_s, ref_i = brute_force(x[allowed], q, 10, ids=np.flatnonzero(allowed))
+        np.testing.assert_allclose(scores, ref_s, atol=SCORE_TOL[kind])
+        assert np.all(np.isin(cameras[ids], wanted))
+        if kind != "flat_fp16":
+            np.testing.assert_array_equal(ids, ref_i)
+
+
+def test_split_search_merges_ranges_like_one_scan(large) -> None:
+    """index.exact.split_search over 1..5 ranges returns one scan's answer (positions, best first)."""
+    import faiss
+
+    x, q, _ = large
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(xn[:1000])
+    qn = q[:2] / np.linalg.norm(q[:2], axis=1, keepdims=True)
+    ref_s, ref_i = brute_force(xn[:1000], qn, 7)
+    for parts in (1, 2, 5):
+        scores, positions = exact.split_search(flat, qn, 7, parts)
+        np.testing.assert_array_equal(positions, ref_i)
+        np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    scores, positions = exact.split_search(flat, qn, 1500, 3)  # more than stored: padded
+    assert (positions[:, 1000:] == -1).all() and np.isneginf(scores[:, 1000:]).all()

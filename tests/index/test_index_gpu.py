@@ -65,8 +65,6 @@ def test_explicit_gpu_without_gpu_is_an_error() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(GalleryError, match="FAISS sees no GPU"):
         Gallery.create(8, device="gpu")
-    with pytest.raises(GalleryError, match="CPU only"):
-        Gallery.create(8, "flat_blas", device="gpu")
 
 
 @pytest.mark.gpu

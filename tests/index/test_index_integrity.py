@@ -260,7 +260,7 @@ def test_damage_in_memory_is_never_answered(tmp_path: Path) -> None:
     assert np.isfinite(scores).all() and 0 not in ids
 
 
-@pytest.mark.parametrize(("kind", "options"), [("flat", {}), ("flat_fp16", {}), ("flat_blas", {}), ("hnsw", {}),
+@pytest.mark.parametrize(("kind", "options"), [("flat", {}), ("flat_fp16", {}), ("hnsw", {}),
                                                ("ivf_flat", {"train_size": 200}),
                                                ("ivf_pq", {"train_size": 300, "m": 4, "nbits": 4})])
 def test_scores_are_finite_cosines(kind: str, options: dict) -> None:

@@ -7,7 +7,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from index_helpers import clustered
+from index_helpers import brute_force, clustered
 
 from index import KINDS, Gallery, GalleryError
 from index.persist import INDEX_FILE, METADATA_FILE, read_manifest
@@ -186,15 +186,30 @@ def test_not_a_gallery(tmp_path) -> None:
         Gallery.load(tmp_path / "bad")
 
 
-def test_flat_reopens_as_flat_blas_and_back(tmp_path) -> None:
+def test_a_flat_blas_gallery_loads_as_flat_with_one_warning(tmp_path, caplog) -> None:
+    """``flat_blas`` (removed in issue 18) wrote the ``flat`` file format: such galleries open as ``flat``."""
     x, q = clustered(300, 16, seed=2, n_queries=4)
     gallery = Gallery.create(16, "flat")
     gallery.add(x, _items(300))
     gallery.save(tmp_path / "g")
-    blas = Gallery.load(tmp_path / "g", kind="flat_blas")
-    assert blas.kind == "flat_blas"
-    np.testing.assert_array_equal(blas.search(q, 5)[1], gallery.search(q, 5)[1])
-    blas.save(tmp_path / "b")
-    assert Gallery.load(tmp_path / "b", kind="flat").kind == "flat"
+    manifest_path = tmp_path / "g" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["kind"] = "flat_blas"  # what a gallery saved with the old kind says
+    manifest_path.write_text(json.dumps(manifest))
+    with caplog.at_level("INFO", logger="index.loading"):
+        old = Gallery.load(tmp_path / "g")
+    notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(notes) == 1 and "kind 'flat_blas'" in notes[0] and "opening it as 'flat'" in notes[0]
+    assert old.kind == "flat" and old.stats()["kind"] == "flat"
+    np.testing.assert_array_equal(old.search(q, 5)[1], gallery.search(q, 5)[1])
+    np.testing.assert_array_equal(old.search(q, 5)[1], brute_force(x, q, 5)[1])
+    old.save(tmp_path / "b")
+    assert read_manifest(tmp_path / "b")["kind"] == "flat", "the next save records the kind that exists"
+    old.close()
+    for asked in ("flat", "flat_blas"):  # the old name is accepted by load(kind=...) as an alias
+        assert Gallery.load(tmp_path / "g", kind=asked).kind == "flat"
+        assert Gallery.load(tmp_path / "b", kind=asked).kind == "flat"
     with pytest.raises(GalleryError, match="can only be reopened"):
         Gallery.load(tmp_path / "g", kind="hnsw")
+    with pytest.raises(GalleryError, match="'flat_blas' was removed.*valid kinds: flat, flat_fp16"):
+        Gallery.create(16, "flat_blas")
