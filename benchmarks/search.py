@@ -12,7 +12,9 @@ the numpy GEMM + argpartition reference, FAISS's IndexFlatIP at its default BLAS
 targets checked.
 
 Part 2: every approximate kind (``--kinds``) at each of ``--approx-sizes``, ms/query at batch 1
-and 64 and recall@10 against exact numpy top-10. A kind whose estimated build time (extrapolated
+and 64 and recall@10 against exact numpy top-10; with ``--target-recall R`` each is tuned after its
+build (``Gallery.tune``: the cheapest ``nprobe`` / ``ef_search`` whose recall@10 on 1,000 held-out
+gallery items reaches R), and the tuned recall is checked on the benchmark's own queries. A kind whose estimated build time (extrapolated
 from the previous size) exceeds ``--max-build-s`` is skipped and reported as such.
 
 Data: random descriptors drawn around N/10 random centres (N(0,1) centres, N(0,1) noise: ~10
@@ -67,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--b1-queries", type=int, default=30, help="batch-1 searches timed per row")
     parser.add_argument("--b64-batches", type=int, default=4, help="batch-64 searches timed (and used for recall)")
     parser.add_argument("--max-build-s", type=float, default=300.0, help="skip a kind whose build would take longer")
+    parser.add_argument("--target-recall", type=float, default=None,
+                        help="tune each approximate kind to this held-out recall@10 after building (Gallery.tune)")
     parser.add_argument("--quick", action="store_true", help="10,000 items, fewer queries: a ~1 minute check")
     parser.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     parser.add_argument("--name", default="search", help="results file stem")
@@ -114,6 +118,8 @@ def bench_kind(kind: str, device: str, x: np.ndarray, q: np.ndarray, truth: np.n
     for lo in range(0, n, 50_000):  # add in chunks, as the indexing job does
         gallery.add(x[lo:lo + 50_000], metadata[lo:lo + 50_000])
     build_s = time.perf_counter() - start
+    tune = args.target_recall is not None and gallery.stats()["trained"]  # untrained IVF searches exactly
+    tuned = gallery.tune(args.target_recall) if tune else None
     singles = itertools.cycle(q)
     b1_samples = _machine.time_calls(lambda: gallery.search(next(singles), K), repeat=args.b1_queries)
     found = []
@@ -129,7 +135,9 @@ def bench_kind(kind: str, device: str, x: np.ndarray, q: np.ndarray, truth: np.n
     recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found_ids, truth)]))
     b1s, b64s = _machine.summarize(b1_samples), _machine.summarize(b64_samples)
     stats = gallery.stats()
-    return {"size": n, "kind": kind, "device": stats["device"], "build_s": build_s,
+    tuning = {} if tuned is None else {"target_recall": tuned["target_recall"], "held_out_recall": tuned["recall"],
+                                       "tune_s": tuned["seconds"]}
+    return {"size": n, "kind": kind, "device": stats["device"], "build_s": build_s, **tuning,
             "b1_ms_p50": b1s["p50_ms"], "b1_ms_p95": b1s["p95_ms"],
             "b64_ms_per_query": b64s["p50_ms"] / 64, "recall_at_10": recall, "approx_mb": stats["approx_bytes"] / 2**20,
             "options": ", ".join(f"{k}={v}" for k, v in stats["options"].items() if k != "train_size")}
@@ -212,7 +220,8 @@ def report(results: dict[str, Any]) -> str:
     sweep = _machine.markdown_table(ex["threshold_sweep"], ["batch", "scan_ms_per_query", "sgemm_ms_per_query",
                                                              "faster"])
     approx = _machine.markdown_table(results["rows"], ["size", "kind", "device", "b1_ms_p50", "b1_ms_p95",
-                                                       "b64_ms_per_query", "recall_at_10", "build_s", "approx_mb",
+                                                       "b64_ms_per_query", "recall_at_10", "target_recall",
+                                                       "held_out_recall", "build_s", "tune_s", "approx_mb",
                                                        "options"]) if results["rows"] else "(not run)"
     skipped = "".join(f"\n- {s['kind']} ({s['device']}) at N={s['size']}: skipped, estimated build "
                       f"{s['estimated_build_s']:.0f} s > --max-build-s" for s in results["skipped"])

@@ -63,6 +63,11 @@ class VectorBackend(abc.ABC):
             from index.errors import GalleryError
             raise GalleryError(f"kind {self.kind!r} has no search-time parameters, got {sorted(params)}")
 
+    def tune(self, target: float, k: int = 10, sample: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """Set search parameters to reach a recall target (approximate kinds; see :mod:`index.tuning`)."""
+        from index.errors import GalleryError
+        raise GalleryError(f"kind {self.kind!r} has no search parameters to tune")
+
     @abc.abstractmethod
     def __len__(self) -> int:
         """The number of vectors stored."""

@@ -37,7 +37,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index import exact
+from index import exact, tuning
 from index.backends import UNIT_TOLERANCE, VectorBackend, check_in_blocks, pad_results, search_wider
 from index.errors import CorruptGalleryError, GalleryError
 from index.faiss_config import DEFAULT_THREADS, SINGLE_THREAD_WORK, set_search_threads
@@ -106,6 +106,7 @@ class FaissBackend(VectorBackend):
         self._index: faiss.IndexIDMap2 | None = None
         self._staging: faiss.IndexIDMap2 | None = None
         self._deleted = np.zeros(0, dtype=np.int64)  # hnsw tombstones, sorted
+        self._tuning: dict[str, Any] | None = None  # the last recall-target tuning (index.tuning)
         if kind in _IVF:
             self._staging = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         else:
@@ -191,6 +192,7 @@ class FaissBackend(VectorBackend):
         backend._options = resolve_options(kind, options)
         backend._index, backend._staging = index, None
         backend._deleted = np.unique(np.asarray(state.get("deleted_ids", []), dtype=np.int64))
+        backend._tuning = state.get("tuning") if isinstance(state.get("tuning"), dict) else None
         if kind in _IVF and inner == "IndexFlatIP":
             backend._index, backend._staging = None, index  # saved before it had enough vectors to train
         elif inner != _EXPECTED_TYPE[kind]:
@@ -527,7 +529,10 @@ class FaissBackend(VectorBackend):
     # ----------------------------------------------------------------- persistence
     def serialize(self, path: Path) -> dict[str, Any]:
         faiss.write_index(self._index if self._index is not None else self._staging, str(path))
-        return {"deleted_ids": self._deleted.tolist()} if len(self._deleted) else {}
+        state: dict[str, Any] = {"deleted_ids": self._deleted.tolist()} if len(self._deleted) else {}
+        if self._tuning is not None:
+            state["tuning"] = self._tuning
+        return state
 
     def stats(self) -> dict[str, Any]:
         n, d = len(self), self.dim
@@ -537,7 +542,54 @@ class FaissBackend(VectorBackend):
         out = {"device": self.device, "trained": self.is_trained, "approx_bytes": int(bytes_)}
         if self.kind == "hnsw":
             out["tombstones"] = len(self._deleted)
+        if self._tuning is not None:
+            out["tuning"] = dict(self._tuning)
         return out
+
+    # ----------------------------------------------------------------- recall target
+    def tune(self, target: float, k: int = 10, sample: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """Set ``nprobe`` / ``ef_search`` to the cheapest value whose held-out recall@k reaches ``target``.
+
+        See :mod:`index.tuning`. Returns the record also kept in :meth:`stats` and saved with the gallery.
+        """
+        if self.exact:
+            raise GalleryError(f"kind {self.kind!r} is exact (recall 1): it has no search parameters to tune")
+        if self._index is None:
+            raise GalleryError(f"this {self.kind} gallery is not trained yet (it searches exactly until it holds "
+                               f"{self._options['train_size']} items, or train() is called): nothing to tune")
+        id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        live = np.flatnonzero(~np.isin(id_map, self._deleted)) if len(self._deleted) else np.arange(len(id_map))
+        if len(live) <= k + 1:
+            raise GalleryError(f"tuning needs more than k + 1 = {k + 1} items, the gallery holds {len(live)}")
+        rows = np.sort(np.random.default_rng(seed).choice(live, size=min(sample, len(live)), replace=False))
+        ids = id_map[rows]
+        queries = np.ascontiguousarray(self.reconstruct(ids), dtype=np.float32)
+        inner = faiss.downcast_index(self._index.index)
+        nlist = int(faiss.extract_index_ivf(inner).nlist) if self.kind in _IVF else None
+        set_search_threads(len(queries) * len(live))
+
+        def search(q: np.ndarray, kk: int, value: int) -> np.ndarray:
+            params = faiss.SearchParametersIVF() if nlist else faiss.SearchParametersHNSW()
+            if nlist:
+                params.nprobe = value
+            else:
+                params.efSearch = max(value, kk)
+            return self._index.search(q, kk, params=params)[1]
+
+        if nlist:
+            truth = lambda q, kk: search(q, kk, nlist)  # noqa: E731 - every list: exhaustive
+        else:
+            exhaustive = tuning.exhaustive_hnsw(inner)
+            truth = lambda q, kk: exact.to_ids(id_map, exhaustive(q, kk))  # noqa: E731
+        record = tuning.tune(search, truth, queries, ids, self.kind, nlist, tuning.check_target(target), k)
+        record["count"] = len(live)
+        record["truth"] = {"ivf_flat": "exhaustive (nprobe = nlist): exact", "hnsw": "exact (the graph's flat storage)",
+                           "ivf_pq": "exhaustive over the PQ codes (nprobe = nlist): PQ's own error is not counted"
+                           }[self.kind]
+        self._options[record["param"]] = record["value"]
+        self._apply_search_params()
+        self._tuning = record
+        return record
 
 
 class _GpuGaveUp(Exception):

@@ -521,6 +521,19 @@ class Gallery:
         with self._lock.write():
             self._backend.set_search_params(**params)
 
+    def tune(self, target_recall: float, *, k: int = 10, sample: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """Pick ``nprobe`` (IVF) or ``ef_search`` (HNSW) to reach ``target_recall`` (recall@k), measured now.
+
+        The queries are ``sample`` of the gallery's own items, each held out of its own answer, against
+        the index's exhaustive search (:mod:`index.tuning`). The parameter is set for later searches and
+        saves; the record (target, measured recall, value, sample) is in :meth:`stats` and the manifest.
+
+        Raises:
+            GalleryError: an exact kind, an untrained IVF gallery, too few items, or a target outside (0, 1].
+        """
+        with self._lock.write():
+            return dict(self._backend.tune(target_recall, as_k(k), int(sample), int(seed)))
+
     # ----------------------------------------------------------------- queries
     def search(self, queries: Any, k: int, cameras: Any = None, *,
                time_range: Any = None) -> tuple[np.ndarray, np.ndarray]:
