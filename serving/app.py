@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from serving.api import api_router, pages, thumbnails
+from serving.api.fast_search import SearchFastPath
 from serving.core.config import KIB, Settings, get_settings
 from serving.core.errors import install_error_handlers
 from serving.core.middleware import RequestContext
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     app.state.startup_error = None
     app.state.shutdown_report = {}
     app.state.counters = {"cancelled": 0}
-    app.dependency_overrides[get_settings] = lambda: settings
+    # Routes read these through serving.deps.app_settings; no dependency_overrides (see serving/deps.py).
 
     def body_limit(method: str, path: str) -> int:
         kind = _UPLOAD_ROUTES.get((method, path.rstrip("/") or "/"))
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
             return _SMALL_BODY
         return settings.body_limit(1 if kind == "single" else settings.max_images_per_request)
 
+    # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to both.
+    app.add_middleware(SearchFastPath, fastapi_app=app)
     app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit, body_timeout_s=settings.body_timeout_s,
                        counters=app.state.counters)
     install_error_handlers(app)

@@ -14,6 +14,13 @@ themselves, and an idle server adds at most ``max_wait`` to a lone request.
 
 The model is never called from two threads at once unless it says it is thread-safe: ``concurrency`` (the
 number of batches in flight, each on its own executor thread) is forced to 1 otherwise.
+
+**Jobs** (:meth:`MicroBatcher.submit_job`, what ``POST /search`` uses): a request may hand over its image
+still encoded, plus a context, and get back the result of a ``finish`` step. The model thread then decodes
+every encoded image of the batch, runs the model once, and calls ``finish`` once with all the descriptors
+and contexts (the server searches the gallery there, one FAISS call per distinct query). A search thus
+costs one thread hand-off per *batch* instead of three per request (decode pool, model, search), and the
+event loop does nothing but HTTP. A decoding failure fails only its own request.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,11 +54,41 @@ class BatcherClosed(RuntimeError):
     """The batcher is stopped (server shutting down) or was never started."""
 
 
+Decode = Callable[[bytes], np.ndarray]
+"""Encoded image -> uint8 ``[H, W, 3]`` at the model's size; raises for a bad image (that request fails)."""
+Finish = Callable[[np.ndarray, list[Any]], list[Any]]
+"""``(descriptors [n, dim], contexts)`` -> one result per job, or an exception instance for a failed one."""
+
+
+@dataclass
+class JobResult:
+    """What :meth:`MicroBatcher.submit_job` answers, with where the time went.
+
+    Attributes:
+        vector: the descriptor, float32 ``[dim]``.
+        result: what ``finish`` returned for this job (None without ``finish``).
+        decode_s: seconds decoding this job's image in the model thread (0 when it came decoded).
+        embedded_at: ``time.perf_counter()`` when the batch's model call returned.
+        finished_at: ``time.perf_counter()`` when ``finish`` returned.
+    """
+
+    vector: np.ndarray
+    result: Any
+    decode_s: float
+    embedded_at: float
+    finished_at: float
+
+
 @dataclass
 class _Item:
-    image: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    image: np.ndarray | None
+    future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.monotonic)
+    data: bytes | None = None  # encoded: decoded in the model thread
+    job: bool = False  # answer a JobResult (and call finish) rather than the bare descriptor
+    context: Any = None
+    # Written by the model thread, read on the loop once the batch is done.
+    decode_s: float = 0.0
 
 
 class MicroBatcher:
@@ -64,7 +102,8 @@ class MicroBatcher:
 
     def __init__(self, embed: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 16,
                  max_wait_s: float = 0.005, max_queue: int = 1024, thread_safe: bool = False,
-                 concurrency: int = 1, observer: BatchObserver | None = None, history: int = 10_000) -> None:
+                 concurrency: int = 1, observer: BatchObserver | None = None, history: int = 10_000,
+                 decode: Decode | None = None, finish: Finish | None = None) -> None:
         """Configure (nothing starts until :meth:`start`).
 
         Args:
@@ -76,6 +115,9 @@ class MicroBatcher:
             concurrency: batches in flight at once when ``thread_safe``; ignored (1) otherwise.
             observer: called with (batch size, seconds, CPU seconds) after every model call.
             history: how many recent batch sizes :attr:`batch_sizes` keeps.
+            decode: decodes the encoded images of jobs, in the model thread (needed to submit bytes).
+            finish: called in the model thread after each model call with the jobs' descriptors and
+                contexts (see :data:`Finish`).
 
         Raises:
             ValueError: a bound is out of range (the message names it).
@@ -94,6 +136,8 @@ class MicroBatcher:
         self.max_queue = int(max_queue)
         self.concurrency = int(concurrency) if thread_safe else 1
         self._observer = observer
+        self._decode = decode
+        self._finish = finish
         self.calls = 0
         self.items = 0
         self.batch_sizes: deque[int] = deque(maxlen=history)
@@ -186,16 +230,48 @@ class MicroBatcher:
             raise
         return np.stack(rows)
 
-    def _enqueue(self, images: list[np.ndarray]) -> list[asyncio.Future[np.ndarray]]:
+    async def submit_job(self, image: bytes | np.ndarray, context: Any = None) -> JobResult:
+        """Decode (if encoded), embed and ``finish`` one image, all in the model thread with its batch.
+
+        Args:
+            image: the encoded file (decoded with ``decode`` in the model thread) or a decoded uint8
+                ``[H, W, 3]`` image.
+            context: handed to ``finish`` with this image's descriptor (e.g. the search's top_k and cameras).
+
+        Returns:
+            The descriptor, ``finish``'s result and the timings.
+
+        Raises:
+            ValueError: bytes given but the batcher has no ``decode``.
+            BatcherOverloaded, BatcherClosed: as :meth:`submit`.
+            Exception: what ``decode`` raised for this image, what the model raised for its batch, or what
+                ``finish`` answered for it.
+        """
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            if self._decode is None:
+                raise ValueError("this batcher has no decode function; submit decoded images")
+            item = _Item(None, self._new_future(), data=bytes(image), job=True, context=context)
+        else:
+            item = _Item(image, self._new_future(), job=True, context=context)
+        self._put([item])
+        return await item.future
+
+    def _new_future(self) -> asyncio.Future[Any]:
         if not self.running or self._wakeup is None:
             raise BatcherClosed("the micro-batcher is not running")
-        if len(self._queue) + len(images) > self.max_queue:
+        return asyncio.get_running_loop().create_future()
+
+    def _put(self, items: list[_Item]) -> None:
+        assert self._wakeup is not None  # checked by _new_future
+        if len(self._queue) + len(items) > self.max_queue:
             raise BatcherOverloaded(f"{len(self._queue)} images are already waiting for the model "
                                     f"(limit {self.max_queue}); retry shortly")
-        loop = asyncio.get_running_loop()
-        items = [_Item(image, loop.create_future()) for image in images]
         self._queue.extend(items)
         self._wakeup.set()
+
+    def _enqueue(self, images: list[np.ndarray]) -> list[asyncio.Future[np.ndarray]]:
+        items = [_Item(image, self._new_future()) for image in images]
+        self._put(items)
         return [item.future for item in items]
 
     # -- worker ------------------------------------------------------------------------------------
@@ -243,38 +319,83 @@ class MicroBatcher:
                 batch.append(item)
         return batch
 
-    def _timed_embed(self, images: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """The model call with its wall and thread-CPU seconds, measured in the model thread."""
+    def _process(self, batch: list[_Item]) -> tuple[list[Any], int, float, float]:
+        """In the model thread: decode the encoded images, run the model once, ``finish`` the jobs.
+
+        Returns:
+            Per item its answer (a descriptor, a :class:`JobResult` or an exception instance), the number
+            of images given to the model (0: no call), and the call's wall and thread-CPU seconds.
+        """
+        outcomes: list[Any] = [None] * len(batch)
+        images, rows = [], []
+        for i, item in enumerate(batch):
+            if item.data is not None:
+                started = time.perf_counter()
+                try:
+                    item.image = self._decode(item.data)  # type: ignore[misc]  # submit_job checked it is set
+                except Exception as exc:  # this image is bad: only its request fails
+                    outcomes[i] = exc
+                    continue
+                finally:
+                    item.decode_s = time.perf_counter() - started
+            images.append(item.image)
+            rows.append(i)
+        if not rows:
+            return outcomes, 0, 0.0, 0.0
         started, cpu_started = time.perf_counter(), time.thread_time()
-        out = self._embed(images)
-        return out, time.perf_counter() - started, time.thread_time() - cpu_started
+        try:
+            out = np.asarray(self._embed(np.stack(images)))
+            if out.ndim != 2 or out.shape[0] != len(rows):
+                raise RuntimeError(f"the model returned shape {list(out.shape)} for a batch of {len(rows)}")
+        except Exception as exc:  # the model failed: every request of this batch gets the error
+            logger.warning("model call on a batch of %d failed: %r", len(rows), exc)
+            for i in rows:
+                outcomes[i] = exc
+            return outcomes, len(rows), time.perf_counter() - started, time.thread_time() - cpu_started
+        embedded_at = time.perf_counter()
+        seconds, cpu_seconds = embedded_at - started, time.thread_time() - cpu_started
+        jobs = [(i, r) for r, i in enumerate(rows) if batch[i].job]
+        for r, i in enumerate(rows):
+            if not batch[i].job:
+                outcomes[i] = out[r]
+        if jobs:
+            results: list[Any] = [None] * len(jobs)
+            if self._finish is not None:
+                try:
+                    results = list(self._finish(out[[r for _, r in jobs]], [batch[i].context for i, _ in jobs]))
+                except Exception as exc:  # finish failed as a whole: each job gets the error
+                    results = [exc] * len(jobs)
+            finished_at = time.perf_counter()
+            for (i, r), result in zip(jobs, results):
+                outcomes[i] = result if isinstance(result, BaseException) else JobResult(
+                    out[r], result, batch[i].decode_s, embedded_at, finished_at)
+        return outcomes, len(rows), seconds, cpu_seconds
 
     async def _call_model(self, batch: list[_Item]) -> None:
         assert self._slots is not None
         loop = asyncio.get_running_loop()
-        seconds = cpu_seconds = 0.0
+        embedded, seconds, cpu_seconds = 0, 0.0, 0.0
         try:
-            stacked = np.stack([item.image for item in batch])
-            out, seconds, cpu_seconds = await loop.run_in_executor(self._executor, self._timed_embed, stacked)
-            out = np.asarray(out)
-            if out.ndim != 2 or out.shape[0] != len(batch):
-                raise RuntimeError(f"the model returned shape {list(out.shape)} for a batch of {len(batch)}")
-        except Exception as exc:  # the model failed: every request of this batch gets the error
-            logger.warning("model call on a batch of %d failed: %r", len(batch), exc)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
+            outcomes, embedded, seconds, cpu_seconds = await loop.run_in_executor(self._executor, self._process,
+                                                                                 batch)
+        except Exception as exc:  # a bug in the batch step itself: fail the batch, keep the worker
+            logger.exception("micro-batch of %d failed", len(batch))
+            outcomes = [exc] * len(batch)
         finally:
-            self.calls += 1
-            self.items += len(batch)
-            self.batch_sizes.append(len(batch))
             self._slots.release()
+        if embedded:
+            self.calls += 1
+            self.items += embedded
+            self.batch_sizes.append(embedded)
             if self._observer is not None:
                 try:
-                    self._observer(len(batch), seconds, cpu_seconds)
+                    self._observer(embedded, seconds, cpu_seconds)
                 except Exception:  # metrics must never take the worker down
                     logger.exception("batch observer failed")
-        for row, item in zip(out, batch):
-            if not item.future.done():
-                item.future.set_result(row)
+        for item, outcome in zip(batch, outcomes):
+            if item.future.done():  # cancelled meanwhile: the client went away
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)

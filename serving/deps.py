@@ -1,7 +1,11 @@
 """Dependencies routes declare with ``Annotated`` aliases (the FastAPI template's ``deps.py``).
 
-``SettingsDep`` resolves through :func:`serving.core.config.get_settings`, which ``create_app(settings)``
-overrides, so a route always sees the settings of the app it belongs to.
+``SettingsDep`` resolves to the settings of the app the request belongs to (``app.state.settings``, set by
+``create_app(settings)``, which takes them from :func:`serving.core.config.get_settings` when given none).
+It used to reach them through ``app.dependency_overrides[get_settings]``; but while an app has any
+override, FastAPI rebuilds the dependency tree of every route on every request (``solve_dependencies``
+calls ``get_dependant``, with ``inspect.signature`` and annotation evaluation, for each sub-dependency),
+which was a large share of a ``/search``'s own CPU (issue 19).
 """
 
 from __future__ import annotations
@@ -12,11 +16,17 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from serving.core.config import Settings, get_settings
+from serving.core.config import Settings
 from serving.core.errors import ApiError
 from serving.state import Runtime
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def app_settings(request: Request) -> Settings:
+    """The settings of the app serving ``request`` (``async``: no thread-pool hop to read an attribute)."""
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, scheme_name="ApiKey",

@@ -6,6 +6,8 @@ two apps in one process, e.g. in tests, from double-registering or mixing their 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Request latency: sub-millisecond health checks up to multi-second batch uploads.
@@ -46,12 +48,20 @@ class Metrics:
         self.stage_seconds = Histogram("xmreid_stage_duration_seconds", "Per-image time in each serving stage",
                                        ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.gallery_size = Gauge("xmreid_gallery_size", "Items in the gallery", registry=r)
+        # Labelled children, looked up once per label set: ``labels()`` takes a lock and builds a key tuple
+        # on every call, five times per search otherwise. The label sets are bounded (route templates).
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._stage_children: dict[str, Any] = {}
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        labels = (endpoint, method, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        children = self._request_children.get((endpoint, method, status))
+        if children is None:
+            labels = (endpoint, method, str(status))
+            children = self._request_children.setdefault((endpoint, method, status), (
+                self.requests.labels(*labels), self.latency.labels(*labels)))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, size: int, seconds: float, cpu_seconds: float = 0.0) -> None:
         """Record one model call (the :class:`serving.batching.MicroBatcher` observer)."""
@@ -63,7 +73,10 @@ class Metrics:
     def observe_stages(self, **seconds: float) -> None:
         """Record per-stage times, e.g. ``observe_stages(decode=0.002, embed=0.01)``."""
         for stage, value in seconds.items():
-            self.stage_seconds.labels(stage).observe(value)
+            child = self._stage_children.get(stage)
+            if child is None:
+                child = self._stage_children.setdefault(stage, self.stage_seconds.labels(stage))
+            child.observe(value)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving.batching import MicroBatcher
+from serving.batching import JobResult, MicroBatcher
 from serving.core.config import Settings
 from serving.durable import AddResult, DurableGallery
 from serving.errors import EXIT_DAMAGED, UserError
@@ -29,6 +30,10 @@ from serving.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"  # Gallery.save writes it; its presence means "a gallery lives here"
+# Uploads up to this size are decoded in the model thread with their micro-batch (a crop decodes in well
+# under a millisecond there, and the request needs no hand-off of its own); bigger ones, which could hold
+# up the whole batch, are decoded in the decode pool first.
+BATCH_DECODE_BYTES = 256 * 1024
 
 
 def load_components(settings: Settings) -> tuple[Any, Any]:
@@ -126,7 +131,8 @@ class Runtime:
         self.batcher = MicroBatcher(
             embedder.embed, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
             max_queue=settings.max_queue, thread_safe=bool(getattr(embedder, "thread_safe", False)),
-            concurrency=settings.model_concurrency, observer=metrics.observe_batch)
+            concurrency=settings.model_concurrency, observer=metrics.observe_batch,
+            decode=self._decode_sync, finish=self._search_jobs)
         self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.durable = DurableGallery(settings, gallery, getattr(embedder, "fingerprint", None), int(embedder.dim),
                                       getattr(embedder, "family", None))
@@ -221,6 +227,49 @@ class Runtime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decode_pool, decode_image, data, int(self.embedder.height),
                                           int(self.embedder.width), self.limits)
+
+    def _decode_sync(self, data: bytes) -> np.ndarray:
+        return decode_image(data, int(self.embedder.height), int(self.embedder.width), self.limits)
+
+    async def search_image(self, data: bytes, k: int, cameras: list[int] | None) -> JobResult:
+        """Decode, embed and search one upload with its micro-batch, in the model thread (one hand-off).
+
+        Args:
+            data: the uploaded file.
+            k: results wanted.
+            cameras: keep only these cameras, or None for all.
+
+        Returns:
+            The batcher's :class:`~serving.batching.JobResult`; ``result`` is the hit list (as :meth:`search`
+            gives for one query) and ``decode_s`` the decoding time.
+
+        Raises:
+            ImageDecodeError: the upload is not a usable image.
+            BatcherOverloaded, BatcherClosed: the model queue is full or stopped.
+        """
+        if len(data) <= BATCH_DECODE_BYTES:
+            return await self.batcher.submit_job(data, (k, cameras))
+        started = time.perf_counter()
+        image = await self.decode(data)
+        decode_s = time.perf_counter() - started
+        job = await self.batcher.submit_job(image, (k, cameras))
+        job.decode_s = decode_s
+        return job
+
+    def _search_jobs(self, vectors: np.ndarray, contexts: list[Any]) -> list[Any]:
+        """The batcher's ``finish``: search for a micro-batch's jobs, one gallery call per (k, cameras)."""
+        groups: dict[tuple[int, tuple[int, ...] | None], list[int]] = {}
+        for j, (k, cameras) in enumerate(contexts):
+            groups.setdefault((k, None if cameras is None else tuple(cameras)), []).append(j)
+        results: list[Any] = [None] * len(contexts)
+        for (k, cameras), rows in groups.items():
+            try:
+                hits: list[Any] = self._search_sync(vectors[rows], k, None if cameras is None else list(cameras))
+            except Exception as exc:  # e.g. GalleryDamaged: these requests fail, the others of the batch do not
+                hits = [exc] * len(rows)
+            for j, row_hits in zip(rows, hits):
+                results[j] = row_hits
+        return results
 
     async def search(self, vectors: np.ndarray, k: int, cameras: list[int] | None) -> list[list[dict[str, Any]]]:
         """Rank the gallery for each query vector.

@@ -1,13 +1,23 @@
-"""``POST /search`` and ``POST /search/batch``: infrared crops in, ranked RGB gallery matches out."""
+"""``POST /search`` and ``POST /search/batch``: infrared crops in, ranked RGB gallery matches out.
+
+``POST /search`` is the hot path, so it answers with JSON it renders itself (:func:`json_bytes`) rather
+than a pydantic model: FastAPI would otherwise build ``SearchResponse`` and its hits, validate them again
+against ``response_model`` and encode them field by field (issue 19's profile). The body is the same:
+``response_model`` still documents it in OpenAPI, schemathesis checks answers against that schema
+(tests/reliability/test_fuzz_api.py), and hit values of unexpected types go through the pydantic model.
+Plain requests do not even reach the route: :mod:`serving.api.fast_search` answers them with
+:func:`search_answer` too.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from serving.api.uploads import decode_uploads
+from serving.api.uploads import decode_uploads, read_uploads
 from serving.core.errors import ApiError
 from serving.deps import RuntimeDep
 from serving.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
@@ -51,28 +61,65 @@ def _ms(seconds: float) -> float:
     return round(1000.0 * seconds, 3)
 
 
+_HIT_KEYS = ("rank", "gallery_id", "score", "camera", "person_label", "source")
+_LABEL_TYPES = (int, str, type(None))  # exact types: a bool or a numpy scalar takes the pydantic route
+
+
+def hit_body(hit: dict[str, Any]) -> dict[str, Any]:
+    """One :class:`SearchHit` as JSON-ready data: the hit's own values when they already have the schema's
+    types (what the gallery returns), else what the pydantic model makes of them."""
+    if (type(hit.get("rank")) is int and type(hit.get("gallery_id")) is int and type(hit.get("score")) is float
+            and type(hit.get("camera")) in _LABEL_TYPES and type(hit.get("person_label")) in _LABEL_TYPES
+            and type(hit.get("source")) in (str, type(None))):
+        return {key: hit.get(key) for key in _HIT_KEYS}
+    return SearchHit(**hit).model_dump(mode="json")
+
+
+def json_bytes(body: dict[str, Any]) -> bytes:
+    """``body`` encoded as Starlette's ``JSONResponse`` encodes it (same ``json.dumps`` settings)."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 @router.post("/search", response_model=SearchResponse, summary="Search the gallery with one image",
              responses=error_responses(400, 409, 413, 415, 422, 503))
 async def search(runtime: RuntimeDep,
                  image: Annotated[UploadFile, File(description="the query crop (infrared or RGB): JPEG, PNG or "
                                                                "BMP, 1, 3 or 4 channels, 8 or 16 bits")],
-                 top_k: TopK = 10, camera: Cameras = None) -> SearchResponse:
+                 top_k: TopK = 10, camera: Cameras = None) -> Response:
     """Embed the crop (micro-batched with concurrent requests) and rank the gallery by cosine similarity."""
     started = time.perf_counter()
     cameras = check_query(runtime, top_k, camera)
-    (decoded,) = await decode_uploads(runtime, [image])
-    decoded_at = time.perf_counter()
-    vector = await runtime.batcher.submit(decoded)
-    embedded_at = time.perf_counter()
-    (hits,) = await runtime.search(vector[None, :], top_k, cameras)
+    (data,) = await read_uploads(runtime, [image])
+    return Response(await search_answer(runtime, data, top_k, cameras, started), media_type="application/json")
+
+
+async def search_answer(runtime: Runtime, data: bytes, top_k: int, cameras: list[int] | None,
+                        started: float) -> bytes:
+    """Search with one checked upload and render the ``SearchResponse`` JSON (the route and its fast path).
+
+    Args:
+        runtime: the server runtime.
+        data: the uploaded file (type and size already checked).
+        top_k: checked ``top_k``.
+        cameras: the checked camera filter (``check_query``'s result).
+        started: ``time.perf_counter()`` when the request began (``timings_ms.total`` counts from it).
+
+    Raises:
+        ImageDecodeError, BatcherOverloaded, BatcherClosed, GalleryDamaged: for the app's exception handlers.
+    """
+    read_at = time.perf_counter()
+    # Decoding, the model and the search all run in the model thread with the rest of the micro-batch.
+    job = await runtime.search_image(data, top_k, cameras)
     done = time.perf_counter()
-    runtime.metrics.observe_stages(decode=decoded_at - started, embed=embedded_at - decoded_at,
-                                   search=done - embedded_at)
-    return SearchResponse(
-        results=[SearchHit(**hit) for hit in hits],
-        timings_ms=Timings(decode=_ms(decoded_at - started), embed=_ms(embedded_at - decoded_at),
-                           search=_ms(done - embedded_at), total=_ms(done - started)),
-        model=runtime.model_info())
+    decode = (read_at - started) + job.decode_s
+    embed = job.embedded_at - read_at - job.decode_s
+    search_s = job.finished_at - job.embedded_at
+    runtime.metrics.observe_stages(decode=decode, embed=embed, search=search_s)
+    return json_bytes({
+        "results": [hit_body(hit) for hit in job.result],
+        "timings_ms": {"decode": _ms(decode), "embed": _ms(embed), "search": _ms(search_s),
+                       "total": _ms(done - started)},
+        "model": runtime.model_info()})
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, summary="Search the gallery with several images",

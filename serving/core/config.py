@@ -1,9 +1,11 @@
 """Server settings: typed, validated, read from ``XMREID_*`` environment variables.
 
 Follows the FastAPI template's ``core/config.py`` with one deliberate change (STYLE.md, serving/):
-nothing is built at import time. :func:`get_settings` is an ``lru_cache``'d function injected through
-``Depends``, as FastAPI's settings documentation shows, so a test builds its own :class:`Settings` and
-hands it to ``create_app(settings)`` (or overrides ``get_settings``) instead of patching a module global.
+nothing is built at import time. :func:`get_settings` is an ``lru_cache``'d function, as FastAPI's settings
+documentation shows, that ``create_app()`` calls when given no settings; a test builds its own
+:class:`Settings` and hands it to ``create_app(settings)`` instead of patching a module global. Routes get
+their app's settings through ``serving.deps.SettingsDep`` (not a ``dependency_overrides`` entry, which
+costs every request a rebuilt dependency tree; see ``serving/deps.py``).
 """
 
 from __future__ import annotations

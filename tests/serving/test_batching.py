@@ -232,3 +232,90 @@ def test_invalid_bounds_are_refused() -> None:
         MicroBatcher(FakeModel(), max_batch_size=0)
     with pytest.raises(ValueError, match="max_wait_s"):
         MicroBatcher(FakeModel(), max_wait_s=-1)
+
+
+# -- jobs: decode, embed and finish in the model thread, one hand-off per batch -------------------------
+
+
+def _decode(data: bytes) -> np.ndarray:
+    if data == b"bad":
+        raise ValueError("not an image")
+    return image(data[0])
+
+
+def test_jobs_decode_embed_and_finish_in_one_model_thread_call_per_batch() -> None:
+    model = FakeModel(sleep=0.02)
+    finishes: list[tuple[list[float], list[object], int]] = []
+
+    def finish(vectors: np.ndarray, contexts: list[object]) -> list[object]:
+        finishes.append((vectors[:, 0].tolist(), list(contexts), threading.get_ident()))
+        return [f"{ctx}:{int(v[0])}" for v, ctx in zip(vectors, contexts)]
+
+    async def main() -> list[object]:
+        batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0.01, decode=_decode, finish=finish)
+        await batcher.start()
+        try:
+            jobs = [batcher.submit_job(bytes([v]), context=f"q{v}") for v in range(1, 6)]
+            plain = batcher.submit(image(7))  # a plain submit shares the batch; finish never sees it
+            done = await asyncio.gather(*jobs, plain, batcher.submit_job(image(9), context="decoded"))
+        finally:
+            await batcher.stop()
+        return done
+
+    done = run(main())
+    *jobs, plain, decoded = done
+    assert [j.result for j in jobs] == [f"q{v}:{v}" for v in range(1, 6)]
+    assert [int(j.vector[0]) for j in jobs] == list(range(1, 6))
+    assert all(j.decode_s >= 0 and j.embedded_at <= j.finished_at for j in jobs)
+    assert int(plain[0]) == 7 and decoded.result == "decoded:9" and decoded.decode_s == 0.0
+    assert sum(model.sizes) == 7 and len(finishes) <= len(model.sizes)  # at most once per model call
+    assert sorted(c for _, contexts, _ in finishes for c in contexts) == sorted([f"q{v}" for v in range(1, 6)]
+                                                                               + ["decoded"])
+    assert {t for _, _, t in finishes} <= model.threads  # in the model thread, not on the loop
+
+
+def test_a_bad_image_fails_only_its_own_job_and_finish_errors_stay_per_job() -> None:
+    model = FakeModel(sleep=0.01)
+
+    def finish(vectors: np.ndarray, contexts: list[object]) -> list[object]:
+        return [RuntimeError("search failed") if ctx == "boom" else ctx for ctx in contexts]
+
+    async def main() -> list[object]:
+        batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0.02, decode=_decode, finish=finish)
+        await batcher.start()
+        try:
+            return await asyncio.gather(batcher.submit_job(bytes([1]), "a"), batcher.submit_job(b"bad", "b"),
+                                        batcher.submit_job(bytes([3]), "boom"), batcher.submit_job(bytes([4]), "d"),
+                                        return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    a, bad, boom, d = run(main())
+    assert a.result == "a" and d.result == "d"
+    assert isinstance(bad, ValueError) and "not an image" in str(bad)
+    assert isinstance(boom, RuntimeError) and "search failed" in str(boom)
+    assert sum(model.sizes) == 3  # the bad image never reached the model
+
+
+def test_all_images_bad_means_no_model_call_and_bytes_need_a_decoder() -> None:
+    model = FakeModel()
+
+    async def main() -> None:
+        batcher = MicroBatcher(model, max_batch_size=4)
+        await batcher.start()
+        try:
+            with pytest.raises(ValueError, match="no decode function"):
+                await batcher.submit_job(b"\x01")
+        finally:
+            await batcher.stop()
+        batcher = MicroBatcher(model, max_batch_size=4, decode=_decode)
+        await batcher.start()
+        try:
+            with pytest.raises(ValueError, match="not an image"):
+                await batcher.submit_job(b"bad")
+            assert batcher.calls == 0
+        finally:
+            await batcher.stop()
+
+    run(main())
+    assert model.sizes == []

@@ -1,0 +1,189 @@
+"""A shortcut for the common ``POST /search``: one well-formed multipart image, plain query parameters.
+
+Issue 19's profile of the event loop showed FastAPI's per-request dependency and parameter solving,
+Starlette's request and form objects and python-multipart's callback parser costing more CPU than
+everything else the server does for a search outside the model. For the request nearly every client
+sends (``top_k`` and ``camera`` as plain integers, a ``multipart/form-data`` body holding exactly one
+``image`` file part) that machinery decides nothing, so :class:`SearchFastPath` parses it directly and
+answers through the same code as the route (:func:`serving.api.search.search_answer`).
+
+Everything else goes to the FastAPI route exactly as it arrived (the body already read is replayed
+message by message): other parameters, another body shape, a part this parser does not fully
+understand, a server that is not ready, and any query the route would refuse (``check_query``, the
+upload's type and size). Errors therefore keep their one implementation. Errors found after that point
+(an undecodable image, a full queue, a damaged gallery) are answered by the app's own exception
+handlers, as the route's would be; anything unexpected propagates to ``RequestContext``'s 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.api.search import check_query, search_answer
+from serving.api.uploads import IMAGE_CONTENT_TYPES
+from serving.core.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+_INT = re.compile(rb"[0-9]{1,9}")
+_BOUNDARY = re.compile(rb"multipart/form-data;\s*boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})", re.IGNORECASE)
+# The part's headers: a form-data disposition named "image" with a plain filename, optionally a content type.
+_DISPOSITION = re.compile(rb'form-data;\s*name="image";\s*filename="([^"\\\r\n]*)"', re.IGNORECASE)
+
+
+class _RouteTemplate:
+    """What ``RequestContext`` reads of ``scope["route"]`` (its path template) for the metrics label."""
+
+    path = "/search"
+
+
+_SEARCH_ROUTE = _RouteTemplate()
+
+
+class SearchFastPath:
+    """ASGI middleware: answer plain ``POST /search`` requests directly (see the module docstring).
+
+    Args:
+        app: the wrapped application (the FastAPI app's inner stack).
+        fastapi_app: the FastAPI app, for its runtime and its exception handlers.
+    """
+
+    def __init__(self, app: ASGIApp, *, fastapi_app: Any) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/search":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        query = _parse_query(scope.get("query_string", b""))
+        runtime = getattr(self.fastapi_app.state, "runtime", None)
+        boundary = _boundary(scope)
+        if query is None or boundary is None or runtime is None or not runtime.ready:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = bytearray()
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                await self.app(scope, _replay(messages, receive), send)  # e.g. a disconnect: the route decides
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        part = _single_image_part(bytes(body), boundary)
+        top_k, cameras = query
+        try:
+            camera_filter = check_query(runtime, top_k, cameras) if part is not None else None
+        except ApiError:
+            part = None  # the route answers it (422 / 409)
+        if part is None or part[0] not in IMAGE_CONTENT_TYPES or len(part[1]) > runtime.settings.max_upload_bytes:
+            await self.app(scope, _replay(messages, receive), send)  # incl. the route's own 415 / 413
+            return
+        scope["route"] = _SEARCH_ROUTE  # RequestContext counts it under the route template, as the route's
+        try:
+            payload = await search_answer(runtime, part[1], top_k, camera_filter, started)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            response = await handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _handler(self, exc: Exception) -> Any:
+        handlers = self.fastapi_app.exception_handlers
+        for cls in type(exc).__mro__:
+            if cls in handlers:
+                return handlers[cls]
+        return None
+
+
+def _parse_query(raw: bytes) -> tuple[int, list[int] | None] | None:
+    """``(top_k, cameras)`` from a query string of plain integers only; None for anything else."""
+    top_k: int | None = None
+    cameras: list[int] = []
+    if not raw:
+        return 10, None
+    for pair in raw.split(b"&"):
+        key, sep, value = pair.partition(b"=")
+        if not sep or not _INT.fullmatch(value):
+            return None
+        if key == b"top_k" and top_k is None:
+            top_k = int(value)
+        elif key == b"camera":
+            cameras.append(int(value))
+        else:
+            return None
+    return (10 if top_k is None else top_k), (cameras or None)
+
+
+def _boundary(scope: Scope) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            match = _BOUNDARY.fullmatch(value.strip())
+            return match.group(1) if match else None
+    return None
+
+
+def _single_image_part(body: bytes, boundary: bytes) -> tuple[str, bytes] | None:
+    """``(content type, file bytes)`` when ``body`` is exactly one ``image`` file part; None otherwise.
+
+    The shape (RFC 7578): ``--B CRLF headers CRLF CRLF content CRLF --B-- [CRLF]``. The content cannot hold
+    the delimiter (``CRLF --B``), so the first delimiter after the headers must be the closing one.
+    """
+    opening = b"--" + boundary + b"\r\n"
+    if not body.startswith(opening):
+        return None
+    head_end = body.find(b"\r\n\r\n", len(opening))
+    if head_end < 0:
+        return None
+    content_type = ""
+    disposition = False
+    for line in body[len(opening):head_end].split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if not sep:
+            return None
+        if name == b"content-disposition" and not disposition and _DISPOSITION.fullmatch(value):
+            disposition = True
+        elif name == b"content-type" and not content_type:
+            try:
+                content_type = value.decode("ascii").split(";")[0].strip().lower()
+            except UnicodeDecodeError:
+                return None
+        else:
+            return None
+    if not disposition:
+        return None
+    start = head_end + 4
+    delimiter = b"\r\n--" + boundary
+    end = body.find(delimiter, start)
+    if end < 0 or body[end + len(delimiter):] not in (b"--", b"--\r\n"):
+        return None
+    return content_type, body[start:end]
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first gives back ``messages`` (already read), then reads on."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
