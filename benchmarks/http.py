@@ -283,24 +283,47 @@ def offline_reference(model: Path, queries: Sequence[Query], batch: int, *, roun
             "threads": threads}
 
 
+# The server under cProfile, with the main thread's CPU clock as the timer (the default wall clock would
+# charge a function for every GIL hand-over that happens inside it), switched on and off by SIGUSR1 so that
+# start-up and shutdown stay out of the profile. The patches are a benchmarks.end_to_end variant's.
+_PROFILE_LAUNCH = """
+import cProfile, signal, sys, time
+from benchmarks.end_to_end import apply_patches
+apply_patches({patches!r})
+_prof, _on = cProfile.Profile(time.thread_time), [False]
+def _toggle(signum, frame):
+    if _on[0]:
+        _prof.disable()
+        _prof.dump_stats({path!r})
+    else:
+        _prof.enable()
+    _on[0] = not _on[0]
+signal.signal(signal.SIGUSR1, _toggle)
+from serving.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def run_profile(args: argparse.Namespace, queries: Sequence[Query], extra: list[str], variant: Any,
                 env: dict[str, str], cpus: set[int] | None) -> dict[str, Any]:
     """cProfile of a batching server's event-loop thread under load: its most expensive functions.
 
-    A separate server (the same command, started through ``benchmarks.end_to_end``'s launcher with a
-    SIGUSR1 switch) so that the measured servers run without a profiler; only the requests of this level
-    are profiled. cProfile sees the main thread only: the model and decode threads are not in it.
+    A separate server (the same command, with a SIGUSR1 switch around cProfile, see :data:`_PROFILE_LAUNCH`)
+    so that the measured servers run without a profiler; only the requests of this level are profiled.
+    cProfile sees the main thread only (the model thread is not in it), and is given ``time.thread_time``
+    as its clock, so a function's time is the CPU it cost, not time spent waiting for the GIL or a thread.
     """
     import os
     import signal
     import tempfile
 
-    from benchmarks.end_to_end import launcher, profile_summary
+    from benchmarks.end_to_end import profile_summary
 
     path = Path(tempfile.mkdtemp(prefix="http-profile-")) / "server.prof"
     concurrency = max(args.concurrency)
+    code = _PROFILE_LAUNCH.format(patches=list(variant.patches), path=str(path))
     with ServerProcess(args.model, args.gallery, [*extra, *variant.args], env=env, cpus=cpus,
-                       launcher=launcher(variant, path)) as server:
+                       launcher=["-c", code]) as server:
         asyncio.run(run_level(server.url, queries, min(8, concurrency), max(args.warmup, 8), 60.0, top_k=args.top_k))
         assert server.pid is not None  # started
         os.kill(server.pid, signal.SIGUSR1)
@@ -349,6 +372,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--before", type=Path, default=None,
                         help="another checkout (e.g. a `git worktree` of an earlier commit) whose servers run "
                              "beside this one's, as `before batching` / `before no-batching`")
+    parser.add_argument("--before-label", default=None,
+                        help="what the --before checkout is, for the report (e.g. `commit 60aa29a, before the fix`)")
     parser.add_argument("--profile-requests", type=int, default=400,
                         help="requests of the profiled level (0: no profile)")
     parser.add_argument("--profile-top", type=int, default=15, help="functions listed from the profile")
@@ -408,6 +433,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "top_k": args.top_k,
         "queries": len(queries), "target_ratio": TARGET_RATIO, "servers": {}, "rows": [], "offline": [],
         "repeats": args.repeats, "server_variant": args.server_variant,
+        "before": None if args.before is None else {"tree": str(args.before),
+                                                    "label": args.before_label or str(args.before)},
         "server_variant_description": variant.description,
         "pinning": None if split is None else {"client_cores": _proc.describe(client_cpus),
                                                "server_cores": _proc.describe(server_cpus)},
@@ -549,6 +576,9 @@ def report(results: dict[str, Any]) -> str:
     parts.append("\n".join(f"- `{mode}`: `{s['command'] or s['url']}`" + (
         f" (from {s['tree']})" if s.get("tree") not in (None, "this checkout") else "")
         for mode, s in results["servers"].items()))
+    if results.get("before"):
+        parts.append(f"`before …` servers run the code of another checkout ({results['before']['label']}), with "
+                     "the same options, in the same run.")
     pinning = results.get("pinning")
     parts.append(
         f"**Pinning**: the load generator (this process) runs on core {pinning['client_cores']}, every server on "
@@ -598,9 +628,10 @@ def report(results: dict[str, Any]) -> str:
                                               for c in results["issue_checks"]], ["check", "value", "aim", "met"]))
     profile = results.get("profile")
     if profile:
-        parts.append(f"**Profile** of a `batching` server's event-loop thread (cProfile, {profile['requests']} "
-                     f"requests at concurrency {profile['concurrency']}, a separate server so the measured ones run "
-                     "unprofiled; idle waits left out; own time per request, inflated by the profiler). By package:")
+        parts.append(f"**Profile** of a `batching` server's event-loop thread (cProfile timed by the thread's CPU "
+                     f"clock, {profile['requests']} requests at concurrency {profile['concurrency']}, a separate "
+                     "server so that the measured ones run unprofiled; idle waits left out; own CPU ms per request, "
+                     "inflated by the profiler's own cost). By package:")
         parts.append(_machine.markdown_table(profile["by_package"], ["package", "own_ms_per_request", "share"]))
         parts.append("Top functions:")
         parts.append(_machine.markdown_table(profile["functions"], [
@@ -633,7 +664,8 @@ def plot(results: dict[str, Any]) -> Any:
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     ax_rps.set_title("POST /search throughput")
-    ax_lat.set_title("POST /search latency")
+    ax_lat.set_yscale("log")
+    ax_lat.set_title("POST /search latency (log scale)")
     bars = [r for r in rows_all if r.get("server_cpu_ms") is not None]
     if bars:
         labels = [f"{r['mode']}\nc={r['concurrency']}" for r in bars]
@@ -651,8 +683,84 @@ def plot(results: dict[str, Any]) -> Any:
     return fig
 
 
+README_START = "<!-- benchmarks.http: generated from benchmarks/results/http.json, do not edit by hand -->"
+README_END = "<!-- /benchmarks.http -->"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def readme_block(data: dict[str, Any]) -> str:
+    """The README's HTTP table and paragraph, from a results file (``{"machine": ..., "results": ...}``)."""
+    machine, results = data["machine"], data["results"]
+    pinning = results.get("pinning")
+    offline = results["offline"]
+    off = float(np.mean([o["images_per_s"] for o in offline])) if offline else None
+    lines = [README_START, "",
+             f"**HTTP load** ([http.md](benchmarks/results/http.md); {machine['cpu']}, {machine['cores_usable']} "
+             f"usable cores, load average {machine['load_average_1_5_15'][0]:g} at the start; {machine['date'][:10]}; "
+             f"`{machine['command']}`): `POST /search`, {results['requests_per_level']} requests per level, median of "
+             f"{results.get('repeats', 1)} runs, " + (
+                 f"client on core {pinning['client_cores']} and server on core {pinning['server_cores']}"
+                 if pinning else "client and server unpinned") +
+             ". Server CPU is the OS's account of the server process per request; the model's part is the model "
+             "thread's CPU during its calls." + (
+                 f" `before …` rows: the same servers from {results['before']['label']}, in the same run."
+                 if results.get("before") else ""), "",
+             "| server | concurrency | req/s | p50 / p99 ms | mean micro-batch | server CPU ms/req | model | outside "
+             "the model |", "|---|---|---|---|---|---|---|---|"]
+    for r in results.get("summary", []):
+        lines.append(f"| {r['mode']} | {r['concurrency']} | {_fmt(r['requests_per_s'])} | {_fmt(r['p50_ms'])} / "
+                     f"{_fmt(r['p99_ms'])} | {_fmt(r['mean_batch'])} | {_fmt(r['server_cpu_ms'])} | "
+                     f"{_fmt(r['model_cpu_ms'])} | {_fmt(r['outside_model_cpu_ms'])} |")
+    if off is not None:
+        o = offline[-1]
+        lines += ["", f"Offline batched embedding in the same run (batch {o['batch']}, cores {o.get('cores', 'all')}, "
+                      f"{o.get('threads') or '?'} thread(s)): {off:.0f} images/s, the ceiling for micro-batched "
+                      "serving on those cores."]
+    checks = results.get("issue_checks") or []
+    if checks:
+        lines += ["", "Issue 19's aims: " + "; ".join(
+            f"{c['check']}: {_fmt(c['value'])} ({c['aim']}, {'met' if c['met'] else '**not met**'})"
+            for c in checks) + "."]
+    lines += ["", README_END]
+    return "\n".join(lines)
+
+
+def update_readme(results_path: Path, readme: Path) -> None:
+    """Replace the generated block of ``readme`` (between the markers) with :func:`readme_block`.
+
+    Raises:
+        UserError: the README has no such block.
+    """
+    import json
+
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise UserError(f"{readme} has no generated HTTP block (the lines {README_START!r} ... {README_END!r})")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + readme_block(json.loads(results_path.read_text())) + tail)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and write ``benchmarks/results/<name>.{json,md,png}``; 1 on a user mistake."""
+    """Run the benchmark and write ``benchmarks/results/<name>.{json,md,png}``; 1 on a user mistake.
+
+    ``--readme-from RESULTS.json`` runs nothing: it regenerates the README's HTTP block from that file.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--readme-from" in argv:
+        at = argv.index("--readme-from")
+        if at + 1 >= len(argv):
+            print("error: --readme-from needs a results file", file=sys.stderr)
+            return 2
+        try:
+            update_readme(Path(argv[at + 1]), _machine.RESULTS_DIR.parents[1] / "README.md")
+        except (UserError, OSError, KeyError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     machine = _machine.describe_machine()

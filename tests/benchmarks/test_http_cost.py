@@ -72,3 +72,31 @@ def test_summary_takes_medians_per_mode_and_level_and_checks_the_aims() -> None:
     assert checks["p99 with batching <= without"]["met"]  # 60 <= 65
     assert checks["batched req/s"]["met"]  # 110 / 125 = 88 % >= 80 %
     assert checks["mean micro-batch"]["met"]
+
+
+def test_readme_block_is_regenerated_between_its_markers(tmp_path) -> None:
+    import json
+
+    results = {"requests_per_level": 400, "repeats": 3, "pinning": {"client_cores": "0", "server_cores": "1"},
+               "summary": [{"mode": "batching", "concurrency": 32, "requests_per_s": 250.0, "p50_ms": 120.0,
+                            "p99_ms": 180.0, "mean_batch": 12.5, "server_cpu_ms": 4.0, "model_cpu_ms": 3.0,
+                            "outside_model_cpu_ms": 1.0}],
+               "offline": [{"images_per_s": 300.0, "batch": 16, "cores": "1", "threads": 1}],
+               "issue_checks": [{"check": "mean micro-batch at concurrency 32", "value": 12.5, "aim": ">= 8",
+                                 "met": True}]}
+    machine = {"cpu": "AMD EPYC", "cores_usable": 2, "load_average_1_5_15": [0.1, 0.2, 0.3],
+               "date": "2026-12-01T15:00:00+00:00", "command": "python -m benchmarks.http --model m"}
+    path = tmp_path / "http.json"
+    path.write_text(json.dumps({"machine": machine, "results": results}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{http.README_START}\nold figures\n{http.README_END}\noutro\n")
+    http.update_readme(path, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old figures" not in text
+    assert "| batching | 32 | 250 | 120 / 180 | 12.5 | 4 | 3 | 1 |" in text
+    assert "client on core 0 and server on core 1" in text and "2026-12-01" in text
+    http.update_readme(path, readme)  # idempotent
+    assert readme.read_text() == text
+    readme.write_text("no markers")
+    with pytest.raises(http.UserError, match="no generated HTTP block"):
+        http.update_readme(path, readme)
