@@ -27,7 +27,7 @@ help:
 	@echo "make data | train | export | index | serve - one stage of the demo"
 	@echo "make bench   - run the benchmark scripts (writes benchmarks/results/)"
 	@echo "make train-reference - the reference run (~30 min): 376 training people, 9600 steps"
-	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE x 3 seeds on the SYSU and RegDB layouts (~2.5 h)"
+	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE x 3 seeds on the SYSU and RegDB layouts (~1.5 h; ABLATION_STEPS=150: ~2.5 h)"
 	@echo "make gpu-check    - check the GPU path on this machine (skips what cannot run, with reasons)"
 	@echo "make docker-check - requirements-gpu.txt resolves to one CUDA major; the Dockerfile agrees with it"
 
