@@ -691,6 +691,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _model_sentence(results: dict[str, Any]) -> str:
+    ready = next(iter(results.get("servers", {}).values()), {}).get("ready", {})
+    model = ready.get("model")
+    if not model:
+        return ""
+    return (f" Model: {model.get('name')} {model.get('height')}x{model.get('width')} -> {model.get('dim')}-d, gallery "
+            f"of {ready.get('gallery_size')} items.")
+
+
 def readme_block(data: dict[str, Any]) -> str:
     """The README's HTTP table and paragraph, from a results file (``{"machine": ..., "results": ...}``)."""
     machine, results = data["machine"], data["results"]
@@ -705,7 +714,7 @@ def readme_block(data: dict[str, Any]) -> str:
                  f"client on core {pinning['client_cores']} and server on core {pinning['server_cores']}"
                  if pinning else "client and server unpinned") +
              ". Server CPU is the OS's account of the server process per request; the model's part is the model "
-             "thread's CPU during its calls." + (
+             "thread's CPU during its calls." + _model_sentence(results) + (
                  f" `before …` rows: the same servers from {results['before']['label']}, in the same run."
                  if results.get("before") else ""), "",
              "| server | concurrency | req/s | p50 / p99 ms | mean micro-batch | server CPU ms/req | model | outside "
