@@ -2,13 +2,21 @@
 
 Two cases, both measured in ``benchmarks/results/search.md``:
 
-* **Batches smaller than the thread count on fp16 storage.** ``IndexScalarQuantizer.search`` runs
-  its OpenMP loop over queries, so one query scans the gallery on one core, at one core's share of
-  the memory bandwidth (FAISS's fp32 flat search splits the gallery between threads for such
-  batches itself; its scalar quantizer does not). :func:`split_search` scans ``parts`` contiguous
-  ranges of the stored vectors at once, one FAISS call per range on a worker thread (FAISS releases
-  the GIL; each call runs one OpenMP thread, restricted to its range by an ``IDSelectorRange``), and
-  merges the per-range top-k lists.
+* **Batches smaller than the thread count** (batch 1 on 2 cores), where exact search is a scan of
+  the gallery bounded by memory bandwidth. ``IndexScalarQuantizer.search`` (fp16) runs its OpenMP
+  loop over queries, so one query scans on one core: 10.1 ms over 100,000 x 1536, where 2 cores read
+  it in 5.6. ``IndexFlatIP`` (fp32) splits the gallery between threads itself for such batches
+  (FAISS >= 1.14.2), but scores each block with an ``sgemm`` of one column: 25.8 ms, half of what the
+  memory gives (numpy's GEMV: 12.2 ms). That is FAISS being the bottleneck, not the hardware; the fix
+  keeps FAISS's own scan kernels and only changes how the rows are shared out. :func:`split_search`
+  scans ``parts`` contiguous ranges of the stored vectors at once, one FAISS call per range on a
+  worker thread (FAISS releases the GIL; each call runs one OpenMP thread, restricted to its range by
+  an ``IDSelectorRange``, which ``IndexFlat`` turns into a scan of the sub-array), and merges the
+  per-range top-k lists: 12.0 ms fp32, 7.0 ms fp16 (benchmark run of 2026-12-01 14:55 UTC, 2-core
+  AMD EPYC, idle). For fp32 numpy's GEMV over the same rows (``IndexFlat``'s own array, not copied)
+  was faster still, 9.0 ms against a bound of 9.4 ms (bytes / fastest read measured), so fp32 uses
+  :func:`gemv_search`; fp16 has no such alternative (numpy has no fast fp16 GEMV) and stays on FAISS's
+  scalar-quantizer scan, which decodes at ~20 GB/s per core: 1.25-1.5x its bandwidth bound across runs.
 * **Filters.** A search with an ``IDSelector`` takes FAISS's per-query scan, never its ``sgemm``
   path (:mod:`index.faiss_config`): at batch 64 about 10x slower than the unfiltered search, however
   few items the filter allows. :func:`filter_plan` picks instead either a scan of the allowed rows
@@ -95,6 +103,29 @@ def split_search(inner: faiss.Index, queries: np.ndarray, k: int, parts: int) ->
     scores[positions < 0] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(positions, order, axis=1)
+
+
+def gemv_search(inner: faiss.IndexFlat, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of a few queries over an ``IndexFlatIP``'s own float32 rows (no copy) by numpy GEMV.
+
+    The one place ``index`` computes scores outside FAISS, because FAISS was measured slower at this
+    shape (module docstring): numpy's BLAS reads the rows at the memory's speed, then a partial sort.
+    NaN scores (a damaged row) are dropped, as FAISS's heaps drop them.
+
+    Returns:
+        ``(scores, positions)``, ``[Q, min(k, ntotal)]``, best first, ``-1`` where a score was NaN.
+    """
+    n, dim = int(inner.ntotal), int(inner.d)
+    rows = faiss.rev_swig_ptr(inner.get_xb(), n * dim).reshape(n, dim)
+    scores = np.ascontiguousarray((rows @ queries.T).T)  # [Q, n]; one query: a GEMV
+    kk = min(k, n)
+    np.nan_to_num(scores, copy=False, nan=-np.inf)
+    top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.broadcast_to(np.arange(n), scores.shape)
+    part = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-part, axis=1, kind="stable")
+    best, positions = np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1).astype(np.int64)
+    positions[np.isneginf(best)] = -1
+    return best, positions
 
 
 def filter_plan(n_allowed: int, n_total: int, dim: int) -> str:

@@ -56,9 +56,12 @@ SEARCH_PARAMS = {"nprobe", "ef_search"}
 _IVF = {"ivf_flat", "ivf_pq"}
 _TRAIN_POINTS_PER_CENTROID = 64
 _GPU_KINDS = {"flat", "flat_fp16", "ivf_flat", "ivf_pq"}  # FAISS has no GPU HNSW (CAGRA is a different index)
-# Exact kinds whose small batches are split between threads by index.exact (FAISS's fp32 flat search
-# does this itself since 1.14.2; its scalar quantizer does not).
-_SPLIT_KINDS = {"flat_fp16"}
+# Exact kinds whose batches smaller than the thread count (batch 1 on 2 cores: a memory-bound scan)
+# do not go through Index.search, where FAISS was measured to be the bottleneck (index.exact):
+# fp16, FAISS's scalar quantizer scans on one core -> its scan over thread-shared ranges; fp32,
+# FAISS's own split (sgemm with one column per block, 25.8 ms over 100,000 x 1536) and even its scan
+# over ranges (12.0 ms) are slower than numpy's GEMV on the same memory (9.0 ms; index.exact).
+_SMALL_BATCH = {"flat": "gemv", "flat_fp16": "split"}
 _EXPECTED_TYPE = {"flat": "IndexFlatIP", "flat_fp16": "IndexScalarQuantizer", "ivf_flat": "IndexIVFFlat",
                   "ivf_pq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
 
@@ -484,10 +487,13 @@ class FaissBackend(VectorBackend):
             keep_alive.append(inner)
             selector = faiss.IDSelectorNot(inner)
         work = len(queries) * n_candidates
-        if selector is None and self.kind in _SPLIT_KINDS and len(queries) < DEFAULT_THREADS < n_candidates \
+        if selector is None and self.kind in _SMALL_BATCH and len(queries) < DEFAULT_THREADS < n_candidates \
                 and work > SINGLE_THREAD_WORK:
-            # fewer queries than threads: FAISS's fp16 scan would use one core (index.exact)
-            scores, found = exact.split_search(faiss.downcast_index(index.index), queries, need, DEFAULT_THREADS)
+            inner = faiss.downcast_index(index.index)
+            if _SMALL_BATCH[self.kind] == "gemv":
+                scores, found = exact.gemv_search(inner, queries, need)
+            else:
+                scores, found = exact.split_search(inner, queries, need, DEFAULT_THREADS)
             return pad_results(scores, exact.to_ids(exact.id_map_view(index), found), k)
         make_params = self._params_factory(index, selector)
         set_search_threads(work)

@@ -1,7 +1,8 @@
 """How ``index`` runs FAISS on the CPU: the BLAS switch and the thread policy, set once, here.
 
 :mod:`index.faiss_backend` imports this module, which applies :func:`configure` at import, before any
-index is built; nothing else in ``index/`` sets ``faiss.cvar`` or the OpenMP thread count.
+index is built; nothing else in ``index/`` sets ``faiss.cvar`` or the OpenMP thread count (except
+:mod:`index.exact`'s worker threads, which each run one).
 
 **BLAS threshold.** FAISS's exact inner-product search (``IndexFlatIP``, ``faiss.knn``) has two
 paths for a batch of ``nq`` queries (``faiss/utils/distances.cpp``): a scan, one query per thread,
@@ -14,9 +15,10 @@ the threshold at ``BLAS_MIN_QUERIES * dim`` the ``sgemm`` path starts at ``BLAS_
 queries; :data:`MEASURED` is the sweep on this project's 2-core machine that chose it.
 
 Batches smaller than the thread count never reach either path: FAISS >= 1.14.2 splits the gallery
-between threads for them (``knn_db_parallel_impl``), whatever the threshold. A search with an
-``IDSelector`` always takes the per-query scan (FAISS cannot mask an ``sgemm`` block), which is
-why :mod:`index.exact` filters exact searches without one.
+between threads for them (``knn_db_parallel_impl``), whatever the threshold, at half the memory's
+speed, so :mod:`index.exact` splits them instead. A search with an ``IDSelector`` always takes the
+per-query scan (FAISS cannot mask an ``sgemm`` block), which is why :mod:`index.exact` filters exact
+searches without one.
 
 **Threads.** FAISS parallelises with OpenMP over all cores by default (``omp_get_max_threads()``
 at import, which honours ``OMP_NUM_THREADS``). For tiny searches the fork/join barrier costs more
@@ -35,9 +37,9 @@ import faiss
 
 log = logging.getLogger(__name__)
 
-# The smallest batch for which FAISS's sgemm path is at least as fast as its per-query scan, from
-# MEASURED (batch 2 is already faster with sgemm: its scan reads the gallery twice).
-BLAS_MIN_QUERIES = 2
+# The smallest batch for which FAISS's sgemm path is faster than its per-query scan, from MEASURED:
+# at batch 2 the scan (one query per core, each streaming the gallery) still wins; from 3 sgemm does.
+BLAS_MIN_QUERIES = 3
 # Descriptor size the threshold is expressed for; FAISS compares ``nq * dim`` against one global
 # number, so galleries of other sizes switch at ``BLAS_MIN_QUERIES * 1536 / dim`` queries.
 REFERENCE_DIM = 1536
@@ -45,9 +47,15 @@ BLAS_THRESHOLD = BLAS_MIN_QUERIES * REFERENCE_DIM
 SINGLE_THREAD_WORK = 20_000
 DEFAULT_THREADS = faiss.omp_get_max_threads()
 
-# The measurement behind BLAS_MIN_QUERIES (ms per batch, IndexFlatIP, 100,000 x 1536 normalised,
-# k=10, 2 threads, idle machine; filled in by the sweep in benchmarks/search.py --sweep-threshold).
-MEASURED: dict[str, object] = {}
+# The measurement behind BLAS_MIN_QUERIES: ms per *batch*, IndexFlatIP over 100,000 x 1536 normalised
+# float32, k=10, 2 threads (AMD EPYC, 2 cores, idle; 2026-12-01, /tmp probe, and the same sweep is in
+# every benchmarks/search.py run: benchmarks/results/search.md, "per-query scan vs sgemm path").
+# (numpy's sgemm of the batch-64 product alone: 105 ms.) FAISS's default threshold puts batch 64 on the
+# scan: 731 ms.
+MEASURED: dict[str, dict[int, float]] = {
+    "scan": {2: 25.2, 3: 43.0, 4: 51.4, 8: 82.7, 64: 731.2},
+    "sgemm": {2: 35.2, 3: 35.8, 4: 36.2, 8: 54.1, 64: 99.1},
+}
 
 
 def configure() -> None:
