@@ -118,7 +118,8 @@ def bench_kind(kind: str, device: str, x: np.ndarray, q: np.ndarray, truth: np.n
     for lo in range(0, n, 50_000):  # add in chunks, as the indexing job does
         gallery.add(x[lo:lo + 50_000], metadata[lo:lo + 50_000])
     build_s = time.perf_counter() - start
-    tune = args.target_recall is not None and gallery.stats()["trained"]  # untrained IVF searches exactly
+    # untrained IVF searches exactly; ivf_pq cannot be tuned from its own codes (index.tuning)
+    tune = args.target_recall is not None and gallery.stats()["trained"] and kind != "ivf_pq"
     tuned = gallery.tune(args.target_recall) if tune else None
     singles = itertools.cycle(q)
     b1_samples = _machine.time_calls(lambda: gallery.search(next(singles), K), repeat=args.b1_queries)

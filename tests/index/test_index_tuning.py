@@ -46,6 +46,10 @@ def test_tuning_is_refused_where_it_means_nothing(data) -> None:
     untrained.add(x[:50], [{"camera": 1}] * 50)
     with pytest.raises(GalleryError, match="not trained yet"):
         untrained.tune(0.9)
+    pq = Gallery.create(32, "ivf_pq", train_size=1000, m=4, nbits=4)
+    pq.add(x[:1000], [{"camera": 1}] * 1000)
+    with pytest.raises(GalleryError, match="'ivf_pq' cannot be tuned"):
+        pq.tune(0.9)
     hnsw = Gallery.create(32, "hnsw")
     hnsw.add(x[:50], [{"camera": 1}] * 50)
     for bad in (0, 1.5, "0.9", True):
