@@ -112,7 +112,18 @@ def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
     # longer, and the start fails with "Timed out waiting for file .../gcs_server_port_*". A private local
     # Ray has no reason to give up that early; an operator's own setting wins.
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # The raylet's registration with the GCS has a wait of its own, hard-coded to 30 s in Ray
+    # (ray/_private/node.py: "The current node timed out during startup"); it too can pass on a busy
+    # 2-core machine (seen once in four fresh-clone test runs). A private local Ray is started again once.
+    for attempt in (1, 2):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return True
+        except Exception as exc:  # Ray raises a bare Exception here
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            logger.warning("local Ray did not start in time (%s); starting it again", exc)
+            ray.shutdown()
     return True
 
 

@@ -155,3 +155,33 @@ def test_ray_engine_uses_gpu_actors_when_the_cluster_has_gpus(tree: Path, tiny_o
     assert want_v.keys() == got_v.keys()
     for item_id, vector in want_v.items():  # CUDA vs CPU kernels: a looser bound than CPU vs CPU
         np.testing.assert_allclose(got_v[item_id], vector, atol=2e-3, err_msg=f"id {item_id}")
+
+
+class _FlakyRay:
+    """A stand-in for the ``ray`` module whose first local start fails as Ray's raylet wait does."""
+
+    def __init__(self, error: str) -> None:
+        self.error, self.inits, self.shutdowns = error, 0, 0
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **_: object) -> None:
+        self.inits += 1
+        if self.inits == 1:
+            raise Exception(self.error)
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_times_out_at_startup_is_started_once_more() -> None:
+    from serving.ray_engine import _start_ray
+
+    flaky = _FlakyRay("The current node timed out during startup. This could happen because ...")
+    assert _start_ray(flaky, None, 2) is True
+    assert (flaky.inits, flaky.shutdowns) == (2, 1)
+    other = _FlakyRay("some other failure")
+    with pytest.raises(Exception, match="some other failure"):
+        _start_ray(other, None, 2)
+    assert (other.inits, other.shutdowns) == (1, 0)
