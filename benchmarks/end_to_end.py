@@ -273,10 +273,11 @@ sys.exit(main(sys.argv[1:]))
 """
 
 # cProfile of the main (event-loop) thread, switched on and off by SIGUSR1 so that start-up and shutdown
-# (imports, model loading) stay out of it and only the requests sent while it is on are profiled.
+# (imports, model loading) stay out of it and only the requests sent while it is on are profiled. {timer}
+# is cProfile's clock: empty for its default (wall) clock, or e.g. ``time.thread_time``.
 _PROFILE = """
-import cProfile, signal
-_prof, _on = cProfile.Profile(), [False]
+import cProfile, signal, time
+_prof, _on = cProfile.Profile({timer}), [False]
 def _toggle(signum, frame):
     if _on[0]:
         _prof.disable()
@@ -288,11 +289,14 @@ signal.signal(signal.SIGUSR1, _toggle)
 """
 
 
-def launcher(variant: Variant, profile_path: Path | None = None) -> list[str]:
-    """Interpreter arguments that apply ``variant``'s patches (and the cProfile switch), then run ``serving``."""
+def launcher(variant: Variant, profile_path: Path | None = None, timer: str = "") -> list[str]:
+    """Interpreter arguments that apply ``variant``'s patches (and the cProfile switch), then run ``serving``.
+
+    ``timer``: cProfile's clock as a Python expression (default: cProfile's own wall clock).
+    """
     if not variant.patches and profile_path is None:
         return ["-m", "serving"]
-    profile = _PROFILE.format(path=str(profile_path)) if profile_path is not None else ""
+    profile = _PROFILE.format(path=str(profile_path), timer=timer) if profile_path is not None else ""
     return ["-c", _LAUNCH.format(patches=list(variant.patches), profile=profile)]
 
 

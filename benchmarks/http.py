@@ -283,33 +283,17 @@ def offline_reference(model: Path, queries: Sequence[Query], batch: int, *, roun
             "threads": threads}
 
 
-# The server under cProfile, with the main thread's CPU clock as the timer (the default wall clock would
-# charge a function for every GIL hand-over that happens inside it), switched on and off by SIGUSR1 so that
-# start-up and shutdown stay out of the profile. The patches are a benchmarks.end_to_end variant's.
-_PROFILE_LAUNCH = """
-import cProfile, signal, sys, time
-from benchmarks.end_to_end import apply_patches
-apply_patches({patches!r})
-_prof, _on = cProfile.Profile(time.thread_time), [False]
-def _toggle(signum, frame):
-    if _on[0]:
-        _prof.disable()
-        _prof.dump_stats({path!r})
-    else:
-        _prof.enable()
-    _on[0] = not _on[0]
-signal.signal(signal.SIGUSR1, _toggle)
-from serving.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
+# The profiled server's timer: the main thread's CPU clock (the default wall clock would charge a function
+# for every GIL hand-over that happens inside it); benchmarks.end_to_end.launcher adds the SIGUSR1 switch.
+_PROFILE_TIMER = "time.thread_time"
 
 
 def run_profile(args: argparse.Namespace, queries: Sequence[Query], extra: list[str], variant: Any,
                 env: dict[str, str], cpus: set[int] | None) -> dict[str, Any]:
     """cProfile of a batching server's event-loop thread under load: its most expensive functions.
 
-    A separate server (the same command, with a SIGUSR1 switch around cProfile, see :data:`_PROFILE_LAUNCH`)
-    so that the measured servers run without a profiler; only the requests of this level are profiled.
+    A separate server (the same command, with a SIGUSR1 switch around cProfile, see
+    :func:`benchmarks.end_to_end.launcher`) so that the measured servers run without a profiler; only the requests of this level are profiled.
     cProfile sees the main thread only (the model thread is not in it), and is given ``time.thread_time``
     as its clock, so a function's time is the CPU it cost, not time spent waiting for the GIL or a thread.
     """
@@ -317,13 +301,12 @@ def run_profile(args: argparse.Namespace, queries: Sequence[Query], extra: list[
     import signal
     import tempfile
 
-    from benchmarks.end_to_end import profile_summary
+    from benchmarks.end_to_end import launcher, profile_summary
 
     path = Path(tempfile.mkdtemp(prefix="http-profile-")) / "server.prof"
     concurrency = max(args.concurrency)
-    code = _PROFILE_LAUNCH.format(patches=list(variant.patches), path=str(path))
     with ServerProcess(args.model, args.gallery, [*extra, *variant.args], env=env, cpus=cpus,
-                       launcher=["-c", code]) as server:
+                       launcher=launcher(variant, path, timer=_PROFILE_TIMER)) as server:
         asyncio.run(run_level(server.url, queries, min(8, concurrency), max(args.warmup, 8), 60.0, top_k=args.top_k))
         assert server.pid is not None  # started
         os.kill(server.pid, signal.SIGUSR1)
