@@ -101,6 +101,9 @@ def test_kill_9_indexer_mid_run_then_resume_completes_without_duplicates(tiny_on
         while manifest_count(gallery) < previous + 8 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)  # frozen: it cannot finish between the check below and the kill
+            time.sleep(0.05)
         if proc.poll() is not None:
             break  # finished before we could kill it: nothing left to interrupt
         proc.send_signal(signal.SIGKILL)
