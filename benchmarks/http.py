@@ -37,6 +37,7 @@ import asyncio
 import itertools
 import logging
 import mimetypes
+import shlex
 import sys
 import time
 from collections import Counter
@@ -355,6 +356,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--before", type=Path, default=None,
                         help="another checkout (e.g. a `git worktree` of an earlier commit) whose servers run "
                              "beside this one's, as `before batching` / `before no-batching`")
+    parser.add_argument("--before-args", default="",
+                        help="extra `serve` options of the `before` servers (e.g. '--http h11 --loop asyncio' with "
+                             "--before . to measure one setting against the defaults in one run)")
     parser.add_argument("--before-label", default=None,
                         help="what the --before checkout is, for the report (e.g. `commit 60aa29a, before the fix`)")
     parser.add_argument("--profile-requests", type=int, default=400,
@@ -416,7 +420,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "top_k": args.top_k,
         "queries": len(queries), "target_ratio": TARGET_RATIO, "servers": {}, "rows": [], "offline": [],
         "repeats": args.repeats, "server_variant": args.server_variant,
-        "before": None if args.before is None else {"tree": str(args.before),
+        "before": None if args.before is None else {"tree": str(args.before), "args": args.before_args,
                                                     "label": args.before_label or str(args.before)},
         "server_variant_description": variant.description,
         "pinning": None if split is None else {"client_cores": _proc.describe(client_cpus),
@@ -436,8 +440,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     modes: dict[str, tuple[list[str], Path | None] | None] = {"external": None} if args.url else {
         "batching": (batching, None), "no-batching": (["--max-batch-size", "1"], None)}
     if args.before is not None and not args.url:
-        modes.update({"before batching": (batching, args.before),
-                      "before no-batching": (["--max-batch-size", "1"], args.before)})
+        before_args = shlex.split(args.before_args)
+        modes.update({"before batching": ([*batching, *before_args], args.before),
+                      "before no-batching": (["--max-batch-size", "1", *before_args], args.before)})
     servers: dict[str, ServerProcess | None] = {}
     total = len(modes) * len(args.concurrency) * args.requests * args.repeats
     restore = None
@@ -560,8 +565,9 @@ def report(results: dict[str, Any]) -> str:
         f" (from {s['tree']})" if s.get("tree") not in (None, "this checkout") else "")
         for mode, s in results["servers"].items()))
     if results.get("before"):
-        parts.append(f"`before …` servers run the code of another checkout ({results['before']['label']}), with "
-                     "the same options, in the same run.")
+        extra = results["before"].get("args")
+        parts.append(f"`before …` servers run the code of {results['before']['label']} ({results['before']['tree']}), "
+                     "with the same options" + (f" plus `{extra}`" if extra else "") + ", in the same run.")
     pinning = results.get("pinning")
     parts.append(
         f"**Pinning**: the load generator (this process) runs on core {pinning['client_cores']}, every server on "

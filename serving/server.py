@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout-s", type=float, help="a request head must arrive within this (default 10)")
     p.add_argument("--body-timeout-s", type=float, help="longest wait for the next piece of a body (default 30)")
     p.add_argument("--graceful-shutdown-s", type=float, help="time running requests get at shutdown (default 10)")
+    p.add_argument("--http", dest="http_parser", choices=["auto", "httptools", "h11"],
+                   help="HTTP/1.1 parser (default auto: httptools when installed, else h11)")
+    p.add_argument("--loop", dest="event_loop", choices=["auto", "uvloop", "asyncio"],
+                   help="event loop (default auto: uvloop when installed, else asyncio)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level")
     return p
@@ -126,6 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("listening on %s: the API is reachable from other machines%s", settings.host,
                        "" if settings.api_key else " and gallery changes need no API key")
     limit, backlog = fit_to_descriptors(settings.limit_concurrency, settings.backlog)
+    try:
+        protocol = protocol_class(settings.header_timeout_s, limit, parser=settings.http_parser)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise UserError("--loop uvloop: the uvloop package is not installed (pip install uvloop)") from None
+    logger.info("HTTP parser %s, event loop %s", protocol.__name__.removeprefix("Bounded"),
+                settings.event_loop)
     logfilter.install(settings.log_repeat_s)  # the root handler (python -m serving's basicConfig)
     # One process: the gallery lives in this process's memory, so several workers would each hold and
     # save their own diverging copy. Scale with micro-batching and more replicas behind a proxy instead.
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, workers=1,
                     timeout_graceful_shutdown=settings.graceful_shutdown_s, limit_concurrency=limit,
                     backlog=backlog, timeout_keep_alive=settings.keep_alive_s,
-                    http=protocol_class(settings.header_timeout_s, limit), log_config=log_config(settings.log_repeat_s))
+                    http=protocol, loop=settings.event_loop, log_config=log_config(settings.log_repeat_s))
         if stopped_by:
             logger.info("stopped by %s after a graceful shutdown", signal.Signals(stopped_by[0]).name)
     finally:

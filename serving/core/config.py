@@ -93,6 +93,24 @@ class Settings(BaseSettings):
                                                                          "finish before they are cancelled")
     log_repeat_s: float = Field(10.0, gt=0, le=3600, description="warnings and errors of one kind are logged "
                                                                   "once per this interval, then as a count")
+    http_parser: str = Field("auto", description="HTTP/1.1 parser: httptools (C, the default when installed) or "
+                                                  "h11 (pure Python); auto picks httptools when it imports")
+    event_loop: str = Field("auto", description="asyncio event loop: uvloop (the default when installed) or the "
+                                                "standard asyncio loop; auto picks uvloop when it imports")
+
+    @field_validator("http_parser")
+    @classmethod
+    def _known_parser(cls, value: str) -> str:
+        if value not in ("auto", "httptools", "h11"):
+            raise ValueError(f"unknown HTTP parser {value!r}; valid: auto, httptools, h11")
+        return value
+
+    @field_validator("event_loop")
+    @classmethod
+    def _known_loop(cls, value: str) -> str:
+        if value not in ("auto", "uvloop", "asyncio"):
+            raise ValueError(f"unknown event loop {value!r}; valid: auto, uvloop, asyncio")
+        return value
 
     @field_validator("backend")
     @classmethod
