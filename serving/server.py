@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graceful-shutdown-s", type=float, help="time running requests get at shutdown (default 10)")
     p.add_argument("--http", dest="http_parser", choices=["auto", "httptools", "h11"],
                    help="HTTP/1.1 parser (default auto: httptools when installed, else h11)")
-    p.add_argument("--loop", dest="event_loop", choices=["auto", "uvloop", "asyncio"],
-                   help="event loop (default auto: uvloop when installed, else asyncio)")
+    p.add_argument("--loop", dest="event_loop", choices=["asyncio", "uvloop"],
+                   help="event loop (default asyncio; uvloop must be installed, and loses the 503 of a connection "
+                        "over the limit when descriptors run out)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level")
     return p

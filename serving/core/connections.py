@@ -17,6 +17,11 @@ Python) — with two additions:
 
 :func:`effective_connection_limit` keeps the cap under the process's ``RLIMIT_NOFILE`` with room for the
 files the server itself opens (model, gallery, logs, upload spools), so the cap, not the kernel, refuses.
+
+The event loop stays asyncio's by default: with uvloop, 1 of 4 runs of the descriptor-exhaustion test
+(tests/reliability/test_limits_and_shutdown.py, 300 idle connections under RLIMIT_NOFILE 256) had a new
+client's connection closed with no response instead of answered 200/503; with asyncio 6 of 6 passed
+(2026-12-01). ``--loop uvloop`` remains an opt-in for sites that never approach the descriptor limit.
 """
 
 from __future__ import annotations
