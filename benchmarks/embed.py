@@ -56,11 +56,12 @@ import yaml
 from benchmarks import _machine
 from export.errors import UserError
 from export.models import LoadedModel, load_model
-from export.metadata import read_metadata
+from export.artifact import read_metadata
 from export.onnx_export import export_model, quiet_exporter_logs
 from export.ort import create_session
 from export.parity import compare, random_images
 from export.quantize import quantization_settings, quantize_onnx
+from training.paper import PAPER
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def model_specs(names: list[str], checkpoint: Path | None) -> dict[str, dict[str
     specs: dict[str, dict[str, Any]] = {}
     for name in names:
         if name == "paper":
-            specs[name] = {"checkpoint": None, "arch": "resnet50", "height": 384, "width": 128, "parts": 6}
+            specs[name] = {"checkpoint": None, **PAPER._asdict()}
         elif name == "demo" and checkpoint is not None:
             specs[name] = {"checkpoint": checkpoint}
         elif name == "demo":
@@ -129,9 +130,10 @@ def model_specs(names: list[str], checkpoint: Path | None) -> dict[str, dict[str
                 raise UserError(f"{DEMO_CONFIG} not found (it defines the demo model); use --models paper "
                                 "or --checkpoint")
             cfg = yaml.safe_load(DEMO_CONFIG.read_text()) or {}
-            specs[name] = {"checkpoint": None, "arch": cfg.get("arch", "resnet50"),
-                           "height": int(cfg.get("height", 384)), "width": int(cfg.get("width", 128)),
-                           "parts": int(cfg.get("parts", 6)), "embed_dim": int(cfg.get("embed_dim", 256))}
+            # The YAML sets what differs from the paper; its other keys fall back to the paper's model.
+            specs[name] = {"checkpoint": None, "arch": str(cfg.get("arch", PAPER.arch)),
+                           **{key: int(cfg.get(key, getattr(PAPER, key))) for key in ("height", "width", "parts",
+                                                                                        "embed_dim")}}
         else:
             raise UserError(f"unknown model {name!r}; valid models: paper, demo")
     return specs

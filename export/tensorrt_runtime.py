@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import UserError
-from export.metadata import INPUT_NAME, OUTPUT_NAME
+from export.artifact import INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 

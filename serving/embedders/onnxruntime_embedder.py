@@ -9,7 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from serving.embedders.base import ArtifactMetadata, Embedder, file_sha256
+from export.artifact import ArtifactMetadata, file_sha256
+from serving.embedders.base import Embedder
 from serving.errors import UserError
 
 logger = logging.getLogger(__name__)
