@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import itertools
 import logging
-import mimetypes
 import shlex
 import sys
 import time
@@ -50,14 +49,13 @@ import httpx
 import numpy as np
 
 from benchmarks import _machine, _proc
-from benchmarks._server import ServerProcess, scrape
+from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, missing_modules, profile_requests,
+                                profile_summary, profiled_launcher, scrape, server_env)
 from serving.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 TARGET_RATIO = 0.90  # micro-batched requests/s over offline batched images/s (owner's target)
-IR_CAMERAS = ("cam3", "cam6")  # SYSU-MM01's infrared cameras
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 SEARCH_OK = 'xmreid_http_requests_total{endpoint="/search",method="POST",status="200"}'
 MODEL_CPU = "xmreid_model_cpu_seconds_total"
 # Issue 19's aims, checked and printed, never asserted: server CPU per /search outside the model, the
@@ -66,18 +64,6 @@ MODEL_CPU = "xmreid_model_cpu_seconds_total"
 OUTSIDE_MODEL_CPU_MS = 1.5
 BATCHED_RATIO = 0.80
 MIN_MEAN_BATCH = 8.0
-
-
-@dataclass(frozen=True)
-class Query:
-    """One request body: the file name and its bytes."""
-
-    name: str
-    data: bytes
-
-    @property
-    def content_type(self) -> str:
-        return mimetypes.guess_type(self.name)[0] or "application/octet-stream"
 
 
 @dataclass
@@ -94,29 +80,6 @@ class LevelResult:
     @property
     def issued(self) -> int:
         return len(self.latencies_s) + sum(self.errors.values())
-
-
-def load_queries(images: Path, limit: int = 256) -> list[Query]:
-    """Infrared crops under ``images/cam3`` and ``images/cam6``, spread evenly over the sorted files.
-
-    Args:
-        images: a SYSU-MM01-layout dataset root (e.g. ``data/synthetic_sysu``).
-        limit: most crops to keep (requests cycle through them).
-
-    Returns:
-        The crops, in a deterministic order.
-
-    Raises:
-        UserError: no infrared crops there.
-    """
-    files = sorted(p for cam in IR_CAMERAS if (images / cam).is_dir()
-                   for p in (images / cam).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"no infrared crops under {images}: expected {' and '.join(IR_CAMERAS)} folders of "
-                        f"{', '.join(sorted(IMAGE_SUFFIXES))} files (a SYSU-MM01-layout root such as "
-                        "data/synthetic_sysu)")
-    step = max(1, len(files) // max(1, limit))
-    return [Query(str(p.relative_to(images)), p.read_bytes()) for p in files[::step][:limit]]
 
 
 async def run_level(url: str, queries: Sequence[Query], concurrency: int, requests: int, duration_cap_s: float,
@@ -285,7 +248,7 @@ def offline_reference(model: Path, queries: Sequence[Query], batch: int, *, roun
 
 
 # The profiled server's timer: the main thread's CPU clock (the default wall clock would charge a function
-# for every GIL hand-over that happens inside it); benchmarks.end_to_end.launcher adds the SIGUSR1 switch.
+# for every GIL hand-over that happens inside it); benchmarks._server.profiled_launcher adds the SIGUSR1 switch.
 _PROFILE_TIMER = "time.thread_time"
 
 
@@ -294,33 +257,20 @@ def run_profile(args: argparse.Namespace, queries: Sequence[Query], extra: list[
     """cProfile of a batching server's event-loop thread under load: its most expensive functions.
 
     A separate server (the same command, with a SIGUSR1 switch around cProfile, see
-    :func:`benchmarks.end_to_end.launcher`) so that the measured servers run without a profiler; only the requests of this level are profiled.
+    :func:`benchmarks._server.profiled_launcher`) so that the measured servers run without a profiler; only the
+    requests of this level are profiled.
     cProfile sees the main thread only (the model thread is not in it), and is given ``time.thread_time``
     as its clock, so a function's time is the CPU it cost, not time spent waiting for the GIL or a thread.
     """
-    import os
-    import signal
     import tempfile
-
-    from benchmarks.end_to_end import launcher, profile_summary
 
     path = Path(tempfile.mkdtemp(prefix="http-profile-")) / "server.prof"
     concurrency = max(args.concurrency)
     with ServerProcess(args.model, args.gallery, [*extra, *variant.args], env=env, cpus=cpus,
-                       launcher=launcher(variant, path, timer=_PROFILE_TIMER)) as server:
+                       launcher=profiled_launcher(path, timer=_PROFILE_TIMER)) as server:
         asyncio.run(run_level(server.url, queries, min(8, concurrency), max(args.warmup, 8), 60.0, top_k=args.top_k))
-        assert server.pid is not None  # started
-        os.kill(server.pid, signal.SIGUSR1)
-        time.sleep(0.2)
-        level = asyncio.run(run_level(server.url, queries, concurrency, args.profile_requests, args.duration_cap,
-                                      top_k=args.top_k))
-        os.kill(server.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 30
-        while not path.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not path.is_file():
-            raise UserError(f"the profiled server wrote no profile to {path}")
-        time.sleep(0.5)  # dump_stats writes in one go; let it finish
+        level = profile_requests(server, path, lambda: asyncio.run(run_level(
+            server.url, queries, concurrency, args.profile_requests, args.duration_cap, top_k=args.top_k)))
     answered = max(1, len(level.latencies_s))
     return {"concurrency": concurrency, "requests": answered, "errors": sum(level.errors.values()),
             "thread": "main (event loop)", **profile_summary(path, answered, top=args.profile_top)}
@@ -343,9 +293,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=defaults["max_wait_ms"].default,
                         help="micro-batch wait of the batching server")
     parser.add_argument("--server-variant", default="default",
-                        help="start both servers as this benchmarks.end_to_end variant (its options win over the "
-                             "mode's, its patches are applied), e.g. fixes: measures a proposed fix under load")
-    parser.add_argument("--extra-path", type=Path, help="folder of packages a variant needs (see end_to_end)")
+                        help=f"start both servers as this variant (its serve options win over the mode's): "
+                             f"{', '.join(VARIANTS)}")
+    parser.add_argument("--extra-path", type=Path, help="folder of packages a variant needs (uvloop)")
     parser.add_argument("--top-k", type=int, default=10, help="top_k of every search")
     parser.add_argument("--warmup", type=int, default=16, help="untimed requests per server before the levels")
     parser.add_argument("--offline-images", type=int, default=64, help="crops per offline reference pass")
@@ -396,11 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         UserError: missing inputs, or a server that does not start.
     """
-    import os
-
     from tqdm import tqdm
-
-    from benchmarks.end_to_end import VARIANTS, launcher, missing_modules
 
     if args.server_variant not in VARIANTS:
         raise UserError(f"unknown --server-variant {args.server_variant!r}; valid: {', '.join(VARIANTS)}")
@@ -409,9 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if missing:
         raise UserError(f"--server-variant {args.server_variant} needs {', '.join(missing)}; pip install them or "
                         "pass --extra-path")
-    env = {}
-    if variant.needs and args.extra_path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.extra_path), os.environ.get("PYTHONPATH")]))
+    env = server_env(args.extra_path) if variant.needs else {}
     split = _proc.split_cores() if args.pin and args.url is None else None
     client_cpus, server_cpus = split if split is not None else (None, None)
     queries = load_queries(args.images)
@@ -453,7 +397,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if spec is not None:
                     extra, tree = spec
                     server = ServerProcess(args.model, args.gallery, [*extra, *variant.args], env=env,
-                                           launcher=launcher(variant), cpus=server_cpus, cwd=tree).start()
+                                           cpus=server_cpus, cwd=tree).start()
                 servers[mode] = server
                 url = args.url.rstrip("/") if server is None else server.url
                 ready = httpx.get(f"{url}/readyz", timeout=10.0)
@@ -576,7 +520,7 @@ def report(results: dict[str, Any]) -> str:
         "reference runs on those cores too." if pinning else
         "**Pinning**: none (one usable core, `--no-pin` or `--url`): client and server share the cores.")
     if results.get("server_variant", "default") != "default":
-        parts.append(f"Servers run variant `{results['server_variant']}` of `benchmarks.end_to_end`: "
+        parts.append(f"Servers run variant `{results['server_variant']}` (`benchmarks._server.VARIANTS`): "
                      f"{results['server_variant_description']}.")
     ready = next(iter(results["servers"].values()), {}).get("ready", {})
     if ready:
@@ -759,19 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    machine = _machine.describe_machine()
-    try:
-        results = run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    text = report(results)
-    paths = _machine.write_results(args.name, results, text, plot(results), out_dir=args.out, machine=machine)
-    print(text)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return _machine.run_and_write(parse_args(argv), run, report, plot)
 
 
 if __name__ == "__main__":
