@@ -22,7 +22,6 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import mimetypes
 import os
@@ -100,13 +99,10 @@ class Variant:
     Attributes:
         description: what differs from the default, for the report.
         args: extra ``python -m serving serve`` options.
-        needs: modules that must be importable by the server (installed, or found through ``--extra-path``);
-            without them the variant is skipped.
     """
 
     description: str
     args: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()
 
 
 VARIANTS: dict[str, Variant] = {
@@ -114,26 +110,15 @@ VARIANTS: dict[str, Variant] = {
     "max-wait-5": Variant("`--max-wait-ms 5`: a lone request waits 5 ms for company (the default is 0)",
                           ("--max-wait-ms", "5")),
     "no-batching": Variant("`--max-batch-size 1`: every request is its own model call", ("--max-batch-size", "1")),
-    # uvicorn's loop="auto" takes uvloop when it is importable; the server's own h11-based protocol stays.
-    "uvloop": Variant("uvloop importable (`pip install --target DIR uvloop`, `--extra-path DIR`): uvicorn runs "
-                      "its event loop on it", needs=("uvloop",)),
 }
 
 
-def missing_modules(variant: Variant, extra_path: Path | None) -> list[str]:
-    """Modules ``variant`` needs that neither this interpreter nor ``extra_path`` provides."""
-    missing = []
-    for name in variant.needs:
-        if importlib.util.find_spec(name) is not None:
-            continue
-        if extra_path is not None and any((extra_path / f).exists() for f in (name, f"{name}.py")):
-            continue
-        missing.append(name)
-    return missing
-
-
 def server_env(extra_path: Path | None) -> dict[str, str]:
-    """Environment for a server that also imports the packages in ``extra_path`` (none: no change)."""
+    """Environment for a server that imports the packages in ``extra_path`` first (None: no change).
+
+    ``--extra-path`` of both HTTP benchmarks: measure the server with packages (or versions) this
+    environment lacks, installed with ``pip install --target DIR``, without changing the environment.
+    """
     if extra_path is None:
         return {}
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(extra_path), os.environ.get("PYTHONPATH")]))}

@@ -39,8 +39,8 @@ import httpx
 import numpy as np
 
 from benchmarks import _machine
-from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, missing_modules, profile_requests,
-                                profile_summary, profiled_launcher, scrape, server_env)
+from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, profile_requests, profile_summary,
+                                profiled_launcher, scrape, server_env)
 
 logger = logging.getLogger(__name__)
 
@@ -153,16 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"requests": args.requests, "top_k": args.top_k, "block": args.block,
                                "target_overhead": TARGET_OVERHEAD, "variants": {}, "queries": len(queries)}
     servers: dict[str, ServerProcess] = {}
-    active = []
-    results["skipped"] = {}
-    for name in args.variants:
-        missing = missing_modules(VARIANTS[name], args.extra_path)
-        if missing:
-            results["skipped"][name] = (f"needs {', '.join(missing)} (pip install them, or pip install --target DIR "
-                                        "and pass --extra-path DIR)")
-            logger.warning("skipping variant %s: %s", name, results["skipped"][name])
-        else:
-            active.append(name)
+    active = list(args.variants)
     samples = {name: Samples() for name in active}
     metrics: dict[str, dict[str, float]] = {}
     profile_path = Path(tempfile.mkdtemp(prefix="e2e-profile-")) / "server.prof" if args.profile else None
@@ -171,8 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in active:
             variant = VARIANTS[name]
             launcher = profiled_launcher(profile_path) if name == "default" and profile_path else ("-m", "serving")
-            servers[name] = ServerProcess(args.model, args.gallery, variant.args,
-                                          env=server_env(args.extra_path) if variant.needs else {},
+            servers[name] = ServerProcess(args.model, args.gallery, variant.args, env=server_env(args.extra_path),
                                           launcher=launcher).start()
             clients[name] = httpx.Client(base_url=servers[name].url, timeout=120.0)
             results["variants"][name] = {"description": variant.description, "server_args": list(variant.args),
@@ -241,8 +231,6 @@ def report(results: dict[str, Any]) -> str:
         f"{v['wall_mean_ms'] - v['ms']['model']:.2f} ms per request"
         for name, v in results["variants"].items()))
     parts.append("Servers: " + "; ".join(f"`{name}`: {v['description']}" for name, v in results["variants"].items()))
-    for name, reason in results.get("skipped", {}).items():
-        parts.append(f"Skipped `{name}`: {reason}.")
     if results.get("profile"):
         prof = results["profile"]
         parts.append(f"Event-loop thread of the `default` server under cProfile ({prof['requests']} requests after "
@@ -292,8 +280,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=10, help="top_k of every search")
     parser.add_argument("--profile", action="store_true", help="profile the default server's event loop (cProfile)")
     parser.add_argument("--profile-requests", type=int, default=100, help="requests sent while profiling")
-    parser.add_argument("--extra-path", type=Path, help="a folder of packages some variants need (uvloop: "
-                        "`pip install --target DIR uvloop`), given only to those servers")
+    parser.add_argument("--extra-path", type=Path, help="a folder of packages (`pip install --target DIR ...`) put "
+                        "first on every server's PYTHONPATH, to measure with packages this environment lacks")
     parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     parser.add_argument("--name", default="end_to_end", help="results file stem")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -49,8 +49,8 @@ import httpx
 import numpy as np
 
 from benchmarks import _machine, _proc
-from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, missing_modules, profile_requests,
-                                profile_summary, profiled_launcher, scrape, server_env)
+from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, profile_requests, profile_summary,
+                                profiled_launcher, scrape, server_env)
 from serving.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -295,7 +295,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-variant", default="default",
                         help=f"start both servers as this variant (its serve options win over the mode's): "
                              f"{', '.join(VARIANTS)}")
-    parser.add_argument("--extra-path", type=Path, help="folder of packages a variant needs (uvloop)")
+    parser.add_argument("--extra-path", type=Path, help="folder of packages (`pip install --target DIR ...`) put "
+                        "first on the servers' PYTHONPATH")
     parser.add_argument("--top-k", type=int, default=10, help="top_k of every search")
     parser.add_argument("--warmup", type=int, default=16, help="untimed requests per server before the levels")
     parser.add_argument("--offline-images", type=int, default=64, help="crops per offline reference pass")
@@ -351,11 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.server_variant not in VARIANTS:
         raise UserError(f"unknown --server-variant {args.server_variant!r}; valid: {', '.join(VARIANTS)}")
     variant = VARIANTS[args.server_variant]
-    missing = missing_modules(variant, args.extra_path)
-    if missing:
-        raise UserError(f"--server-variant {args.server_variant} needs {', '.join(missing)}; pip install them or "
-                        "pass --extra-path")
-    env = server_env(args.extra_path) if variant.needs else {}
+    env = server_env(args.extra_path)
     split = _proc.split_cores() if args.pin and args.url is None else None
     client_cpus, server_cpus = split if split is not None else (None, None)
     queries = load_queries(args.images)
