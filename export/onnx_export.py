@@ -27,8 +27,8 @@ import onnx
 import torch
 
 from export._io import atomic_write_bytes
-from export.errors import UserError
 from export.artifact import INPUT_NAME, OUTPUT_NAME, config_digest
+from export.errors import UserError
 from export.models import LoadedModel, load_model, model_from_checkpoint
 from training.model import ARCHS, INPUT_META
 from training.paper import PAPER

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export._io import atomic_copy, atomic_write_bytes
-from export.errors import UserError
 from export.artifact import INPUT_NAME, OUTPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto
+from export.errors import UserError
 
 logger = logging.getLogger(__name__)
 
