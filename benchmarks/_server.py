@@ -110,6 +110,8 @@ VARIANTS: dict[str, Variant] = {
     "max-wait-5": Variant("`--max-wait-ms 5`: a lone request waits 5 ms for company (the default is 0)",
                           ("--max-wait-ms", "5")),
     "no-batching": Variant("`--max-batch-size 1`: every request is its own model call", ("--max-batch-size", "1")),
+    "h11-asyncio": Variant("`--http h11 --loop asyncio`: the pure-Python HTTP parser on the stdlib event loop",
+                           ("--http", "h11", "--loop", "asyncio")),
 }
 
 

@@ -1,7 +1,7 @@
 """End-to-end benchmark: where the time of one ``POST /search`` goes, against the bare model time.
 
 ``python -m benchmarks.end_to_end --model M.onnx --gallery DIR --images DIR [--requests 200]
-[--variants default,no-batching] [--profile]``
+[--variants default,h11-asyncio] [--profile]``
 
 At concurrency 1 (one request at a time, keep-alive), each request's client wall time is split into
 
