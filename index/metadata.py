@@ -329,6 +329,10 @@ class MetadataStore:
         """All ids, sorted, int64."""
         return self._column_cache()[0]
 
+    def present(self, ids: np.ndarray) -> np.ndarray:
+        """Bool mask: which of ``ids`` are stored."""
+        return np.isin(ids, self.ids())
+
     def camera_counts(self) -> dict[int, int]:
         with self._lock:
             rows = self._conn.execute("SELECT camera, COUNT(*) FROM items GROUP BY camera ORDER BY camera")

@@ -153,6 +153,22 @@ def test_remove_get_and_ids_are_never_reused(make: Factory) -> None:
     assert gallery.ids().tolist() == sorted(set(range(62)) - {5, 7, 8, 30})
 
 
+def test_search_hits_are_search_with_the_metadata_of_get(make: Factory) -> None:
+    x, q = clustered(40, DIM, seed=9, n_queries=3)
+    gallery = make("flat")
+    gallery.add(x, _meta(40))
+    gallery.remove([1, 2])
+    scores, found = gallery.search(q, 50, cameras=[1, 2])
+    hits = gallery.search_hits(q, 50, cameras=[1, 2])
+    assert len(hits) == 3
+    for row_s, row_i, row_h in zip(scores, found, hits):
+        keep = row_i >= 0  # the -1 padding is left out
+        assert [h["id"] for h in row_h] == row_i[keep].tolist()
+        np.testing.assert_allclose([h["score"] for h in row_h], row_s[keep], atol=1e-6)
+        assert [{k: v for k, v in h.items() if k != "score"} for h in row_h] == gallery.get(row_i[keep])
+    assert gallery.search_hits(q[0], 3, cameras=[]) == [[]]
+
+
 def test_metadata_round_trips_with_types(make: Factory) -> None:
     x, _ = clustered(3, DIM, seed=5)
     gallery = make("flat")
