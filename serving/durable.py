@@ -16,10 +16,11 @@ What a server holds between requests, and the rules that keep it honest (issue 1
 * **Never serve a damaged gallery.** A search whose scores show damaged vectors (non-finite, or a
   cosine past 1) marks the gallery damaged: the server answers 503 and reports not ready.
 
-Concurrency: searches hold :attr:`rw` shared (search + metadata lookup under one hold, so a concurrent
-removal never leaves a hit without its row); changes are serialised by a thread lock and hold ``rw``
-exclusively only while they change memory; their save holds it shared, so searches continue meanwhile
-(they may see a change while it is being saved: if the save fails, it is withdrawn before the answer).
+Concurrency: a search is one ``Gallery.search_hits`` call, which reads the hits' metadata under the
+gallery's own lock (so a concurrent removal never leaves a hit without its row) and needs no lock here;
+changes are serialised by a thread lock and hold :attr:`rw` exclusively only while they change memory;
+their save holds it shared. Searches continue meanwhile (they may see a change while it is being
+saved: if the save fails, it is withdrawn before the answer).
 """
 
 from __future__ import annotations
@@ -134,27 +135,15 @@ class DurableGallery:
 
         if self.damaged:
             raise GalleryDamaged(self.damaged)
-        with self.rw.read():
-            try:
-                scores, ids = self.gallery.search(np.asarray(vectors, dtype=np.float32), k, cameras=cameras)
-            except CorruptGalleryError as exc:
-                self.damaged = f"the gallery in memory is damaged ({exc}); restart the server from a checked gallery"
-                logger.error("%s", self.damaged)
-                raise GalleryDamaged(self.damaged) from None
-            found = sorted({int(i) for i in np.asarray(ids).ravel() if i >= 0})
-            meta = dict(zip(found, self.gallery.get(found))) if found else {}
-        answers = []
-        for row_scores, row_ids in zip(np.asarray(scores), np.asarray(ids)):
-            hits = []
-            for score, gid in zip(row_scores, row_ids):
-                if gid < 0:  # -1 pads rows when fewer than k items match
-                    continue
-                item = meta[int(gid)]
-                hits.append({"rank": len(hits) + 1, "gallery_id": int(gid), "score": float(score),
-                             "camera": item.get("camera"), "person_label": item.get("person_label"),
-                             "source": item.get("source")})
-            answers.append(hits)
-        return answers
+        try:
+            found = self.gallery.search_hits(np.asarray(vectors, dtype=np.float32), k, cameras=cameras)
+        except CorruptGalleryError as exc:
+            self.damaged = f"the gallery in memory is damaged ({exc}); restart the server from a checked gallery"
+            logger.error("%s", self.damaged)
+            raise GalleryDamaged(self.damaged) from None
+        return [[{"rank": rank, "gallery_id": hit["id"], "score": hit["score"], "camera": hit.get("camera"),
+                  "person_label": hit.get("person_label"), "source": hit.get("source")}
+                 for rank, hit in enumerate(row, start=1)] for row in found]
 
     def stats(self) -> dict[str, Any]:
         with self.rw.read():
