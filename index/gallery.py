@@ -51,7 +51,7 @@ from index.backends import MetadataReader, VectorBackend
 from index.loading import check_model, read_gallery
 from index.locking import DirectoryLock, ReadWriteLock, acquire_directory, read_holder
 from index.manifest import legacy_uid
-from index.metadata import validate_metadata
+from index.metadata import GROUP_BY, validate_metadata
 from index.registry import check_backend, create_storage
 from index.validate import as_cameras, as_ids, as_k, as_time_range, check_scores, normalized
 
@@ -59,6 +59,13 @@ log = logging.getLogger(__name__)
 
 # filter_mode -> the backends' use_selector (None: the backend picks; see index.faiss_backend).
 _USE_SELECTOR = {"auto": None, "selector": True, "wider": False}
+
+
+def check_group_by(group_by: str) -> str:
+    """``group_by`` if it is one :meth:`Gallery.group_counts` knows, else a :class:`GalleryError` listing them."""
+    if group_by not in GROUP_BY:
+        raise GalleryError(f"unknown group_by {group_by!r}; valid values: {', '.join(GROUP_BY)}")
+    return group_by
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -422,7 +429,7 @@ class Gallery:
             vectors: ``[N, dim]`` descriptors (any real dtype; normalised here).
             metadata: ``N`` dicts: ``camera`` (int, required), ``person_label`` (int or str),
                 ``source`` (path or URI), ``timestamp`` (Unix seconds, datetime or ISO-8601; stored
-                as Unix seconds), ``extra`` (JSON-able dict).
+                as Unix seconds), ``extra`` (JSON-able dict), ``track_id`` (int or str: the camera track).
             idempotency_key: when given and already recorded (by an add that was saved), nothing is
                 added and the ids of that add are returned; otherwise the key is recorded with the ids,
                 in the same save. A retried request therefore never adds twice. Milvus galleries record
@@ -635,7 +642,7 @@ class Gallery:
 
     def get(self, ids: Any, *, missing: str = "error") -> list[dict[str, Any] | None]:
         """Metadata for ``ids``, in order: dicts with ``id``, ``camera``, ``person_label``,
-        ``source``, ``timestamp`` (Unix seconds or None), ``extra`` (dict).
+        ``source``, ``timestamp`` (Unix seconds or None), ``extra`` (dict), ``track_id`` (or None).
 
         Args:
             ids: ids (e.g. a row of :meth:`search` ids).
@@ -651,6 +658,41 @@ class Gallery:
         if unknown and missing == "error":
             raise UnknownIdsError(unknown)
         return [dict(rows[i], extra=dict(rows[i]["extra"])) if i in rows else None for i in wanted]
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        """The stored (L2-normalised) descriptors of ``ids``, ``[n, dim]`` float32, in the order given.
+
+        What re-ranking a neighbourhood needs (``index.reranking``): the gallery-gallery distances of the
+        items a search returned. Exact for ``flat``; ``flat_fp16`` gives them back rounded to fp16; the
+        approximate kinds give what their codes keep (IVF-PQ: an approximation), which is why the server
+        refuses ``rerank`` on them.
+
+        Raises:
+            UnknownIdsError: an id is not in the gallery.
+            GalleryError: the kind cannot give vectors back.
+        """
+        wanted = as_ids(ids)
+        with self._lock.read():
+            present = np.isin(wanted, self._store.ids())
+            if not present.all():
+                raise UnknownIdsError(sorted(set(wanted[~present].tolist())))
+            if wanted.size == 0:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            try:
+                return np.asarray(self._backend.reconstruct(wanted), dtype=np.float32)
+            except NotImplementedError as exc:
+                raise GalleryError(str(exc)) from None
+
+    def group_totals(self, group_by: str, cameras: Any = None) -> tuple[int, int]:
+        """``(groups, items)`` among the items of ``cameras`` (see :meth:`MetadataStore.group_totals`)."""
+        with self._lock.read():
+            return self._store.group_totals(check_group_by(group_by), as_cameras(cameras))
+
+    def group_counts(self, group_by: str, keys: Any, cameras: Any = None) -> dict[Any, int]:
+        """Items per group key among the items of ``cameras``: ``person_label`` keys for ``person``,
+        ``(camera, track_id)`` tuples for ``camera_track``."""
+        with self._lock.read():
+            return self._store.group_counts(check_group_by(group_by), list(keys), as_cameras(cameras))
 
     def ids(self) -> np.ndarray:
         """Every id in the gallery, sorted (int64)."""

@@ -368,7 +368,7 @@ class MilvusBackend(VectorBackend):
         All-or-nothing from the caller's view: if an insert fails part-way, the rows already written are
         deleted again before the error propagates.
         """
-        rows = rows if rows is not None else [(None, None, None, None, "{}")] * len(ids)
+        rows = rows if rows is not None else [(None, None, None, None, "{}", None)] * len(ids)
         _check_lengths(rows)
         # Record the new next id first: a crash after the insert must never let those ids be handed out again.
         self._set_properties({_PROP_NEXT_ID: str(int(ids[-1]) + 1)})
@@ -439,7 +439,7 @@ class MilvusBackend(VectorBackend):
                     "id": int(r["id"]), "camera": None if r.get("camera") is None else int(r["camera"]),
                     "person_label": None if label is None else json.loads(label), "source": r.get("source"),
                     "timestamp": None if r.get("timestamp") is None else float(r["timestamp"]),
-                    "extra": dict(r.get("extra") or {})}
+                    "extra": dict(r.get("extra") or {}), "track_id": None}  # not stored (see _check_lengths)
         return out
 
     def find_sources(self, sources: Any) -> dict[str, int]:
@@ -493,7 +493,11 @@ class MilvusBackend(VectorBackend):
 
 
 def _check_lengths(rows: list[tuple]) -> None:
-    for i, (_, label, source, _, _) in enumerate(rows):
+    for i, row in enumerate(rows):
+        _, label, source, _, _ = row[:5]
+        if len(row) > 5 and row[5] is not None:  # the collection schema predates track_id (issue 23)
+            raise GalleryError(f"metadata[{i}]['track_id']: a milvus gallery does not store track ids; use a FAISS "
+                               f"gallery for group_by=camera_track")
         if source is not None and len(source.encode("utf-8")) > MAX_SOURCE:
             raise GalleryError(f"metadata[{i}]['source'] is longer than the {MAX_SOURCE} bytes a milvus gallery stores")
         if label is not None and len(json.dumps(label)) > MAX_LABEL:
@@ -501,7 +505,7 @@ def _check_lengths(rows: list[tuple]) -> None:
 
 
 def _entity(item_id: int, vector: np.ndarray, row: tuple) -> dict[str, Any]:
-    camera, label, source, timestamp, extra_json = row
+    camera, label, source, timestamp, extra_json = row[:5]
     return {"id": item_id, "vector": vector, "camera": camera, "timestamp": timestamp,
             "person_label": None if label is None else json.dumps(label), "source": source,
             "extra": json.loads(extra_json)}

@@ -178,10 +178,11 @@ def test_metadata_round_trips_with_types(make: Factory) -> None:
                     {"camera": 2}])
     first, second, third = gallery.get([0, 1, 2])
     assert first == {"id": 0, "camera": 2, "person_label": 17, "source": "cam2/a.jpg", "timestamp": 1714564800.0,
-                     "extra": {"tags": ["a", "é"], "score": 0.5}}
+                     "extra": {"tags": ["a", "é"], "score": 0.5}, "track_id": None}
     assert second["person_label"] == "17" and isinstance(second["person_label"], str)
     assert second["timestamp"] is None and second["extra"] == {}
-    assert third == {"id": 2, "camera": 2, "person_label": None, "source": None, "timestamp": None, "extra": {}}
+    assert third == {"id": 2, "camera": 2, "person_label": None, "source": None, "timestamp": None, "extra": {},
+                     "track_id": None}
     assert gallery.find_sources(['we"ird\\name.jpg', "cam2/a.jpg", "missing.jpg"]) == {
         'we"ird\\name.jpg': 1, "cam2/a.jpg": 0}
     stats = gallery.stats()
