@@ -25,10 +25,12 @@ saved: if the save fails, it is withdrawn before the answer).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,12 @@ class AddResult:
     ids: list[int]
     size: int
     replayed: bool = False
+
+
+def hit_dict(rank: int, gallery_id: int, score: float, item: dict[str, Any]) -> dict[str, Any]:
+    """One search hit as the API answers it (``SearchHit``): rank, id, score and the item's metadata."""
+    return {"rank": rank, "gallery_id": gallery_id, "score": score, "camera": item.get("camera"),
+            "person_label": item.get("person_label"), "source": item.get("source"), "track_id": item.get("track_id")}
 
 
 class DurableGallery:
@@ -141,9 +149,28 @@ class DurableGallery:
             self.damaged = f"the gallery in memory is damaged ({exc}); restart the server from a checked gallery"
             logger.error("%s", self.damaged)
             raise GalleryDamaged(self.damaged) from None
-        return [[{"rank": rank, "gallery_id": hit["id"], "score": hit["score"], "camera": hit.get("camera"),
-                  "person_label": hit.get("person_label"), "source": hit.get("source")}
-                 for rank, hit in enumerate(row, start=1)] for row in found]
+        return [[hit_dict(rank, hit["id"], hit["score"], hit) for rank, hit in enumerate(row, start=1)]
+                for row in found]
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """Hold the gallery for a read (searches and their metadata lookups under one shared hold).
+
+        Raises:
+            GalleryDamaged: the gallery was found damaged before, or a search inside the block finds it so
+                (``CorruptGalleryError``): it is marked damaged and never served again.
+        """
+        from index.errors import CorruptGalleryError
+
+        if self.damaged:
+            raise GalleryDamaged(self.damaged)
+        with self.rw.read():
+            try:
+                yield self.gallery
+            except CorruptGalleryError as exc:
+                self.damaged = f"the gallery in memory is damaged ({exc}); restart the server from a checked gallery"
+                logger.error("%s", self.damaged)
+                raise GalleryDamaged(self.damaged) from None
 
     def stats(self) -> dict[str, Any]:
         with self.rw.read():
