@@ -116,7 +116,7 @@ def _ms(seconds: float) -> float:
     return round(1000.0 * seconds, 3)
 
 
-_HIT_KEYS = ("rank", "gallery_id", "score", "camera", "person_label", "source", "track_id")
+_HIT_KEYS = ("rank", "gallery_id", "score", "camera", "person_label", "source", "track_id", "rerank_distance")
 _LABEL_TYPES = (int, str, type(None))  # exact types: a bool or a numpy scalar takes the pydantic route
 
 
@@ -125,7 +125,7 @@ def hit_body(hit: dict[str, Any]) -> dict[str, Any]:
     types (what the gallery returns), else what the pydantic model makes of them."""
     if (type(hit.get("rank")) is int and type(hit.get("gallery_id")) is int and type(hit.get("score")) is float
             and type(hit.get("camera")) in _LABEL_TYPES and type(hit.get("person_label")) in _LABEL_TYPES
-            and type(hit.get("track_id")) in _LABEL_TYPES and "rerank_distance" not in hit
+            and type(hit.get("track_id")) in _LABEL_TYPES and type(hit.get("rerank_distance")) in (float, type(None))
             and type(hit.get("source")) in (str, type(None))):
         return {key: hit.get(key) for key in _HIT_KEYS}
     return SearchHit(**hit).model_dump(mode="json")
