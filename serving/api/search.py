@@ -76,10 +76,13 @@ def check_options(runtime: Runtime, top_k: int, camera: list[int] | None, group_
     """Everything :func:`check_query` checks, plus re-ranking's bounds and index kind.
 
     Raises:
-        ApiError: 422 for ``rerank_n`` outside ``top_k..MAX_RERANK_N`` or ``rerank`` on an approximate index,
-            and whatever :func:`check_query` raises.
+        ApiError: 422 for ``rerank_n`` outside ``top_k..MAX_RERANK_N``, ``rerank`` on an approximate index,
+            ``group_by`` on a gallery that cannot group (Milvus), and whatever :func:`check_query` raises.
     """
     cameras = check_query(runtime, top_k, camera)
+    if group_by != "none" and not hasattr(runtime.gallery, "group_totals"):
+        raise ApiError(422, "group_by_unsupported", f"group_by={group_by} needs a FAISS gallery (its metadata "
+                                                    f"table counts the groups); this gallery is stored in Milvus")
     if rerank:
         if not top_k <= rerank_n <= ranking.MAX_RERANK_N:
             raise ApiError(422, "invalid_rerank_n", f"rerank_n must be between top_k ({top_k}) and "
