@@ -162,3 +162,19 @@ def test_vectors_gives_back_the_stored_normalised_descriptors() -> None:
     np.testing.assert_allclose(gallery.vectors(ids[[3, 0, 7]]), normalise(x[[3, 0, 7]]), atol=1e-6)
     with pytest.raises(GalleryError, match="99"):
         gallery.vectors([99])
+
+
+def test_repair_rebuilds_a_legacy_metadata_file_under_the_new_schema(tmp_path: Path) -> None:
+    from index.metadata import rebuild_database
+
+    gallery = Gallery.create(4)
+    gallery.add(np.eye(4, dtype=np.float32)[:2], [{"camera": 1, "person_label": 3}, {"camera": 2}])
+    gallery.save(tmp_path / "g")
+    gallery.close()
+    _to_legacy_schema(tmp_path / "g")
+    source = data_paths(tmp_path / "g", read_manifest(tmp_path / "g"))[1]
+    assert rebuild_database(source, tmp_path / "new.sqlite") == 2
+    db = sqlite3.connect(tmp_path / "new.sqlite")
+    assert db.execute("SELECT id, camera, person_label, track_id FROM items ORDER BY id").fetchall() == [
+        (0, 1, 3, None), (1, 2, None, None)]
+    db.close()
