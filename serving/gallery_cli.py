@@ -8,6 +8,10 @@
   Needs the directory's write lock: stop its writer first (exit 1 otherwise, naming it).
 * ``copy SRC DEST``: a consistent copy to index into while SRC is being served; the server installs it
   with ``POST /gallery/reload`` (``--staging-gallery DEST``).
+* ``tune DIR --target-recall R``: pick an approximate gallery's ``nprobe`` / ``ef_search`` for a held-out
+  recall@k of at least R, measured on its own items (``index.Gallery.tune``), and save it: the record
+  (target, measured recall, value, sample) is in the manifest and ``GET /gallery/stats``. ``python -m
+  serving index --target-recall R`` runs the same step after indexing.
 """
 
 from __future__ import annotations
@@ -32,7 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
     copy = commands.add_parser("copy", help="copy a gallery (even one being served) to index into")
     copy.add_argument("source", type=Path)
     copy.add_argument("dest", type=Path)
+    tune = commands.add_parser("tune", help="set an approximate gallery's search parameter for a recall target")
+    tune.add_argument("directory", type=Path)
+    tune.add_argument("--target-recall", type=float, required=True, help="held-out recall@k to reach, in (0, 1]")
+    tune.add_argument("--k", type=int, default=10, help="the recall depth")
+    tune.add_argument("--sample", type=int, default=1000, help="gallery items used as held-out queries")
     return parser
+
+
+def tune_gallery(directory: Path, target_recall: float, k: int = 10, sample: int = 1000) -> dict:
+    """Tune the gallery saved in ``directory`` to ``target_recall`` and save it (takes its write lock).
+
+    Returns:
+        ``Gallery.tune``'s record.
+
+    Raises:
+        GalleryError: an exact kind, an untrained gallery, a target outside (0, 1], or a locked directory.
+    """
+    from index import Gallery
+
+    gallery = Gallery.load(directory)
+    try:
+        record = gallery.tune(target_recall, k=k, sample=sample)
+        gallery.save(directory)
+    finally:
+        gallery.close()
+    level = logging.WARNING if not record["met"] else logging.INFO
+    logger.log(level, "tuned %s: %s=%d gives held-out recall@%d %.3f (target %.3f%s) on %d items in %.1f s",
+               directory, record["param"], record["value"], record["k"], record["recall"], record["target_recall"],
+               "" if record["met"] else ", NOT reached", record["sample"], record["seconds"])
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             report = tools.check(args.directory)
         elif args.action == "repair":
             report = tools.repair(args.directory)
+        elif args.action == "tune":
+            record = tune_gallery(args.directory, args.target_recall, args.k, args.sample)
+            print(f"{'ok' if record['met'] else 'warning'}: {args.directory}: {record['param']}={record['value']}, "
+                  f"held-out recall@{record['k']} {record['recall']:.3f} (target {record['target_recall']:.3f}"
+                  f"{'' if record['met'] else ', not reached'}), {record['sample']} items", file=sys.stdout)
+            return 0
         else:
             report = tools.copy(args.source, args.dest)
     except CorruptGalleryError as exc:

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--workers", type=int, default=2, help="decoding threads")
     run_group.add_argument("--backend", default="auto", choices=BACKENDS, help="embedder backend")
     run_group.add_argument("--kind", default="flat", help="index kind of a new gallery (see index.Gallery.create)")
+    run_group.add_argument("--target-recall", type=float, default=None,
+                           help="after indexing, tune an approximate --kind (ivf_flat, hnsw) to this held-out "
+                                "recall@10 (python -m serving gallery tune; stored in the manifest)")
     run_group.add_argument("--save-every", type=int, default=20, help="save the gallery every N batches (0: at the end)")
     run_group.add_argument("--engine", default="local", choices=ENGINES,
                            help="local: this process (decode threads, one embedder); ray: Ray Data decode tasks "
@@ -62,9 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TUNABLE_KINDS = ("ivf_flat", "hnsw")  # index.Gallery.tune: exact kinds have nothing to tune, ivf_pq is refused
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.target_recall is not None:  # refused before hours of indexing, not after
+        if not 0 < args.target_recall <= 1:
+            raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+        if args.kind not in TUNABLE_KINDS:
+            raise UserError(f"--target-recall needs an approximate --kind whose recall can be measured "
+                            f"({', '.join(TUNABLE_KINDS)}); --kind {args.kind} has none to tune")
     gallery_options = {"backend": "milvus", "uri": args.milvus_uri} if args.milvus_uri else None
     common = dict(cameras=parse_cameras(args.cameras), split=args.split, manifest=args.manifest,
                   batch_size=args.batch_size, backend=args.backend, kind=args.kind, save_every=args.save_every,
@@ -78,6 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         summary = index_images(args.model, args.images, args.gallery, workers=args.workers, **common)
     print(summary.format())
+    if args.target_recall is not None:
+        from index.errors import GalleryError
+        from serving.gallery_cli import tune_gallery
+
+        try:
+            record = tune_gallery(args.gallery, args.target_recall)
+        except GalleryError as exc:
+            raise UserError(f"indexed and saved {args.gallery}, but could not tune it: {exc}") from None
+        print(f"tuned: {record['param']}={record['value']}, held-out recall@{record['k']} {record['recall']:.3f} "
+              f"(target {record['target_recall']:.3f}{'' if record['met'] else ', NOT reached'})")
     return 0
 
 

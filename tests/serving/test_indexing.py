@@ -256,3 +256,48 @@ def test_track_ids_from_a_manifest_column_a_folder_level_and_a_sysu_tracks_file(
     crawled = crawl_sysu(small_tree, cameras=[1])
     assert crawled and all(i.track_id == (i.person_label * 10 + 1) * 1000 + (int(i.path.stem) - 1) // 2
                            for i in crawled if int(i.path.stem) <= 4)
+
+
+def test_index_with_a_recall_target_tunes_and_saves_it(tiny_onnx, sysu_root, tmp_path, capsys) -> None:
+    import json
+
+    from index import Gallery
+
+    gallery_dir = tmp_path / "g"
+    rc = main(["--model", str(tiny_onnx), "--images", str(sysu_root), "--gallery", str(gallery_dir),
+               "--kind", "hnsw", "--target-recall", "0.9", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "tuned: ef_search=" in out and "target 0.900" in out
+    tuning = json.loads((gallery_dir / "manifest.json").read_text())["backend_state"]["tuning"]
+    assert tuning["target_recall"] == 0.9 and tuning["met"] and tuning["recall"] >= 0.9
+    loaded = Gallery.load(gallery_dir)
+    assert loaded.stats()["tuning"]["value"] == loaded.stats()["options"]["ef_search"] == tuning["value"]
+    loaded.close()
+
+
+def test_recall_target_refusals(tiny_onnx, sysu_root, tmp_path) -> None:
+    from serving.errors import UserError
+
+    base = ["--model", str(tiny_onnx), "--images", str(sysu_root), "--no-progress"]
+    with pytest.raises(UserError, match="needs an approximate --kind"):
+        main([*base, "--gallery", str(tmp_path / "a"), "--target-recall", "0.9"])  # flat: exact
+    with pytest.raises(UserError, match=r"must be in \(0, 1\]"):
+        main([*base, "--gallery", str(tmp_path / "b"), "--kind", "hnsw", "--target-recall", "1.5"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any indexing
+    # ivf_flat below its train_size (1000) searches exactly: indexed and saved, but nothing to tune
+    with pytest.raises(UserError, match="indexed and saved .* could not tune it: .*not trained yet"):
+        main([*base, "--gallery", str(tmp_path / "c"), "--kind", "ivf_flat", "--target-recall", "0.9"])
+    assert (tmp_path / "c" / "manifest.json").is_file()
+
+
+def test_gallery_tune_command(tiny_onnx, sysu_root, tmp_path, capsys) -> None:
+    from serving.gallery_cli import main as gallery_main
+
+    gallery_dir = tmp_path / "g"
+    assert main(["--model", str(tiny_onnx), "--images", str(sysu_root), "--gallery", str(gallery_dir),
+                 "--kind", "hnsw", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert gallery_main(["tune", str(gallery_dir), "--target-recall", "0.95", "--k", "5"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(("ok: ", "warning: ")) and "held-out recall@5" in line and "target 0.950" in line
