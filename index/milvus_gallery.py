@@ -124,7 +124,8 @@ class MilvusGallery(Gallery):
         log.info("opened milvus %s gallery %s (%s, collection %r): %d items in %.2f s", saved_kind, directory, uri,
                  backend.collection, count, time.perf_counter() - started)
         return cls(backend=backend, store=backend, fingerprint=saved_fp, runtime=_shown(runtime), next_id=next_id,
-                   created=manifest.get("created", ""), saved=manifest.get("saved"), directory=directory)
+                   created=manifest.get("created", ""), saved=manifest.get("saved"), directory=directory,
+                   notes=manifest.get("notes"))
 
     # ----------------------------------------------------------------- mutation
     def add(self, vectors: Any, metadata: Any, *, idempotency_key: str | None = None,
@@ -197,6 +198,7 @@ class MilvusGallery(Gallery):
                 "kind": self.kind, "dim": self.dim, "fingerprint": self._fingerprint, "options": backend.options,
                 "uri": _portable_uri(directory, backend.uri), "created": self._created, "count": len(backend),
                 "next_id": self._next_id, "data_dir": None, "sizes": {}, "saved": persist.utc_now(),
+                "notes": dict(self._notes),
             }
             with persist._save_lock(directory):  # noqa: SLF001 - same package: one saver at a time
                 _check_target(directory, backend.uri)

@@ -142,6 +142,24 @@ def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **opti
         raise UserError(f"cannot create a {kind!r} gallery: {exc}") from exc
 
 
+def record_image_root(store: Any, images: Path) -> None:
+    """Note in the gallery's manifest the folder its ``source`` paths are relative to.
+
+    ``serve`` then shows thumbnails without ``--image-root`` (still confined to that folder). A gallery
+    indexed from a second folder keeps the latest one, with a warning: the earlier items' thumbnails then
+    need ``--image-root`` for both.
+    """
+    set_note = getattr(store, "set_note", None)
+    if set_note is None:  # a gallery object without notes (a stand-in): thumbnails need --image-root
+        return
+    root = str(images.resolve())
+    previous = store.notes.get("image_root")
+    if previous and previous != root:
+        logger.warning("gallery was indexed from %s before and now from %s; the manifest records the latter, so "
+                       "serve the earlier items' thumbnails with --image-root for both", previous, root)
+    set_note("image_root", root)
+
+
 def reserve_gallery(directory: Path) -> Any:
     """The gallery directory's write lock, taken before anything slow (a context manager).
 
@@ -259,6 +277,7 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
         items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None)
         summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
         store = open_gallery(gallery_dir, embedder, kind, **(gallery_options or {}))
+        record_image_root(store, images)
         try:
             return _index_into(store, embedder, items, summary, gallery_dir, batch_size=batch_size, workers=workers,
                                save_every=save_every, limits=limits, show_progress=show_progress)

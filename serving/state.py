@@ -109,6 +109,34 @@ def load_gallery(settings: Settings, embedder: Any) -> Any:
     return gallery
 
 
+def gallery_image_root(gallery: Any) -> Path | None:
+    """The folder ``python -m serving index --images DIR`` recorded in the gallery's manifest, if it still is one.
+
+    Read afresh on each call: a reload may install a gallery indexed elsewhere (a dict lookup and a stat).
+    """
+    recorded = dict(getattr(gallery, "notes", {}) or {}).get("image_root")
+    if not recorded:
+        return None
+    root = Path(recorded)
+    return root if root.is_dir() else None
+
+
+def describe_image_roots(settings: Settings, gallery: Any) -> str:
+    """One sentence for the startup log: where thumbnails come from, and why."""
+    if settings.image_roots:
+        return "thumbnails: gallery images are read from " + ", ".join(map(str, settings.image_roots)) + \
+            " (--image-root)"
+    recorded = dict(getattr(gallery, "notes", {}) or {}).get("image_root")
+    root = gallery_image_root(gallery)
+    if root is not None:
+        return (f"thumbnails: gallery images are read from {root}, the folder the gallery was indexed from "
+                f"(recorded in its manifest; --image-root overrides)")
+    if recorded:
+        return (f"thumbnails: off; the gallery was indexed from {recorded}, which is not a directory here "
+                f"(give --image-root)")
+    return "thumbnails: off; the gallery records no image folder (give --image-root)"
+
+
 class Runtime:
     """The loaded server state. Create with :meth:`start`, release with :meth:`close`.
 
@@ -172,6 +200,7 @@ class Runtime:
         logger.info("serving model %s (%s, %dx%d -> %d-d) over a gallery of %d items",
                     str(embedder.fingerprint)[:12], embedder.name, embedder.height, embedder.width,
                     embedder.dim, runtime.size)
+        logger.info("%s", describe_image_roots(settings, runtime.gallery))
         return runtime
 
     async def close(self) -> None:
@@ -195,6 +224,15 @@ class Runtime:
         if not self.batcher.running:
             return "the micro-batcher is not running"
         return self.durable.not_ready_reason
+
+    @property
+    def image_roots(self) -> list[Path]:
+        """Folders thumbnails may read gallery images from: ``--image-root`` when given, else the folder the
+        gallery was indexed from (``image_root`` in its manifest, see :func:`gallery_image_root`)."""
+        if self.settings.image_roots:
+            return list(self.settings.image_roots)
+        root = gallery_image_root(self.gallery)
+        return [root] if root is not None else []
 
     def model_info(self) -> dict[str, Any]:
         """The ``model`` object of search answers."""

@@ -9,7 +9,7 @@ Status codes, all with the API's ``{error, detail}`` body:
   because the item exists and the refusal is deliberate; an operator seeing it knows the gallery holds a
   hand-made source to clean up, not a file that went missing. The body never names a server path.
 * 404 ``not_found`` (no such id), ``no_source`` (the item has none), ``no_image_roots`` (the server was
-  started without ``--image-root``), ``source_not_found`` (the file is gone), ``unreadable_image`` (the file
+  started without ``--image-root`` and the gallery's manifest records no image folder that exists here), ``source_not_found`` (the file is gone), ``unreadable_image`` (the file
   is there but is not an image the decoder accepts).
 * 422 ``invalid_size``: ``size`` outside ``16..thumbnail_max_side``.
 
@@ -150,18 +150,19 @@ def thumbnail_for(runtime: Runtime, item_id: int, size: int, if_none_match: str 
     Raises:
         ApiError: 403/404 as listed in the module docstring.
     """
-    settings = runtime.settings
     (item,) = runtime.gallery.get([item_id], missing="none")
     if item is None:
         raise ApiError(404, "not_found", f"gallery id {item_id} does not exist")
-    if not settings.image_roots:
+    roots = runtime.image_roots
+    if not roots:
         raise ApiError(404, "no_image_roots", "the server was started without image roots (--image-root or "
-                                              "XMREID_IMAGE_ROOTS), so it shows no gallery images")
+                                              "XMREID_IMAGE_ROOTS) and the gallery records no image folder that "
+                                              "exists here, so it shows no gallery images")
     source = item.get("source")
     if not source:
         raise ApiError(404, "no_source", f"gallery item {item_id} has no source, so there is no image to show")
     try:
-        path = resolve_source(str(source), settings.image_roots)
+        path = resolve_source(str(source), roots)
     except UnsafeSourceError as exc:
         logger.warning("thumbnail of gallery item %d refused: %s", item_id, exc)
         raise ApiError(403, "source_outside_image_roots", f"gallery item {item_id}: {exc}") from None
