@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+from serving.core import opencv_limits  # noqa: F401,I001  sets OpenCV's decoder limits before cv2 loads
+
 import cv2
 import numpy as np
 from fastapi import APIRouter, Header, Query, Response
@@ -114,7 +116,11 @@ def make_thumbnail(path: str | Path, size: int, limits: DecodeLimits, quality: i
     if header.format == "jpeg":
         longest = max(header.width, header.height)
         flag = next((reduced for factor, reduced in _REDUCED if longest // factor >= size), flag)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error:  # OpenCV's own size backstop (serving.core.opencv_limits): the header under-stated it
+        raise ImageDecodeError(422, "too_many_pixels", f"the {header.format.upper()} image is larger than the "
+                                                       f"{limits.max_pixels} pixels allowed") from None
     if image is None:
         raise ImageDecodeError(400, "corrupt_image", f"the {header.format.upper()} data could not be decoded")
     height, width = image.shape[:2]
