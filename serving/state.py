@@ -49,17 +49,24 @@ def load_components(settings: Settings) -> tuple[Any, Any]:
         UserError: the model cannot be loaded, the gallery is missing (and ``create_gallery`` is off), or
             the gallery was built with a different model.
     """
-    from serving.embedders import load_embedder
-
     early = None
     if settings.exclusive and settings.save_on_mutation and not settings.read_only:
         early = _reserve(Path(settings.gallery))  # before the model loads: refused at once if another writes
     try:
-        embedder = load_embedder(settings.model, backend=settings.backend)
+        embedder = load_settings_embedder(settings)
         return embedder, load_gallery(settings, embedder)
     finally:
         if early is not None:
             early.release()  # the gallery holds its own reference to the lock now
+
+
+def load_settings_embedder(settings: Settings) -> Any:
+    """The embedder ``settings`` name: a Triton model (``backend triton``) or the ``model`` file."""
+    from serving.embedders import load_embedder, load_triton_embedder
+
+    if settings.backend == "triton":
+        return load_triton_embedder(str(settings.triton_url), settings.triton_model, settings.triton_timeout_s)
+    return load_embedder(settings.model, backend=settings.backend)
 
 
 def _reserve(directory: Path) -> Any:
@@ -189,14 +196,14 @@ class Runtime:
         """
         owns_embedder, owns_gallery = embedder is None, gallery is None
         if embedder is None:
-            from serving.embedders import load_embedder
-
-            embedder = await asyncio.to_thread(load_embedder, settings.model, settings.backend)
+            embedder = await asyncio.to_thread(load_settings_embedder, settings)
         if gallery is None:
             gallery = await asyncio.to_thread(load_gallery, settings, embedder)
         runtime = cls(settings, embedder, gallery, metrics, owns_embedder=owns_embedder, owns_gallery=owns_gallery)
         await asyncio.to_thread(runtime._refresh_cameras)
         await runtime.batcher.start()
+        metrics.watch_batcher(runtime.batcher)
+        metrics.set_model(runtime.model_info())
         logger.info("serving model %s (%s, %dx%d -> %d-d) over a gallery of %d items",
                     str(embedder.fingerprint)[:12], embedder.name, embedder.height, embedder.width,
                     embedder.dim, runtime.size)
@@ -216,13 +223,17 @@ class Runtime:
     @property
     def ready(self) -> bool:
         """Whether requests can be served (the batcher's worker is alive, the gallery is sound)."""
-        return self.batcher.running and self.durable.not_ready_reason is None
+        return self.not_ready_reason is None
 
     @property
     def not_ready_reason(self) -> str | None:
         """Why :attr:`ready` is False, as a sentence (None when ready)."""
         if not self.batcher.running:
             return "the micro-batcher is not running"
+        # A model served elsewhere (Triton) has its own readiness, kept current by the embedder off the loop.
+        model_reason = getattr(self.embedder, "not_ready_reason", None)
+        if isinstance(model_reason, str):
+            return model_reason
         return self.durable.not_ready_reason
 
     @property
