@@ -32,6 +32,14 @@ KNOWN_METADATA_KEYS: tuple[str, ...] = (
 )
 
 
+class ModelUnavailable(RuntimeError):
+    """The model cannot be reached right now (a remote model server is down or restarting): answer 503, retry.
+
+    Raised by embedders whose model runs elsewhere (:mod:`serving.embedders.triton_embedder`); a local model
+    that fails raises anything else, which is a 500 with the request id.
+    """
+
+
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, streamed so a large engine does not have to fit in memory twice.
 
