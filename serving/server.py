@@ -96,8 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     opencv_limits.apply(settings.max_pixels, settings.max_side)  # before anything imports cv2
     from serving.core import logs
 
-    logs.configure(settings.log_format, settings.log_level.upper())
+    restore_logging = logs.configure(settings.log_format, settings.log_level.upper())
+    try:
+        return _serve(settings)
+    finally:
+        restore_logging()
 
+
+def _serve(settings: Settings) -> int:
+    """:func:`main` once the settings are valid and logging is set up."""
     import uvicorn
 
     from serving.app import create_app
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1,
                     timeout_graceful_shutdown=settings.graceful_shutdown_s, limit_concurrency=limit,
                     backlog=backlog, timeout_keep_alive=settings.keep_alive_s,
-                    http=protocol_class(settings.header_timeout_s, limit), log_config=log_config(settings.log_repeat_s, settings.log_format))
+                    http=protocol_class(settings.header_timeout_s, limit),
+                    log_config=log_config(settings.log_repeat_s, settings.log_format))
         if stopped_by:
             logger.info("stopped by %s after a graceful shutdown", signal.Signals(stopped_by[0]).name)
     finally:

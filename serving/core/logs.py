@@ -19,6 +19,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 #: The id of the request the current task is handling (None outside requests).
@@ -74,21 +75,40 @@ def make_formatter(log_format: str) -> logging.Formatter:
     raise ValueError(f"unknown log format {log_format!r}; valid formats: {', '.join(FORMATS)}")
 
 
-def configure(log_format: str = "text", level: int | str = logging.INFO) -> None:
-    """Point the root logger at one stderr handler with the chosen format (replacing earlier handlers).
+def configure(log_format: str = "text", level: int | str = logging.INFO) -> Callable[[], None]:
+    """Point the root logger at one stderr handler with the chosen format.
+
+    Replaces the handler an earlier call installed (``python -m serving`` configures from the environment
+    first, then ``serve`` from its validated settings); handlers someone else added (a test runner's) stay.
 
     Args:
         log_format: ``text`` or ``json``.
         level: the root level.
+
+    Returns:
+        A function that restores the root logger's previous handlers and level (``serve`` called in-process,
+        e.g. by a test, leaves logging as it found it).
     """
+    root = logging.getLogger()
+    before, before_level = list(root.handlers), root.level
     handler = logging.StreamHandler()
     handler.setFormatter(make_formatter(log_format))
     handler.addFilter(RequestIdFilter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    handler._xmreid = True  # type: ignore[attr-defined]  # ours: the next configure() replaces it
+    for old in before:
+        if getattr(old, "_xmreid", False):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        for old in before:
+            if old not in root.handlers:
+                root.addHandler(old)
+        root.setLevel(before_level)
+
+    return restore
 
 
 def uvicorn_log_config(base: dict[str, Any], log_format: str) -> dict[str, Any]:

@@ -267,3 +267,23 @@ def test_readme_settings_table_lists_every_field() -> None:
     table = text[start:text.index("\n\n", start)]
     listed = set(re.findall(r"^\| `XMREID_([A-Z_]+)`", table, flags=re.M))
     assert listed == {name.upper() for name in Settings.model_fields}
+
+
+def test_configure_replaces_only_its_own_handler_and_restores() -> None:
+    from serving.core import logs
+
+    root = logging.getLogger()
+    foreign = logging.NullHandler()
+    root.addHandler(foreign)
+    before = list(root.handlers)
+    try:
+        restore_first = logs.configure("text")
+        restore_second = logs.configure("json")
+        ours = [h for h in root.handlers if getattr(h, "_xmreid", False)]
+        assert len(ours) == 1 and isinstance(ours[0].formatter, logs.JsonFormatter)
+        assert foreign in root.handlers
+        restore_second()
+        restore_first()
+        assert root.handlers == before
+    finally:
+        root.removeHandler(foreign)
