@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ import pytest
 _spec = importlib.util.spec_from_file_location("_browser_conftest", Path(__file__).with_name("conftest.py"))
 assert _spec is not None and _spec.loader is not None
 _helpers = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _helpers  # dataclasses look their module up there
 _spec.loader.exec_module(_helpers)
 serve = _helpers.serve
 
