@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     log_format = os.environ.get("XMREID_LOG_FORMAT", "text").strip().lower()
     # `serve` re-applies its validated --log-format / XMREID_LOG_FORMAT; until then (and for the other
     # commands) the variable decides, and an unknown value falls back to text rather than failing here.
-    logs.configure(log_format if log_format in logs.FORMATS else "text", logging.INFO)
+    if not logging.getLogger().handlers:  # as basicConfig: an embedding program's (or pytest's) logging stays
+        logs.configure(log_format if log_format in logs.FORMATS else "text", logging.INFO)
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

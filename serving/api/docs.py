@@ -8,8 +8,11 @@ built with ``get_swagger_ui_html`` / ``get_redoc_html`` pointing at them.
 
 The assets come from the ``fastapi-offline`` wheel (MIT; it bundles the Swagger UI and ReDoc release files
 under ``fastapi_offline/static``); only its files are used, not its app class. Swagger UI's validator
-badge (which calls validator.swagger.io) and ReDoc's Google Fonts are switched off: nothing the pages load
-leaves this server.
+badge (which calls validator.swagger.io) and ReDoc's Google Fonts are switched off, and both pages carry a
+Content-Security-Policy that confines scripts, styles, images, fonts and fetches to this server: ReDoc's
+sidebar credit ("API docs by Redocly") loads its logo from cdn.redoc.ly unconditionally, and with the policy
+the browser does not even ask (the image's own error handler hides it). Nothing the pages load leaves this
+server.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from fastapi.staticfiles import StaticFiles
 
 ASSETS_PATH = "/docs-assets"
 OAUTH2_REDIRECT = "/docs/oauth2-redirect"
+# FastAPI's pages start Swagger UI / ReDoc with an inline script and style; data: is Swagger UI's inline SVG
+# icons, blob: ReDoc's search worker.
+DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 ASSET_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
 
 
@@ -45,6 +53,12 @@ def assets_dir() -> Path:
     return folder
 
 
+def _confined(response: HTMLResponse) -> HTMLResponse:
+    response.headers["Content-Security-Policy"] = DOCS_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Serve ``/docs``, ``/docs/oauth2-redirect`` and ``/redoc`` with local assets (the app must have been
     created with ``docs_url=None, redoc_url=None``)."""
@@ -54,12 +68,12 @@ def install(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        return _confined(get_swagger_ui_html(
             openapi_url=openapi_url, title=f"{title} - Swagger UI", oauth2_redirect_url=OAUTH2_REDIRECT,
             swagger_js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js", swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS_PATH}/favicon.png",
             # validatorUrl None: no badge, so no request to validator.swagger.io.
-            swagger_ui_parameters={"validatorUrl": None})
+            swagger_ui_parameters={"validatorUrl": None}))
 
     @app.get(OAUTH2_REDIRECT, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
@@ -67,6 +81,6 @@ def install(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=openapi_url, title=f"{title} - ReDoc",
-                              redoc_js_url=f"{ASSETS_PATH}/redoc.standalone.js",
-                              redoc_favicon_url=f"{ASSETS_PATH}/favicon.png", with_google_fonts=False)
+        return _confined(get_redoc_html(openapi_url=openapi_url, title=f"{title} - ReDoc",
+                                        redoc_js_url=f"{ASSETS_PATH}/redoc.standalone.js",
+                                        redoc_favicon_url=f"{ASSETS_PATH}/favicon.png", with_google_fonts=False))

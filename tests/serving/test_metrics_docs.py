@@ -63,6 +63,8 @@ def test_docs_pages_reference_no_external_urls(make_client) -> None:
     for page in ("/docs", "/redoc"):
         r = client.get(page)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        csp = r.headers["content-security-policy"]  # the browser asks nothing of any other origin
+        assert "default-src 'none'" in csp and "https:" not in csp and "*" not in csp
         external = re.findall(r"""(?:src|href)\s*=\s*["'](https?:)?//""", r.text)
         assert not external, f"{page} loads from outside: {external}"
         assert "https://" not in r.text and "http://" not in r.text, page

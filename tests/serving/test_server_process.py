@@ -109,8 +109,9 @@ def test_serve_cli_reports_user_mistakes_without_starting(tmp_path, tiny_onnx) -
 
 @pytest.mark.slow
 def test_json_log_format_is_one_object_per_line_with_request_ids(tiny_onnx, tiny_gallery, ir_queries) -> None:
-    """``serve --log-format json``: every stderr line of a real process (startup, uvicorn's access and error
-    logs, shutdown) is one JSON object, and the access line of a request carries its X-Request-ID."""
+    """``serve --log-format json``: every line a real process logs (startup and shutdown and uvicorn's error log
+    on stderr, uvicorn's access log on stdout, as uvicorn routes them) is one JSON object, and the access line
+    of a request carries its X-Request-ID."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XMREID_API_KEY": ""}
@@ -124,11 +125,11 @@ def test_json_log_format_is_one_object_per_line_with_request_ids(tiny_onnx, tiny
                           timeout=30).status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()[-2000:]
     import json
 
-    lines = [line for line in err.decode().splitlines() if line.strip()]
+    lines = [line for line in (out + err).decode().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # raises on any line that is not one JSON object
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     loggers = {r["logger"] for r in records}
