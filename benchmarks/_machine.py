@@ -191,3 +191,36 @@ def write_results(name: str, results: dict[str, Any], markdown: str, figure: Any
         paths["png"] = out / f"{name}.png"
         figure.savefig(paths["png"], dpi=120, bbox_inches="tight")
     return paths
+
+
+def run_and_write(args: Any, run: Callable[[Any], dict[str, Any]], report: Callable[[dict[str, Any]], str],
+                  plot: Callable[[dict[str, Any]], Any]) -> int:
+    """The tail of a benchmark's ``main``: describe the machine, run, write JSON / Markdown / PNG, print.
+
+    The machine is described before the run, so the recorded load average is the one the run started under.
+
+    Args:
+        args: the parsed command line; ``args.name`` is the file stem and ``args.out`` the folder (None: default).
+        run: the measurement (``args`` -> JSON-able results); a :class:`UserError` from it means exit status 1.
+        report: results -> Markdown body.
+        plot: results -> matplotlib figure.
+
+    Returns:
+        The exit status: 0, or 1 after one ``error:`` line on stderr.
+    """
+    import logging
+
+    from serving.errors import UserError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    machine = describe_machine()
+    try:
+        results = run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    text = report(results)
+    paths = write_results(args.name, results, text, plot(results), out_dir=args.out, machine=machine)
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -38,12 +38,10 @@ COVERAGES = {1: 0.50, 2: 0.05}  # camera -> share of the gallery (the rest is ca
 
 
 def normalised_data(n: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clustered unit vectors (``make_data`` of search.py, normalised), queries, and a camera per item."""
-    from benchmarks.search import make_data
+    """Clustered unit vectors (:func:`benchmarks._search_data.clustered`), queries, and a camera per item."""
+    from benchmarks._search_data import clustered
 
-    x, q = make_data(n, dim, n_queries, seed)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    x, q = clustered(n, dim, n_queries, seed)
     rng = np.random.default_rng(seed + 1)
     shares = [COVERAGES[1], COVERAGES[2], 1 - COVERAGES[1] - COVERAGES[2]]
     cameras = rng.choice([1, 2, 3], size=n, p=shares)

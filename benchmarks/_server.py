@@ -1,10 +1,17 @@
-"""Run ``python -m serving serve`` as a subprocess on a free loopback port, for the HTTP benchmarks.
+"""The pieces the HTTP benchmarks share: the real server as a subprocess, its variants, the query crops,
+and a cProfile of its event loop.
+
+``benchmarks.http`` and ``benchmarks.end_to_end`` both import from here and never from each other.
 
 A benchmark must measure the server a user runs, so it starts the real command line in its own process
 (its own GIL, its own threads), waits for ``GET /readyz`` to answer 200 (polling a health endpoint rather
 than sleeping, as STYLE.md asks) and stops it with SIGTERM, the graceful shutdown an orchestrator uses.
 The server's output goes to a temporary log file, not a pipe: a pipe nobody reads fills up and blocks
 the server mid-benchmark.
+
+The server is only ever configured through its command line (:data:`VARIANTS`): a benchmark measures what
+a user runs, and patches nothing inside it. The one launcher that is not ``-m serving`` adds a cProfile
+switch around the unchanged CLI (:func:`profiled_launcher`), for the profile tables.
 
 Typical use::
 
@@ -16,7 +23,9 @@ Typical use::
 from __future__ import annotations
 
 import logging
+import mimetypes
 import os
+import pstats
 import re
 import signal
 import socket
@@ -25,17 +34,203 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
+from serving.crawl import IMAGE_SUFFIXES
 from serving.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+IR_CAMERAS = ("cam3", "cam6")  # SYSU-MM01's infrared cameras
+
+
+# -- the request bodies ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request body: the file name and its bytes."""
+
+    name: str
+    data: bytes
+
+    @property
+    def content_type(self) -> str:
+        return mimetypes.guess_type(self.name)[0] or "application/octet-stream"
+
+
+def load_queries(images: Path, limit: int = 256) -> list[Query]:
+    """Infrared crops under ``images/cam3`` and ``images/cam6``, spread evenly over the sorted files.
+
+    Args:
+        images: a SYSU-MM01-layout dataset root (e.g. ``data/synthetic_sysu``).
+        limit: most crops to keep (requests cycle through them).
+
+    Returns:
+        The crops, in a deterministic order.
+
+    Raises:
+        UserError: no infrared crops there.
+    """
+    files = sorted(p for cam in IR_CAMERAS if (images / cam).is_dir()
+                   for p in (images / cam).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"no infrared crops under {images}: expected {' and '.join(IR_CAMERAS)} folders of "
+                        f"{', '.join(sorted(IMAGE_SUFFIXES))} files (a SYSU-MM01-layout root such as "
+                        "data/synthetic_sysu)")
+    step = max(1, len(files) // max(1, limit))
+    return [Query(str(p.relative_to(images)), p.read_bytes()) for p in files[::step][:limit]]
+
+
+# -- server variants: serve options only -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A server configuration to measure beside the default one.
+
+    Attributes:
+        description: what differs from the default, for the report.
+        args: extra ``python -m serving serve`` options.
+    """
+
+    description: str
+    args: tuple[str, ...] = ()
+
+
+VARIANTS: dict[str, Variant] = {
+    "default": Variant("the server's defaults"),
+    "max-wait-5": Variant("`--max-wait-ms 5`: a lone request waits 5 ms for company (the default is 0)",
+                          ("--max-wait-ms", "5")),
+    "no-batching": Variant("`--max-batch-size 1`: every request is its own model call", ("--max-batch-size", "1")),
+    "h11-asyncio": Variant("`--http h11 --loop asyncio`: the pure-Python HTTP parser on the stdlib event loop",
+                           ("--http", "h11", "--loop", "asyncio")),
+}
+
+
+def server_env(extra_path: Path | None) -> dict[str, str]:
+    """Environment for a server that imports the packages in ``extra_path`` first (None: no change).
+
+    ``--extra-path`` of both HTTP benchmarks: measure the server with packages (or versions) this
+    environment lacks, installed with ``pip install --target DIR``, without changing the environment.
+    """
+    if extra_path is None:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(extra_path), os.environ.get("PYTHONPATH")]))}
+
+
+# -- cProfile of the server's event loop -------------------------------------------------------------------
+
+# The unchanged CLI with cProfile on the main (event-loop) thread, switched on and off by SIGUSR1 so that
+# start-up and shutdown (imports, model loading) stay out of it and only the requests sent while it is on are
+# profiled. {timer} is cProfile's clock: empty for its default (wall) clock, or e.g. ``time.thread_time``.
+_PROFILED = """
+import cProfile, signal, sys, time
+_prof, _on = cProfile.Profile({timer}), [False]
+def _toggle(signum, frame):
+    if _on[0]:
+        _prof.disable()
+        _prof.dump_stats({path!r})
+    else:
+        _prof.enable()
+    _on[0] = not _on[0]
+signal.signal(signal.SIGUSR1, _toggle)
+from serving.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def profiled_launcher(path: Path, timer: str = "") -> list[str]:
+    """Interpreter arguments that run ``python -m serving`` with a SIGUSR1 cProfile switch writing ``path``.
+
+    Args:
+        path: where the profile is written when the switch goes off.
+        timer: cProfile's clock as a Python expression (default: cProfile's own wall clock).
+    """
+    return ["-c", _PROFILED.format(path=str(path), timer=timer)]
+
+
+def profile_requests(server: "ServerProcess", path: Path, send: Any) -> Any:
+    """Switch the server's profiler on, call ``send()`` (the requests to profile), switch it off, wait for ``path``.
+
+    Returns:
+        What ``send`` returned.
+
+    Raises:
+        UserError: the server wrote no profile.
+    """
+    if server.pid is None:
+        raise RuntimeError("profile_requests needs a started server")
+    os.kill(server.pid, signal.SIGUSR1)
+    time.sleep(0.2)
+    result = send()
+    os.kill(server.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not path.is_file():
+        raise UserError(f"the profiled server wrote no profile to {path}")
+    time.sleep(0.5)  # dump_stats writes in one go; let it finish
+    return result
+
+
+def profile_summary(path: Path, requests: int, top: int = 12) -> dict[str, list[dict[str, Any]]]:
+    """Own time of the event-loop thread per request: by package, and the most expensive functions.
+
+    Idle waiting (the loop's ``select``/``epoll``, lock waits) is left out: it is not work, and at
+    concurrency 1 it is mostly the loop waiting for the worker threads that ``timings_ms`` already times.
+    """
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    functions, packages = [], {}
+    for (filename, line, func), (_, ncalls, tottime, cumtime, _) in stats.items():
+        if _idle(func):
+            continue
+        package = _package(filename)
+        packages[package] = packages.get(package, 0.0) + tottime
+        functions.append({"function": func, "where": f"{_short(filename)}:{line}", "package": package,
+                          "calls_per_request": ncalls / requests, "own_ms_per_request": 1e3 * tottime / requests,
+                          "cum_ms_per_request": 1e3 * cumtime / requests})
+    total = sum(packages.values()) or 1.0
+    by_package = [{"package": k, "own_ms_per_request": 1e3 * v / requests, "share": v / total}
+                  for k, v in sorted(packages.items(), key=lambda kv: -kv[1])]
+    functions.sort(key=lambda r: -r["own_ms_per_request"])
+    return {"by_package": by_package, "functions": functions[:top]}
+
+
+_IDLE = ("poll", "select", "acquire", "wait", "sleep", "control")
+
+
+def _idle(func: str) -> bool:
+    # Built-ins show as "<method 'poll' of 'select.epoll' objects>"; match the method name only.
+    return func.startswith("<") and any(f"'{name}'" in func for name in _IDLE)
+
+
+def _package(filename: str) -> str:
+    if filename == "~":  # a C function
+        return "builtins (C)"
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1].split("/", 1)[0].removesuffix(".py")
+    if filename.startswith(str(REPO)) or "/serving/" in filename:
+        return "serving (this project)"
+    return "python stdlib"
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "dist-packages/", str(REPO) + "/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename.rsplit("/", 2)[-1] if "/" in filename else filename
+
+
+# -- the server process ------------------------------------------------------------------------------------
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -120,8 +315,8 @@ class ServerProcess:
         port: TCP port; a free one when None.
         env: extra environment variables for the server (e.g. thread counts).
         ready_timeout_s: how long to wait for ``/readyz``.
-        launcher: the interpreter arguments that stand for ``-m serving`` (the default); a benchmark that
-            measures a proposed change passes ``["-c", code]`` whose code patches and then runs the CLI.
+        launcher: the interpreter arguments that stand for ``-m serving`` (the default); a profiled server
+            passes :func:`profiled_launcher`'s ``["-c", code]``, which runs the same CLI under cProfile.
         cpus: cores the server may run on (``sched_setaffinity`` before it starts, as ``taskset -c`` does, so
             every thread it starts inherits them and ONNX Runtime sizes its thread pool to them); None: all.
         cwd: the checkout whose ``serving`` package runs (``-m`` imports from the working directory); this
@@ -160,7 +355,7 @@ class ServerProcess:
     @property
     def command(self) -> list[str]:
         """The command line as recorded in the results (``python``; a ``-c`` launcher's code elided)."""
-        shown = ["-c", "<patches>"] if self.launcher[:1] == ["-c"] else self.launcher
+        shown = ["-c", "<serving under cProfile>"] if self.launcher[:1] == ["-c"] else self.launcher
         pinned = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
         return [*pinned, "python", *shown, *self._serve_args()]
 

@@ -11,9 +11,11 @@ Backends, all timed host-to-host (uint8 images in NumPy -> float32 descriptors i
 same image batch:
 
 * ``pytorch-eager-cpu``: ``model.eval()`` under ``torch.inference_mode()``, ``torch.set_num_threads(N)``.
-* ``onnxruntime-cpu``: CPU execution provider, ``ORT_ENABLE_ALL`` (BatchNorm folding, Conv+activation
-  fusion, NCHWc layout), ``intra_op_num_threads = N``, loaded from the optimised graph ONNX Runtime
-  saved offline (``optimized_model_filepath``), which only shortens session start-up.
+* ``onnxruntime-cpu``: CPU execution provider with the ``SessionOptions`` the server's embedder runs with
+  (``serving.embedders.onnxruntime_embedder.session_options``: ``ORT_ENABLE_ALL`` -- BatchNorm folding,
+  Conv+activation fusion, NCHWc layout --, sequential execution, no spin-waiting threads),
+  ``intra_op_num_threads = N``, loaded from the optimised graph ONNX Runtime saved offline
+  (``optimized_model_filepath``), which only shortens session start-up.
 * ``onnxruntime-int8-cpu``: the same model quantized by ``export.quantize`` (static INT8, QDQ, the
   command's defaults: MinMax, U8S8, per-channel, reduce-range), calibrated on real crops
   (``--calibration-images``, default ``data/synthetic_sysu``, else a small synthetic tree written for the
@@ -54,13 +56,14 @@ import torch
 import yaml
 
 from benchmarks import _machine
+from export.artifact import read_metadata
 from export.errors import UserError
 from export.models import LoadedModel, load_model
-from export.metadata import read_metadata
 from export.onnx_export import export_model, quiet_exporter_logs
-from export.ort import create_session
+from export.ort import resolve_providers
 from export.parity import compare, random_images
 from export.quantize import quantization_settings, quantize_onnx
+from training.paper import PAPER
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ def model_specs(names: list[str], checkpoint: Path | None) -> dict[str, dict[str
     specs: dict[str, dict[str, Any]] = {}
     for name in names:
         if name == "paper":
-            specs[name] = {"checkpoint": None, "arch": "resnet50", "height": 384, "width": 128, "parts": 6}
+            specs[name] = {"checkpoint": None, **PAPER._asdict()}
         elif name == "demo" and checkpoint is not None:
             specs[name] = {"checkpoint": checkpoint}
         elif name == "demo":
@@ -129,12 +132,47 @@ def model_specs(names: list[str], checkpoint: Path | None) -> dict[str, dict[str
                 raise UserError(f"{DEMO_CONFIG} not found (it defines the demo model); use --models paper "
                                 "or --checkpoint")
             cfg = yaml.safe_load(DEMO_CONFIG.read_text()) or {}
-            specs[name] = {"checkpoint": None, "arch": cfg.get("arch", "resnet50"),
-                           "height": int(cfg.get("height", 384)), "width": int(cfg.get("width", 128)),
-                           "parts": int(cfg.get("parts", 6)), "embed_dim": int(cfg.get("embed_dim", 256))}
+            # The YAML sets what differs from the paper; its other keys fall back to the paper's model.
+            specs[name] = {"checkpoint": None, "arch": str(cfg.get("arch", PAPER.arch)),
+                           **{key: int(cfg.get(key, getattr(PAPER, key))) for key in ("height", "width", "parts",
+                                                                                        "embed_dim")}}
         else:
             raise UserError(f"unknown model {name!r}; valid models: paper, demo")
     return specs
+
+
+def server_session(onnx_path: Path, provider: str = "cpu", *, threads: int | None = None,
+                   optimized_model_path: Path | None = None, profile_prefix: Path | None = None) -> Any:
+    """An ``InferenceSession`` with the server embedder's ``SessionOptions``, so the benchmark times what serves.
+
+    Args:
+        onnx_path: the model.
+        provider: ``cpu`` or ``cuda`` (see :func:`export.ort.resolve_providers`).
+        threads: intra-op threads (default: the cores this process may use, as in the server).
+        optimized_model_path: also write ONNX Runtime's optimised graph there (start-up only).
+        profile_prefix: switch on ONNX Runtime's profiler, writing ``<prefix>_<date>.json``.
+
+    Raises:
+        UserError: the provider is not installed, or ONNX Runtime cannot load the model.
+    """
+    import onnxruntime as ort
+
+    from serving.embedders.onnxruntime_embedder import preload_cuda_libraries, session_options
+
+    providers = resolve_providers(provider)
+    options = session_options(intra_op_threads=threads)
+    options.log_severity_level = 3  # errors only: ORT's per-node warnings are noise here
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    if "CUDAExecutionProvider" in providers:
+        preload_cuda_libraries(ort)
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises its own exception types for unreadable / invalid models
+        raise UserError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
 
 
 def _ort_backend(name: str, onnx_path: Path, threads: int, info: dict[str, Any]) -> Backend:
@@ -142,10 +180,10 @@ def _ort_backend(name: str, onnx_path: Path, threads: int, info: dict[str, Any])
     optimized = onnx_path.with_suffix(f".ort-optimized-{threads}.onnx")
     key = "ort" if name == FP32_ORT else "ort_int8"
     start = time.perf_counter()
-    create_session(onnx_path, "cpu", intra_op_threads=threads, optimized_model_path=optimized)
+    server_session(onnx_path, "cpu", threads=threads, optimized_model_path=optimized)
     info[f"{key}_session_init_s_threads{threads}"] = time.perf_counter() - start
     start = time.perf_counter()
-    session = create_session(optimized, "cpu", intra_op_threads=threads)
+    session = server_session(optimized, "cpu", threads=threads)
     info[f"{key}_optimized_session_init_s_threads{threads}"] = time.perf_counter() - start
 
     def ort_run(images: np.ndarray) -> np.ndarray:
@@ -235,7 +273,7 @@ def gpu_backends(loaded: LoadedModel, onnx_path: Path, max_batch: int, info: dic
 
     backends.append(Backend("pytorch-eager-cuda", torch_cuda))
     try:
-        session = create_session(onnx_path, "cuda")
+        session = server_session(onnx_path, "cuda")
         backends.append(Backend("onnxruntime-cuda", lambda images: session.run(None, {"images": images})[0]))
     except UserError as exc:
         info["onnxruntime_cuda"] = str(exc)
@@ -269,15 +307,8 @@ def _ort_op_times(onnx_path: Path, images: np.ndarray, threads: int, workdir: Pa
     """Milliseconds per operator type in ONNX Runtime's profile of one warm run (the second of two)."""
     import json
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = str(workdir / f"ort-profile-{onnx_path.stem}")
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = server_session(onnx_path, "cpu", threads=threads,
+                             profile_prefix=workdir / f"ort-profile-{onnx_path.stem}")
     for _ in range(2):
         session.run(None, {"images": images})
     trace = json.loads(Path(session.end_profiling()).read_text())

@@ -36,7 +36,7 @@ import argparse
 import asyncio
 import itertools
 import logging
-import mimetypes
+import shlex
 import sys
 import time
 from collections import Counter
@@ -49,14 +49,13 @@ import httpx
 import numpy as np
 
 from benchmarks import _machine, _proc
-from benchmarks._server import ServerProcess, scrape
+from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, profile_requests, profile_summary,
+                                profiled_launcher, scrape, server_env)
 from serving.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 TARGET_RATIO = 0.90  # micro-batched requests/s over offline batched images/s (owner's target)
-IR_CAMERAS = ("cam3", "cam6")  # SYSU-MM01's infrared cameras
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 SEARCH_OK = 'xmreid_http_requests_total{endpoint="/search",method="POST",status="200"}'
 MODEL_CPU = "xmreid_model_cpu_seconds_total"
 # Issue 19's aims, checked and printed, never asserted: server CPU per /search outside the model, the
@@ -65,18 +64,6 @@ MODEL_CPU = "xmreid_model_cpu_seconds_total"
 OUTSIDE_MODEL_CPU_MS = 1.5
 BATCHED_RATIO = 0.80
 MIN_MEAN_BATCH = 8.0
-
-
-@dataclass(frozen=True)
-class Query:
-    """One request body: the file name and its bytes."""
-
-    name: str
-    data: bytes
-
-    @property
-    def content_type(self) -> str:
-        return mimetypes.guess_type(self.name)[0] or "application/octet-stream"
 
 
 @dataclass
@@ -93,29 +80,6 @@ class LevelResult:
     @property
     def issued(self) -> int:
         return len(self.latencies_s) + sum(self.errors.values())
-
-
-def load_queries(images: Path, limit: int = 256) -> list[Query]:
-    """Infrared crops under ``images/cam3`` and ``images/cam6``, spread evenly over the sorted files.
-
-    Args:
-        images: a SYSU-MM01-layout dataset root (e.g. ``data/synthetic_sysu``).
-        limit: most crops to keep (requests cycle through them).
-
-    Returns:
-        The crops, in a deterministic order.
-
-    Raises:
-        UserError: no infrared crops there.
-    """
-    files = sorted(p for cam in IR_CAMERAS if (images / cam).is_dir()
-                   for p in (images / cam).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"no infrared crops under {images}: expected {' and '.join(IR_CAMERAS)} folders of "
-                        f"{', '.join(sorted(IMAGE_SUFFIXES))} files (a SYSU-MM01-layout root such as "
-                        "data/synthetic_sysu)")
-    step = max(1, len(files) // max(1, limit))
-    return [Query(str(p.relative_to(images)), p.read_bytes()) for p in files[::step][:limit]]
 
 
 async def run_level(url: str, queries: Sequence[Query], concurrency: int, requests: int, duration_cap_s: float,
@@ -284,7 +248,7 @@ def offline_reference(model: Path, queries: Sequence[Query], batch: int, *, roun
 
 
 # The profiled server's timer: the main thread's CPU clock (the default wall clock would charge a function
-# for every GIL hand-over that happens inside it); benchmarks.end_to_end.launcher adds the SIGUSR1 switch.
+# for every GIL hand-over that happens inside it); benchmarks._server.profiled_launcher adds the SIGUSR1 switch.
 _PROFILE_TIMER = "time.thread_time"
 
 
@@ -293,33 +257,20 @@ def run_profile(args: argparse.Namespace, queries: Sequence[Query], extra: list[
     """cProfile of a batching server's event-loop thread under load: its most expensive functions.
 
     A separate server (the same command, with a SIGUSR1 switch around cProfile, see
-    :func:`benchmarks.end_to_end.launcher`) so that the measured servers run without a profiler; only the requests of this level are profiled.
+    :func:`benchmarks._server.profiled_launcher`) so that the measured servers run without a profiler; only the
+    requests of this level are profiled.
     cProfile sees the main thread only (the model thread is not in it), and is given ``time.thread_time``
     as its clock, so a function's time is the CPU it cost, not time spent waiting for the GIL or a thread.
     """
-    import os
-    import signal
     import tempfile
-
-    from benchmarks.end_to_end import launcher, profile_summary
 
     path = Path(tempfile.mkdtemp(prefix="http-profile-")) / "server.prof"
     concurrency = max(args.concurrency)
     with ServerProcess(args.model, args.gallery, [*extra, *variant.args], env=env, cpus=cpus,
-                       launcher=launcher(variant, path, timer=_PROFILE_TIMER)) as server:
+                       launcher=profiled_launcher(path, timer=_PROFILE_TIMER)) as server:
         asyncio.run(run_level(server.url, queries, min(8, concurrency), max(args.warmup, 8), 60.0, top_k=args.top_k))
-        assert server.pid is not None  # started
-        os.kill(server.pid, signal.SIGUSR1)
-        time.sleep(0.2)
-        level = asyncio.run(run_level(server.url, queries, concurrency, args.profile_requests, args.duration_cap,
-                                      top_k=args.top_k))
-        os.kill(server.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 30
-        while not path.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not path.is_file():
-            raise UserError(f"the profiled server wrote no profile to {path}")
-        time.sleep(0.5)  # dump_stats writes in one go; let it finish
+        level = profile_requests(server, path, lambda: asyncio.run(run_level(
+            server.url, queries, concurrency, args.profile_requests, args.duration_cap, top_k=args.top_k)))
     answered = max(1, len(level.latencies_s))
     return {"concurrency": concurrency, "requests": answered, "errors": sum(level.errors.values()),
             "thread": "main (event loop)", **profile_summary(path, answered, top=args.profile_top)}
@@ -342,9 +293,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=defaults["max_wait_ms"].default,
                         help="micro-batch wait of the batching server")
     parser.add_argument("--server-variant", default="default",
-                        help="start both servers as this benchmarks.end_to_end variant (its options win over the "
-                             "mode's, its patches are applied), e.g. fixes: measures a proposed fix under load")
-    parser.add_argument("--extra-path", type=Path, help="folder of packages a variant needs (see end_to_end)")
+                        help=f"start both servers as this variant (its serve options win over the mode's): "
+                             f"{', '.join(VARIANTS)}")
+    parser.add_argument("--extra-path", type=Path, help="folder of packages (`pip install --target DIR ...`) put "
+                        "first on the servers' PYTHONPATH")
     parser.add_argument("--top-k", type=int, default=10, help="top_k of every search")
     parser.add_argument("--warmup", type=int, default=16, help="untimed requests per server before the levels")
     parser.add_argument("--offline-images", type=int, default=64, help="crops per offline reference pass")
@@ -355,6 +307,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--before", type=Path, default=None,
                         help="another checkout (e.g. a `git worktree` of an earlier commit) whose servers run "
                              "beside this one's, as `before batching` / `before no-batching`")
+    parser.add_argument("--before-args", default="",
+                        help="extra `serve` options of the `before` servers (e.g. '--http h11 --loop asyncio' with "
+                             "--before . to measure one setting against the defaults in one run)")
     parser.add_argument("--before-label", default=None,
                         help="what the --before checkout is, for the report (e.g. `commit 60aa29a, before the fix`)")
     parser.add_argument("--profile-requests", type=int, default=400,
@@ -392,22 +347,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         UserError: missing inputs, or a server that does not start.
     """
-    import os
-
     from tqdm import tqdm
-
-    from benchmarks.end_to_end import VARIANTS, launcher, missing_modules
 
     if args.server_variant not in VARIANTS:
         raise UserError(f"unknown --server-variant {args.server_variant!r}; valid: {', '.join(VARIANTS)}")
     variant = VARIANTS[args.server_variant]
-    missing = missing_modules(variant, args.extra_path)
-    if missing:
-        raise UserError(f"--server-variant {args.server_variant} needs {', '.join(missing)}; pip install them or "
-                        "pass --extra-path")
-    env = {}
-    if variant.needs and args.extra_path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.extra_path), os.environ.get("PYTHONPATH")]))
+    env = server_env(args.extra_path)
     split = _proc.split_cores() if args.pin and args.url is None else None
     client_cpus, server_cpus = split if split is not None else (None, None)
     queries = load_queries(args.images)
@@ -416,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "top_k": args.top_k,
         "queries": len(queries), "target_ratio": TARGET_RATIO, "servers": {}, "rows": [], "offline": [],
         "repeats": args.repeats, "server_variant": args.server_variant,
-        "before": None if args.before is None else {"tree": str(args.before),
+        "before": None if args.before is None else {"tree": str(args.before), "args": args.before_args,
                                                     "label": args.before_label or str(args.before)},
         "server_variant_description": variant.description,
         "pinning": None if split is None else {"client_cores": _proc.describe(client_cpus),
@@ -436,8 +381,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     modes: dict[str, tuple[list[str], Path | None] | None] = {"external": None} if args.url else {
         "batching": (batching, None), "no-batching": (["--max-batch-size", "1"], None)}
     if args.before is not None and not args.url:
-        modes.update({"before batching": (batching, args.before),
-                      "before no-batching": (["--max-batch-size", "1"], args.before)})
+        before_args = shlex.split(args.before_args)
+        modes.update({"before batching": ([*batching, *before_args], args.before),
+                      "before no-batching": (["--max-batch-size", "1", *before_args], args.before)})
     servers: dict[str, ServerProcess | None] = {}
     total = len(modes) * len(args.concurrency) * args.requests * args.repeats
     restore = None
@@ -448,7 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if spec is not None:
                     extra, tree = spec
                     server = ServerProcess(args.model, args.gallery, [*extra, *variant.args], env=env,
-                                           launcher=launcher(variant), cpus=server_cpus, cwd=tree).start()
+                                           cpus=server_cpus, cwd=tree).start()
                 servers[mode] = server
                 url = args.url.rstrip("/") if server is None else server.url
                 ready = httpx.get(f"{url}/readyz", timeout=10.0)
@@ -560,8 +506,9 @@ def report(results: dict[str, Any]) -> str:
         f" (from {s['tree']})" if s.get("tree") not in (None, "this checkout") else "")
         for mode, s in results["servers"].items()))
     if results.get("before"):
-        parts.append(f"`before …` servers run the code of another checkout ({results['before']['label']}), with "
-                     "the same options, in the same run.")
+        extra = results["before"].get("args")
+        parts.append(f"`before …` servers run the code of {results['before']['label']} ({results['before']['tree']}), "
+                     "with the same options" + (f" plus `{extra}`" if extra else "") + ", in the same run.")
     pinning = results.get("pinning")
     parts.append(
         f"**Pinning**: the load generator (this process) runs on core {pinning['client_cores']}, every server on "
@@ -570,7 +517,7 @@ def report(results: dict[str, Any]) -> str:
         "reference runs on those cores too." if pinning else
         "**Pinning**: none (one usable core, `--no-pin` or `--url`): client and server share the cores.")
     if results.get("server_variant", "default") != "default":
-        parts.append(f"Servers run variant `{results['server_variant']}` of `benchmarks.end_to_end`: "
+        parts.append(f"Servers run variant `{results['server_variant']}` (`benchmarks._server.VARIANTS`): "
                      f"{results['server_variant_description']}.")
     ready = next(iter(results["servers"].values()), {}).get("ready", {})
     if ready:
@@ -753,19 +700,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    machine = _machine.describe_machine()
-    try:
-        results = run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    text = report(results)
-    paths = _machine.write_results(args.name, results, text, plot(results), out_dir=args.out, machine=machine)
-    print(text)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return _machine.run_and_write(parse_args(argv), run, report, plot)
 
 
 if __name__ == "__main__":

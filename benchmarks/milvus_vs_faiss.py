@@ -47,8 +47,9 @@ NOTE = """## Reading these numbers
 * Milvus Lite 3.x is a pure-Python embedded engine behind a local gRPC server. Every search call makes
   per-row Python passes over the collection (tombstone / deduplication masks), so batch-1 latency grows
   with N (~1 s per call at 1e5 on the reference machine) and batching amortises it; its exact batch-64
-  search is one numpy GEMM per segment, which is why it beats FAISS's `IndexFlatIP` there (as
-  `flat_blas` does in `search.md`).
+  search is one numpy GEMM per segment, as fast as FAISS's `IndexFlatIP` only once FAISS's BLAS threshold
+  is set (the gallery's `flat` sets it: `index.faiss_config`; its default leaves batches < 84 queries on a
+  per-query scan, the "before" row of `search.md`).
 * Its IVF builds one index per sealed segment (nlist each), so at equal nlist/nprobe it scans more and
   recalls more than the single FAISS IVF.
 * A camera filter makes Milvus Lite faster (fewer rows reach the vector search); FAISS exact search

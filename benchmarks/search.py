@@ -17,10 +17,14 @@ build (``Gallery.tune``: the cheapest ``nprobe`` / ``ef_search`` whose recall@10
 gallery items reaches R), and the tuned recall is checked on the benchmark's own queries. A kind whose estimated build time (extrapolated
 from the previous size) exceeds ``--max-build-s`` is skipped and reported as such.
 
-Data: random descriptors drawn around N/10 random centres (N(0,1) centres, N(0,1) noise: ~10
-"images" per "identity", same-centre cosine ~0.5, others ~0), queries around the same centres.
-Uniform noise would have no neighbourhoods, so approximate indexes would be measured on a problem
-no gallery poses. Build time includes training.
+Data (``--data``, :mod:`benchmarks._search_data`; each approximate row names its kind): ``clustered``
+(N/10 random centres + unit noise, ~10 "crops" per "identity"), ``gaussian`` (i.i.d. on the sphere:
+no neighbourhoods at all, the worst case), and ``model`` (identities and crops drawn from the
+between- and within-identity covariance of the trained model's descriptors of ``--images``, with
+``--model``). IVF kinds are trained on a sample sized for N (``Gallery.train(sample,
+expected_size=N)``, as a batch job that knows its image count does). Every row also times exact
+batch-1 search over the same N (numpy GEMV + argpartition over the same normalised array: the
+batch-1 path of ``flat``) and reports the speed-up. Build time includes training.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks import _machine, _search_exact
+from benchmarks import _machine, _search_data, _search_exact
 from index import KINDS, Gallery
 from index.gpu import gpu_count
 
@@ -71,6 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-build-s", type=float, default=300.0, help="skip a kind whose build would take longer")
     parser.add_argument("--target-recall", type=float, default=None,
                         help="tune each approximate kind to this held-out recall@10 after building (Gallery.tune)")
+    parser.add_argument("--data", default="clustered",
+                        help=f"data kinds of the approximate part, comma-separated, from {', '.join(_search_data.KINDS)}")
+    parser.add_argument("--model", default=None, help="ONNX model whose descriptors shape --data model")
+    parser.add_argument("--images", default=None, help="SYSU-layout image folder embedded for --data model")
     parser.add_argument("--quick", action="store_true", help="10,000 items, fewer queries: a ~1 minute check")
     parser.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     parser.add_argument("--name", default="search", help="results file stem")
@@ -82,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [k for k in args.kinds if k not in KINDS]
     if unknown:
         parser.error(f"unknown kind(s) {unknown}; valid kinds: {', '.join(KINDS)}")
+    args.data = [k.strip() for k in args.data.split(",") if k.strip()]
+    bad = [k for k in args.data if k not in _search_data.KINDS]
+    if bad or not args.data:
+        parser.error(f"unknown data kind(s) {bad}; valid: {', '.join(_search_data.KINDS)}")
+    if "model" in args.data and not (args.model and args.images):
+        parser.error("--data model needs --model MODEL.onnx and --images DIR (a SYSU-layout synthetic dataset)")
     if args.quick:
         args.size, args.approx_sizes = min(args.size, 10_000), [n for n in args.approx_sizes if n <= 10_000][:1]
         args.b1_queries, args.b64_batches = min(args.b1_queries, 10), min(args.b64_batches, 2)
@@ -91,30 +105,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def make_data(n: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clustered descriptors and queries (see the module docstring), float32."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, n // 10), dim), dtype=np.float32)
-    x = centres[rng.integers(0, len(centres), n)]
-    x += rng.standard_normal((n, dim), dtype=np.float32)
-    q = centres[rng.integers(0, len(centres), n_queries)]
-    q += rng.standard_normal((n_queries, dim), dtype=np.float32)
-    return x, q
+def exact_top_k(x: np.ndarray, q: np.ndarray, k: int, batch: int = 256) -> np.ndarray:
+    """Reference top-k ids of normalised ``q`` over normalised ``x``, straight numpy, in query batches."""
+    return np.concatenate([_search_exact.numpy_topk(q[i:i + batch], x, k)[1] for i in range(0, len(q), batch)])
 
 
-def exact_top_k(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    """Reference top-k ids by cosine, straight numpy."""
-    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    return _search_exact.numpy_topk(qn, xn, k)[1]
+def exact_b1_ms(x: np.ndarray, q: np.ndarray, repeat: int) -> float:
+    """p50 ms of one-query exact search over ``x`` (numpy GEMV + argpartition: ``flat``'s batch-1 path)."""
+    singles = itertools.cycle(q)
+    samples = _machine.time_calls(lambda: _search_exact.numpy_topk(next(singles)[None, :], x, K), repeat=repeat)
+    return _machine.summarize(samples)["p50_ms"]
 
 
 def bench_kind(kind: str, device: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray,
-               args: argparse.Namespace) -> dict[str, Any]:
+               args: argparse.Namespace, exact_ms: float) -> dict[str, Any]:
     n, d = x.shape
     metadata = [{"camera": 1}] * n
     start = time.perf_counter()
     gallery = Gallery.create(d, kind, device=device)
+    if kind in ("ivf_flat", "ivf_pq"):
+        # sized for N: ~2·sqrt(N) lists, 64 sampled points each (index.faiss_backend.auto_nlist)
+        sample = np.random.default_rng(args.seed).choice(n, size=min(n, 128 * int(np.sqrt(n))), replace=False)
+        gallery.train(x[np.sort(sample)], expected_size=n)
     for lo in range(0, n, 50_000):  # add in chunks, as the indexing job does
         gallery.add(x[lo:lo + 50_000], metadata[lo:lo + 50_000])
     build_s = time.perf_counter() - start
@@ -139,57 +151,75 @@ def bench_kind(kind: str, device: str, x: np.ndarray, q: np.ndarray, truth: np.n
     tuning = {} if tuned is None else {"target_recall": tuned["target_recall"], "held_out_recall": tuned["recall"],
                                        "tune_s": tuned["seconds"]}
     return {"size": n, "kind": kind, "device": stats["device"], "build_s": build_s, **tuning,
-            "b1_ms_p50": b1s["p50_ms"], "b1_ms_p95": b1s["p95_ms"],
+            "exact_b1_ms": exact_ms, "speedup_b1": exact_ms / b1s["p50_ms"], "b1_ms_p50": b1s["p50_ms"], "b1_ms_p95": b1s["p95_ms"],
             "b64_ms_per_query": b64s["p50_ms"] / 64, "recall_at_10": recall, "approx_mb": stats["approx_bytes"] / 2**20,
             "options": ", ".join(f"{k}={v}" for k, v in stats["options"].items() if k != "train_size")}
 
 
-def run_approx(args: argparse.Namespace, progress: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _make(data: str, n: int, args: argparse.Namespace,
+          stats: _search_data.ModelStats | None) -> tuple[np.ndarray, np.ndarray]:
+    nq = 64 * args.b64_batches
+    if data == "model":
+        return _search_data.model_shaped(n, nq, args.seed, stats)
+    return getattr(_search_data, data)(n, args.dim, nq, args.seed)
+
+
+def run_approx(args: argparse.Namespace,
+               progress: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
     """Part 2: the approximate kinds at each size (and on the GPU when faiss-gpu sees one)."""
     devices = ["cpu"] + (["gpu"] if gpu_count() > 0 else [])
     rows, skipped = [], []
-    last_build: dict[tuple[str, str], tuple[int, float]] = {}
-    for n in args.approx_sizes:
-        x, q = make_data(n, args.dim, 64 * args.b64_batches, args.seed)
-        truth = exact_top_k(x, q, K)
-        for dev in devices:
-            for kind in args.kinds:
-                if dev == "gpu" and kind not in GPU_KINDS:
-                    continue
-                progress.set_postfix_str(f"{kind}/{dev} N={n}")
-                previous = last_build.get((kind, dev))
-                if previous is not None:
-                    estimate = previous[1] * (n / previous[0]) ** GROWTH.get(kind, 1.0)
-                    if estimate > args.max_build_s:
-                        skipped.append({"size": n, "kind": kind, "device": dev, "estimated_build_s": estimate})
-                        progress.update()
+    last_build: dict[tuple[str, str, str], tuple[int, float]] = {}
+    stats = _search_data.fit_model_stats(args.model, args.images) if "model" in args.data else None
+    for data in args.data:
+        for n in args.approx_sizes:
+            progress.set_postfix_str(f"{data} data N={n}")
+            x, q = _make(data, n, args, stats)
+            truth = exact_top_k(x, q, K)
+            exact_ms = exact_b1_ms(x, q, args.b1_queries)
+            for dev in devices:
+                for kind in args.kinds:
+                    if dev == "gpu" and kind not in GPU_KINDS:
                         continue
-                row = bench_kind(kind, dev, x, q, truth, args)
-                last_build[(kind, dev)] = (n, row["build_s"])
-                rows.append(row)
-                progress.update()
-                gc.collect()
-        del x, q
-        gc.collect()
-    return rows, skipped
+                    progress.set_postfix_str(f"{kind}/{dev} {data} N={n}")
+                    previous = last_build.get((data, kind, dev))
+                    if previous is not None:
+                        estimate = previous[1] * (n / previous[0]) ** GROWTH.get(kind, 1.0)
+                        if estimate > args.max_build_s:
+                            skipped.append({"data": data, "size": n, "kind": kind, "device": dev,
+                                            "estimated_build_s": estimate})
+                            progress.update()
+                            continue
+                    row = {"data": data, **bench_kind(kind, dev, x, q, truth, args, exact_ms)}
+                    last_build[(data, kind, dev)] = (n, row["build_s"])
+                    rows.append(row)
+                    progress.update()
+                    gc.collect()
+            del x, q
+            gc.collect()
+    described = {"clustered": "N/10 N(0,1) centres + N(0,1) noise per item, normalised",
+                 "gaussian": "i.i.d. N(0,1) per dimension, normalised (uniform on the sphere)"}
+    if stats is not None:
+        described["model"] = stats.describe()
+    return rows, skipped, {d: described[d] for d in args.data}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     devices = 1 + (gpu_count() > 0)
-    total = 1 + len(args.approx_sizes) * len(args.kinds) * devices
+    total = 1 + len(args.data) * len(args.approx_sizes) * len(args.kinds) * devices
     progress = tqdm(total=total, desc="search benchmark", disable=args.no_progress)
     x, q, cameras = _search_exact.normalised_data(args.size, args.dim, 64 * args.b64_batches, args.seed)
     exact = _search_exact.run_exact(x, q, cameras, args.b1_queries, args.b64_batches, progress)
     progress.update()
     del x, q, cameras
     gc.collect()
-    rows, skipped = run_approx(args, progress)
+    rows, skipped, data = run_approx(args, progress)
     progress.close()
     return {"exact": exact, "rows": rows, "skipped": skipped, "k": K, "dim": args.dim,
             "faiss_threads": faiss.omp_get_max_threads(), "queries_b1": args.b1_queries,
-            "queries_b64": 64 * args.b64_batches, "data": "clustered: N/10 centres, unit noise"}
+            "queries_b64": 64 * args.b64_batches, "data": data}
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -220,12 +250,21 @@ def report(results: dict[str, Any]) -> str:
     targets = [{**t, "met": "yes" if t["met"] else "**no**"} for t in ex["targets"]]
     sweep = _machine.markdown_table(ex["threshold_sweep"], ["batch", "scan_ms_per_query", "sgemm_ms_per_query",
                                                              "faster"])
-    approx = _machine.markdown_table(results["rows"], ["size", "kind", "device", "b1_ms_p50", "b1_ms_p95",
+    approx = _machine.markdown_table(results["rows"], ["data", "size", "kind", "device", "b1_ms_p50", "b1_ms_p95",
+                                                       "exact_b1_ms", "speedup_b1",
                                                        "b64_ms_per_query", "recall_at_10", "target_recall",
                                                        "held_out_recall", "build_s", "tune_s", "approx_mb",
                                                        "options"]) if results["rows"] else "(not run)"
-    skipped = "".join(f"\n- {s['kind']} ({s['device']}) at N={s['size']}: skipped, estimated build "
-                      f"{s['estimated_build_s']:.0f} s > --max-build-s" for s in results["skipped"])
+    skipped = "".join(f"\n- {s['kind']} ({s['device']}, {s.get('data', 'clustered')} data) at N={s['size']}: "
+                      f"skipped, estimated build {s['estimated_build_s']:.0f} s > --max-build-s"
+                      for s in results["skipped"])
+    data = results["data"] if isinstance(results["data"], dict) else {"clustered": results["data"]}
+    described = "".join(f"\n- `{name}`: {text}" for name, text in data.items())
+    approx_targets = approx_target_rows(results["rows"])
+    approx_targets_md = ("\n\n### Approximate targets (issue 18: recall@10 >= 0.95 at >= 10x exact batch-1 speed, "
+                         "at the largest size)\n\n" + _machine.markdown_table(
+                             approx_targets, ["data", "size", "kind", "recall_at_10", "speedup_b1", "met"])
+                         if approx_targets else "")
     return (f"## Exact search: {n:,} x {d} normalised float32, top-{ex['k']}, {threads} threads\n\n"
             f"Batch 1: {results['queries_b1']} single-query searches (p50); batch 64: "
             f"{results['queries_b64'] // 64} batches (p50, per query). GB/s = stored bytes / ms per query at batch "
@@ -239,7 +278,20 @@ def report(results: dict[str, Any]) -> str:
             + "\n\n### FAISS IndexFlatIP: per-query scan vs sgemm path, by batch size (same run)\n\n" + sweep
             + "\n\n### README table\n\n" + readme_table(results)
             + f"\n\n## Approximate kinds\n\nrecall@10 against exact numpy top-10 over the same "
-              f"{results['queries_b64']} queries.\n\n{approx}\n{skipped}\n")
+              f"{results['queries_b64']} queries; exact_b1_ms: exact one-query search over the same N (numpy GEMV), "
+              f"speedup_b1 = exact_b1_ms / b1_ms_p50.\n\nData:{described}\n\n{approx}\n{skipped}"
+              + approx_targets_md + "\n")
+
+
+def approx_target_rows(rows: list[dict[str, Any]], recall: float = 0.95, speedup: float = 10.0) -> list[dict[str, Any]]:
+    """Each approximate row at the largest size, checked against issue 18's recall and speed target."""
+    if not rows:
+        return []
+    largest = max(r["size"] for r in rows)
+    return [{"data": r.get("data", "clustered"), "size": r["size"], "kind": r["kind"],
+             "recall_at_10": r["recall_at_10"], "speedup_b1": r.get("speedup_b1"),
+             "met": "yes" if r["recall_at_10"] >= recall and (r.get("speedup_b1") or 0) >= speedup else "**no**"}
+            for r in rows if r["size"] == largest]
 
 
 def plot(results: dict[str, Any]) -> Any:

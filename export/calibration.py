@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.artifact import INPUT_NAME
 from export.errors import UserError
-from export.metadata import INPUT_NAME
 from export.parity import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ def to_fp16(onnx_path: str | Path) -> Any:
     """
     import onnx
 
-    from export.metadata import load_onnx_proto
+    from export.artifact import load_onnx_proto
 
     try:
         from onnxconverter_common import float16

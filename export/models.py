@@ -17,6 +17,7 @@ import torch
 from export.errors import UserError
 from training.errors import UserError as TrainingUserError
 from training.model import ARCHS, DFE, load_checkpoint
+from training.paper import PAPER
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ def model_from_checkpoint(checkpoint: str | Path) -> LoadedModel:
                        model_config=dict(ckpt["model_config"]), source=str(checkpoint))
 
 
-def random_model(arch: str = "resnet50", *, height: int = 384, width: int = 128, parts: int = 6,
-                 embed_dim: int = 256, seed: int = 0) -> LoadedModel:
+def random_model(arch: str = PAPER.arch, *, height: int = PAPER.height, width: int = PAPER.width,
+                 parts: int = PAPER.parts, embed_dim: int = PAPER.embed_dim, seed: int = 0) -> LoadedModel:
     """A randomly initialised eval-mode DFE (for benchmarks and parity checks, not for retrieval).
 
     Args:

@@ -27,10 +27,11 @@ import onnx
 import torch
 
 from export._io import atomic_write_bytes
+from export.artifact import INPUT_NAME, OUTPUT_NAME, config_digest
 from export.errors import UserError
-from export.metadata import INPUT_NAME, OUTPUT_NAME, config_digest
 from export.models import LoadedModel, load_model, model_from_checkpoint
 from training.model import ARCHS, INPUT_META
+from training.paper import PAPER
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +204,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     source = group.add_mutually_exclusive_group(required=required)
     source.add_argument("--checkpoint", type=Path, help="training checkpoint (last.pt)")
     source.add_argument("--random", action="store_true", help="random weights; use with --arch/--height/--width")
-    group.add_argument("--arch", default="resnet50", choices=sorted(ARCHS), help="with --random (default resnet50)")
-    group.add_argument("--height", type=int, default=384, help="with --random (default 384)")
-    group.add_argument("--width", type=int, default=128, help="with --random (default 128)")
-    group.add_argument("--parts", type=int, default=6, help="with --random (default 6)")
-    group.add_argument("--embed-dim", type=int, default=256, help="with --random (default 256)")
+    # The defaults are the paper's model (training.model.PAPER), as the help says.
+    group.add_argument("--arch", default=PAPER.arch, choices=sorted(ARCHS),
+                       help=f"with --random (default {PAPER.arch})")
+    group.add_argument("--height", type=int, default=PAPER.height, help=f"with --random (default {PAPER.height})")
+    group.add_argument("--width", type=int, default=PAPER.width, help=f"with --random (default {PAPER.width})")
+    group.add_argument("--parts", type=int, default=PAPER.parts, help=f"with --random (default {PAPER.parts})")
+    group.add_argument("--embed-dim", type=int, default=PAPER.embed_dim,
+                       help=f"with --random (default {PAPER.embed_dim})")
     group.add_argument("--seed", type=int, default=0, help="with --random: weight seed (default 0)")
 
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from export.errors import UserError
+from training.data.sysu import IMAGE_SUFFIXES  # the suffixes the datasets read: one list for export and training
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_SUFFIXES", "compare", "format_rows", "image_batch", "parse_batch_sizes", "random_images"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def parse_batch_sizes(text: str) -> list[int]:

@@ -85,8 +85,8 @@ from typing import Any
 from export._io import atomic_write_bytes
 from export.calibration import (DEFAULT_NUM_IMAGES, MIN_CALIBRATION_IMAGES, SPLITS, CalibrationReader,
                                 select_calibration_images)
+from export.artifact import INPUT_NAME, OUTPUT_NAME, load_onnx_proto, metadata_from_proto
 from export.errors import UserError
-from export.metadata import INPUT_NAME, OUTPUT_NAME, load_onnx_proto, metadata_from_proto
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ the next build on the same GPU and TensorRT version reuses them and takes second
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -42,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from export._io import atomic_write_bytes
+from export.artifact import INPUT_NAME, SIDECAR_FORMAT, read_metadata, sidecar_path, write_sidecar
+from export.artifact import tensorrt_unavailable_reason as artifact_unavailable_reason
 from export.errors import UserError
-from export.metadata import INPUT_NAME, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -57,74 +57,22 @@ FP16_MIN_COSINE = 0.999
 # rounds in its own order (a guess to be confirmed on a GPU; not yet measured).
 INT8_MIN_COSINE = 0.99
 _INSTALL_HINT = "the ONNX model still runs with ONNX Runtime"
-# The engine file has no room for free-form metadata, so the ONNX metadata travels in a JSON file next to
-# it; this format is what serving's TensorRT embedder reads (serving/embedders/tensorrt_embedder.py).
-SIDECAR_FORMAT = "xmreid-tensorrt-sidecar/1"
-
-
-def sidecar_path(plan: str | Path) -> Path:
-    """``model.plan`` -> ``model.plan.json``."""
-    plan = Path(plan)
-    return plan.with_name(plan.name + ".json")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_sidecar(plan: str | Path, onnx_path: str | Path, *, precision: str, min_batch: int, opt_batch: int,
-                  max_batch: int, tensorrt_version: str) -> Path:
-    """Write ``<plan>.json``: the ONNX metadata, both files' sha256, the precision and batch profile.
-
-    The ONNX sha256 is the model fingerprint serving records in a gallery, so a gallery indexed with ONNX
-    Runtime stays valid when the same model is served through this engine.
-    """
-    meta = read_metadata(onnx_path)
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "metadata": {key: str(value) for key, value in meta.items()},
-        "onnx_sha256": _sha256(Path(onnx_path).read_bytes()),
-        "plan_sha256": _sha256(Path(plan).read_bytes()),
-        "precision": precision,
-        "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
-        "tensorrt_version": tensorrt_version,
-    }
-    return atomic_write_bytes(sidecar_path(plan), (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
 
 
 def tensorrt_unavailable_reason() -> str | None:
-    """One sentence saying why TensorRT cannot build here, or ``None`` when it can."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return (f"TensorRT is not installed here (pip install -r requirements-gpu.txt on a machine with an NVIDIA "
-                f"GPU), so no engine was built; {_INSTALL_HINT}.")
-    major = _major(trt)
-    if major < 10:
-        return f"TensorRT {trt.__version__} is too old (10.x or 11.x is supported), so no engine was built; {_INSTALL_HINT}."
-    if _cuda_device_count() < 1:
-        return f"TensorRT is installed but no CUDA GPU is visible, so no engine was built; {_INSTALL_HINT}."
-    return None
+    """One sentence saying why TensorRT cannot build here, or ``None`` when it can.
+
+    The checks are the artifact contract's (:func:`export.artifact.tensorrt_unavailable_reason`); building
+    needs no cuda-python, so this asks without the runtime check and says what that means for the user.
+    """
+    reason = artifact_unavailable_reason(runtime=False)
+    if reason is None:
+        return None
+    return f"{reason}, so no engine was built; {_INSTALL_HINT}."
 
 
 def _major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
-
-
-def _cuda_device_count() -> int:
-    """Visible CUDA devices, through cuda-python (in the GPU image) or torch (in the training env)."""
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-
-        err, count = cudart.cudaGetDeviceCount()
-        return int(count) if int(err) == 0 else 0
-    except ImportError:
-        pass
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def precision_plan(trt: Any, fp16: bool, tf32: bool, int8: bool = False) -> dict[str, Any]:
@@ -180,7 +128,7 @@ def check_int8_model(onnx_path: str | Path) -> dict[str, Any]:
     import numpy as np
     from onnx import numpy_helper
 
-    from export.metadata import load_onnx_proto, metadata_from_proto
+    from export.artifact import load_onnx_proto, metadata_from_proto
 
     proto = load_onnx_proto(onnx_path)
     meta = metadata_from_proto(proto, source=str(onnx_path))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.artifact import INPUT_NAME, OUTPUT_NAME
 from export.errors import UserError
-from export.metadata import INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export._io import atomic_copy, atomic_write_bytes
+from export.artifact import INPUT_NAME, OUTPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto
 from export.errors import UserError
-from export.metadata import INPUT_NAME, OUTPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto
 
 logger = logging.getLogger(__name__)
 

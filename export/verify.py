@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from export.artifact import INPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto, read_metadata
 from export.errors import UserError
-from export.metadata import INPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto, read_metadata
 from export.models import LoadedModel
 from export.onnx_export import add_model_arguments, model_from_args
 from export.ort import PROVIDER_CHOICES, create_session

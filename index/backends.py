@@ -54,8 +54,8 @@ class VectorBackend(abc.ABC):
         """False while an approximate index is still waiting for enough vectors to train on."""
         return True
 
-    def train(self, vectors: np.ndarray) -> None:
-        """Train on a sample of (normalised) vectors; exact backends need no training."""
+    def train(self, vectors: np.ndarray, expected_size: int | None = None) -> None:
+        """Train on a sample of (normalised) vectors, sized for ``expected_size`` items; exact backends need none."""
 
     def set_search_params(self, **params: Any) -> None:
         """Change search-time parameters (e.g. ``nprobe``); exact backends have none."""

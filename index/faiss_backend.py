@@ -9,8 +9,14 @@ can be reconstructed and checked), with inner-product metric on normalised vecto
 * ``ivf_flat`` / ``ivf_pq``: ``IndexIVFFlat`` / ``IndexIVFPQ`` (Jégou et al., "Product quantization
   for nearest neighbor search", TPAMI 2011). They need training; until the gallery holds
   ``train_size`` vectors it is served by an exact flat "staging" index, then trained on everything
-  staged (``nlist`` defaults to ~2·sqrt(n), capped at n/39 so each centroid gets the 39 points FAISS
-  asks for). ``train()`` trains earlier on a sample of your choice.
+  staged. ``nlist`` defaults to ~2·sqrt(N) for the gallery size N it is trained for (capped at n/39 of
+  the n training vectors, so each centroid gets the 39 points FAISS asks for); ``train(sample,
+  expected_size=N)`` trains earlier, sized for N. An auto-sized ``ivf_flat`` gallery that grows to 4x
+  the size it was trained for is trained again (on a sample of itself) with the larger ``nlist``, its
+  lists rebuilt and a recall target re-tuned: without it, lists trained at the first 1000 items hold
+  ~N/25 vectors each at N items and ``nprobe`` must scan the whole index (issue 18: nlist=447 at 1M
+  items needed nprobe=447). Doubling-style growth keeps the re-training cost amortised O(N).
+  ``ivf_pq`` keeps only codes, so its ``nlist`` stays what it was trained with.
 * ``hnsw``: ``IndexHNSWFlat`` (Malkov & Yashunin, TPAMI 2018). HNSW cannot delete, so removed ids
   become tombstones, filtered out with an ``IDSelector`` and recorded in the manifest; the graph is
   rebuilt once tombstones outnumber live vectors.
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +62,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 SEARCH_PARAMS = {"nprobe", "ef_search"}
 _IVF = {"ivf_flat", "ivf_pq"}
 _TRAIN_POINTS_PER_CENTROID = 64
+_REGROW_FACTOR = 4  # an auto-sized ivf_flat is re-trained when it holds this many times its trained-for size
+_MIGRATE_CHUNK = 65_536  # vectors moved per add while rebuilding lists (bounds the extra memory)
 _GPU_KINDS = {"flat", "flat_fp16", "ivf_flat", "ivf_pq"}  # FAISS has no GPU HNSW (CAGRA is a different index)
 # Exact kinds whose batches smaller than the thread count (batch 1 on 2 cores: a memory-bound scan)
 # do not go through Index.search, where FAISS was measured to be the bottleneck (index.exact):
@@ -85,6 +94,15 @@ def resolve_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def auto_nlist(expected_size: int, n_train: int) -> int:
+    """IVF lists for a gallery of ``expected_size`` trained on ``n_train`` vectors: ~2·sqrt(N), <= n_train/39.
+
+    2·sqrt(N) is the low end of FAISS's guideline (4..16·sqrt(N)): k-means on 2 cores costs ~nlist² ·
+    64 · dim, and a recall target picks ``nprobe`` afterwards, so finer lists buy little here.
+    """
+    return max(1, min(round(2 * math.sqrt(max(expected_size, n_train))), n_train // 39))
+
+
 def _auto_pq_m(dim: int) -> int:
     # ~16 dimensions per sub-quantizer: 96 bytes per 1536-d vector, a common memory/recall point.
     for m in range(max(1, dim // 16), 0, -1):
@@ -110,6 +128,8 @@ class FaissBackend(VectorBackend):
         self._staging: faiss.IndexIDMap2 | None = None
         self._deleted = np.zeros(0, dtype=np.int64)  # hnsw tombstones, sorted
         self._tuning: dict[str, Any] | None = None  # the last recall-target tuning (index.tuning)
+        # nlist sized automatically (None) may grow with the gallery; "trained_for": the N it was sized for
+        self._growth: dict[str, Any] = {"auto_nlist": options.get("nlist") is None, "trained_for": 0}
         if kind in _IVF:
             self._staging = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         else:
@@ -128,9 +148,9 @@ class FaissBackend(VectorBackend):
         hnsw.hnsw.efSearch = self._options["ef_search"]
         return hnsw
 
-    def _build_ivf(self, n_train: int) -> faiss.Index:
+    def _build_ivf(self, n_train: int, expected_size: int = 0) -> faiss.Index:
         opts = self._options
-        nlist = opts["nlist"] or max(1, min(round(2 * math.sqrt(n_train)), n_train // 39))
+        nlist = opts["nlist"] if not self._growth["auto_nlist"] else auto_nlist(expected_size, n_train)
         if n_train < nlist:
             raise GalleryError(f"{self.kind} with nlist={nlist} needs at least {nlist} training vectors, got {n_train}")
         quantizer = faiss.IndexFlatIP(self.dim)
@@ -196,6 +216,11 @@ class FaissBackend(VectorBackend):
         backend._index, backend._staging = index, None
         backend._deleted = np.unique(np.asarray(state.get("deleted_ids", []), dtype=np.int64))
         backend._tuning = state.get("tuning") if isinstance(state.get("tuning"), dict) else None
+        growth = state.get("growth")
+        # galleries saved before growth was recorded keep the nlist they were trained with
+        backend._growth = ({"auto_nlist": bool(growth.get("auto_nlist")), "trained_for": int(growth.get("trained_for", 0))}
+                           if isinstance(growth, dict) else {"auto_nlist": options.get("nlist") is None and
+                                                             kind in _IVF and inner == "IndexFlatIP", "trained_for": 0})
         if kind in _IVF and inner == "IndexFlatIP":
             backend._index, backend._staging = None, index  # saved before it had enough vectors to train
         elif inner != _EXPECTED_TYPE[kind]:
@@ -260,18 +285,20 @@ class FaissBackend(VectorBackend):
             inner.hnsw.efSearch = self._options["ef_search"]
 
     # ----------------------------------------------------------------- mutation
-    def train(self, vectors: np.ndarray) -> None:
+    def train(self, vectors: np.ndarray, expected_size: int | None = None) -> None:
         if self.kind not in _IVF:
             log.info("kind %r needs no training; ignoring train()", self.kind)
             return
         if self._index is not None:
             raise GalleryError(f"this {self.kind} gallery is already trained (nlist={self._options['nlist']})")
-        self._train_and_migrate(vectors)
+        self._train_and_migrate(vectors, expected_size or 0)
 
-    def _train_and_migrate(self, vectors: np.ndarray) -> None:
-        ivf = self._build_ivf(len(vectors))
+    def _train_and_migrate(self, vectors: np.ndarray, expected_size: int = 0) -> None:
+        staged_count = int(self._staging.ntotal)
+        ivf = self._build_ivf(len(vectors), max(expected_size, staged_count))
         log.info("training %s (nlist=%d) on %d vectors", self.kind, ivf.nlist, len(vectors))
         ivf.train(vectors)
+        self._growth["trained_for"] = max(expected_size, staged_count, len(vectors))
         index = faiss.IndexIDMap2(ivf)  # FAISS's Python layer keeps ivf (and its quantizer) alive with index
         staged = self._staging
         if staged.ntotal:
@@ -298,6 +325,85 @@ class FaissBackend(VectorBackend):
         self._index.add_with_ids(vectors, ids)
         if self._gpu is not None:
             self._gpu.add_with_ids(vectors, ids)
+        self._maybe_regrow()
+
+    def _maybe_regrow(self) -> None:
+        """Re-train an auto-sized ``ivf_flat`` once it holds 4x the items it was sized for (module docstring)."""
+        if self.kind != "ivf_flat" or not self._growth["auto_nlist"] or not self._growth["trained_for"]:
+            return
+        n = int(self._index.ntotal)
+        current = int(faiss.extract_index_ivf(self._index.index).nlist)
+        if n < _REGROW_FACTOR * self._growth["trained_for"] or auto_nlist(n, n) < 2 * current:
+            return
+        start = time.perf_counter()
+        self.regrow()
+        log.info("ivf_flat grew to %d items: re-trained with nlist=%d (was %d) in %.1f s", n,
+                 self._options["nlist"], current, time.perf_counter() - start)
+
+    def regrow(self, sample_seed: int = 0) -> None:
+        """Train new IVF lists sized for the current gallery and move every vector into them.
+
+        The training sample is drawn from the stored vectors (64 per centroid); vectors move list by
+        list in chunks, so the extra memory is the new index plus one chunk. A recall target set by
+        :meth:`tune` is measured again with the same target, sample and k: the old ``nprobe`` was
+        chosen for lists that no longer exist.
+        """
+        if self.kind != "ivf_flat" or self._index is None:
+            raise GalleryError(f"only a trained ivf_flat gallery can be re-trained for its size (kind {self.kind!r})")
+        old = faiss.extract_index_ivf(self._index.index)
+        lists, id_map = old.invlists, faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        n = int(self._index.ntotal)
+        nlist = auto_nlist(n, n)
+        rng = np.random.default_rng(sample_seed)
+        sample_rows = np.sort(rng.choice(n, size=min(n, nlist * _TRAIN_POINTS_PER_CENTROID), replace=False))
+        sample = self._ivf_rows(old, sample_rows)
+        self._growth["auto_nlist"] = True
+        ivf = self._build_ivf(len(sample), n)
+        ivf.train(sample)
+        del sample
+        index = faiss.IndexIDMap2(ivf)
+        chunk_vecs: list[np.ndarray] = []
+        chunk_ids: list[np.ndarray] = []
+        pending = 0
+        for list_no in range(old.nlist):
+            size = lists.list_size(list_no)
+            if not size:
+                continue
+            internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy()
+            codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * old.code_size)
+            chunk_vecs.append(np.frombuffer(codes, dtype=np.float32).reshape(size, self.dim).copy())
+            chunk_ids.append(id_map[internal])
+            pending += size
+            if pending >= _MIGRATE_CHUNK or list_no == old.nlist - 1:
+                index.add_with_ids(np.concatenate(chunk_vecs), np.concatenate(chunk_ids))
+                chunk_vecs, chunk_ids, pending = [], [], 0
+        if chunk_vecs:
+            index.add_with_ids(np.concatenate(chunk_vecs), np.concatenate(chunk_ids))
+        self._index = index
+        self._growth["trained_for"] = n
+        self._apply_search_params()
+        if self._gpu is not None:
+            self._gpu.mark_stale()
+        if self._tuning is not None:
+            previous = self._tuning
+            self.tune(previous["target_recall"], int(previous.get("k", 10)), int(previous.get("sample", 1000)))
+
+    def _ivf_rows(self, ivf: faiss.IndexIVF, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors at internal positions ``rows`` of an ``IndexIVFFlat`` (for a training sample)."""
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        wanted = np.zeros(int(self._index.ntotal), dtype=bool)
+        wanted[rows] = True
+        slot = np.cumsum(wanted) - 1
+        for list_no in range(ivf.nlist):
+            size = ivf.invlists.list_size(list_no)
+            if not size:
+                continue
+            internal = faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)
+            keep = wanted[internal]
+            if keep.any():
+                codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(list_no), size * ivf.code_size)
+                out[slot[internal[keep]]] = np.frombuffer(codes, dtype=np.float32).reshape(size, self.dim)[keep]
+        return out
 
     def remove_ids(self, ids: np.ndarray) -> None:
         if self._index is None:
@@ -538,6 +644,8 @@ class FaissBackend(VectorBackend):
         state: dict[str, Any] = {"deleted_ids": self._deleted.tolist()} if len(self._deleted) else {}
         if self._tuning is not None:
             state["tuning"] = self._tuning
+        if self.kind in _IVF:
+            state["growth"] = dict(self._growth)
         return state
 
     def stats(self) -> dict[str, Any]:
@@ -548,6 +656,8 @@ class FaissBackend(VectorBackend):
         out = {"device": self.device, "trained": self.is_trained, "approx_bytes": int(bytes_)}
         if self.kind == "hnsw":
             out["tombstones"] = len(self._deleted)
+        if self.kind in _IVF and self._index is not None:
+            out["nlist_sized_for"] = self._growth["trained_for"]
         if self._tuning is not None:
             out["tuning"] = dict(self._tuning)
         return out

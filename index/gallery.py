@@ -526,15 +526,20 @@ class Gallery:
                 self._unsaved += 1
         return int(found.size)
 
-    def train(self, vectors: Any) -> None:
+    def train(self, vectors: Any, *, expected_size: int | None = None) -> None:
         """Train an IVF gallery now on a sample of descriptors (not added); other kinds ignore it.
 
         Without this, IVF kinds train themselves on the gallery once it holds ``train_size`` items.
+        ``expected_size``: the number of items the gallery is being built for, so an automatic ``nlist``
+        is sized for it (~2·sqrt(N)) rather than for the sample (a batch job knows its image count).
         """
         self._check_writable()
         x = normalized(vectors, self.dim, "training vectors")
+        if expected_size is not None and (isinstance(expected_size, bool) or not isinstance(expected_size, int)
+                                          or expected_size < 1):
+            raise GalleryError(f"expected_size must be a positive int, got {expected_size!r}")
         with self._writer, self._lock.write():
-            self._backend.train(x)
+            self._backend.train(x, expected_size)
 
     def set_search_params(self, **params: Any) -> None:
         """Change ``nprobe`` (IVF) or ``ef_search`` (HNSW) for later searches (and saves)."""

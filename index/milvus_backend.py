@@ -290,7 +290,7 @@ class MilvusBackend(VectorBackend):
                 raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
             self._options[name] = int(value)
 
-    def train(self, vectors: np.ndarray) -> None:
+    def train(self, vectors: np.ndarray, expected_size: int | None = None) -> None:
         log.info("Milvus trains each segment's index itself when the segment is sealed; ignoring train()")
 
     def property(self, key: str, default: str = "") -> str:

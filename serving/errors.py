@@ -8,19 +8,11 @@ writes), 2 for damaged data (a gallery that fails its load checks: :data:`EXIT_D
 that stopped but not cleanly (requests cancelled, changes never saved: :data:`EXIT_UNCLEAN`).
 """
 
-EXIT_USER = 1
+# One class for serving and the artifact contract it reads models through (export/errors.py is torch-free):
+# a metadata error raised by export.artifact is a serving UserError too, caught by the same handlers.
+from export.errors import EXIT_USER, UserError
+
 EXIT_DAMAGED = 2
 EXIT_UNCLEAN = 3
 
-
-class UserError(Exception):
-    """A mistake in the caller's input (missing folder, bad option, malformed file).
-
-    Args:
-        message: one sentence for the user.
-        exit_code: the process exit status the CLI ends with (1 unless the data is damaged: 2).
-    """
-
-    def __init__(self, message: str, exit_code: int = EXIT_USER) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+__all__ = ["EXIT_DAMAGED", "EXIT_UNCLEAN", "EXIT_USER", "UserError"]

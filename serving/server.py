@@ -118,6 +118,17 @@ def _serve(settings: Settings) -> int:
         logger.warning("listening on %s: the API is reachable from other machines%s", settings.host,
                        "" if settings.api_key else " and gallery changes need no API key")
     limit, backlog = fit_to_descriptors(settings.limit_concurrency, settings.backlog)
+    try:
+        protocol = protocol_class(settings.header_timeout_s, limit, parser=settings.http_parser)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise UserError("--loop uvloop: the uvloop package is not installed (pip install uvloop)") from None
+    logger.info("HTTP parser %s, event loop %s", protocol.__name__.removeprefix("Bounded"),
+                settings.event_loop)
     logfilter.install(settings.log_repeat_s)  # the root handler (python -m serving's basicConfig)
     # One process: the gallery lives in this process's memory, so several workers would each hold and
     # save their own diverging copy. Scale with micro-batching and more replicas behind a proxy instead.
@@ -131,7 +142,7 @@ def _serve(settings: Settings) -> int:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1,
                     timeout_graceful_shutdown=settings.graceful_shutdown_s, limit_concurrency=limit,
                     backlog=backlog, timeout_keep_alive=settings.keep_alive_s,
-                    http=protocol_class(settings.header_timeout_s, limit),
+                    http=protocol, loop=settings.event_loop,
                     log_config=log_config(settings.log_repeat_s, settings.log_format))
         if stopped_by:
             logger.info("stopped by %s after a graceful shutdown", signal.Signals(stopped_by[0]).name)

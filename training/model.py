@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchvision import models
 
 from training.errors import UserError
+from training.paper import PAPER
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ INPUT_META: dict[str, Any] = {
     "channel_order": "RGB",
     "layout": "NCHW",
     "input_dtype": "uint8",
-    "paper_input_size": (384, 128),  # §4.2
+    "paper_input_size": (PAPER.height, PAPER.width),  # §4.2
 }
 
 
@@ -160,12 +161,12 @@ class DFE(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        arch: str = "resnet50",
-        parts: int = 6,
-        embed_dim: int = 256,
+        arch: str = PAPER.arch,
+        parts: int = PAPER.parts,
+        embed_dim: int = PAPER.embed_dim,
         pretrained: bool | str | Path | None = None,
-        height: int = 384,
-        width: int = 128,
+        height: int = PAPER.height,
+        width: int = PAPER.width,
     ) -> None:
         super().__init__()
         spec = _arch(arch)

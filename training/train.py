@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from training.config import parse_with_config, plain, save_args
 from training.errors import UserError
+from training.paper import PAPER
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="sysu", choices=("sysu", "regdb"), help="dataset layout of --data-root")
     g.add_argument("--data-root", required=True, type=Path, help="dataset root folder")
     g.add_argument("--trial", type=int, default=1, help="RegDB split 1..10 (ignored for SYSU-MM01)")
-    g.add_argument("--height", type=int, default=384, help="input height")
-    g.add_argument("--width", type=int, default=128, help="input width")
+    g.add_argument("--height", type=int, default=PAPER.height, help="input height")
+    g.add_argument("--width", type=int, default=PAPER.width, help="input width")
     g.add_argument("--batch-pairs", type=int, default=32, help="N visible-infrared pairs per batch")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="flip + pad-and-crop")
     g.add_argument("--channel-aug", type=float, default=0.0,
@@ -61,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler); 1 = the paper's walk")
     g.add_argument("--workers", type=int, default=0, help="data loading processes")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default="resnet50", help="resnet18 | resnet34 | resnet50")
-    g.add_argument("--parts", type=int, default=6, help="K horizontal stripes")
-    g.add_argument("--embed-dim", type=int, default=256, help="D, width of each part embedding")
+    g.add_argument("--arch", default=PAPER.arch, help="resnet18 | resnet34 | resnet50")
+    g.add_argument("--parts", type=int, default=PAPER.parts, help="K horizontal stripes")
+    g.add_argument("--embed-dim", type=int, default=PAPER.embed_dim, help="D, width of each part embedding")
     g.add_argument("--pretrained", default="imagenet", help="imagenet | none | path to a ResNet state dict")
     g.add_argument("--classifier-std", type=float, default=None,
                    help="re-initialise the part classifiers with this weight std (default: the model's 0.001, "

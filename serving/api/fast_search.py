@@ -7,6 +7,13 @@ sends (``top_k`` and ``camera`` as plain integers, a ``multipart/form-data`` bod
 ``image`` file part) that machinery decides nothing, so :class:`SearchFastPath` parses it directly and
 answers through the same code as the route (:func:`serving.api.search.search_answer`).
 
+A **raw image body** (``Content-Type: image/jpeg``, ``image/png``, ``image/bmp`` or
+``application/octet-stream``, the file's bytes as the whole body: ``curl --data-binary @crop.jpg``) is
+the other accepted form, for clients that need no multipart encoder (issue 19). It is answered here
+in full, every error included, through the same checks and exception handlers as the route's: the
+readiness dependency (503), :func:`check_query` (422/409), the upload size limit (413, checked while
+the body arrives), unknown or malformed query parameters (422 ``validation_error``).
+
 Everything else goes to the FastAPI route exactly as it arrived (the body already read is replayed
 message by message): other parameters, another body shape, a part this parser does not fully
 understand, a server that is not ready, and any query the route would refuse (``check_query``, the
@@ -28,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.api.search import check_query, search_answer
 from serving.api.uploads import IMAGE_CONTENT_TYPES
 from serving.core.errors import ApiError
+from serving.deps import get_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,8 @@ _INT = re.compile(rb"[0-9]{1,9}")
 _BOUNDARY = re.compile(rb"multipart/form-data;\s*boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})", re.IGNORECASE)
 # The part's headers: a form-data disposition named "image" with a plain filename, optionally a content type.
 _DISPOSITION = re.compile(rb'form-data;\s*name="image";\s*filename="([^"\\\r\n]*)"', re.IGNORECASE)
+#: Content types of a raw image body (the whole body is the file); see the module docstring.
+RAW_IMAGE_TYPES: frozenset[bytes] = frozenset(t.encode() for t in IMAGE_CONTENT_TYPES if t)
 
 
 class _RouteTemplate:
@@ -63,6 +73,10 @@ class SearchFastPath:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        content_type = _content_type(scope)
+        if content_type in RAW_IMAGE_TYPES:
+            await self._raw_image(scope, receive, send, started)
+            return
         query = _parse_query(scope.get("query_string", b""))
         runtime = getattr(self.fastapi_app.state, "runtime", None)
         boundary = _boundary(scope)
@@ -99,10 +113,40 @@ class SearchFastPath:
             response = await handler(Request(scope, receive), exc)
             await response(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await _send_json(send, payload)
+
+    async def _raw_image(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        """Answer a raw-image-body ``POST /search`` (module docstring), errors through the app's handlers."""
+        scope["route"] = _SEARCH_ROUTE
+        request = Request(scope, receive)
+        try:
+            query = _parse_query(scope.get("query_string", b""))
+            if query is None:
+                raise ApiError(422, "validation_error", "query parameters: only top_k and camera (repeatable), "
+                                                        "each a non-negative integer, are accepted")
+            runtime = await get_runtime(request)
+            top_k, cameras = query
+            limit = runtime.settings.max_upload_bytes
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away: nothing to answer
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    raise ApiError(413, "file_too_large", f"the image is larger than the limit of {limit} bytes")
+                if not message.get("more_body", False):
+                    break
+            camera_filter = check_query(runtime, top_k, cameras)
+            payload = await search_answer(runtime, bytes(body), top_k, camera_filter, started)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+            await response(scope, receive, send)
+            return
+        await _send_json(send, payload)
 
     def _handler(self, exc: Exception) -> Any:
         handlers = self.fastapi_app.exception_handlers
@@ -129,6 +173,20 @@ def _parse_query(raw: bytes) -> tuple[int, list[int] | None] | None:
         else:
             return None
     return (10 if top_k is None else top_k), (cameras or None)
+
+
+async def _send_json(send: Send, payload: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _content_type(scope: Scope) -> bytes | None:
+    """The request's media type, lower-cased, without parameters (None without a Content-Type header)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            return value.split(b";")[0].strip().lower()
+    return None
 
 
 def _boundary(scope: Scope) -> bytes | None:

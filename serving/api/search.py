@@ -80,13 +80,23 @@ def json_bytes(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+_RAW_BODY = {"schema": {"type": "string", "format": "binary"}}
+# The raw-body form is answered by serving.api.fast_search before this route; documented here so clients see it.
+_RAW_IMAGE_BODY = {"requestBody": {"content": {t: _RAW_BODY for t in (
+    "image/jpeg", "image/png", "image/bmp", "application/octet-stream")}}}
+
+
 @router.post("/search", response_model=SearchResponse, summary="Search the gallery with one image",
-             responses=error_responses(400, 409, 413, 415, 422, 503))
+             responses=error_responses(400, 409, 413, 415, 422, 503), openapi_extra=_RAW_IMAGE_BODY)
 async def search(runtime: RuntimeDep,
                  image: Annotated[UploadFile, File(description="the query crop (infrared or RGB): JPEG, PNG or "
                                                                "BMP, 1, 3 or 4 channels, 8 or 16 bits")],
                  top_k: TopK = 10, camera: Cameras = None) -> Response:
-    """Embed the crop (micro-batched with concurrent requests) and rank the gallery by cosine similarity."""
+    """Embed the crop (micro-batched with concurrent requests) and rank the gallery by cosine similarity.
+
+    The crop comes as the `image` part of a multipart form, or as the whole request body with an image
+    `Content-Type` (`curl --data-binary @crop.jpg -H 'Content-Type: image/jpeg'`).
+    """
     started = time.perf_counter()
     cameras = check_query(runtime, top_k, camera)
     (data,) = await read_uploads(runtime, [image])

@@ -25,13 +25,14 @@ from pydantic_core import PydanticUndefined
 from serving.core.config import BACKENDS, LOG_LEVELS, Settings
 
 #: Fields whose flag is not the field name with dashes (kept for the command lines already in use).
-FLAG_NAMES: dict[str, str] = {"image_roots": "--image-root"}
+FLAG_NAMES: dict[str, str] = {"image_roots": "--image-root", "http_parser": "--http", "event_loop": "--loop"}
 #: Extra flags, beside the generated one: (flag, argparse keyword arguments).
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "save_on_mutation": ("--no-save", {"action": "store_false", "help": "same as --no-save-on-mutation"}),
 }
 #: Choices that a field's validator enforces (argparse shows and checks them too).
-CHOICES: dict[str, tuple[str, ...]] = {"backend": BACKENDS, "log_level": LOG_LEVELS}
+CHOICES: dict[str, tuple[str, ...]] = {"backend": BACKENDS, "log_level": LOG_LEVELS,
+                                       "http_parser": ("auto", "httptools", "h11"), "event_loop": ("asyncio", "uvloop")}
 
 
 class SettingsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

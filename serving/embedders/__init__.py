@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from serving.embedders.base import ArtifactMetadata, Embedder, ModelUnavailable, file_sha256
+from export.artifact import ArtifactMetadata, file_sha256, read_sidecar, tensorrt_unavailable_reason
+from serving.embedders.base import Embedder, ModelUnavailable
 from serving.errors import UserError
 
 __all__ = ["ArtifactMetadata", "Embedder", "BACKENDS", "ModelUnavailable", "file_sha256", "load_embedder",
@@ -112,8 +113,6 @@ def _matching_engine(onnx_path: Path) -> Path | None:
     plan = onnx_path.with_suffix(".plan")
     if not plan.is_file():
         return None
-    from serving.embedders.tensorrt_embedder import read_sidecar, tensorrt_unavailable_reason
-
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         logger.info("found %s but TensorRT is not usable here (%s); using ONNX Runtime", plan.name, reason)

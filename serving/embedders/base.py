@@ -1,36 +1,30 @@
-"""The one interface every runtime embedder implements, and the artifact metadata they share.
+"""The one interface every runtime embedder implements.
 
 An embedder turns a batch of decoded, resized RGB crops into un-normalised descriptors
 (``docs/contracts.md``: L2 normalisation happens in :class:`index.Gallery`, nowhere else).
 Input validation lives here, once, so every backend rejects a wrong shape or dtype with the
 same clear message instead of failing deep inside ONNX Runtime, TensorRT or torch.
 
-This module imports neither torch nor ``training``: the serving image may not carry them.
+What an artifact says about itself (:class:`ArtifactMetadata`, the fingerprint :func:`file_sha256`) is read
+through the artifact contract, :mod:`export.artifact`, which imports neither torch nor ``training``; nor does
+this module: the serving image may not carry them.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from serving.errors import UserError
+from export.artifact import ArtifactMetadata, file_sha256
+
+__all__ = ["ArtifactMetadata", "Embedder", "file_sha256"]
 
 logger = logging.getLogger(__name__)
-
-#: Metadata keys the exporter writes into the ONNX model (``docs/contracts.md``, "ONNX artifact").
-REQUIRED_METADATA_KEYS: tuple[str, ...] = ("height", "width", "descriptor_dim")
-KNOWN_METADATA_KEYS: tuple[str, ...] = (
-    "height", "width", "parts", "embed_dim", "descriptor_dim", "channel_order", "layout",
-    "input_dtype", "arch", "config_digest", "exporter_version",
-)
-
 
 class ModelUnavailable(RuntimeError):
     """The model cannot be reached right now (a remote model server is down or restarting): answer 503, retry.
@@ -39,92 +33,6 @@ class ModelUnavailable(RuntimeError):
     that fails raises anything else, which is a 500 with the request id.
     """
 
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed so a large engine does not have to fit in memory twice.
-
-    Args:
-        path: the artifact file.
-        chunk_size: bytes read per step.
-
-    Returns:
-        The 64-character lowercase hex digest: the model fingerprint a gallery is tied to.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class ArtifactMetadata:
-    """What an exported artifact says about itself (read from the ONNX metadata or the TensorRT sidecar).
-
-    H, W and the descriptor size are read from the artifact, never typed twice (ARCHITECTURE §2).
-
-    Attributes:
-        height: model input height in pixels.
-        width: model input width in pixels.
-        descriptor_dim: length of one descriptor (K·embed_dim).
-        parts: number of horizontal parts K, when recorded.
-        embed_dim: per-part embedding size, when recorded.
-        arch: backbone name, when recorded.
-        raw: every metadata string as found (for ``/model`` style reporting).
-    """
-
-    height: int
-    width: int
-    descriptor_dim: int
-    parts: int | None = None
-    embed_dim: int | None = None
-    arch: str | None = None
-    raw: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_strings(cls, props: Mapping[str, Any], source: str) -> "ArtifactMetadata":
-        """Parse and check the exporter's metadata properties.
-
-        Args:
-            props: metadata key -> value (strings in ONNX; JSON values in the TensorRT sidecar).
-            source: the artifact's name, used in error messages.
-
-        Returns:
-            The parsed metadata.
-
-        Raises:
-            UserError: a required key is missing, a number does not parse, or the artifact expects an
-                input this runtime does not produce (not RGB, not NCHW, not uint8/float).
-        """
-        missing = [k for k in REQUIRED_METADATA_KEYS if k not in props]
-        if missing:
-            raise UserError(
-                f"{source}: metadata lacks {', '.join(missing)} (found keys: {', '.join(sorted(props)) or 'none'}); "
-                "re-export the model with `python -m export onnx` so the embedder can read its input size "
-                "and descriptor size")
-
-        def _int(key: str, required: bool = True) -> int | None:
-            if key not in props:
-                return None
-            try:
-                value = int(str(props[key]))
-            except ValueError:
-                raise UserError(f"{source}: metadata {key}={props[key]!r} is not an integer") from None
-            if value <= 0:
-                raise UserError(f"{source}: metadata {key}={value} must be positive")
-            return value
-
-        checks = {"channel_order": {"RGB"}, "layout": {"NCHW"}, "input_dtype": {"uint8", "float32"}}
-        for key, valid in checks.items():
-            if key in props and str(props[key]) not in valid:
-                raise UserError(f"{source}: metadata {key}={props[key]!r} is not supported; "
-                                f"valid values: {', '.join(sorted(valid))}")
-        return cls(
-            height=_int("height"), width=_int("width"), descriptor_dim=_int("descriptor_dim"),
-            parts=_int("parts"), embed_dim=_int("embed_dim"),
-            arch=str(props["arch"]) if "arch" in props else None,
-            raw={str(k): str(v) for k, v in props.items()},
-        )
 
 
 class Embedder(abc.ABC):

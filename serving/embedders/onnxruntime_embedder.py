@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from serving.embedders.base import ArtifactMetadata, Embedder, file_sha256
+from export.artifact import ArtifactMetadata, file_sha256
+from serving.embedders.base import Embedder
 from serving.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,31 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def session_options(intra_op_threads: int | None = None, inter_op_threads: int = 1) -> Any:
+    """The ONNX Runtime ``SessionOptions`` the server's embedder runs with (``benchmarks.embed`` times them too).
+
+    Args:
+        intra_op_threads: threads inside one operator; default the cores this process may use.
+        inter_op_threads: threads across independent operators (see :class:`OnnxRuntimeEmbedder`).
+
+    Returns:
+        A fresh ``onnxruntime.SessionOptions``: every graph optimisation, sequential execution, no spinning.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(intra_op_threads or _cpu_cores())
+    options.inter_op_num_threads = int(inter_op_threads)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's pool threads busy-wait between runs by default. In a server the model is idle between
+    # requests, and spinning threads steal the cores that decode, search and HTTP need: turning it off
+    # cut /search p50 several-fold at concurrency 1 (measured with benchmarks/end_to_end.py, issue 19).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 class OnnxRuntimeEmbedder(Embedder):
     """Runs the exported ONNX model with ONNX Runtime.
 
@@ -83,16 +109,7 @@ class OnnxRuntimeEmbedder(Embedder):
         if unknown:
             raise UserError(f"execution provider(s) {', '.join(unknown)} not available in this onnxruntime "
                             f"build; available: {', '.join(available)}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_threads or _cpu_cores())
-        options.inter_op_num_threads = int(inter_op_threads)
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ORT's pool threads busy-wait between runs by default. In a server the model is idle between
-        # requests, and spinning threads steal the cores that decode, search and HTTP need: turning it off
-        # cut /search p50 several-fold at concurrency 1 (benchmarks/end_to_end.py, variant ort-no-spin).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options = session_options(intra_op_threads, inter_op_threads)
         if "CUDAExecutionProvider" in providers:
             preload_cuda_libraries(ort)
         provider_args = [(p, {"device_id": device_id}) if p == "CUDAExecutionProvider" else p for p in providers]

@@ -1,19 +1,8 @@
 """TensorRT embedder: a serialized engine (``model.plan``) plus its JSON sidecar (``model.plan.json``).
 
-An engine file carries no free-form metadata, so the exporter copies the ONNX metadata next to it.
-The sidecar is the contract between ``python -m export tensorrt`` and this module:
-
-.. code-block:: json
-
-    {
-      "format": "xmreid-tensorrt-sidecar/1",
-      "metadata": {"height": "96", "width": "32", "descriptor_dim": "1536", "...": "every ONNX metadata_prop"},
-      "onnx_sha256": "<sha256 of the ONNX file the engine was built from>",
-      "plan_sha256": "<sha256 of the .plan file>",            (optional; checked when present)
-      "precision": "fp16",                                    (optional; informational)
-      "min_batch": 1, "opt_batch": 8, "max_batch": 64,        (optional; the profile is read from the engine)
-      "tensorrt_version": "10.3.0"                            (optional; informational)
-    }
+An engine file carries no free-form metadata, so the exporter copies the ONNX metadata next to it. The
+sidecar's format, path, reader and writer are the artifact contract's (:mod:`export.artifact`), shared with
+``python -m export tensorrt``; this module only runs engines.
 
 The embedder's ``fingerprint`` is ``onnx_sha256``: an engine is a compiled form of one ONNX model, so a
 gallery indexed with ONNX Runtime stays searchable after switching to TensorRT (descriptors agree to
@@ -25,75 +14,25 @@ only when an engine is loaded, and neither torch nor ``training`` is used.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving.embedders.base import ArtifactMetadata, Embedder, file_sha256
+from export.artifact import (SIDECAR_FORMAT, ArtifactMetadata, cuda_runtime, file_sha256, read_sidecar, sidecar_path,
+                             tensorrt_unavailable_reason)
+from serving.embedders.base import Embedder
 from serving.errors import UserError
 
+__all__ = ["SIDECAR_FORMAT", "TensorRTEmbedder", "read_sidecar", "sidecar_path", "tensorrt_unavailable_reason"]
+
 logger = logging.getLogger(__name__)
-
-SIDECAR_FORMAT = "xmreid-tensorrt-sidecar/1"
-
-
-def sidecar_path(plan: str | Path) -> Path:
-    """Where the sidecar of ``plan`` lives: the plan's full name plus ``.json`` (``model.plan.json``)."""
-    plan = Path(plan)
-    return plan.with_name(plan.name + ".json")
-
-
-def read_sidecar(plan: str | Path) -> dict[str, Any]:
-    """Read and check the sidecar of an engine (format in the module docstring).
-
-    Raises:
-        UserError: missing file, bad JSON, or missing ``metadata`` / ``onnx_sha256``.
-    """
-    path = sidecar_path(plan)
-    if not path.is_file():
-        raise UserError(f"TensorRT engine {Path(plan).name} has no sidecar {path.name}; the engine alone does "
-                        "not say its input size or model fingerprint. Rebuild it with `python -m export tensorrt`")
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(sidecar, dict) or not isinstance(sidecar.get("metadata"), dict) \
-            or not isinstance(sidecar.get("onnx_sha256"), str):
-        raise UserError(f"{path}: expected a JSON object with 'metadata' (object) and 'onnx_sha256' (string)")
-    return sidecar
-
-
-def _cudart() -> Any:
-    """The CUDA runtime bindings of cuda-python (module path changed in cuda-python 12.6)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart  # cuda-python < 12.6
-    return cudart
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """None when TensorRT can run here; otherwise why not (for logs and error messages)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "the tensorrt package is not installed (pip install -r requirements-gpu.txt)"
-    try:
-        cudart = _cudart()
-    except ImportError:
-        return "cuda-python is not installed (pip install cuda-python)"
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        return "no CUDA GPU is visible"
-    return None
 
 
 def _check(result: Any, what: str) -> Any:
     """Unwrap a cuda-python ``(err, value...)`` tuple, raising on a CUDA error."""
-    cudart = _cudart()
+    cudart = cuda_runtime()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
         raise RuntimeError(f"CUDA error in {what}: {err}")
@@ -125,7 +64,7 @@ class TensorRTEmbedder(Embedder):
                             "use the ONNX model with backend 'onnxruntime' instead")
         import tensorrt as trt
 
-        cudart = _cudart()
+        cudart = cuda_runtime()
         self._cudart, self._device_id = cudart, int(device_id)
         sidecar = read_sidecar(self.path)
         if "plan_sha256" in sidecar and sidecar["plan_sha256"] != file_sha256(self.path):

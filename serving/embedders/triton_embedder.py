@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.embedders.base import ArtifactMetadata, Embedder, ModelUnavailable
+from export.artifact import ArtifactMetadata
+from serving.embedders.base import Embedder, ModelUnavailable
 from serving.errors import UserError
 
 logger = logging.getLogger(__name__)

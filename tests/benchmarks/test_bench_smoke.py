@@ -101,12 +101,13 @@ def test_http_benchmark_runs_both_modes_without_errors(tiny_onnx: Path, tiny_gal
 def test_end_to_end_benchmark_splits_latency_and_profiles(tiny_onnx: Path, tiny_gallery: Path, sysu_root: Path,
                                                           tmp_path: Path) -> None:
     rc = end_to_end.main(["--model", str(tiny_onnx), "--gallery", str(tiny_gallery), "--images", str(sysu_root),
-                          "--requests", "6", "--block", "3", "--warmup", "1", "--variants", "default,fixes",
-                          "--profile", "--profile-requests", "3", "--out", str(tmp_path), "--no-progress"])
+                          "--requests", "6", "--block", "3", "--warmup", "1",
+                          "--variants", ",".join(end_to_end.VARIANTS), "--profile", "--profile-requests", "3", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     results = _results(tmp_path, "end_to_end")
     assert results["bare"]["model"]["n"] == 6 and results["bare"]["model"]["p50_ms"] > 0
-    for name in ("default", "fixes"):  # "fixes" runs through the patching launcher
+    assert set(results["variants"]) == set(end_to_end.VARIANTS)  # every variant it offers runs
+    for name in end_to_end.VARIANTS:  # "default" runs through the profiling launcher
         v = results["variants"][name]
         assert v["requests"] == 6 and v["errors"] == 0
         assert v["model_calls"] == 6  # concurrency 1: one model call per request
@@ -115,7 +116,12 @@ def test_end_to_end_benchmark_splits_latency_and_profiles(tiny_onnx: Path, tiny_
         assert v["ms"]["model"] > 0 and isinstance(v["target_met"], bool)
     profile = results["profile"]
     assert profile["requests"] == 3 and profile["by_package"] and profile["functions"]
-    assert "Where the overhead is" in (tmp_path / "end_to_end.md").read_text()
+    text = (tmp_path / "end_to_end.md").read_text()
+    for name, v in results["variants"].items():  # the report states this run's figures, and only those
+        stage = v["largest_stage"]
+        assert v["ms"][stage] == max(v["ms"].values())
+        assert f"`{name}`: the largest stage is `{stage}`, {v['ms'][stage]:.2f} ms" in text
+    assert "proposed fix" not in text
 
 
 def test_trivial_matchers_and_oracle_on_the_fixture(sysu_root, tmp_path, monkeypatch):

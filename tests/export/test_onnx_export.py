@@ -22,7 +22,7 @@ import torch
 from export import _io
 from export.__main__ import main as export_cli
 from export.errors import UserError
-from export.metadata import METADATA_KEYS, config_digest, metadata_from_proto, read_metadata
+from export.artifact import METADATA_KEYS, config_digest, metadata_from_proto, read_metadata
 from export.models import random_model
 from export.onnx_export import export_model, export_onnx
 from training.model import load_checkpoint

@@ -11,7 +11,7 @@ import torch
 
 from export import tensorrt_build
 from export.__main__ import main as export_cli
-from export.metadata import read_metadata
+from export.artifact import read_metadata
 from export.tensorrt_build import (build_engine, sidecar_path, tensorrt_unavailable_reason, verify_engine,
                                    write_sidecar)
 

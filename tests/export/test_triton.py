@@ -14,7 +14,7 @@ import pytest
 
 from export.__main__ import main as export_cli
 from export.errors import UserError
-from export.metadata import read_metadata
+from export.artifact import read_metadata
 from export.triton import write_repository
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))')

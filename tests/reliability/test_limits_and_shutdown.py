@@ -154,8 +154,8 @@ def test_indexer_on_a_full_disk_keeps_its_last_good_save(tiny_onnx, sysu_root, t
     done = subprocess.run([sys.executable, str(script), "6", "index", "--model", str(tiny_onnx), "--images",
                            str(sysu_root), "--gallery", str(gallery), "--cameras", "1", "--split", "all",
                            "--batch-size", "4", "--save-every", "1", "--no-progress"],
-                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]

@@ -28,7 +28,7 @@ from tests.reliability.conftest import JPEG, REPO
 PAUSED = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import serving.indexing as indexing
+    import serving.indexing.local as indexing
 
     go = Path(sys.argv[1])
     real = indexing._index_into
@@ -44,7 +44,9 @@ PAUSED = textwrap.dedent("""
     sys.exit(main(sys.argv[2:]))
 """)
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# PYTHONPATH: a script run by path puts its own folder first on sys.path, so without it `serving` would be
+# whatever the interpreter has installed (an editable install of another checkout), not this one.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
 def _index_args(model: Path, images: Path, gallery: Path, cameras: str) -> list[str]:

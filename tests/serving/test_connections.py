@@ -25,8 +25,9 @@ async def _app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@pytest.fixture
-def bounded_server():
+@pytest.fixture(params=["h11", "httptools"])
+def bounded_server(request):
+    """A server with the bounded protocol over each HTTP parser (both must keep the bounds)."""
     started: list[uvicorn.Server] = []
 
     def make(header_timeout_s: float = 0.5, max_connections: int = 100) -> int:
@@ -34,7 +35,8 @@ def bounded_server():
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         config = uvicorn.Config(_app, host="127.0.0.1", port=port, log_level="error", lifespan="off",
-                                http=connections.protocol_class(header_timeout_s, max_connections),
+                                http=connections.protocol_class(header_timeout_s, max_connections,
+                                                                parser=request.param),
                                 limit_concurrency=max_connections)
         server = uvicorn.Server(config)
         threading.Thread(target=server.run, daemon=True).start()
@@ -142,3 +144,17 @@ def test_repeat_filter_lets_one_through_per_interval_with_a_count() -> None:
     assert limiter.filter(summary)
     assert "[and 500 more like this in the last 10 s]" in summary.getMessage() and summary.exc_info is None
     assert not limiter.filter(_record(accept, exc=error))
+
+
+def test_parser_choice_resolves_and_names_a_missing_package(monkeypatch) -> None:
+    assert connections.resolve_parser("auto") == "httptools"  # installed with the project (requirements.txt)
+    assert connections.protocol_class(1.0, 10, parser="h11").__name__ == "BoundedH11Protocol"
+    assert connections.protocol_class(1.0, 10).__name__ == "BoundedHttpToolsProtocol"
+    with pytest.raises(ValueError, match="valid: auto, httptools, h11"):
+        connections.resolve_parser("h2")
+    import sys
+
+    monkeypatch.setitem(sys.modules, "httptools", None)  # as if not installed
+    assert connections.resolve_parser("auto") == "h11"
+    with pytest.raises(ValueError, match="httptools package is not installed"):
+        connections.resolve_parser("httptools")

@@ -88,3 +88,45 @@ def test_errors_are_the_routes(make_client, content: bytes, ctype: str, status: 
     assert response.status_code == status and response.json()["error"] == error, response.text
     assert client.post("/search", params={"top_k": 0}, files={"image": ("q", content, ctype)}).json()["error"] \
         == "invalid_top_k"
+
+
+def test_a_raw_image_body_answers_like_multipart(make_client, ir_queries) -> None:
+    client = make_client()
+    data = ir_queries[0].path.read_bytes()
+    params = {"top_k": 5, "camera": [1, 2]}
+    multipart = client.post("/search", params=params, files={"image": ("q.jpg", data, "image/jpeg")})
+    for ctype in ("image/jpeg", "application/octet-stream", "image/jpeg; charset=binary"):
+        raw = client.post("/search", params=params, content=data, headers={"content-type": ctype})
+        assert raw.status_code == 200, raw.text
+        assert _strip_timings(raw.json()) == _strip_timings(multipart.json())
+        assert "x-request-id" in raw.headers
+    metrics = client.get("/metrics").text
+    assert 'xmreid_http_requests_total{endpoint="/search",method="POST",status="200"} 4.0' in metrics
+
+
+@pytest.mark.parametrize("params, content, status, error", [
+    ({}, b"", 400, "empty_file"),
+    ({}, b"not an image at all", 400, "not_an_image"),
+    ({"top_k": 0}, b"x", 422, "invalid_top_k"),
+    ({"camera": 99}, b"x", 422, "unknown_camera"),
+    ({"top_k": "ten"}, b"x", 422, "validation_error"),
+    ({"note": "x"}, b"x", 422, "validation_error"),
+])
+def test_raw_body_errors(make_client, params, content: bytes, status: int, error: str) -> None:
+    client = make_client()
+    response = client.post("/search", params=params, content=content, headers={"content-type": "image/png"})
+    assert response.status_code == status and response.json()["error"] == error, response.text
+
+
+def test_raw_body_over_the_upload_limit_is_413(make_client, ir_queries) -> None:
+    client = make_client(max_upload_bytes=1000)
+    data = ir_queries[0].path.read_bytes()
+    assert len(data) > 1000
+    response = client.post("/search", content=data, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 413 and response.json()["error"] == "file_too_large"
+    assert "1000 bytes" in response.json()["detail"]
+
+
+def test_raw_body_is_in_the_openapi_schema(make_client) -> None:
+    content = make_client().get("/openapi.json").json()["paths"]["/search"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/jpeg", "image/png", "application/octet-stream"} <= set(content)

@@ -122,7 +122,7 @@ def test_local_engine_indexes_into_a_milvus_gallery(tree: Path, tiny_onnx: Path,
 
 
 def test_ray_options_are_checked(tree: Path, tiny_onnx: Path, tmp_path: Path) -> None:
-    from serving.ray_engine import index_images_ray
+    from serving.indexing.ray import index_images_ray
 
     with pytest.raises(UserError, match="--ray-embedders"):
         index_images_ray(tiny_onnx, tree, tmp_path / "g", embedders=0)
@@ -144,10 +144,10 @@ def test_ray_engine_uses_gpu_actors_when_the_cluster_has_gpus(tree: Path, tiny_o
                                                               caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("ray", reason="--engine ray needs the optional ray[data] extra")
     from serving.indexing import index_images
-    from serving.ray_engine import index_images_ray
+    from serving.indexing.ray import index_images_ray
 
     index_images(tiny_onnx, tree, tmp_path / "local", batch_size=4, show_progress=False)
-    with caplog.at_level("INFO", logger="serving.ray_engine"):
+    with caplog.at_level("INFO", logger="serving.indexing.ray"):
         summary = index_images_ray(tiny_onnx, tree, tmp_path / "ray", batch_size=4, num_cpus=2, show_progress=False)
     assert any("1 GPU(s)" in r.getMessage() and "'num_gpus': 1" in r.getMessage() for r in caplog.records)
     assert summary.indexed == len(Gallery.load(tmp_path / "local"))
@@ -176,7 +176,7 @@ class _FlakyRay:
 
 
 def test_a_local_ray_that_times_out_at_startup_is_started_once_more() -> None:
-    from serving.ray_engine import _start_ray
+    from serving.indexing.ray import _start_ray
 
     flaky = _FlakyRay("The current node timed out during startup. This could happen because ...")
     assert _start_ray(flaky, None, 2) is True

@@ -1,28 +1,25 @@
-"""``python -m serving index``: crawl RGB crops, embed them in batches, add them to a gallery.
+"""What every indexing engine shares: the crawl, the gallery it fills, and the one batch loop.
 
-Written like a torchvision reference script (one ``main`` over plain functions) and resumable the way
-faiss's ``big_batch_search`` checkpoints: the gallery is saved every ``--save-every`` batches through
-``Gallery.save`` (atomic: temp file, fsync, rename), so a killed run loses at most the batches since
-the last save, and a rerun skips every ``source`` already in the gallery, so it finishes the job without
-adding duplicates. Unreadable files are reported and skipped; they never abort the run.
+Resumable the way faiss's ``big_batch_search`` checkpoints: the gallery is saved every ``save_every``
+batches through ``Gallery.save`` (atomic: temp file, fsync, rename), so a killed run loses at most the
+batches since the last save, and a rerun skips every ``source`` already in the gallery, so it finishes the
+job without adding duplicates. Unreadable files are reported and skipped; they never abort the run.
 
 The run owns the gallery directory for writing from start to end (its write lock, ``index.locking``): a
 second indexer, or a server that has written the gallery, is refused at once with the holder named, so
 two writers can never overwrite each other's items. A save that fails (a full disk) keeps the last good
 save, and the run stops with one sentence and exit status 1; rerunning the same command resumes.
 
-Decoding and resizing (OpenCV releases the GIL) run in a thread pool, a couple of batches ahead of the
-embedder, so the model is kept busy while the next batch is read.
+An engine (:mod:`serving.indexing.local`, :mod:`serving.indexing.ray`) only turns the pending items into
+:class:`EmbeddedBatch` es in input order; :func:`run_batches` does the rest, once for all of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,15 +28,13 @@ import numpy as np
 from tqdm import tqdm
 
 from serving.crawl import SPLITS, ImageItem, crawl_generic, crawl_sysu, is_sysu_tree, read_manifest
-from serving.embedders import BACKENDS, Embedder, load_embedder
+from serving.embedders import Embedder
 from serving.errors import EXIT_DAMAGED, UserError
-from serving.imageio import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image_file
+from serving.imageio import DecodeLimits, ImageDecodeError, decode_image_file
 
 logger = logging.getLogger(__name__)
 
-ENGINES: tuple[str, ...] = ("local", "ray")
-GALLERY_MANIFEST = "manifest.json"  # written by Gallery.save; its presence means "a gallery lives here"
-_PREFETCH_BATCHES = 2
+_FIND_CHUNK = 10_000  # sources looked up per find_sources call when resuming
 
 
 @dataclass
@@ -113,9 +108,10 @@ def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **opti
     """
     from index import Gallery
     from index.errors import CorruptGalleryError, GalleryError, GalleryLockedError
+    from index.manifest import MANIFEST  # its presence means "a gallery lives here"
 
     try:
-        if (directory / GALLERY_MANIFEST).is_file():
+        if (directory / MANIFEST).is_file():
             gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
                                    dim=embedder.dim, claim=True)
             if gallery.kind != kind:
@@ -136,7 +132,7 @@ def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **opti
     except CorruptGalleryError as exc:
         raise UserError(f"cannot add to the gallery in {directory}: {exc}", exit_code=EXIT_DAMAGED) from exc
     except GalleryError as exc:
-        if (directory / GALLERY_MANIFEST).is_file():
+        if (directory / MANIFEST).is_file():
             raise UserError(f"cannot add to the gallery in {directory}: {exc}. A gallery holds descriptors "
                             "of one model; index into a new --gallery directory") from exc
         raise UserError(f"cannot create a {kind!r} gallery: {exc}") from exc
@@ -225,7 +221,7 @@ def gallery_sources(gallery: Any) -> set[str]:
     return {m["source"] for m in gallery_metadata(gallery) if m.get("source")}
 
 
-def _load(item: ImageItem, height: int, width: int, limits: DecodeLimits) -> np.ndarray | str:
+def load_item(item: ImageItem, height: int, width: int, limits: DecodeLimits) -> np.ndarray | str:
     """Decoded pixels, or the reason the file cannot be used (never raises: one bad file must not stop a run)."""
     try:
         return decode_image_file(item.path, height, width, limits)
@@ -237,115 +233,92 @@ def _load(item: ImageItem, height: int, width: int, limits: DecodeLimits) -> np.
         return f"{type(exc).__name__}: {exc}"
 
 
-def index_images(model: str | Path | Embedder, images: str | Path, gallery: str | Path, *,
-                 cameras: Sequence[int] | None = None, split: str = "all", manifest: str | Path | None = None,
-                 batch_size: int = 32, workers: int = 2, backend: str = "auto", kind: str = "flat",
-                 save_every: int = 20, limits: DecodeLimits = DEFAULT_LIMITS, show_progress: bool = True,
-                 gallery_options: dict[str, Any] | None = None) -> IndexSummary:
-    """Embed the images under ``images`` and add them to the gallery in ``gallery`` (created if absent).
+def pending_items(store: Any, items: Sequence[ImageItem], summary: IndexSummary) -> list[ImageItem]:
+    """The items a run still has to index, counting the rest into ``summary``.
 
-    Args:
-        model: the exported model (``.onnx`` / ``.plan`` / ``.pt``) or an already loaded embedder.
-        images: root of the image tree; ``source`` paths in the gallery are relative to it.
-        gallery: gallery directory.
-        cameras: cameras to index (SYSU-MM01 default: the RGB cameras 1, 2, 4, 5; otherwise all).
-        split: SYSU-MM01 identities: ``test``, ``train`` or ``all``.
-        manifest: CSV ``path,camera[,person_label,timestamp]`` listing the images instead of crawling.
-        batch_size: images per embedder call.
-        workers: decoding threads.
-        backend: embedder backend (see :func:`serving.embedders.load_embedder`).
-        kind: index kind for a new gallery (see ``index.Gallery.create``).
-        save_every: save the gallery every this many batches (0: only at the end).
-        limits: decoding limits (the same guard as the server's).
-        show_progress: draw a tqdm bar.
-        gallery_options: extra keyword arguments for ``Gallery.create``.
-
-    Returns:
-        The run's :class:`IndexSummary`.
-
-    Raises:
-        UserError: missing folders or files, bad options, or a gallery of another model.
+    Items whose ``source`` is in the gallery already are counted as ``already_indexed`` (a resumed run);
+    a ``source`` listed twice (a manifest may) is indexed once and the repeat reported as skipped. The
+    gallery is asked by ``find_sources`` in chunks, not read whole, so resuming a large gallery is cheap.
     """
-    images, gallery_dir = Path(images), Path(gallery)
-    if not images.is_dir():
-        raise UserError(f"--images {images} is not a directory")
-    if batch_size < 1 or workers < 1 or save_every < 0:
-        raise UserError(f"--batch-size and --workers must be >= 1 and --save-every >= 0, "
-                        f"got {batch_size}, {workers}, {save_every}")
-    with reserve_gallery(gallery_dir):  # before the model loads: a second writer is refused at once
-        embedder = model if isinstance(model, Embedder) else load_embedder(model, backend=backend)
-        items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None)
-        summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
-        store = open_gallery(gallery_dir, embedder, kind, **(gallery_options or {}))
-        record_image_root(store, images)
-        try:
-            return _index_into(store, embedder, items, summary, gallery_dir, batch_size=batch_size, workers=workers,
-                               save_every=save_every, limits=limits, show_progress=show_progress)
-        finally:
-            store.close()  # the directory's write lock
-
-
-def _index_into(store: Any, embedder: Embedder, items: list[ImageItem], summary: IndexSummary, gallery_dir: Path, *,
-                batch_size: int, workers: int, save_every: int, limits: DecodeLimits,
-                show_progress: bool) -> IndexSummary:
-    """The embedding loop of :func:`index_images` (with the gallery open and locked)."""
-    done = gallery_sources(store)
+    done: set[str] = set()
+    sources = [it.source for it in items]
+    for start in range(0, len(sources), _FIND_CHUNK):
+        done.update(store.find_sources(sources[start:start + _FIND_CHUNK]))
     todo: list[ImageItem] = []
     queued: set[str] = set()
     for item in items:
         if item.source in done:
             summary.already_indexed += 1
-        elif item.source in queued:  # a manifest may list a file twice: index it once
+        elif item.source in queued:
             summary.skipped.append((item.source, "listed more than once; indexed once"))
         else:
             queued.add(item.source)
             todo.append(item)
-    logger.info("%d image(s) to index (%d already in the gallery) with %s", len(todo), summary.already_indexed,
-                embedder)
+    return todo
 
-    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+
+@dataclass
+class EmbeddedBatch:
+    """One batch as an engine hands it to :func:`run_batches`.
+
+    Attributes:
+        items: the batch's items, in input order (the gallery assigns ids in arrival order).
+        errors: per item, why it could not be indexed, or ``""`` when it was embedded.
+        vectors: float32 ``[n_good, dim]``, the descriptors of the items whose error is ``""``, in order.
+    """
+
+    items: list[ImageItem]
+    errors: list[str]
+    vectors: np.ndarray
+
+
+def run_batches(store: Any, gallery_dir: Path, summary: IndexSummary, batches: Iterable[EmbeddedBatch], *,
+                total: int, save_every: int, show_progress: bool, desc: str = "indexing",
+                engine: str = "") -> IndexSummary:
+    """The batch loop of every engine: add each batch, report its bad files, save every ``save_every`` batches.
+
+    ``batches`` is consumed lazily, so an engine's decode and embed work happens inside this loop and a
+    Ctrl-C anywhere in it saves what was added so far (:func:`save_interrupted`) before it propagates.
+
+    Args:
+        store: the open, locked gallery.
+        gallery_dir: where it is saved.
+        summary: the run's summary, updated in place.
+        batches: the engine's embedded batches, in input order.
+        total: images the engine will hand over (for the progress bar).
+        save_every: save every this many batches (0: only at the end).
+        show_progress: draw a tqdm bar.
+        desc: the bar's label.
+        engine: named in the final log line ("" for the local engine).
+
+    Returns:
+        ``summary``, completed by :func:`finish_run`.
+    """
     start = time.perf_counter()
-    progress = tqdm(total=len(todo), unit="img", desc="indexing", disable=not show_progress)
+    progress = tqdm(total=total, unit="img", desc=desc, disable=not show_progress)
+    n_batches = 0
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            pending: deque[tuple[list[ImageItem], list[Future]]] = deque()
-            feed = iter(batches)
-
-            def submit_next() -> None:
-                batch = next(feed, None)
-                if batch is not None:
-                    pending.append((batch, [pool.submit(_load, it, embedder.height, embedder.width, limits)
-                                            for it in batch]))
-
-            for _ in range(_PREFETCH_BATCHES):
-                submit_next()
-            n_batches = 0
-            while pending:
-                batch, futures = pending.popleft()
-                submit_next()
-                good, pixels = [], []
-                for item, future in zip(batch, futures):
-                    result = future.result()
-                    if isinstance(result, str):
-                        logger.warning("skipping %s: %s", item.source, result)
-                        summary.skipped.append((item.source, result))
-                    else:
-                        good.append(item)
-                        pixels.append(result)
-                if pixels:
-                    vectors = embedder.embed(np.stack(pixels))
-                    store.add(vectors, [it.metadata() for it in good])
-                    summary.indexed += len(good)
-                n_batches += 1
-                progress.update(len(batch))
-                if save_every and n_batches % save_every == 0:
-                    save_gallery(store, gallery_dir)
+        for batch in batches:
+            good = []
+            for item, error in zip(batch.items, batch.errors):
+                if error:
+                    logger.warning("skipping %s: %s", item.source, error)
+                    summary.skipped.append((item.source, error))
+                else:
+                    good.append(item)
+            if good:
+                store.add(batch.vectors, [it.metadata() for it in good])
+                summary.indexed += len(good)
+            n_batches += 1
+            progress.update(len(batch.items))
+            if save_every and n_batches % save_every == 0:
+                save_gallery(store, gallery_dir)
     except KeyboardInterrupt:
         save_interrupted(store, gallery_dir, summary)
         raise
     finally:
         progress.close()
-    return finish_run(store, gallery_dir, summary, start)
+    return finish_run(store, gallery_dir, summary, start, engine=engine)
 
 
 def save_interrupted(store: Any, gallery_dir: Path, summary: IndexSummary) -> None:
@@ -365,64 +338,3 @@ def finish_run(store: Any, gallery_dir: Path, summary: IndexSummary, start: floa
                 summary.indexed, f" on {engine}" if engine else "", summary.seconds, summary.images_per_s,
                 len(summary.skipped), gallery_dir, summary.gallery_size)
     return summary
-
-
-def parse_cameras(text: str | None) -> list[int] | None:
-    """``"1,2,4,5"`` -> ``[1, 2, 4, 5]``; None or empty -> None (all cameras)."""
-    if text is None or not text.strip():
-        return None
-    try:
-        return sorted({int(t) for t in text.split(",") if t.strip()})
-    except ValueError:
-        raise UserError(f"--cameras {text!r} must be comma-separated integers, e.g. 1,2,4,5") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serving index", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, type=Path, help="exported model: model.onnx (or .plan, .pt)")
-    parser.add_argument("--images", required=True, type=Path,
-                        help="image root: a SYSU-MM01 tree, <camera>/.../*.jpg folders, or the root of --manifest paths")
-    parser.add_argument("--gallery", required=True, type=Path, help="gallery directory (created, or resumed)")
-    crawl_group = parser.add_argument_group("what to index")
-    crawl_group.add_argument("--cameras", default=None,
-                             help="comma-separated cameras, e.g. 1,2,4,5 (default: SYSU-MM01 RGB cameras 1,2,4,5; "
-                                  "otherwise all)")
-    crawl_group.add_argument("--split", default="all", choices=SPLITS, help="SYSU-MM01 identities to index")
-    crawl_group.add_argument("--manifest", type=Path, default=None,
-                             help="CSV with header path,camera[,person_label,timestamp] instead of crawling")
-    run_group = parser.add_argument_group("how")
-    run_group.add_argument("--batch-size", type=int, default=32, help="images per embedder call")
-    run_group.add_argument("--workers", type=int, default=2, help="decoding threads")
-    run_group.add_argument("--backend", default="auto", choices=BACKENDS, help="embedder backend")
-    run_group.add_argument("--kind", default="flat", help="index kind of a new gallery (see index.Gallery.create)")
-    run_group.add_argument("--save-every", type=int, default=20, help="save the gallery every N batches (0: at the end)")
-    run_group.add_argument("--engine", default="local", choices=ENGINES,
-                           help="local: this process (decode threads, one embedder); ray: Ray Data decode tasks "
-                                "and an actor pool of embedders (serving.ray_engine)")
-    run_group.add_argument("--milvus-uri", default=None,
-                           help="keep a new gallery's vectors and metadata in Milvus at this uri (a Milvus Lite "
-                                "file *.db, or http://host:19530) instead of FAISS; --gallery holds its manifest")
-    run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from serving.ray_engine import add_ray_arguments  # here, not at import: ray_engine imports this module
-
-    add_ray_arguments(parser)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    gallery_options = {"backend": "milvus", "uri": args.milvus_uri} if args.milvus_uri else None
-    common = dict(cameras=parse_cameras(args.cameras), split=args.split, manifest=args.manifest,
-                  batch_size=args.batch_size, backend=args.backend, kind=args.kind, save_every=args.save_every,
-                  show_progress=not args.no_progress, gallery_options=gallery_options)
-    if args.engine == "ray":
-        from serving.ray_engine import index_images_ray
-
-        summary = index_images_ray(args.model, args.images, args.gallery, address=args.ray_address,
-                                   num_cpus=args.ray_num_cpus, embedders=args.ray_embedders,
-                                   embedder_cpus=args.ray_embedder_cpus, **common)
-    else:
-        summary = index_images(args.model, args.images, args.gallery, workers=args.workers, **common)
-    print(summary.format())
-    return 0

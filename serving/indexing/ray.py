@@ -1,7 +1,8 @@
 """``python -m serving index --engine ray``: the indexing pipeline on Ray Data, for galleries one machine cannot embed.
 
-The same crawl -> decode -> embed -> add pipeline as the local engine (:mod:`serving.indexing`), with the
-decode and embed stages spread over a Ray cluster:
+The same crawl -> decode -> embed -> add pipeline as the local engine (:mod:`serving.indexing.local`), with
+the decode and embed stages spread over a Ray cluster, and the same batch loop
+(:func:`serving.indexing.common.run_batches`) adding the results:
 
 1. the driver crawls the image tree (same crawlers, same resume-by-``source`` skip) and hands Ray the
    file list (``ray.data.from_items``: the list is small next to the pixels);
@@ -18,32 +19,30 @@ The driver stays the single gallery writer (the gallery's ids are assigned by on
 Milvus alike); it only receives descriptors (6 KB each), so one driver keeps up with many GPUs. The
 sizing is in ``docs/scaling.md``.
 
-Ray is an optional extra, imported only when this engine runs.
+Ray is an optional extra, imported only when this engine runs (``import ray`` below is the installed
+package: absolute imports, so this module's own name does not shadow it).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from serving.crawl import ImageItem
 from serving.embedders import load_embedder
 from serving.errors import UserError
 from serving.imageio import DEFAULT_LIMITS, DecodeLimits
-from serving.indexing import IndexSummary, _load, crawl, finish_run, open_gallery, save_gallery, save_interrupted
+from serving.indexing.common import (EmbeddedBatch, IndexSummary, crawl, load_item, open_gallery, pending_items,
+                                     record_image_root, run_batches)
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'xmreid[ray]' (ray[data])"
-_FIND_CHUNK = 10_000
 
 
 def import_ray() -> Any:
@@ -68,7 +67,7 @@ def decode_batch(batch: dict[str, np.ndarray], height: int, width: int,
     pixels = np.zeros((len(paths), height, width, 3), dtype=np.uint8)
     errors = []
     for i, path in enumerate(paths):
-        result = _load(ImageItem(path=Path(str(path)), source=str(path), camera=0), height, width, limits)
+        result = load_item(ImageItem(path=Path(str(path)), source=str(path), camera=0), height, width, limits)
         if isinstance(result, str):
             errors.append(result)
         else:
@@ -127,24 +126,6 @@ def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def _pending(store: Any, items: list[ImageItem], summary: IndexSummary) -> list[ImageItem]:
-    """Items not in the gallery yet (looked up by ``source`` in chunks, not by reading the whole gallery)."""
-    done: set[str] = set()
-    sources = [it.source for it in items]
-    for start in range(0, len(sources), _FIND_CHUNK):
-        done.update(store.find_sources(sources[start:start + _FIND_CHUNK]))
-    todo, queued = [], set()
-    for item in items:
-        if item.source in done:
-            summary.already_indexed += 1
-        elif item.source in queued:  # a manifest may list a file twice: index it once
-            summary.skipped.append((item.source, "listed more than once; indexed once"))
-        else:
-            queued.add(item.source)
-            todo.append(item)
-    return todo
-
-
 def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path, *,
                      cameras: Sequence[int] | None = None, split: str = "all", manifest: str | Path | None = None,
                      batch_size: int = 32, backend: str = "auto", kind: str = "flat", save_every: int = 20,
@@ -154,7 +135,7 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
                      embedder_cpus: int = 1) -> IndexSummary:
     """Embed the images under ``images`` on Ray and add them to the gallery in ``gallery`` (created if absent).
 
-    Arguments as :func:`serving.indexing.index_images`, plus:
+    Arguments as :func:`serving.indexing.local.index_images`, plus:
 
     Args:
         address: a Ray cluster to join (``auto``, ``ray://head:10001``, ``host:6379``); None starts a
@@ -164,7 +145,7 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
         embedder_cpus: CPUs (and ONNX Runtime threads) reserved by each CPU embedder actor.
 
     Returns:
-        The run's :class:`serving.indexing.IndexSummary`.
+        The run's :class:`serving.indexing.common.IndexSummary`.
 
     Raises:
         UserError: missing folders or files, bad options, Ray not installed or unreachable, or a
@@ -185,36 +166,19 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
     items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None)
     summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
     store = open_gallery(gallery_dir, probe, kind, **(gallery_options or {}))
+    record_image_root(store, Path(images))  # serve shows thumbnails from it
     probe.close()
-    todo = _pending(store, items, summary)
+    todo = pending_items(store, items, summary)
     logger.info("%d image(s) to index on Ray (%d already in the gallery)", len(todo), summary.already_indexed)
 
-    started_ray = _start_ray(ray, address, num_cpus) if todo else False
-    start = time.perf_counter()
-    progress = tqdm(total=len(todo), unit="img", desc="indexing (ray)", disable=not show_progress)
-    n_batches = 0
+    started_ray = False
     try:
-        if todo:
-            for seq, vectors, errors in _run_pipeline(ray, todo, str(model.resolve()), backend, height, width,
-                                                      limits, batch_size, embedders, embedder_cpus, show_progress):
-                good = [i for i, e in enumerate(errors) if not e]
-                for i, e in enumerate(errors):
-                    if e:
-                        logger.warning("skipping %s: %s", todo[int(seq[i])].source, e)
-                        summary.skipped.append((todo[int(seq[i])].source, str(e)))
-                if good:
-                    store.add(vectors[good], [todo[int(seq[i])].metadata() for i in good])
-                    summary.indexed += len(good)
-                n_batches += 1
-                progress.update(len(seq))
-                if save_every and n_batches % save_every == 0:
-                    save_gallery(store, gallery_dir)
-        return finish_run(store, gallery_dir, summary, start, engine="Ray")
-    except KeyboardInterrupt:
-        save_interrupted(store, gallery_dir, summary)
-        raise
+        started_ray = _start_ray(ray, address, num_cpus) if todo else False
+        batches = _run_pipeline(ray, todo, str(model.resolve()), backend, height, width, limits, batch_size,
+                                embedders, embedder_cpus, show_progress) if todo else iter(())
+        return run_batches(store, gallery_dir, summary, batches, total=len(todo), save_every=save_every,
+                           show_progress=show_progress, desc="indexing (ray)", engine="Ray")
     finally:
-        progress.close()
         if started_ray:
             ray.shutdown()
         store.close()  # the directory's write lock
@@ -222,8 +186,8 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
 
 def _run_pipeline(ray: Any, todo: list[ImageItem], model: str, backend: str, height: int, width: int,
                   limits: DecodeLimits, batch_size: int, embedders: int | None, embedder_cpus: int,
-                  show_progress: bool):
-    """Yield ``(seq, vectors, errors)`` batches in input order from the Ray Data pipeline."""
+                  show_progress: bool) -> Iterator[EmbeddedBatch]:
+    """The Ray Data pipeline's embedded batches, in input order (``todo`` positions travel as ``seq``)."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     pool = embedders or (gpus if gpus else max(1, cpus // 4))
@@ -246,18 +210,9 @@ def _run_pipeline(ray: Any, todo: list[ImageItem], model: str, backend: str, hei
                             batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool), **actor_resources)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            yield batch["seq"], np.asarray(batch["vector"], dtype=np.float32), batch["error"]
+            errors = [str(e) for e in batch["error"]]
+            vectors = np.asarray(batch["vector"], dtype=np.float32)
+            yield EmbeddedBatch(items=[todo[int(i)] for i in batch["seq"]], errors=errors,
+                                vectors=vectors[[i for i, e in enumerate(errors) if not e]])
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
-
-
-def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--ray-*`` options of ``python -m serving index`` (used with ``--engine ray``)."""
-    group = parser.add_argument_group("Ray engine (--engine ray)")
-    group.add_argument("--ray-address", default=None,
-                       help="Ray cluster to join (auto, ray://head:10001); default: start a local Ray for this run")
-    group.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    group.add_argument("--ray-embedders", type=int, default=None,
-                       help="embedder actors (default: one per GPU in the cluster, else one per 4 CPUs)")
-    group.add_argument("--ray-embedder-cpus", type=int, default=1,
-                       help="CPUs / ONNX Runtime threads per CPU embedder actor")
