@@ -1,8 +1,11 @@
 """``Gallery``: the descriptor store the server searches (public API, see the README).
 
-A gallery is a vector backend (FAISS by default, :mod:`index.registry` lists the kinds) plus a
-SQLite metadata table, kept in step under one readers-writer lock, with stable int64 ids that the
-gallery assigns and never reuses, and an atomic, checksummed on-disk format (:mod:`index.persist`).
+A gallery is a vector backend plus a metadata store, picked by :mod:`index.registry`: a FAISS index
+(the default; the registry lists the kinds) with a SQLite table beside it, or a Milvus collection that
+holds both (:mod:`index.milvus_backend`). They are kept in step under one readers-writer lock, with
+stable int64 ids that the gallery assigns and never reuses, and an atomic, checksummed on-disk format
+(:mod:`index.persist`; a Milvus gallery's directory holds only a manifest pointing at its collection,
+:mod:`index.milvus_persist`).
 
 Conventions callers rely on:
 
@@ -14,6 +17,8 @@ Conventions callers rely on:
   sorts last and compares cleanly).
 * Thread safety: any number of concurrent ``search``/``get``/``stats``/``save`` calls, or one
   ``add``/``remove``/``train`` at a time (writers are preferred; see :mod:`index.locking`).
+  :meth:`search_hits` reads the hits' metadata under the same hold as the search, so a concurrent
+  removal never leaves a hit without its row (a caller needs no lock of its own around the two).
 * One writer per directory: the first save to a directory (or ``claim()``, or ``load(claim=True)``)
   takes the directory's write lock, held until ``close()``; another process is refused at once, with
   the holder named. A save also refuses to overwrite a version it has not seen (another writer's).
@@ -42,17 +47,25 @@ from index import persist
 from index.errors import (CorruptGalleryError, GalleryError, ReadOnlyGalleryError, StaleGalleryError, UndoFailedError,
                           UnknownIdsError)
 from index.journal import AddRecord, RemoveRecord, undo
-from index.loading import check_model, read_saved
+from index.backends import MetadataReader, VectorBackend
+from index.loading import check_model, read_gallery
 from index.locking import DirectoryLock, ReadWriteLock, acquire_directory, read_holder
 from index.manifest import legacy_uid
-from index.metadata import MetadataStore, validate_metadata
-from index.registry import check_backend, check_kind, create_backend, split_options
+from index.metadata import GROUP_BY, validate_metadata
+from index.registry import check_backend, create_storage
 from index.validate import as_cameras, as_ids, as_k, as_time_range, check_scores, normalized
 
 log = logging.getLogger(__name__)
 
 # filter_mode -> the backends' use_selector (None: the backend picks; see index.faiss_backend).
 _USE_SELECTOR = {"auto": None, "selector": True, "wider": False}
+
+
+def check_group_by(group_by: str) -> str:
+    """``group_by`` if it is one :meth:`Gallery.group_counts` knows, else a :class:`GalleryError` listing them."""
+    if group_by not in GROUP_BY:
+        raise GalleryError(f"unknown group_by {group_by!r}; valid values: {', '.join(GROUP_BY)}")
+    return group_by
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -65,9 +78,9 @@ class Gallery:
     Build one with :meth:`create` or :meth:`load`, not the constructor.
     """
 
-    def __init__(self, *, backend: Any, store: MetadataStore, fingerprint: str | None, runtime: dict[str, Any],
-                 next_id: int, created: str, saved: str | None = None, directory: Path | None = None,
-                 read_only: bool = False, sequence: int | None = None, uid: str | None = None,
+    def __init__(self, *, backend: VectorBackend, store: MetadataReader, fingerprint: str | None,
+                 runtime: dict[str, Any], next_id: int, created: str, saved: str | None = None,
+                 directory: Path | None = None, read_only: bool = False, sequence: int | None = None, uid: str | None = None,
                  origin: dict[str, Any] | None = None, family: str | None = None,
                  notes: dict[str, str] | None = None) -> None:
         self._backend = backend
@@ -112,7 +125,7 @@ class Gallery:
                 IVF-PQ; ``hnsw_m``, ``ef_construction``, ``ef_search`` for HNSW) and runtime options
                 (``device``: auto/cpu/gpu, ``gpu_fp16``, ``filter_mode``: auto/selector/wider).
             backend: ``"faiss"`` (in-process, default) or ``"milvus"`` (a Milvus collection: kinds ``flat``,
-                ``ivf_flat``, ``ivf_pq``, ``hnsw``; see :mod:`index.milvus_gallery`).
+                ``ivf_flat``, ``ivf_pq``, ``hnsw``; see :mod:`index.milvus_persist`).
             uri: for ``backend="milvus"``: a Milvus Lite file (``"gallery/milvus.db"``) or a server address
                 (``"http://host:19530"``).
             directory: where this gallery will be saved; its write lock is taken now, so that a second
@@ -126,15 +139,8 @@ class Gallery:
         for name, value in (("fingerprint", fingerprint), ("family", family)):
             if value is not None and not isinstance(value, str):
                 raise GalleryError(f"{name} must be a str or None, got {type(value).__name__}")
-        if check_backend(backend) == "milvus":
-            from index.milvus_gallery import MilvusGallery
-            return MilvusGallery.create_new(int(dim), kind, fingerprint, uri=uri, **options)
-        if uri is not None:
-            raise GalleryError("uri= is for backend='milvus'; a FAISS gallery lives in memory until save(directory)")
-        kind = check_kind(kind)
-        backend_options, runtime = split_options(kind, options)
-        vectors = create_backend(kind, int(dim), backend_options, runtime)
-        gallery = cls(backend=vectors, store=MetadataStore.in_memory(), fingerprint=fingerprint, runtime=runtime,
+        storage = create_storage(backend, kind, int(dim), fingerprint, uri, options)
+        gallery = cls(backend=storage.backend, store=storage.store, fingerprint=fingerprint, runtime=storage.runtime,
                       next_id=0, created=persist.utc_now(), family=family)
         if directory is not None:
             gallery._directory = Path(directory)
@@ -175,12 +181,6 @@ class Gallery:
         saved_backend = persist.read_manifest(directory).get("backend", "faiss")
         if backend is not None and check_backend(backend) != saved_backend:
             raise GalleryError(f"gallery {directory} is a {saved_backend} gallery, not a {backend} one")
-        if check_backend(saved_backend) == "milvus":
-            from index.milvus_gallery import MilvusGallery
-            return MilvusGallery.open_saved(directory, persist.read_manifest(directory), fingerprint=fingerprint,
-                                            dim=dim, kind=kind, uri=uri, **options)
-        if uri is not None:
-            raise GalleryError(f"uri= is for milvus galleries; {directory} is a FAISS gallery")
         if read_only and claim:
             raise GalleryError("read_only=True and claim=True contradict each other: a read-only gallery takes no lock")
         owner = acquire_directory(directory) if claim else None
@@ -188,8 +188,7 @@ class Gallery:
         try:
             def read(manifest: dict[str, Any]) -> Any:
                 mixed[0] = check_model(directory, manifest, fingerprint, dim, family)
-                return read_saved(directory, manifest, kind, options)
-
+                return read_gallery(directory, manifest, kind, uri, options)
 
             loaded = persist.retry_if_swapped(directory, read, attempts=1 if claim else 3)
         except BaseException:
@@ -198,7 +197,7 @@ class Gallery:
             raise
         manifest = loaded.manifest
         gallery = cls(backend=loaded.backend, store=loaded.store, fingerprint=manifest.get("fingerprint"),
-                      runtime=loaded.runtime, next_id=int(manifest["next_id"]), created=manifest.get("created", ""),
+                      runtime=loaded.runtime, next_id=loaded.next_id, created=manifest.get("created", ""),
                       saved=manifest.get("saved"), directory=directory, read_only=read_only,
                       sequence=int(manifest.get("sequence", 0)), uid=manifest.get("uid") or legacy_uid(manifest),
                       origin=manifest.get("origin"), family=manifest.get("family"),
@@ -288,7 +287,7 @@ class Gallery:
         if self._read_only:
             raise ReadOnlyGalleryError(f"gallery {self._directory} was opened read-only; it cannot be rebased")
         with self._writer:
-            self.close()
+            self._release()
             self._directory, self._sequence, self._uid, self._origin = Path(directory), sequence, uid, None
 
     @property
@@ -297,7 +296,16 @@ class Gallery:
         return self._owner is not None and self._owner.held
 
     def close(self) -> None:
-        """Release the directory's write lock (the gallery stays usable in memory; a later save claims again)."""
+        """Release the directory's write lock, and the backend's connection if it has one.
+
+        A FAISS gallery stays usable in memory (a later save claims again); a Milvus gallery's connection
+        is closed, so it cannot be used afterwards.
+        """
+        self._release()
+        with self._lock.write():  # a search still running on the connection finishes first
+            self._backend.close()
+
+    def _release(self) -> None:
         if self._finalizer is not None:
             self._finalizer()  # releases once, idempotently
         self._owner = self._finalizer = None
@@ -441,10 +449,11 @@ class Gallery:
             vectors: ``[N, dim]`` descriptors (any real dtype; normalised here).
             metadata: ``N`` dicts: ``camera`` (int, required), ``person_label`` (int or str),
                 ``source`` (path or URI), ``timestamp`` (Unix seconds, datetime or ISO-8601; stored
-                as Unix seconds), ``extra`` (JSON-able dict).
+                as Unix seconds), ``extra`` (JSON-able dict), ``track_id`` (int or str: the camera track).
             idempotency_key: when given and already recorded (by an add that was saved), nothing is
                 added and the ids of that add are returned; otherwise the key is recorded with the ids,
-                in the same save. A retried request therefore never adds twice.
+                in the same save. A retried request therefore never adds twice. Milvus galleries record
+                no keys (Milvus commits each insert itself, outside the gallery's save) and refuse one.
             request_digest: what identifies the request behind the key (e.g. a hash of its bytes); a key
                 reused with another digest is refused.
 
@@ -460,6 +469,10 @@ class Gallery:
         rows = validate_metadata(metadata, len(x))
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
             raise GalleryError(f"idempotency_key must be a non-empty str, got {idempotency_key!r}")
+        if idempotency_key is not None and self._backend.commits_itself:
+            name = self._backend.name
+            raise GalleryError(f"{name} galleries do not record idempotency keys (the {name} store commits each "
+                               f"insert itself, outside the gallery's save); send the add without one")
         with self._writer, self._lock.write():
             if idempotency_key is not None:
                 replay = self._replay(idempotency_key, request_digest)
@@ -468,20 +481,36 @@ class Gallery:
             ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             if len(x) == 0:
                 return ids
-            self._backend.add_with_ids(x, ids)
-            try:
-                self._store.insert(ids, rows)
-                if idempotency_key is not None:
-                    self._store.record_request(idempotency_key, request_digest, ids.tolist())
-            except BaseException:
-                self._backend.remove_ids(ids)
-                self._store.delete(ids)
-                raise
-            if self._journal is not None:
+            self._insert(x, ids, rows, idempotency_key, request_digest)
+            if self._journal_changes:
                 self._journal.append(AddRecord(ids, self._next_id, idempotency_key))
             self._next_id += len(x)
-            self._unsaved += 1
+            self._changed()
         return ids
+
+    def _insert(self, x: np.ndarray, ids: np.ndarray, rows: list[Any], key: str | None, digest: str) -> None:
+        """Write new items to the backend and the metadata store, all or nothing."""
+        if self._backend.holds_metadata:
+            self._backend.add_items(x, ids, rows)  # one write: the rows are fields of the vectors' records
+            return
+        self._backend.add_with_ids(x, ids)
+        try:
+            self._store.insert(ids, rows)
+            if key is not None:
+                self._store.record_request(key, digest, ids.tolist())
+        except BaseException:
+            self._backend.remove_ids(ids)
+            self._store.delete(ids)
+            raise
+
+    @property
+    def _journal_changes(self) -> bool:
+        # A store that commits each change itself has nothing in memory to undo (see VectorBackend).
+        return self._journal is not None and not self._backend.commits_itself
+
+    def _changed(self) -> None:
+        if not self._backend.commits_itself:
+            self._unsaved += 1
 
     def _replay(self, key: str, digest: str) -> np.ndarray | None:
         found = self._store.find_request(key)
@@ -494,7 +523,9 @@ class Gallery:
         return np.asarray(ids, dtype=np.int64)
 
     def find_request(self, key: str) -> tuple[str, list[int]] | None:
-        """``(request_digest, ids)`` of the saved add that recorded ``key``, or None."""
+        """``(request_digest, ids)`` of the saved add that recorded ``key``, or None (always, for Milvus)."""
+        if self._backend.commits_itself:
+            return None  # it records no keys (see add)
         with self._lock.read():
             return self._store.find_request(key)
 
@@ -511,19 +542,20 @@ class Gallery:
         self._check_writable()
         wanted = np.unique(as_ids(ids))
         with self._writer, self._lock.write():
-            present = np.isin(wanted, self._store.ids())
+            present = self._store.present(wanted)
             if missing == "error" and not present.all():
                 raise UnknownIdsError(wanted[~present].tolist())
             found = wanted[present]
             if found.size:
                 record = None
-                if self._journal is not None:  # read what an undo would put back, before it is gone
+                if self._journal_changes:  # read what an undo would put back, before it is gone
                     record = RemoveRecord(found, self._backend.reconstruct(found), self._store.rows(found))
                 self._backend.remove_ids(found)
-                self._store.delete(found)
+                if not self._backend.holds_metadata:
+                    self._store.delete(found)
                 if record is not None:
                     self._journal.append(record)
-                self._unsaved += 1
+                self._changed()
         return int(found.size)
 
     def train(self, vectors: Any, *, expected_size: int | None = None) -> None:
@@ -579,20 +611,58 @@ class Gallery:
         Raises:
             CorruptGalleryError: a score came out non-finite or outside [-1, 1] (damaged vectors in memory).
         """
-        q = normalized(queries, self.dim, "queries", allow_1d=True)
-        k = as_k(k)
-        cams = as_cameras(cameras)
-        window = as_time_range(time_range)
+        q, k, cams, window = self._query(queries, k, cameras, time_range)
         with self._lock.read():
-            allowed = None if cams is None and window is None else self._store.select_ids(cams, window)
-            if len(self._backend) == 0 or (allowed is not None and allowed.size == 0):
-                return (np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64))
-            scores, ids = self._backend.search(q, k, allowed, use_selector=_USE_SELECTOR[self._runtime["filter_mode"]])
+            scores, ids = self._ranked(q, k, cams, window)
+        return self._checked(scores, ids)
+
+    def search_hits(self, queries: Any, k: int, cameras: Any = None, *,
+                    time_range: Any = None) -> list[list[dict[str, Any]]]:
+        """:meth:`search`, with each hit's metadata read under the same hold of the gallery's lock.
+
+        A concurrent ``remove`` therefore waits for both steps, and every hit has its row: what a server
+        answering with metadata needs, without a lock of its own around ``search`` and ``get``.
+
+        Args:
+            queries, k, cameras, time_range: as :meth:`search`.
+
+        Returns:
+            Per query, best first and without the ``-1`` padding, dicts as :meth:`get` gives (``id``,
+            ``camera``, ``person_label``, ``source``, ``timestamp``, ``extra``) plus ``score`` (float).
+
+        Raises:
+            CorruptGalleryError: as :meth:`search`.
+        """
+        q, k, cams, window = self._query(queries, k, cameras, time_range)
+        with self._lock.read():
+            scores, ids = self._checked(*self._ranked(q, k, cams, window))
+            found = np.unique(ids[ids >= 0])
+            rows = self._store.get(found.tolist()) if found.size else {}
+        return [[{**rows[int(i)], "extra": dict(rows[int(i)]["extra"]), "score": float(score)}
+                 for score, i in zip(row_scores, row_ids) if i >= 0]
+                for row_scores, row_ids in zip(scores, ids)]
+
+    def _query(self, queries: Any, k: int, cameras: Any,
+               time_range: Any) -> tuple[np.ndarray, int, np.ndarray | None, tuple[float | None, float | None] | None]:
+        return (normalized(queries, self.dim, "queries", allow_1d=True), as_k(k), as_cameras(cameras),
+                as_time_range(time_range))
+
+    def _ranked(self, q: np.ndarray, k: int, cams: np.ndarray | None,
+                window: tuple[float | None, float | None] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's top-``k`` (called under the read lock)."""
+        if self._backend.holds_metadata:  # the filter is evaluated inside the store's own search
+            return self._backend.search_where(q, k, cams, window)
+        allowed = None if cams is None and window is None else self._store.select_ids(cams, window)
+        if len(self._backend) == 0 or (allowed is not None and allowed.size == 0):
+            return (np.full((len(q), k), -np.inf, dtype=np.float32), np.full((len(q), k), -1, dtype=np.int64))
+        return self._backend.search(q, k, allowed, use_selector=_USE_SELECTOR[self._runtime["filter_mode"]])
+
+    def _checked(self, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return check_scores(scores, ids, clip=self._backend.estimated_scores, where=self._directory or "gallery")
 
     def get(self, ids: Any, *, missing: str = "error") -> list[dict[str, Any] | None]:
         """Metadata for ``ids``, in order: dicts with ``id``, ``camera``, ``person_label``,
-        ``source``, ``timestamp`` (Unix seconds or None), ``extra`` (dict).
+        ``source``, ``timestamp`` (Unix seconds or None), ``extra`` (dict), ``track_id`` (or None).
 
         Args:
             ids: ids (e.g. a row of :meth:`search` ids).
@@ -608,6 +678,41 @@ class Gallery:
         if unknown and missing == "error":
             raise UnknownIdsError(unknown)
         return [dict(rows[i], extra=dict(rows[i]["extra"])) if i in rows else None for i in wanted]
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        """The stored (L2-normalised) descriptors of ``ids``, ``[n, dim]`` float32, in the order given.
+
+        What re-ranking a neighbourhood needs (``index.reranking``): the gallery-gallery distances of the
+        items a search returned. Exact for ``flat``; ``flat_fp16`` gives them back rounded to fp16; the
+        approximate kinds give what their codes keep (IVF-PQ: an approximation), which is why the server
+        refuses ``rerank`` on them.
+
+        Raises:
+            UnknownIdsError: an id is not in the gallery.
+            GalleryError: the kind cannot give vectors back.
+        """
+        wanted = as_ids(ids)
+        with self._lock.read():
+            present = np.isin(wanted, self._store.ids())
+            if not present.all():
+                raise UnknownIdsError(sorted(set(wanted[~present].tolist())))
+            if wanted.size == 0:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            try:
+                return np.asarray(self._backend.reconstruct(wanted), dtype=np.float32)
+            except NotImplementedError as exc:
+                raise GalleryError(str(exc)) from None
+
+    def group_totals(self, group_by: str, cameras: Any = None) -> tuple[int, int]:
+        """``(groups, items)`` among the items of ``cameras`` (see :meth:`MetadataStore.group_totals`)."""
+        with self._lock.read():
+            return self._store.group_totals(check_group_by(group_by), as_cameras(cameras))
+
+    def group_counts(self, group_by: str, keys: Any, cameras: Any = None) -> dict[Any, int]:
+        """Items per group key among the items of ``cameras``: ``person_label`` keys for ``person``,
+        ``(camera, track_id)`` tuples for ``camera_track``."""
+        with self._lock.read():
+            return self._store.group_counts(check_group_by(group_by), list(keys), as_cameras(cameras))
 
     def ids(self) -> np.ndarray:
         """Every id in the gallery, sorted (int64)."""
@@ -651,7 +756,8 @@ class Gallery:
         Searches keep running during a save; adds and removes wait for it. Saving to the gallery's own
         directory (or, for a gallery that has none, adopting ``directory``) takes and keeps the
         directory's write lock; saving anywhere else writes a copy (which records this gallery as its
-        origin) and leaves this gallery where it was.
+        origin) and leaves this gallery where it was. A Milvus gallery's save flushes the collection and
+        writes only the manifest that points at it, to ``directory``, which becomes its directory.
 
         Args:
             directory: where to save.
@@ -672,6 +778,8 @@ class Gallery:
         if own and self._read_only:
             raise ReadOnlyGalleryError(f"gallery {directory} was opened read-only; save a copy elsewhere instead")
         started = time.perf_counter()
+        if self._backend.commits_itself:
+            return self._save_pointer(directory, started)
         with self._writer:
             if own:
                 self._directory = directory
@@ -701,6 +809,27 @@ class Gallery:
         log.info("saved %d items to %s (save %d) in %.2f s", manifest["count"], directory, written["sequence"],
                  time.perf_counter() - started)
         return directory
+
+    def _save_pointer(self, directory: Path, started: float) -> Path:
+        """The save of a backend that commits each change itself: its data is in the store already."""
+        with self._writer, self._lock.read():
+            fields = {"kind": self.kind, "dim": self.dim, "fingerprint": self._fingerprint, "family": self._family,
+                      "options": self._backend.options, "created": self._created, "count": len(self._backend),
+                      "next_id": self._next_id, "notes": dict(self._notes)}
+            written = self._backend.write_manifest(directory, fields)
+        self._directory, self._saved = directory, written["saved"]
+        log.info("saved %s gallery manifest (%d items) to %s in %.2f s", self._backend.name, fields["count"],
+                 directory, time.perf_counter() - started)
+        return directory
+
+    def drop_collection(self) -> None:
+        """Delete a Milvus gallery's collection and all its data (irreversible; saved manifests then fail to load).
+
+        Raises:
+            GalleryError: a FAISS gallery, whose data is its directory's.
+        """
+        with self._writer, self._lock.write():
+            self._backend.drop()
 
 
 __all__ = ["CorruptGalleryError", "Gallery"]

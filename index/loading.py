@@ -1,6 +1,9 @@
-"""Reading a saved FAISS gallery, with every check that keeps a damaged one from being served.
+"""Reading a saved gallery, with every check that keeps a damaged one from being served.
 
-In order, each failure one line naming the file and what is wrong (:class:`CorruptGalleryError`):
+Both backends share the model check (:func:`check_model`: descriptor size, fingerprint or family);
+:func:`read_gallery` then hands a milvus manifest to :mod:`index.milvus_persist` (which checks the
+collection against it) and reads a FAISS one here. A FAISS gallery's checks, in order, each failure one
+line naming the file and what is wrong (:class:`CorruptGalleryError`):
 
 1. the manifest: JSON, every value's type (:mod:`index.manifest`), ``data_dir`` inside the gallery;
 2. the data files: present, the recorded sizes and sha256 checksums (streamed; galleries saved
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from index import persist
-from index.backends import VectorBackend
+from index.backends import MetadataReader, VectorBackend
 from index.errors import CorruptGalleryError, GalleryError
 from index.faiss_backend import SEARCH_PARAMS, resolve_options
 from index.manifest import MANIFEST
@@ -38,13 +41,15 @@ INTERCHANGEABLE = {"flat", "flat_blas"}
 
 @dataclass
 class LoadedGallery:
-    """What :func:`read_saved` read: the manifest, the store, the backend, and whether checksums were verified."""
+    """What :func:`read_gallery` read: the manifest, the metadata store, the backend, the runtime options,
+    whether checksums were verified, and the next free id (a Milvus collection may know a later one)."""
 
     manifest: dict[str, Any]
-    store: MetadataStore
+    store: MetadataReader
     backend: VectorBackend
     runtime: dict[str, Any]
     checksummed: bool
+    next_id: int
 
 
 def check_model(directory: Path, manifest: dict[str, Any], fingerprint: str | None, dim: int | None,
@@ -75,6 +80,26 @@ def check_model(directory: Path, manifest: dict[str, Any], fingerprint: str | No
     raise GalleryError(f"gallery {directory} was built with model fingerprint {saved_fp!r}, but this "
                        f"model's fingerprint is {fingerprint!r} (and it is not an INT8 or fp32 sibling of "
                        f"that model); re-index the gallery with this model")
+
+
+def read_gallery(directory: Path, manifest: dict[str, Any], kind: str | None, uri: Any,
+                 options: dict[str, Any]) -> LoadedGallery:
+    """Open the backend and metadata store of a saved gallery, by the backend its manifest names.
+
+    Args:
+        directory: the gallery directory.
+        manifest: its validated manifest (the model already checked with :func:`check_model`).
+        kind: the kind the caller expects, or None.
+        uri: for a milvus gallery, the Milvus address to use instead of the saved one; None otherwise.
+        options: runtime options and search-time parameters given to ``Gallery.load``.
+    """
+    if manifest.get("backend", "faiss") == "milvus":
+        from index.milvus_persist import read_saved as read_milvus  # pymilvus stays an optional extra
+
+        return read_milvus(directory, manifest, kind, uri, options)
+    if uri is not None:
+        raise GalleryError(f"uri= is for milvus galleries; {directory} is a FAISS gallery")
+    return read_saved(directory, manifest, kind, options)
 
 
 def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, options: dict[str, Any]) -> LoadedGallery:
@@ -127,7 +152,7 @@ def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, opti
     check_consistent(directory, manifest, backend.ids(), store.ids())
     log.info("loaded %s gallery %s: %d items in %.2f s (%s)", kind, directory, len(backend),
              time.perf_counter() - started, "checksums verified" if checksummed else "no checksums")
-    return LoadedGallery(manifest, store, backend, runtime, checksummed)
+    return LoadedGallery(manifest, store, backend, runtime, checksummed, int(manifest["next_id"]))
 
 
 def check_consistent(directory: Path, manifest: dict[str, Any], index_ids: np.ndarray, store_ids: np.ndarray) -> None:

@@ -5,7 +5,14 @@ on save (``sqlite3.Connection.backup``), so the files on disk change only throug
 in :mod:`index.persist` and never disagree with the index file saved next to them.
 
 Columns: ``id`` (the gallery id), ``camera`` (int), ``person_label`` (int, str or NULL),
-``source`` (path or URI), ``timestamp`` (Unix seconds, REAL), ``extra`` (JSON object as text).
+``source`` (path or URI), ``timestamp`` (Unix seconds, REAL), ``extra`` (JSON object as text),
+``track_id`` (int, str or NULL: crops of one person seen by one camera in one pass share it, so a search
+can group results by ``(camera, track_id)``).
+
+Schema migration: ``track_id`` was added after galleries were already saved without it (issue 23). A
+database whose ``items`` table has exactly the older columns is upgraded in memory at load (``ALTER TABLE
+... ADD COLUMN``, every old item gets ``NULL``); the file itself is rewritten under the new schema by the
+next save, through the same atomic save as any change. Nothing else about an old gallery changes.
 
 A second table, ``requests``, remembers the idempotency keys of recent adds (key -> request digest and
 the ids it created). It lives in the same file as the items on purpose: a key and the items it made are
@@ -38,7 +45,7 @@ from index.errors import CorruptGalleryError, GalleryError
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("camera", "person_label", "source", "timestamp", "extra")
+FIELDS = ("camera", "person_label", "source", "timestamp", "extra", "track_id")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -47,9 +54,12 @@ CREATE TABLE IF NOT EXISTS items (
     person_label,
     source TEXT,
     timestamp REAL,
-    extra TEXT NOT NULL DEFAULT '{}'
+    extra TEXT NOT NULL DEFAULT '{}',
+    track_id
 );
 CREATE INDEX IF NOT EXISTS items_camera ON items(camera);
+CREATE INDEX IF NOT EXISTS items_track ON items(camera, track_id);
+CREATE INDEX IF NOT EXISTS items_label ON items(person_label);
 CREATE INDEX IF NOT EXISTS items_timestamp ON items(timestamp);
 CREATE INDEX IF NOT EXISTS items_source ON items(source);
 CREATE TABLE IF NOT EXISTS requests (
@@ -59,15 +69,21 @@ CREATE TABLE IF NOT EXISTS requests (
     created REAL NOT NULL
 );
 """
-_COLUMNS = ("id", "camera", "person_label", "source", "timestamp", "extra")
+_COLUMNS = ("id", "camera", "person_label", "source", "timestamp", "extra", "track_id")
+# The columns of galleries saved before ``track_id`` existed: migrated at load (module docstring).
+LEGACY_COLUMNS = _COLUMNS[:-1]
 # Idempotency keys are kept this long (a client retries within minutes; a day is generous) and at most
 # this many, so the table stays small however many adds a gallery sees.
 REQUEST_TTL_S = 24 * 3600.0
 MAX_REQUESTS = 100_000
-# ``person_label`` has no declared type on purpose: SQLite then keeps ints as ints and strings as
-# strings, so a label round-trips with the type the caller gave it.
+# ``person_label`` and ``track_id`` have no declared type on purpose: SQLite then keeps ints as ints and
+# strings as strings, so a label round-trips with the type the caller gave it.
 
-Row = tuple[int, Any, str | None, float | None, str]
+Row = tuple[int, Any, str | None, float | None, str, Any]
+"""``(camera, person_label, source, timestamp, extra JSON, track_id)``: one validated item."""
+
+#: What ``Gallery.search_groups`` can group by (besides ``none``): the column(s) that make a group's key.
+GROUP_BY = ("person", "camera_track")
 
 
 def to_timestamp(value: Any, what: str) -> float | None:
@@ -135,7 +151,12 @@ def _check_row(i: int, item: Any) -> Row:
         extra_json = json.dumps(extra, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise GalleryError(f"metadata[{i}]['extra'] is not JSON-able: {exc}") from None
-    return int(camera), label, source, timestamp, extra_json
+    track = item.get("track_id")
+    if isinstance(track, numbers.Integral) and not isinstance(track, bool):
+        track = int(track)
+    elif track is not None and not isinstance(track, str):
+        raise GalleryError(f"metadata[{i}]['track_id'] must be an int, a str or None, got {track!r}")
+    return int(camera), label, source, timestamp, extra_json, track
 
 
 def validate_metadata(metadata: Any, n: int) -> list[Row]:
@@ -144,7 +165,7 @@ def validate_metadata(metadata: Any, n: int) -> list[Row]:
     Args:
         metadata: a sequence of ``n`` dicts with ``camera`` (int, required) and optional
             ``person_label`` (int or str), ``source`` (str), ``timestamp`` (see
-            :func:`to_timestamp`), ``extra`` (JSON-able dict).
+            :func:`to_timestamp`), ``extra`` (JSON-able dict), ``track_id`` (int or str).
         n: the number of vectors being added.
 
     Returns:
@@ -169,6 +190,7 @@ class MetadataStore:
         self._lock = threading.Lock()
         self._columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._generation = 0  # bumped by every mutation, so a stale column cache is never stored
+        self._group_cache: dict[Any, Any] = {}
         with self._lock:
             self._conn.executescript(_SCHEMA)
 
@@ -199,6 +221,12 @@ class MetadataStore:
             finally:
                 src.close()
             columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(items)"))
+            if columns == LEGACY_COLUMNS:  # saved before track_id existed: upgrade the in-memory copy
+                conn.execute("ALTER TABLE items ADD COLUMN track_id")
+                conn.commit()
+                columns = _COLUMNS
+                log.info("metadata %s predates track_id; every item loads with track_id NULL, and the next save "
+                         "writes the new schema", path)
         except sqlite3.DatabaseError as exc:
             conn.close()
             reason = " ".join(str(exc).split())
@@ -247,7 +275,8 @@ class MetadataStore:
         """Insert validated rows (one transaction: all or nothing)."""
         with self._lock, self._conn:
             self._conn.executemany(
-                "INSERT INTO items (id, camera, person_label, source, timestamp, extra) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO items (id, camera, person_label, source, timestamp, extra, track_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(int(i), *row) for i, row in zip(ids, rows)])
             self._columns = None
             self._generation += 1
@@ -302,10 +331,9 @@ class MetadataStore:
                 chunk = wanted[start:start + 500]
                 marks = ",".join("?" * len(chunk))
                 for row in self._conn.execute(
-                        f"SELECT id, camera, person_label, source, timestamp, extra FROM items WHERE id IN ({marks})",
-                        chunk):
+                        f"SELECT {', '.join(_COLUMNS)} FROM items WHERE id IN ({marks})", chunk):
                     out[row[0]] = {"id": row[0], "camera": row[1], "person_label": row[2], "source": row[3],
-                                   "timestamp": row[4], "extra": json.loads(row[5])}
+                                   "timestamp": row[4], "extra": json.loads(row[5]), "track_id": row[6]}
         return out
 
     def find_sources(self, sources: Iterable[str]) -> dict[str, int]:
@@ -329,6 +357,10 @@ class MetadataStore:
         """All ids, sorted, int64."""
         return self._column_cache()[0]
 
+    def present(self, ids: np.ndarray) -> np.ndarray:
+        """Bool mask: which of ``ids`` are stored."""
+        return np.isin(ids, self.ids())
+
     def camera_counts(self) -> dict[int, int]:
         with self._lock:
             rows = self._conn.execute("SELECT camera, COUNT(*) FROM items GROUP BY camera ORDER BY camera")
@@ -337,6 +369,53 @@ class MetadataStore:
     def labelled_count(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM items WHERE person_label IS NOT NULL").fetchone()[0])
+
+    def group_totals(self, group_by: str, cameras: np.ndarray | None) -> tuple[int, int]:
+        """``(groups, items)`` under a camera filter: how many groups a grouped search can fill, and from how
+        many items. An item without the group's key (no label, no track id) counts as a group of its own.
+
+        Cached per mutation generation (a ``GROUP BY`` over a large table costs tens of milliseconds; a search
+        asks this every time to size its first, wide enough, search).
+        """
+        key = (group_by, None if cameras is None else tuple(int(c) for c in cameras))
+        with self._lock:
+            cache = self._group_cache
+            if cache.get("generation") != self._generation:
+                cache.clear()
+                cache["generation"] = self._generation
+            if key in cache:
+                return cache[key]
+            where, params = _camera_clause(cameras)
+            column = _GROUP_COLUMNS[group_by]
+            total = self._conn.execute(f"SELECT COUNT(*) FROM items {where}", params).fetchone()[0]
+            keyed = " AND ".join(filter(None, [where.removeprefix("WHERE "), f"{column[-1]} IS NOT NULL"]))
+            grouped, members = self._conn.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(n), 0) FROM (SELECT COUNT(*) AS n FROM items WHERE {keyed} "
+                f"GROUP BY {', '.join(column)})", params).fetchone()
+            cache[key] = (int(grouped) + int(total) - int(members), int(total))
+            return cache[key]
+
+    def group_counts(self, group_by: str, keys: Sequence[Any], cameras: np.ndarray | None) -> dict[Any, int]:
+        """Items per group key (``person_label``, or ``(camera, track_id)``) under a camera filter."""
+        column = _GROUP_COLUMNS[group_by]
+        where, params = _camera_clause(cameras)
+        prefix = f"{where} AND" if where else "WHERE"
+        out: dict[Any, int] = {}
+        wanted = list(dict.fromkeys(keys))
+        width = len(column)
+        with self._lock:
+            for start in range(0, len(wanted), 200):
+                chunk = wanted[start:start + 200]
+                if width == 1:
+                    test, values = f"{column[0]} IN ({','.join('?' * len(chunk))})", list(chunk)
+                else:
+                    test = f"({', '.join(column)}) IN (VALUES {','.join(['(?, ?)'] * len(chunk))})"
+                    values = [v for pair in chunk for v in pair]
+                for *found, n in self._conn.execute(
+                        f"SELECT {', '.join(column)}, COUNT(*) FROM items {prefix} {test} GROUP BY {', '.join(column)}",
+                        [*params, *values]):
+                    out[found[0] if width == 1 else tuple(found)] = int(n)
+        return out
 
     def select_ids(self, cameras: np.ndarray | None,
                    time_range: tuple[float | None, float | None] | None) -> np.ndarray:
@@ -381,13 +460,26 @@ class MetadataStore:
         return cached
 
 
+_GROUP_COLUMNS = {"person": ("person_label",), "camera_track": ("camera", "track_id")}
+
+
+def _camera_clause(cameras: np.ndarray | None) -> tuple[str, list[int]]:
+    if cameras is None:
+        return "", []
+    values = [int(c) for c in cameras]
+    if not values:
+        return "WHERE 0", []
+    return f"WHERE camera IN ({','.join('?' * len(values))})", values
+
+
 def check_stored_row(path: Path, row: Sequence[Any]) -> None:
     """Refuse a stored row whose values do not have the types :func:`validate_metadata` writes.
 
     Raises:
         CorruptGalleryError: naming the file, the row id and the field.
     """
-    item_id, camera, label, source, timestamp, extra = row
+    item_id, camera, label, source, timestamp, extra = row[:6]
+    track = row[6] if len(row) > 6 else None
 
     def bad(field: str, what: str, value: Any) -> CorruptGalleryError:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
@@ -403,6 +495,8 @@ def check_stored_row(path: Path, row: Sequence[Any]) -> None:
         raise bad("source", "a string or NULL", source)
     if timestamp is not None and (not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp)):
         raise bad("timestamp", "finite Unix seconds or NULL", timestamp)
+    if track is not None and not isinstance(track, (int, str)):
+        raise bad("track_id", "an integer, a string or NULL", track)
     if not isinstance(extra, str):
         raise bad("extra", "a JSON object (text)", extra)
     try:
@@ -448,7 +542,9 @@ def rebuild_database(source: Path, dest: Path) -> int:
         out.executescript(_SCHEMA)
         try:
             # NOT INDEXED: read the table b-tree itself, not an index that may be what is damaged.
-            items = src.execute(f"SELECT {', '.join(_COLUMNS)} FROM items NOT INDEXED ORDER BY rowid").fetchall()
+            present = tuple(row[1] for row in src.execute("PRAGMA table_info(items)"))
+            wanted = [c if c in present or c != "track_id" else "NULL" for c in _COLUMNS]  # a legacy table
+            items = src.execute(f"SELECT {', '.join(wanted)} FROM items NOT INDEXED ORDER BY rowid").fetchall()
             tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             requests = (src.execute("SELECT key, digest, ids, created FROM requests NOT INDEXED").fetchall()
                         if "requests" in tables else [])
@@ -458,7 +554,8 @@ def rebuild_database(source: Path, dest: Path) -> int:
         for row in items:
             check_stored_row(source, row)
         with out:
-            out.executemany(f"INSERT INTO items ({', '.join(_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)", items)
+            out.executemany(f"INSERT INTO items ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                            items)
             out.executemany("INSERT OR IGNORE INTO requests (key, digest, ids, created) VALUES (?, ?, ?, ?)",
                             requests)
     finally:

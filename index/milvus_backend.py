@@ -1,6 +1,7 @@
 """A gallery collection in Milvus: vectors and per-item metadata in one Milvus collection.
 
-Used by :class:`index.milvus_gallery.MilvusGallery` (``Gallery.create(..., backend="milvus", uri=...)``).
+The ``"milvus"`` backend of :class:`index.Gallery` (``Gallery.create(..., backend="milvus", uri=...)``; the
+gallery directory's pointer manifest is :mod:`index.milvus_persist`).
 ``uri`` is either a local ``*.db`` path (Milvus Lite: embedded, one process, for a single machine and for
 tests) or a server / cluster address (``http://host:19530``), where the same code runs unchanged.
 
@@ -152,6 +153,26 @@ def _search_params(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
     return {**params, **(opts["search_params"] or {})}
 
 
+def filter_expression(cameras: np.ndarray | None, window: tuple[float | None, float | None] | None) -> str:
+    """The Milvus boolean expression for a camera set and an inclusive time window ("" for no filter).
+
+    A window, even an open one, only matches items that have a timestamp (as for FAISS galleries):
+    comparisons with a NULL field are false in Milvus, and ``(None, None)`` becomes ``is not null``.
+    """
+    clauses = []
+    if cameras is not None:
+        clauses.append(f"camera in [{', '.join(str(int(c)) for c in cameras)}]")
+    if window is not None:
+        lo, hi = window
+        if lo is not None:
+            clauses.append(f"timestamp >= {float(lo)!r}")
+        if hi is not None:
+            clauses.append(f"timestamp <= {float(hi)!r}")
+        if lo is None and hi is None:
+            clauses.append("timestamp is not null")
+    return " and ".join(clauses)
+
+
 def id_list(ids: np.ndarray) -> str:
     return "[" + ",".join(str(int(i)) for i in ids) + "]"
 
@@ -166,7 +187,14 @@ class MilvusBackend(VectorBackend):
 
     Build it with :meth:`create` or :meth:`open`. Thread safety: a ``MilvusClient`` is a gRPC channel and
     may be used from several threads; the gallery serialises writers.
+
+    It is also the gallery's metadata store (``holds_metadata``: the rows are scalar fields of the same
+    collection) and commits each change itself (``commits_itself``).
     """
+
+    name = "milvus"
+    holds_metadata = True
+    commits_itself = True
 
     def __init__(self, client: Any, uri: str, kind: str, dim: int, options: dict[str, Any],
                  runtime: dict[str, Any]) -> None:
@@ -175,6 +203,9 @@ class MilvusBackend(VectorBackend):
         self.kind = kind
         self.dim = dim
         self.exact = kind in EXACT_MILVUS_KINDS and options["index_type"] in (None, "FLAT", "GPU_BRUTE_FORCE")
+        # PQ codes (and whatever an index_type override quantises) give estimated inner products that can
+        # stray a little past [-1, 1]: the gallery clips those instead of calling them damage.
+        self.estimated_scores = kind == "ivf_pq" or options["index_type"] is not None
         self._options = options
         self._runtime = runtime
         self.collection = options["collection"]
@@ -337,7 +368,7 @@ class MilvusBackend(VectorBackend):
         All-or-nothing from the caller's view: if an insert fails part-way, the rows already written are
         deleted again before the error propagates.
         """
-        rows = rows if rows is not None else [(None, None, None, None, "{}")] * len(ids)
+        rows = rows if rows is not None else [(None, None, None, None, "{}", None)] * len(ids)
         _check_lengths(rows)
         # Record the new next id first: a crash after the insert must never let those ids be handed out again.
         self._set_properties({_PROP_NEXT_ID: str(int(ids[-1]) + 1)})
@@ -356,6 +387,10 @@ class MilvusBackend(VectorBackend):
             if written:
                 self.remove_ids(ids[:written])
             raise
+
+    def add_items(self, vectors: np.ndarray, ids: np.ndarray, rows: list[tuple]) -> None:
+        """Insert vectors with their metadata rows in the same Milvus rows (see :meth:`add_with_ids`)."""
+        self.add_with_ids(vectors, ids, rows)
 
     def remove_ids(self, ids: np.ndarray) -> None:
         for start in range(0, len(ids), _CHUNK):
@@ -384,6 +419,13 @@ class MilvusBackend(VectorBackend):
             scores[row, :len(hits)] = [float(h["distance"]) for h in hits]
         return pad_results(scores, found, k)
 
+    def search_where(self, queries: np.ndarray, k: int, cameras: np.ndarray | None,
+                     time_range: tuple[float | None, float | None] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` with the camera/time filter as a Milvus expression, applied inside the search."""
+        if cameras is not None and cameras.size == 0:
+            return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64)
+        return self.search(queries, k, expr=filter_expression(cameras, time_range))
+
     def get(self, ids: Any) -> dict[int, dict[str, Any]]:
         """Rows by id as ``{id: {id, camera, person_label, source, timestamp, extra}}``; absent ids are left out."""
         wanted = sorted({int(i) for i in ids})
@@ -397,7 +439,7 @@ class MilvusBackend(VectorBackend):
                     "id": int(r["id"]), "camera": None if r.get("camera") is None else int(r["camera"]),
                     "person_label": None if label is None else json.loads(label), "source": r.get("source"),
                     "timestamp": None if r.get("timestamp") is None else float(r["timestamp"]),
-                    "extra": dict(r.get("extra") or {})}
+                    "extra": dict(r.get("extra") or {}), "track_id": None}  # not stored (see _check_lengths)
         return out
 
     def find_sources(self, sources: Any) -> dict[str, int]:
@@ -431,9 +473,16 @@ class MilvusBackend(VectorBackend):
         Path(path).write_text(json.dumps({"uri": self.uri, "collection": self.collection}) + "\n")
         return {"milvus_collection": self.collection}
 
+    def write_manifest(self, directory: Path, fields: dict[str, Any]) -> dict[str, Any]:
+        """Flush and write the gallery's pointer manifest (:func:`index.milvus_persist.save`)."""
+        from index.milvus_persist import save
+
+        return save(Path(directory), self, fields)
+
     def stats(self) -> dict[str, Any]:
-        return {"device": self.device, "trained": True, "milvus_uri": self.uri if is_lite_uri(self.uri) else
-                self.uri.split("@")[-1], "milvus_collection": self.collection,
+        return {"backend": self.name, "device": self.device, "trained": True,
+                "milvus_uri": self.uri if is_lite_uri(self.uri) else self.uri.split("@")[-1],
+                "milvus_collection": self.collection,
                 "milvus_index_type": self._options["index_type"] or MILVUS_KINDS[self.kind]}
 
     def drop(self) -> None:
@@ -444,7 +493,11 @@ class MilvusBackend(VectorBackend):
 
 
 def _check_lengths(rows: list[tuple]) -> None:
-    for i, (_, label, source, _, _) in enumerate(rows):
+    for i, row in enumerate(rows):
+        _, label, source, _, _ = row[:5]
+        if len(row) > 5 and row[5] is not None:  # the collection schema predates track_id (issue 23)
+            raise GalleryError(f"metadata[{i}]['track_id']: a milvus gallery does not store track ids; use a FAISS "
+                               f"gallery for group_by=camera_track")
         if source is not None and len(source.encode("utf-8")) > MAX_SOURCE:
             raise GalleryError(f"metadata[{i}]['source'] is longer than the {MAX_SOURCE} bytes a milvus gallery stores")
         if label is not None and len(json.dumps(label)) > MAX_LABEL:
@@ -452,7 +505,7 @@ def _check_lengths(rows: list[tuple]) -> None:
 
 
 def _entity(item_id: int, vector: np.ndarray, row: tuple) -> dict[str, Any]:
-    camera, label, source, timestamp, extra_json = row
+    camera, label, source, timestamp, extra_json = row[:5]
     return {"id": item_id, "vector": vector, "camera": camera, "timestamp": timestamp,
             "person_label": None if label is None else json.dumps(label), "source": source,
             "extra": json.loads(extra_json)}

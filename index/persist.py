@@ -30,7 +30,6 @@ object read it (two objects of one process, or a writer that came back after ano
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -38,7 +37,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from index.manifest import (DATA_FILES, FORMAT, FORMAT_VERSION, INDEX_FILE, MANI
 log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_FILE", "MANIFEST", "METADATA_FILE", "data_paths", "read_manifest",
-           "save_directory", "utc_now", "verified_data"]
+           "save_directory", "save_manifest", "utc_now", "verified_data"]
 
 _DATA_PREFIX = "data-"
 _TMP_PREFIX = ".tmp-"
@@ -78,16 +77,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def _save_lock(directory: Path) -> Iterator[None]:
-    """The directory's write lock for the length of one save (the Milvus gallery's manifest writes)."""
-    lock = acquire_directory(directory)
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _ours(name: str) -> bool:
@@ -199,6 +188,39 @@ def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]]
         if own:
             lock.release()
     return directory / data_name, final
+
+
+def save_manifest(directory: Path, manifest: dict[str, Any], *,
+                  check_target: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Atomically write ``manifest.json`` alone, for a gallery whose data lives outside its directory.
+
+    A Milvus gallery's vectors and metadata are in its collection, which commits each change itself, so
+    its save has no data directory to version: the manifest is a pointer to the collection, replaced as
+    :func:`save_directory` replaces it (temporary file, fsync, ``os.replace``, fsync the parent).
+
+    Args:
+        directory: the gallery directory (created when missing).
+        manifest: every field to write (``saved`` is added).
+        check_target: called with the directory under its write lock, before anything is written, to
+            refuse a directory that holds something else (it raises).
+
+    Returns:
+        The manifest written.
+
+    Raises:
+        GalleryLockedError: another process writes this directory.
+        GalleryError: ``directory`` is not a directory, or ``check_target`` refused it.
+    """
+    directory = Path(directory)
+    lock = acquire_directory(directory)  # shared with the gallery's own hold on it, if any (index.locking)
+    try:
+        if check_target is not None:
+            check_target(directory)
+        final = {**manifest, "saved": utc_now()}
+        _replace_json(directory / MANIFEST, final)
+    finally:
+        lock.release()
+    return final
 
 
 def check_new_target(directory: Path) -> None:

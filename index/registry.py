@@ -1,7 +1,9 @@
-"""Index kinds by name, and which options belong to the backend, the runtime or the gallery.
+"""Backends and index kinds by name, and which options belong to the backend, the runtime or the gallery.
 
 A flat name -> class dict (torchvision's ``register_model`` idea, without the decorator): the five
-kinds are listed once here and every error that rejects a kind names them.
+FAISS kinds are listed once here and every error that rejects a kind names them. The backend of a new
+gallery, with its metadata store, is picked by :func:`create_storage` (a saved one's by
+:func:`index.loading.read_gallery`): FAISS with SQLite beside it, or a Milvus collection holding both.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from index.backends import VectorBackend
+from index.backends import Storage, VectorBackend
 from index.errors import GalleryError
 from index.faiss_backend import DEFAULTS as FAISS_DEFAULTS
 from index.faiss_backend import FaissBackend
+from index.metadata import MetadataStore
 
 KINDS: dict[str, type] = {
     "flat": FaissBackend,
@@ -68,6 +71,33 @@ def split_options(kind: str, options: dict[str, Any]) -> tuple[dict[str, Any], d
         raise GalleryError(f"gpu_fp16 must be True or False, got {runtime['gpu_fp16']!r}")
     backend = {k: v for k, v in options.items() if k not in RUNTIME_DEFAULTS}
     return backend, runtime
+
+
+def create_storage(backend: str, kind: str, dim: int, fingerprint: str | None, uri: Any,
+                   options: dict[str, Any]) -> Storage:
+    """The vector backend and metadata store of a new gallery.
+
+    Args:
+        backend: ``"faiss"`` (a FAISS index with an in-memory SQLite table beside it) or ``"milvus"``
+            (one collection holding both, :mod:`index.milvus_persist`).
+        kind: the index kind (:data:`KINDS` for FAISS; Milvus has its own list).
+        dim: descriptor size.
+        fingerprint: the model fingerprint (a Milvus collection records it too).
+        uri: the Milvus address, for ``backend="milvus"`` only.
+        options: ``Gallery.create``'s ``**options``.
+
+    Raises:
+        GalleryError: an unknown backend, kind or option, or ``uri`` given to FAISS.
+    """
+    if check_backend(backend) == "milvus":
+        from index.milvus_persist import create_storage as create_milvus  # pymilvus stays an optional extra
+
+        return create_milvus(dim, kind, fingerprint, uri, options)
+    if uri is not None:
+        raise GalleryError("uri= is for backend='milvus'; a FAISS gallery lives in memory until save(directory)")
+    kind = check_kind(kind)
+    backend_options, runtime = split_options(kind, options)
+    return Storage(create_backend(kind, dim, backend_options, runtime), MetadataStore.in_memory(), runtime)
 
 
 def create_backend(kind: str, dim: int, options: dict[str, Any], runtime: dict[str, Any]) -> VectorBackend:

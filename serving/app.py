@@ -35,6 +35,7 @@ server log. Concurrent searches are micro-batched into shared model calls."""
 # Routes that accept uploads, and how many files each may carry; everything else gets a small body cap.
 _UPLOAD_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/search"): "single", ("POST", "/search/batch"): "many", ("POST", "/gallery"): "many",
+    ("POST", "/search/track"): "track",
 }
 _SMALL_BODY = 64 * KIB
 
@@ -89,7 +90,8 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
         kind = _UPLOAD_ROUTES.get((method, path.rstrip("/") or "/"))
         if kind is None:
             return _SMALL_BODY
-        return settings.body_limit(1 if kind == "single" else settings.max_images_per_request)
+        files = {"single": 1, "track": settings.max_track_crops}.get(kind, settings.max_images_per_request)
+        return settings.body_limit(files)
 
     # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to both.
     app.add_middleware(SearchFastPath, fastapi_app=app)

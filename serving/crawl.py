@@ -24,7 +24,10 @@ SPLITS: tuple[str, ...] = ("all", "train", "test")
 #: SYSU-MM01's RGB cameras; 3 and 6 are near-infrared (the query side), so a gallery defaults to these.
 SYSU_RGB_CAMERAS: tuple[int, ...] = (1, 2, 4, 5)
 SYSU_CAMERAS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-MANIFEST_COLUMNS: tuple[str, ...] = ("path", "camera", "person_label", "timestamp")
+MANIFEST_COLUMNS: tuple[str, ...] = ("path", "camera", "person_label", "timestamp", "track_id")
+#: A SYSU-MM01 tree may carry this manifest of track ids (``python -m training synth --track-length N`` writes
+#: one): its ``path`` -> ``track_id`` rows are attached to the crawled crops.
+TRACKS_FILE = "tracks.csv"
 _SYSU_CAM_DIR = re.compile(r"cam(\d+)")
 _DIGITS = re.compile(r"\d+")
 
@@ -41,6 +44,8 @@ class ImageItem:
         person_label: identity, when known (SYSU-MM01 pid, manifest column).
         timestamp: seconds since the epoch, when known.
         extra: other manifest columns.
+        track_id: the camera track (one person's pass past one camera), when known: a manifest column, a
+            folder level (``--track-level``) or a SYSU-MM01 tree's ``tracks.csv``.
     """
 
     path: Path
@@ -49,11 +54,20 @@ class ImageItem:
     person_label: int | str | None = None
     timestamp: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    track_id: int | str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """The gallery metadata dict (``index.Gallery.add`` contract)."""
         return {"camera": self.camera, "person_label": self.person_label, "source": self.source,
-                "timestamp": self.timestamp, "extra": dict(self.extra)}
+                "timestamp": self.timestamp, "extra": dict(self.extra), "track_id": self.track_id}
+
+
+def _label_value(text: str) -> int | str | None:
+    """A manifest or folder label: an integer when it is one, else the text (empty: unknown)."""
+    text = text.strip()
+    if re.fullmatch(r"-?\d{1,18}", text):
+        return int(text)
+    return text or None
 
 
 def _source(path: Path, root: Path) -> str:
@@ -100,6 +114,7 @@ def crawl_sysu(root: Path, cameras: Iterable[int] | None = None, split: str = "a
         ids = _read_ids(root / "exp" / "test_id.txt")
     elif split == "train":
         ids = _read_ids(root / "exp" / "train_id.txt") | _read_ids(root / "exp" / "val_id.txt")
+    tracks = _sysu_tracks(root)
     items = []
     for cam in cameras:
         cam_dir = root / f"cam{cam}"
@@ -112,19 +127,36 @@ def crawl_sysu(root: Path, cameras: Iterable[int] | None = None, split: str = "a
                 continue
             for f in sorted(pid_dir.iterdir()):
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    items.append(ImageItem(path=f, source=_source(f, root), camera=cam, person_label=pid))
+                    source = _source(f, root)
+                    items.append(ImageItem(path=f, source=source, camera=cam, person_label=pid,
+                                           track_id=tracks.get(source)))
     return items
 
 
-def crawl_generic(root: Path, cameras: Iterable[int] | None = None) -> tuple[list[ImageItem], list[tuple[str, str]]]:
+def _sysu_tracks(root: Path) -> dict[str, int | str | None]:
+    """``{source: track_id}`` from the tree's :data:`TRACKS_FILE`, or ``{}`` when it has none."""
+    path = root / TRACKS_FILE
+    if not path.is_file():
+        return {}
+    tracks = {item.source: item.track_id for item in read_manifest(path, root)}
+    logger.info("%s: track ids of %d crop(s)", path, len(tracks))
+    return tracks
+
+
+def crawl_generic(root: Path, cameras: Iterable[int] | None = None,
+                  track_level: int | None = None) -> tuple[list[ImageItem], list[tuple[str, str]]]:
     """Images of a ``<camera>/.../*.jpg`` tree; the camera is the first run of digits in the top folder name.
 
     ``cam07/2024-05-01/a.jpg`` -> camera 7. Files directly under the root, or under a top folder without
-    digits, cannot be given a camera and are returned as skipped (never guessed).
+    digits, cannot be given a camera and are returned as skipped (never guessed). With ``track_level=L``,
+    the folder ``L`` levels below the camera folder names the crop's track: ``cam07/track_12/a.jpg`` with
+    ``L=1`` -> track ``"track_12"`` (an integer when the name is one); a file with no folder at that level is
+    skipped, since a track id that is silently missing would split a track into single crops.
 
     Args:
         root: the images root.
         cameras: cameras to include; default all.
+        track_level: the folder level naming tracks (1 = directly below the camera folder), or None.
 
     Returns:
         ``(items sorted by path, skipped (source, reason) pairs)``.
@@ -142,8 +174,16 @@ def crawl_generic(root: Path, cameras: Iterable[int] | None = None) -> tuple[lis
             skipped.append((source, f"camera folder {rel.parts[0]!r} has no digits to take the camera number from"))
             continue
         camera = int(digits.group())
-        if wanted is None or camera in wanted:
-            items.append(ImageItem(path=f, source=source, camera=camera))
+        if wanted is not None and camera not in wanted:
+            continue
+        track: int | str | None = None
+        if track_level is not None:
+            if len(rel.parts) < track_level + 2:  # camera folder, the levels down to the track, the file
+                skipped.append((source, f"no track folder {track_level} level(s) below the camera folder "
+                                        f"(--track-level {track_level})"))
+                continue
+            track = _label_value(rel.parts[track_level])
+        items.append(ImageItem(path=f, source=source, camera=camera, track_id=track))
     return items, skipped
 
 
@@ -165,11 +205,11 @@ def _parse_timestamp(value: str, where: str) -> float | None:
 
 
 def read_manifest(manifest: Path, root: Path, cameras: Iterable[int] | None = None) -> list[ImageItem]:
-    """Images listed in a CSV file with a header row: ``path,camera[,person_label,timestamp]``.
+    """Images listed in a CSV file with a header row: ``path,camera[,person_label,timestamp,track_id]``.
 
-    ``path`` is relative to ``root`` (or absolute); ``camera`` an integer; ``person_label`` an integer or
-    any string (empty = unknown); ``timestamp`` seconds since the epoch or ISO 8601 (naive = UTC). Any other column is
-    kept in the item's ``extra``.
+    ``path`` is relative to ``root`` (or absolute); ``camera`` an integer; ``person_label`` and ``track_id``
+    an integer or any string (empty = unknown); ``timestamp`` seconds since the epoch or ISO 8601 (naive =
+    UTC). Any other column is kept in the item's ``extra``.
 
     Raises:
         UserError: missing file or column, or a malformed value; the message names the line.
@@ -184,7 +224,7 @@ def read_manifest(manifest: Path, root: Path, cameras: Iterable[int] | None = No
         missing = [c for c in ("path", "camera") if c not in columns]
         if missing:
             raise UserError(f"{manifest}: header lacks column(s) {', '.join(missing)}; expected "
-                            f"{','.join(MANIFEST_COLUMNS)} (the last two optional), found {','.join(columns) or 'none'}")
+                            f"{','.join(MANIFEST_COLUMNS)} (all but the first two optional), found {','.join(columns) or 'none'}")
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
             where = f"{manifest}:{line}"
@@ -196,15 +236,11 @@ def read_manifest(manifest: Path, root: Path, cameras: Iterable[int] | None = No
                 raise UserError(f"{where}: camera {row['camera']!r} is not an integer") from None
             if wanted is not None and camera not in wanted:
                 continue
-            label_text = row.get("person_label", "")
-            label: int | str | None = None
-            if re.fullmatch(r"-?\d+", label_text):
-                label = int(label_text)
-            elif label_text:
-                label = label_text
+            label = _label_value(row.get("person_label", ""))
             path = Path(row["path"])
             path = path if path.is_absolute() else root / path
             extra = {k: v for k, v in row.items() if k not in MANIFEST_COLUMNS}
             items.append(ImageItem(path=path, source=_source(path, root), camera=camera, person_label=label,
-                                   timestamp=_parse_timestamp(row.get("timestamp", ""), where), extra=extra))
+                                   timestamp=_parse_timestamp(row.get("timestamp", ""), where), extra=extra,
+                                   track_id=_label_value(row.get("track_id", ""))))
     return items

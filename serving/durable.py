@@ -16,18 +16,21 @@ What a server holds between requests, and the rules that keep it honest (issue 1
 * **Never serve a damaged gallery.** A search whose scores show damaged vectors (non-finite, or a
   cosine past 1) marks the gallery damaged: the server answers 503 and reports not ready.
 
-Concurrency: searches hold :attr:`rw` shared (search + metadata lookup under one hold, so a concurrent
-removal never leaves a hit without its row); changes are serialised by a thread lock and hold ``rw``
-exclusively only while they change memory; their save holds it shared, so searches continue meanwhile
-(they may see a change while it is being saved: if the save fails, it is withdrawn before the answer).
+Concurrency: a search is one ``Gallery.search_hits`` call, which reads the hits' metadata under the
+gallery's own lock (so a concurrent removal never leaves a hit without its row) and needs no lock here;
+changes are serialised by a thread lock and hold :attr:`rw` exclusively only while they change memory;
+their save holds it shared. Searches continue meanwhile (they may see a change while it is being
+saved: if the save fails, it is withdrawn before the answer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,12 @@ class AddResult:
     replayed: bool = False
 
 
+def hit_dict(rank: int, gallery_id: int, score: float, item: dict[str, Any]) -> dict[str, Any]:
+    """One search hit as the API answers it (``SearchHit``): rank, id, score and the item's metadata."""
+    return {"rank": rank, "gallery_id": gallery_id, "score": score, "camera": item.get("camera"),
+            "person_label": item.get("person_label"), "source": item.get("source"), "track_id": item.get("track_id")}
+
+
 class DurableGallery:
     """The gallery a server serves, with the rules of the module docstring.
 
@@ -134,27 +143,34 @@ class DurableGallery:
 
         if self.damaged:
             raise GalleryDamaged(self.damaged)
+        try:
+            found = self.gallery.search_hits(np.asarray(vectors, dtype=np.float32), k, cameras=cameras)
+        except CorruptGalleryError as exc:
+            self.damaged = f"the gallery in memory is damaged ({exc}); restart the server from a checked gallery"
+            logger.error("%s", self.damaged)
+            raise GalleryDamaged(self.damaged) from None
+        return [[hit_dict(rank, hit["id"], hit["score"], hit) for rank, hit in enumerate(row, start=1)]
+                for row in found]
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """Hold the gallery for a read (searches and their metadata lookups under one shared hold).
+
+        Raises:
+            GalleryDamaged: the gallery was found damaged before, or a search inside the block finds it so
+                (``CorruptGalleryError``): it is marked damaged and never served again.
+        """
+        from index.errors import CorruptGalleryError
+
+        if self.damaged:
+            raise GalleryDamaged(self.damaged)
         with self.rw.read():
             try:
-                scores, ids = self.gallery.search(np.asarray(vectors, dtype=np.float32), k, cameras=cameras)
+                yield self.gallery
             except CorruptGalleryError as exc:
                 self.damaged = f"the gallery in memory is damaged ({exc}); restart the server from a checked gallery"
                 logger.error("%s", self.damaged)
                 raise GalleryDamaged(self.damaged) from None
-            found = sorted({int(i) for i in np.asarray(ids).ravel() if i >= 0})
-            meta = dict(zip(found, self.gallery.get(found))) if found else {}
-        answers = []
-        for row_scores, row_ids in zip(np.asarray(scores), np.asarray(ids)):
-            hits = []
-            for score, gid in zip(row_scores, row_ids):
-                if gid < 0:  # -1 pads rows when fewer than k items match
-                    continue
-                item = meta[int(gid)]
-                hits.append({"rank": len(hits) + 1, "gallery_id": int(gid), "score": float(score),
-                             "camera": item.get("camera"), "person_label": item.get("person_label"),
-                             "source": item.get("source")})
-            answers.append(hits)
-        return answers
 
     def stats(self) -> dict[str, Any]:
         with self.rw.read():

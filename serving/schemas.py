@@ -65,6 +65,27 @@ class SearchHit(BaseModel):
     person_label: int | str | None = Field(None, description="identity label of the gallery crop, if known")
     source: str | None = Field(None, description="where the gallery crop came from (a path relative to the "
                                                  "image root it was indexed from)")
+    track_id: int | str | None = Field(None, description="the camera track the crop belongs to, if known (crops of "
+                                                         "one person in one pass past one camera share it)")
+    rerank_distance: float | None = Field(None, description="with `rerank=true`: the k-reciprocal re-ranked "
+                                                            "distance that ordered this hit (smaller is more "
+                                                            "similar); `score` stays the cosine similarity")
+
+
+class SearchGroup(BaseModel):
+    """One group of a grouped search (`group_by=person|camera_track`): a person, or one camera track."""
+
+    rank: int = Field(description="1-based rank of the group (by its best member)", ge=1)
+    key: str = Field(description="`person:<label>`, `camera_track:<camera>/<track_id>`, or `item:<gallery_id>` "
+                                 "for a crop without the grouping key (it is a group of its own)")
+    person_label: int | str | None = Field(None, description="the group's person (group_by=person)")
+    camera: Camera | None = Field(None, description="the group's camera (group_by=camera_track)")
+    track_id: int | str | None = Field(None, description="the group's track (group_by=camera_track)")
+    score: float = Field(description="the score of the group's best member (the first of `members`)")
+    count: int = Field(description="crops the group holds in the gallery (within the camera filter)", ge=1)
+    best: SearchHit = Field(description="the group's best crop (also `results[rank - 1]`)")
+    members: list[SearchHit] = Field(description="the group's crops the search found, best first (at most 20; "
+                                                 "`count` says how many there are in all)")
 
 
 class Timings(BaseModel):
@@ -74,6 +95,9 @@ class Timings(BaseModel):
     embed: float = Field(description="waiting for and running the model (includes the micro-batch wait), ms")
     search: float = Field(description="searching the gallery and reading metadata, ms")
     total: float = Field(description="the whole request, from receiving the body to building the answer, ms")
+    rerank: float | None = Field(None, description="with `rerank=true`: k-reciprocal re-ranking of the top-N "
+                                                   "neighbourhood, ms (not part of `search`; total includes it)")
+    fuse: float | None = Field(None, description="track queries: fusing the crops' descriptors into one, ms")
 
 
 class ModelInfo(BaseModel):
@@ -90,9 +114,26 @@ class SearchResponse(BaseModel):
     """Answer to ``POST /search``."""
 
     results: list[SearchHit] = Field(description="matches, best first; at most top_k (fewer when the "
-                                                 "gallery or the camera filter holds fewer items)")
+                                                 "gallery or the camera filter holds fewer items); with "
+                                                 "group_by, the best crop of each group, in group order")
     timings_ms: Timings = Field(description="where the time went")
     model: ModelInfo = Field(description="the model used")
+    groups: list[SearchGroup] | None = Field(None, description="with group_by=person|camera_track: top_k groups, "
+                                                               "best first; absent otherwise")
+
+
+class TrackInfo(BaseModel):
+    """How a track query was turned into one descriptor."""
+
+    crops: int = Field(description="crops in the track (all embedded, in the request's micro-batch)")
+    fusion: str = Field(description="`mean` (mean of L2-normalised descriptors, re-normalised) or `max` "
+                                    "(element-wise max of them, re-normalised)")
+
+
+class TrackSearchResponse(SearchResponse):
+    """Answer to ``POST /search/track``: one ranking for the whole track."""
+
+    track: TrackInfo = Field(description="the track that was searched with")
 
 
 class BatchItem(BaseModel):
@@ -101,6 +142,7 @@ class BatchItem(BaseModel):
     index: int = Field(description="0-based position of the image in the request")
     filename: str | None = Field(None, description="the file name the client sent, if any")
     results: list[SearchHit] = Field(description="matches, best first (same as POST /search would answer)")
+    groups: list[SearchGroup] | None = Field(None, description="with group_by: this image's groups (as POST /search)")
 
 
 class BatchSearchResponse(BaseModel):
@@ -125,6 +167,9 @@ class GalleryItemMetadata(BaseModel):
     timestamp: float | dt.datetime | None = Field(None, description="when the crop was taken (epoch seconds or "
                                                                     "an ISO 8601 date-time)")
     extra: dict[str, Any] | None = Field(None, description="anything else worth keeping, JSON")
+    track_id: int | str | None = Field(None, description="the camera track of the crop (crops of one person in one "
+                                                         "pass past one camera share it); search with "
+                                                         "group_by=camera_track groups by (camera, track_id)")
 
 
 class GalleryAddResponse(BaseModel):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serving.api import gallery, health, search
+from serving.api import gallery, health, search, track
 
 api_router = APIRouter()
 api_router.include_router(search.router)
+api_router.include_router(track.router)
 api_router.include_router(gallery.router)
 api_router.include_router(health.router)
 

@@ -79,10 +79,10 @@ def parse_metadata(text: str, count: int) -> list[dict[str, Any]]:
     except ValidationError as exc:
         problems = "; ".join(f"metadata[{'.'.join(map(str, e['loc']))}]: {e['msg']}" for e in exc.errors())
         raise ApiError(422, "invalid_metadata", f"{problems} (valid keys: camera (int, required), person_label, "
-                                                f"source, timestamp, extra)") from None
+                                                f"source, timestamp, extra, track_id)") from None
     rows = [item.model_dump(exclude_none=True) for item in items]
     for i, row in enumerate(rows):  # SQLite stores 64-bit integers; a larger one was a 500 (OverflowError)
-        for key in ("camera", "person_label"):
+        for key in ("camera", "person_label", "track_id"):
             if isinstance(row.get(key), int) and not -(2**63) <= row[key] < 2**63:
                 raise ApiError(422, "invalid_metadata", f"metadata[{i}].{key}: {row[key]} does not fit in a "
                                                         f"64-bit integer")
@@ -100,7 +100,7 @@ async def add_items(runtime: RuntimeDep, response: Response,
                     metadata: Annotated[str, Form(description="JSON list, one object per image in upload order: "
                                                               '`[{"camera": 1, "person_label": 7, "source": "cam1/'
                                                               '0007/0001.jpg", "timestamp": 1700000000, '
-                                                              '"extra": {}}]`; camera is required',
+                                                              '"extra": {}, "track_id": 3}]`; camera is required',
                                                   json_schema_extra=_METADATA_SCHEMA)],
                     idempotency_key: Annotated[str | None, Header(
                         alias="Idempotency-Key", description="makes a retry safe: an add already made with this key "

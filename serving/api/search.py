@@ -11,12 +11,14 @@ Plain requests do not even reach the route: :mod:`serving.api.fast_search` answe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
+from serving import ranking
 from serving.api.uploads import decode_uploads, read_uploads
 from serving.core.errors import ApiError
 from serving.deps import RuntimeDep
@@ -30,6 +32,18 @@ TopK = Annotated[int, Query(description="how many matches to return, 1..max_top_
 Cameras = Annotated[list[int] | None, Query(
     description="only return gallery items from these cameras; repeat the parameter for several "
                 "(`?camera=1&camera=2`); an unknown camera is a 422 that lists the gallery's cameras")]
+
+
+GroupBy = Annotated[Literal["none", "person", "camera_track"], Query(
+    description="`none`: one result per crop. `person`: one result per person label (crops without a label are "
+                "their own group); `camera_track`: one per (camera, track_id) (crops without a track id are their "
+                "own group). Each group is shown by its best crop and scored by it; the search is widened until "
+                "it holds top_k groups (see `groups`)")]
+Rerank = Annotated[bool, Query(description="re-rank the top-`rerank_n` neighbourhood with k-reciprocal encoding "
+                                           "(Zhong et al., CVPR 2017); needs an exact index (flat, flat_fp16): "
+                                           "422 otherwise. The time it took is `timings_ms.rerank`")]
+RerankN = Annotated[int, Query(description=f"neighbourhood re-ranked with rerank=true: top_k..{ranking.MAX_RERANK_N}; "
+                                           "only those items can be in the answer")]
 
 
 def check_query(runtime: Runtime, top_k: int, camera: list[int] | None) -> list[int] | None:
@@ -57,11 +71,55 @@ def check_query(runtime: Runtime, top_k: int, camera: list[int] | None) -> list[
     return sorted(set(camera))
 
 
+def check_options(runtime: Runtime, top_k: int, camera: list[int] | None, group_by: str = "none",
+                  rerank: bool = False, rerank_n: int = ranking.DEFAULT_RERANK_N) -> ranking.QueryOptions:
+    """Everything :func:`check_query` checks, plus re-ranking's bounds and index kind.
+
+    Raises:
+        ApiError: 422 for ``rerank_n`` outside ``top_k..MAX_RERANK_N``, ``rerank`` on an approximate index,
+            ``group_by`` on a gallery that cannot group (Milvus), and whatever :func:`check_query` raises.
+    """
+    cameras = check_query(runtime, top_k, camera)
+    if group_by != "none" and not hasattr(runtime.gallery, "group_totals"):
+        raise ApiError(422, "group_by_unsupported", f"group_by={group_by} needs a FAISS gallery (its metadata "
+                                                    f"table counts the groups); this gallery is stored in Milvus")
+    if rerank:
+        if not top_k <= rerank_n <= ranking.MAX_RERANK_N:
+            raise ApiError(422, "invalid_rerank_n", f"rerank_n must be between top_k ({top_k}) and "
+                                                    f"{ranking.MAX_RERANK_N}, got {rerank_n}")
+        why = ranking.check_rerank(runtime.gallery)
+        if why is not None:
+            raise ApiError(422, "rerank_needs_exact_index", why)
+    return ranking.QueryOptions(top_k=top_k, cameras=None if cameras is None else tuple(cameras),
+                                group_by=group_by, rerank=rerank, rerank_n=rerank_n)
+
+
+async def ranked_answers(runtime: Runtime, decoded: list[Any], options: ranking.QueryOptions, started: float,
+                         fusion: str | None = None) -> tuple[list[ranking.QueryAnswer], dict[str, float | None]]:
+    """Embed decoded crops (one request: queued together, so they share micro-batches), fuse them into one
+    query when ``fusion`` is given (a track), rank with ``options``; return the answers and ``timings_ms``."""
+    decoded_at = time.perf_counter()
+    vectors = await runtime.batcher.submit_many(decoded)
+    embedded_at = time.perf_counter()
+    fuse_s = None
+    if fusion is not None:
+        vectors = ranking.fuse(vectors, fusion)[None]
+        fuse_s = time.perf_counter() - embedded_at
+    answers = await asyncio.to_thread(ranking.answer, runtime.durable, vectors, options)
+    done = time.perf_counter()
+    rerank_s = sum(a.rerank_s or 0.0 for a in answers) if options.rerank else None
+    timings = {"decode": _ms(decoded_at - started), "embed": _ms(embedded_at - decoded_at),
+               "search": _ms(done - embedded_at - (rerank_s or 0.0) - (fuse_s or 0.0)),
+               "total": _ms(done - started), "rerank": None if rerank_s is None else _ms(rerank_s),
+               "fuse": None if fuse_s is None else _ms(fuse_s)}
+    return answers, timings
+
+
 def _ms(seconds: float) -> float:
     return round(1000.0 * seconds, 3)
 
 
-_HIT_KEYS = ("rank", "gallery_id", "score", "camera", "person_label", "source")
+_HIT_KEYS = ("rank", "gallery_id", "score", "camera", "person_label", "source", "track_id", "rerank_distance")
 _LABEL_TYPES = (int, str, type(None))  # exact types: a bool or a numpy scalar takes the pydantic route
 
 
@@ -70,6 +128,7 @@ def hit_body(hit: dict[str, Any]) -> dict[str, Any]:
     types (what the gallery returns), else what the pydantic model makes of them."""
     if (type(hit.get("rank")) is int and type(hit.get("gallery_id")) is int and type(hit.get("score")) is float
             and type(hit.get("camera")) in _LABEL_TYPES and type(hit.get("person_label")) in _LABEL_TYPES
+            and type(hit.get("track_id")) in _LABEL_TYPES and type(hit.get("rerank_distance")) in (float, type(None))
             and type(hit.get("source")) in (str, type(None))):
         return {key: hit.get(key) for key in _HIT_KEYS}
     return SearchHit(**hit).model_dump(mode="json")
@@ -91,16 +150,25 @@ _RAW_IMAGE_BODY = {"requestBody": {"content": {t: _RAW_BODY for t in (
 async def search(runtime: RuntimeDep,
                  image: Annotated[UploadFile, File(description="the query crop (infrared or RGB): JPEG, PNG or "
                                                                "BMP, 1, 3 or 4 channels, 8 or 16 bits")],
-                 top_k: TopK = 10, camera: Cameras = None) -> Response:
-    """Embed the crop (micro-batched with concurrent requests) and rank the gallery by cosine similarity.
+                 top_k: TopK = 10, camera: Cameras = None, group_by: GroupBy = "none", rerank: Rerank = False,
+                 rerank_n: RerankN = ranking.DEFAULT_RERANK_N) -> Response:
+    """Embed the crop (micro-batched with concurrent requests) and rank the gallery by cosine similarity;
+    optionally grouped (`group_by`) and re-ranked (`rerank`).
 
     The crop comes as the `image` part of a multipart form, or as the whole request body with an image
-    `Content-Type` (`curl --data-binary @crop.jpg -H 'Content-Type: image/jpeg'`).
+    `Content-Type` (`curl --data-binary @crop.jpg -H 'Content-Type: image/jpeg'`; plain `top_k`/`camera` only).
     """
     started = time.perf_counter()
-    cameras = check_query(runtime, top_k, camera)
+    options = check_options(runtime, top_k, camera, group_by, rerank, rerank_n)
     (data,) = await read_uploads(runtime, [image])
-    return Response(await search_answer(runtime, data, top_k, cameras, started), media_type="application/json")
+    if group_by == "none" and not rerank:
+        return Response(await search_answer(runtime, data, top_k, None if options.cameras is None
+                                            else list(options.cameras), started), media_type="application/json")
+    decoded = await decode_uploads(runtime, [image], [data])
+    (result,), timings = await ranked_answers(runtime, decoded, options, started)
+    body = SearchResponse(results=[SearchHit(**h) for h in result.hits], timings_ms=Timings(**timings),
+                          model=runtime.model_info(), groups=result.groups)
+    return Response(json_bytes(body.model_dump(mode="json")), media_type="application/json")
 
 
 async def search_answer(runtime: Runtime, data: bytes, top_k: int, cameras: list[int] | None,
@@ -139,14 +207,23 @@ async def search_answer(runtime: Runtime, data: bytes, top_k: int, cameras: list
 async def search_batch(runtime: RuntimeDep,
                        images: Annotated[list[UploadFile], File(description="query crops (repeat the `images` "
                                                                             "field), at most max_images_per_request")],
-                       top_k: TopK = 10, camera: Cameras = None) -> BatchSearchResponse:
-    """Like ``POST /search`` for each image, in one request; results come back in upload order."""
+                       top_k: TopK = 10, camera: Cameras = None, group_by: GroupBy = "none", rerank: Rerank = False,
+                       rerank_n: RerankN = ranking.DEFAULT_RERANK_N) -> BatchSearchResponse:
+    """Like ``POST /search`` for each image, in one request; results come back in upload order. (Several crops
+    of *one* person searched as one query: ``POST /search/track``.)"""
     started = time.perf_counter()
     limit = runtime.settings.max_images_per_request
     if len(images) > limit:
         raise ApiError(422, "too_many_images", f"{len(images)} images sent; at most {limit} per request")
-    cameras = check_query(runtime, top_k, camera)
+    options = check_options(runtime, top_k, camera, group_by, rerank, rerank_n)
+    cameras = None if options.cameras is None else list(options.cameras)
     decoded = await decode_uploads(runtime, images)
+    if group_by != "none" or rerank:
+        answers, timings = await ranked_answers(runtime, decoded, options, started)
+        return BatchSearchResponse(
+            items=[BatchItem(index=i, filename=upload.filename, results=[SearchHit(**h) for h in a.hits],
+                             groups=a.groups) for i, (upload, a) in enumerate(zip(images, answers))],
+            timings_ms=Timings(**timings), model=runtime.model_info())
     decoded_at = time.perf_counter()
     vectors = await runtime.batcher.submit_many(decoded)
     embedded_at = time.perf_counter()

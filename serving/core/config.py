@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     max_side: int = Field(16_384, ge=1, description="largest accepted image width or height")
     max_images_per_request: int = Field(32, ge=1, le=1024, description="most files in one /search/batch or "
                                                                        "POST /gallery request")
+    max_track_crops: int = Field(50, ge=1, le=1024, description="most crops in one POST /search/track query (a "
+                                                                "night camera sees a person for 10-50 crops)")
     max_top_k: int = Field(100, ge=1, le=10_000, description="largest top_k a search may ask for")
     decode_threads: int = Field(2, ge=1, le=64, description="threads decoding uploads (OpenCV releases the GIL)")
     image_roots: Annotated[list[Path], NoDecode] = Field(

@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "otherwise all)")
     crawl_group.add_argument("--split", default="all", choices=SPLITS, help="SYSU-MM01 identities to index")
     crawl_group.add_argument("--manifest", type=Path, default=None,
-                             help="CSV with header path,camera[,person_label,timestamp] instead of crawling")
+                             help="CSV with header path,camera[,person_label,timestamp,track_id] instead of crawling")
+    crawl_group.add_argument("--track-level", type=int, default=None,
+                             help="in a <camera>/.../image tree, the folder this many levels below the camera "
+                                  "folder names the crop's track (1: <camera>/<track>/image)")
     run_group = parser.add_argument_group("how")
     run_group.add_argument("--batch-size", type=int, default=32, help="images per embedder call")
     run_group.add_argument("--workers", type=int, default=2, help="decoding threads")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     gallery_options = {"backend": "milvus", "uri": args.milvus_uri} if args.milvus_uri else None
     common = dict(cameras=parse_cameras(args.cameras), split=args.split, manifest=args.manifest,
                   batch_size=args.batch_size, backend=args.backend, kind=args.kind, save_every=args.save_every,
-                  show_progress=not args.no_progress, gallery_options=gallery_options)
+                  show_progress=not args.no_progress, gallery_options=gallery_options, track_level=args.track_level)
     if args.engine == "ray":
         from serving.indexing.ray import index_images_ray  # Ray is optional: imported when asked for
 

@@ -77,8 +77,11 @@ class IndexSummary:
 
 
 def crawl(images: Path, cameras: Sequence[int] | None = None, split: str = "all",
-          manifest: Path | None = None) -> tuple[list[ImageItem], list[tuple[str, str]]]:
+          manifest: Path | None = None, track_level: int | None = None) -> tuple[list[ImageItem], list[tuple[str, str]]]:
     """Pick the crawler: a CSV manifest when given, else SYSU-MM01 when ``exp/`` is present, else generic.
+
+    Track ids (``track_id``, for ``group_by=camera_track``) come from the manifest's ``track_id`` column, a
+    SYSU-MM01 tree's ``tracks.csv``, or, for a generic tree, the folder ``track_level`` levels below the camera.
 
     Returns:
         ``(items, skipped (source, reason) pairs)``.
@@ -89,13 +92,18 @@ def crawl(images: Path, cameras: Sequence[int] | None = None, split: str = "all"
         if split != "all":
             raise UserError("--split selects SYSU-MM01 ids; with --manifest, list the wanted images in the manifest")
         return read_manifest(manifest, images, cameras), []
+    if track_level is not None and track_level < 1:
+        raise UserError(f"--track-level must be >= 1 (1: <camera>/<track>/image), got {track_level}")
+    if track_level is not None and (manifest is not None or is_sysu_tree(images)):
+        raise UserError("--track-level names track folders of a <camera>/<track>/... tree; a manifest has a "
+                        "track_id column and a SYSU-MM01 tree a tracks.csv instead")
     if is_sysu_tree(images):
         logger.info("%s has the SYSU-MM01 layout (cam<N>/<pid>/, exp/)", images)
         return crawl_sysu(images, cameras, split), []
     if split != "all":
         raise UserError(f"--split {split} needs a SYSU-MM01 tree (cam<N>/<pid>/ and exp/*_id.txt); "
                         f"{images} has no exp/ folder, so use --split all")
-    return crawl_generic(images, cameras)
+    return crawl_generic(images, cameras, track_level)
 
 
 def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **options: Any) -> Any:

@@ -32,7 +32,7 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
                  cameras: Sequence[int] | None = None, split: str = "all", manifest: str | Path | None = None,
                  batch_size: int = 32, workers: int = 2, backend: str = "auto", kind: str = "flat",
                  save_every: int = 20, limits: DecodeLimits = DEFAULT_LIMITS, show_progress: bool = True,
-                 gallery_options: dict[str, Any] | None = None) -> IndexSummary:
+                 gallery_options: dict[str, Any] | None = None, track_level: int | None = None) -> IndexSummary:
     """Embed the images under ``images`` and add them to the gallery in ``gallery`` (created if absent).
 
     Args:
@@ -41,7 +41,7 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
         gallery: gallery directory.
         cameras: cameras to index (SYSU-MM01 default: the RGB cameras 1, 2, 4, 5; otherwise all).
         split: SYSU-MM01 identities: ``test``, ``train`` or ``all``.
-        manifest: CSV ``path,camera[,person_label,timestamp]`` listing the images instead of crawling.
+        manifest: CSV ``path,camera[,person_label,timestamp,track_id]`` listing the images instead of crawling.
         batch_size: images per embedder call.
         workers: decoding threads.
         backend: embedder backend (see :func:`serving.embedders.load_embedder`).
@@ -50,6 +50,7 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
         limits: decoding limits (the same guard as the server's).
         show_progress: draw a tqdm bar.
         gallery_options: extra keyword arguments for ``Gallery.create``.
+        track_level: in a generic tree, the folder level below the camera folder that names tracks.
 
     Returns:
         The run's :class:`~serving.indexing.common.IndexSummary`.
@@ -65,7 +66,7 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
                         f"got {batch_size}, {workers}, {save_every}")
     with reserve_gallery(gallery_dir):  # before the model loads: a second writer is refused at once
         embedder = model if isinstance(model, Embedder) else load_embedder(model, backend=backend)
-        items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None)
+        items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None, track_level)
         summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
         store = open_gallery(gallery_dir, embedder, kind, **(gallery_options or {}))
         record_image_root(store, Path(images))  # serve shows thumbnails from it

@@ -132,7 +132,7 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
                      limits: DecodeLimits = DEFAULT_LIMITS, show_progress: bool = True,
                      gallery_options: dict[str, Any] | None = None, address: str | None = None,
                      num_cpus: int | None = None, embedders: int | None = None,
-                     embedder_cpus: int = 1) -> IndexSummary:
+                     embedder_cpus: int = 1, track_level: int | None = None) -> IndexSummary:
     """Embed the images under ``images`` on Ray and add them to the gallery in ``gallery`` (created if absent).
 
     Arguments as :func:`serving.indexing.local.index_images`, plus:
@@ -163,7 +163,7 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
     # broken model file should fail here, not in every actor.
     probe = load_embedder(model, backend=backend)
     height, width = probe.height, probe.width
-    items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None)
+    items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None, track_level)
     summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
     store = open_gallery(gallery_dir, probe, kind, **(gallery_options or {}))
     record_image_root(store, Path(images))  # serve shows thumbnails from it

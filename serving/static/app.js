@@ -1,4 +1,6 @@
-// The search page: pick or drop an infrared crop, POST it to /search, show the ranked gallery thumbnails.
+// The search page: pick or drop an infrared crop (or several: a track of one person), POST it to /search (or
+// /search/track), show the ranked gallery thumbnails; grouped by person or camera track when asked, each group
+// a card with its best crop whose other crops expand below it.
 // body[data-state] is idle | busy | results | error, so tests (and CSS) can tell where the page is.
 "use strict";
 
@@ -6,7 +8,7 @@
   const { el, api, describeError, shortFingerprint } = xmreid;
   const $ = (id) => document.getElementById(id);
   const THUMB_SIZE = 256;
-  let queryFile = null;
+  let queryFiles = [];
   let previewUrl = null;
   let searchSeq = 0; // answers to an older search are dropped if a newer one was started
 
@@ -32,9 +34,11 @@
 
   // ---------------------------------------------------------------- choosing the query
 
-  function useFile(file) {
-    if (!file) return;
-    queryFile = file;
+  function useFiles(files) {
+    const chosen = [...(files || [])].filter(Boolean);
+    if (!chosen.length) return;
+    queryFiles = chosen;
+    const file = chosen[0];
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
     const preview = $("query-preview");
@@ -44,7 +48,9 @@
     preview.onerror = () => { preview.hidden = true; $("dropzone-hint").hidden = false; };
     preview.onload = () => { $("dropzone-hint").hidden = true; };
     const name = $("file-name");
-    name.textContent = `${file.name} · ${formatBytes(file.size)}`;
+    const total = chosen.reduce((sum, f) => sum + f.size, 0);
+    name.textContent = chosen.length === 1 ? `${file.name} · ${formatBytes(file.size)}`
+      : `track of ${chosen.length} crops · ${formatBytes(total)}`;
     name.hidden = false;
     clearMessage();
   }
@@ -52,7 +58,7 @@
   function wireDropzone() {
     const zone = $("dropzone");
     const input = $("file-input");
-    input.addEventListener("change", () => useFile(input.files[0]));
+    input.addEventListener("change", () => useFiles(input.files));
     for (const type of ["dragenter", "dragover"]) {
       zone.addEventListener(type, (event) => { event.preventDefault(); zone.classList.add("dragging"); });
     }
@@ -61,12 +67,11 @@
     }
     zone.addEventListener("drop", (event) => {
       event.preventDefault();
-      const file = event.dataTransfer && event.dataTransfer.files[0];
-      if (file) useFile(file);
+      if (event.dataTransfer) useFiles(event.dataTransfer.files);
     });
     document.addEventListener("paste", (event) => {
       const item = [...(event.clipboardData ? event.clipboardData.items : [])].find((i) => i.kind === "file");
-      if (item) useFile(item.getAsFile());
+      if (item) useFiles([item.getAsFile()]);
     });
   }
 
@@ -116,6 +121,13 @@
     for (const key of ["decode", "embed", "search", "total"]) {
       $(`t-${key}`).textContent = `${Number(timings[key]).toFixed(1)} ms`;
     }
+    for (const key of ["fuse", "rerank"]) { // only in track / re-ranked answers
+      const present = timings[key] !== null && timings[key] !== undefined;
+      const value = $(`t-${key}`);
+      value.hidden = !present;
+      value.previousElementSibling.hidden = !present;
+      value.textContent = present ? `${Number(timings[key]).toFixed(1)} ms` : "";
+    }
     $("model-line").textContent = model ? `${model.name} · ${model.height}×${model.width} → ${model.dim}-d · ` +
       `model ${shortFingerprint(model.fingerprint)}` : "";
     $("timings").hidden = false;
@@ -157,39 +169,80 @@
     return card;
   }
 
-  function renderResults(answer, topK, cameras) {
+  // A group: its best crop's card, how many crops it holds, and the other crops the search found, expandable.
+  function groupCard(group) {
+    const card = resultCard(group.best);
+    card.classList.add("group");
+    card.dataset.groupKey = group.key;
+    card.dataset.count = group.count;
+    const meta = card.querySelector(".meta");
+    meta.append(el("div", "group-count", group.count === 1 ? "1 crop" : `${group.count} crops`));
+    const others = group.members.slice(1);
+    if (others.length) {
+      const details = el("details", "members");
+      details.append(el("summary", null, `show ${others.length} more crop${others.length === 1 ? "" : "s"}`));
+      const strip = el("ol", "member-list");
+      for (const member of others) {
+        const item = el("li", "member");
+        item.dataset.galleryId = member.gallery_id;
+        const img = el("img");
+        img.alt = `Gallery item ${member.gallery_id}`;
+        img.loading = "lazy"; // fetched when the group is expanded
+        img.src = `gallery/${encodeURIComponent(member.gallery_id)}/thumbnail?size=${THUMB_SIZE}`;
+        item.append(img, el("span", "member-score", member.score.toFixed(3)));
+        strip.append(item);
+      }
+      details.append(strip);
+      meta.append(details);
+    }
+    return card;
+  }
+
+  const GROUP_NAMES = { person: "person", camera_track: "camera track" };
+
+  function renderResults(answer, topK, cameras, options) {
     const list = $("results");
-    list.replaceChildren(...answer.results.map(resultCard));
+    const grouped = Array.isArray(answer.groups);
+    list.replaceChildren(...(grouped ? answer.groups.map(groupCard) : answer.results.map(resultCard)));
     $("empty-state").hidden = true;
     $("results-head").hidden = false;
-    const n = answer.results.length;
-    $("results-title").textContent = n === 1 ? "1 match" : `${n} matches`;
+    const n = grouped ? answer.groups.length : answer.results.length;
+    const noun = grouped ? GROUP_NAMES[options.groupBy] : "match";
+    $("results-title").textContent = `${n} ${noun}${n === 1 ? "" : (noun.endsWith("ch") ? "es" : "s")}`;
     const where = cameras.length ? `cameras ${cameras.join(", ")}` : "all cameras";
-    $("results-sub").textContent = `Best first by cosine similarity · top ${topK} · ${where}`;
+    const query = options.crops > 1 ? ` · track of ${options.crops} crops` : "";
+    const order = options.rerank ? "re-ranked (k-reciprocal)" : "by cosine similarity";
+    $("results-sub").textContent = `Best first ${order} · top ${topK} · ${where}${query}`;
     renderTimings(answer.timings_ms, answer.model);
   }
 
   async function search(event) {
     if (event) event.preventDefault();
     clearMessage();
-    if (!queryFile) {
+    if (!queryFiles.length) {
       showMessage("No image chosen", "Choose or drop an infrared crop first.");
       setState("error");
       return;
     }
     const topK = Number($("top-k").value);
     const cameras = [...document.querySelectorAll("#camera-list input:checked")].map((box) => box.value);
+    const groupBy = $("group-by").value;
+    const rerank = $("rerank").checked;
     const params = new URLSearchParams({ top_k: String(topK) });
     for (const camera of cameras) params.append("camera", camera);
+    if (groupBy !== "none") params.append("group_by", groupBy);
+    if (rerank) params.append("rerank", "true");
     const body = new FormData();
-    body.append("image", queryFile, queryFile.name);
+    const track = queryFiles.length > 1;
+    for (const file of queryFiles) body.append(track ? "images" : "image", file, file.name);
+    const path = track ? "search/track" : "search";
 
     const seq = ++searchSeq;
     setState("busy");
     $("search-button").disabled = true;
     let answer;
     try {
-      answer = await api(`search?${params}`, { method: "POST", body });
+      answer = await api(`${path}?${params}`, { method: "POST", body });
     } catch (err) {
       answer = { ok: false, status: 0, body: { error: "", detail: "The server could not be reached; is it running?" } };
     } finally {
@@ -205,7 +258,7 @@
       setState("error");
       return;
     }
-    renderResults(answer.body, topK, cameras);
+    renderResults(answer.body, topK, cameras, { groupBy, rerank, crops: queryFiles.length });
     setState("results");
   }
 

@@ -139,3 +139,26 @@ def test_trivial_matchers_and_oracle_on_the_fixture(sysu_root, tmp_path, monkeyp
         assert 0.0 <= res[name]["gap"]["test_ir_to_rgb"]["r1"] <= 1.0
     md = (tmp_path / "tm.md").read_text()
     assert "Contract (raw pixels and grey histogram" in md and "| oracle |" in md
+
+
+def test_track_queries_benchmark_measures_every_config_and_matches_the_server(tiny_onnx: Path, sysu_root: Path,
+                                                                             tmp_path: Path) -> None:
+    from benchmarks import track_queries
+
+    rc = track_queries.main(["--model", str(tiny_onnx), "--data-root", str(sysu_root), "--lengths", "1,3",
+                             "--draws", "2", "--requests", "2", "--rerank-n", "20", "--out", str(tmp_path)])
+    assert rc == 0
+    results = _results(tmp_path, "track_queries")
+    names = [c["name"] for c in results["configs"]]
+    assert names == ["single crop", "single crop + rerank", "track of 3 (mean)", "track of 3 (mean) + rerank",
+                     "track of 3 (max)", "track of 3 (max) + rerank"]
+    for name in names:
+        acc, lat = results["accuracy"][name], results["latency"][name]
+        assert len(acc["draws"]) == 2 and 0 <= acc["r1_mean"] <= 1 and 0 < acc["map_mean"] <= 1
+        assert acc["queries_per_draw"] == 2 * 3  # one per test identity (3) and IR camera (2)
+        assert lat["client"]["n"] == 2 and lat["client"]["p50_ms"] > 0
+        assert lat["endpoint"] == ("/search" if name.startswith("single") else "/search/track")
+        assert (lat["server_rerank"] is not None) == name.endswith("rerank")
+        assert lat["top10_equals_offline"] == "2/2", name  # the server ranks as the offline computation does
+    text = (tmp_path / "track_queries.md").read_text()
+    assert "track of 3 (mean) + rerank" in text and "## Machine" in text and "Command:" in text

@@ -153,3 +153,40 @@ def test_gallery_overview_shows_the_stats(page, live_server) -> None:
     assert page.inner_text("#s-kind") == stats["kind"]
     assert page.inner_text("#s-model-fingerprint") == stats["model_fingerprint"]
     assert page.inner_text("#s-fingerprint") == stats["fingerprint"]
+
+
+def test_a_track_grouped_by_person_shows_one_card_per_person_with_expandable_crops(page, live_server,
+                                                                                   sysu_root) -> None:
+    from serving.demo_hint import pick_query
+
+    query, _, _ = pick_query(sysu_root)
+    crops = sorted(query.parent.glob("*.jpg"))[:3]
+    r = httpx.post(f"{live_server.base}/search/track", params={"top_k": 3, "group_by": "person"},
+                   files=[("images", (p.name, p.read_bytes(), "image/jpeg")) for p in crops], timeout=60)
+    assert r.status_code == 200, r.text
+    expected = r.json()["groups"]
+
+    page.goto(live_server.base + "/")
+    page.wait_for_selector("#camera-list .chip")
+    page.fill("#top-k", "3")
+    page.select_option("#group-by", "person")
+    page.set_input_files("#file-input", [str(p) for p in crops])
+    assert "track of 3 crops" in page.inner_text("#file-name")
+    page.click("#search-button")
+    page.wait_for_selector("body[data-state='results'], body[data-state='error']")
+    assert page.get_attribute("body", "data-state") == "results"
+    cards = page.eval_on_selector_all("#results li.result.group", """els => els.map(e => ({
+        key: e.dataset.groupKey, count: Number(e.dataset.count), id: Number(e.dataset.galleryId),
+        members: e.querySelectorAll('.member').length, text: e.innerText}))""")
+    assert [c["key"] for c in cards] == [g["key"] for g in expected]
+    assert [c["id"] for c in cards] == [g["best"]["gallery_id"] for g in expected]
+    assert [c["members"] for c in cards] == [len(g["members"]) - 1 for g in expected]
+    for card, group in zip(cards, expected):
+        assert f"{group['count']} crops" in card["text"]
+    assert "3 persons" in page.inner_text("#results-title")
+    assert "track of 3 crops" in page.inner_text("#results-sub")
+    # The other crops are folded away until the group is expanded.
+    first = page.locator("#results li.result.group").first
+    assert not first.locator(".member").first.is_visible()
+    first.locator("summary").click()
+    assert first.locator(".member").first.is_visible()

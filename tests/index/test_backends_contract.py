@@ -153,6 +153,22 @@ def test_remove_get_and_ids_are_never_reused(make: Factory) -> None:
     assert gallery.ids().tolist() == sorted(set(range(62)) - {5, 7, 8, 30})
 
 
+def test_search_hits_are_search_with_the_metadata_of_get(make: Factory) -> None:
+    x, q = clustered(40, DIM, seed=9, n_queries=3)
+    gallery = make("flat")
+    gallery.add(x, _meta(40))
+    gallery.remove([1, 2])
+    scores, found = gallery.search(q, 50, cameras=[1, 2])
+    hits = gallery.search_hits(q, 50, cameras=[1, 2])
+    assert len(hits) == 3
+    for row_s, row_i, row_h in zip(scores, found, hits):
+        keep = row_i >= 0  # the -1 padding is left out
+        assert [h["id"] for h in row_h] == row_i[keep].tolist()
+        np.testing.assert_allclose([h["score"] for h in row_h], row_s[keep], atol=1e-6)
+        assert [{k: v for k, v in h.items() if k != "score"} for h in row_h] == gallery.get(row_i[keep])
+    assert gallery.search_hits(q[0], 3, cameras=[]) == [[]]
+
+
 def test_metadata_round_trips_with_types(make: Factory) -> None:
     x, _ = clustered(3, DIM, seed=5)
     gallery = make("flat")
@@ -162,10 +178,11 @@ def test_metadata_round_trips_with_types(make: Factory) -> None:
                     {"camera": 2}])
     first, second, third = gallery.get([0, 1, 2])
     assert first == {"id": 0, "camera": 2, "person_label": 17, "source": "cam2/a.jpg", "timestamp": 1714564800.0,
-                     "extra": {"tags": ["a", "é"], "score": 0.5}}
+                     "extra": {"tags": ["a", "é"], "score": 0.5}, "track_id": None}
     assert second["person_label"] == "17" and isinstance(second["person_label"], str)
     assert second["timestamp"] is None and second["extra"] == {}
-    assert third == {"id": 2, "camera": 2, "person_label": None, "source": None, "timestamp": None, "extra": {}}
+    assert third == {"id": 2, "camera": 2, "person_label": None, "source": None, "timestamp": None, "extra": {},
+                     "track_id": None}
     assert gallery.find_sources(['we"ird\\name.jpg', "cam2/a.jpg", "missing.jpg"]) == {
         'we"ird\\name.jpg': 1, "cam2/a.jpg": 0}
     stats = gallery.stats()

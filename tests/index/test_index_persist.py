@@ -40,7 +40,7 @@ def test_round_trip_keeps_ids_results_and_metadata(kind: str, tmp_path) -> None:
     assert loaded.get([0, 5, 399]) == gallery.get([0, 5, 399])
     first = loaded.get([5])[0]
     assert first == {"id": 5, "camera": 2, "person_label": None, "source": "cam2/0005.jpg",
-                     "timestamp": 1_700_000_005.0, "extra": {"i": 5, "tags": ["a", "b"]}}
+                     "timestamp": 1_700_000_005.0, "extra": {"i": 5, "tags": ["a", "b"]}, "track_id": None}
     assert loaded.get([7])[0]["person_label"] == 7 and loaded.get([6])[0]["person_label"] == "p6"
     assert loaded.get(removed, missing="none") == [None, None, None]
     # new ids continue after the largest ever assigned, even after removals and a reload

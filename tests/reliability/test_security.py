@@ -27,7 +27,7 @@ from tests.reliability.conftest import JPEG
 
 KEY = "k3y-" + "7" * 28  # 32 characters
 MUTATING = {"post", "put", "patch", "delete"}
-READ_ONLY_POSTS = {"/search", "/search/batch"}  # POST because they carry uploads; they change nothing
+READ_ONLY_POSTS = {"/search", "/search/batch", "/search/track"}  # POST because they carry uploads; they change nothing
 
 
 def mutation_operations(schema: dict) -> list[tuple[str, str]]:
@@ -231,7 +231,8 @@ def test_body_limits_are_enforced_before_bodies_are_read(make_client) -> None:
     app, settings = client.app, client.app.state.settings
     schema = client.get("/openapi.json").json()
     limits = {("POST", "/search"): settings.body_limit(1), ("POST", "/search/batch"): settings.body_limit(4),
-              ("POST", "/gallery"): settings.body_limit(4)}
+              ("POST", "/gallery"): settings.body_limit(4),
+              ("POST", "/search/track"): settings.body_limit(settings.max_track_crops)}
     routes = [(m.upper(), fill(p)) for p, item in schema["paths"].items() for m in item] + [("GET", "/")]
     chunk = bytes(64 * kib)
     for method, path in routes:

@@ -217,3 +217,42 @@ def test_demo_hint(sysu_root: Path, tmp_path: Path, capsys) -> None:
     assert "127.0.0.1:9000/search" in capsys.readouterr().out
     with pytest.raises(UserError, match="not a SYSU-MM01 tree"):
         hint(tmp_path, "localhost", 8000)
+
+
+def test_track_ids_from_a_manifest_column_a_folder_level_and_a_sysu_tracks_file(small_tree: Path, tmp_path: Path,
+                                                                                 embedder: Embedder) -> None:
+    from index import Gallery
+    from training.data.synthetic import write_tracks
+
+    files = sorted(small_tree.glob("cam1/*/000[1-3].jpg"))[:3]
+    manifest = tmp_path / "tracks.csv"
+    manifest.write_text("path,camera,track_id\n" + "".join(
+        f"{f.relative_to(small_tree).as_posix()},1,{t}\n" for f, t in zip(files, ["7", "7", "t-2"])))
+    assert [i.track_id for i in read_manifest(manifest, small_tree)] == [7, 7, "t-2"]
+
+    root = tmp_path / "site"
+    jpeg = files[0].read_bytes()
+    for rel in ["gate07/track_1/a.jpg", "gate07/track_1/b.jpg", "gate07/12/c.jpg", "gate07/d.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(jpeg)
+    items, skipped = crawl_generic(root, track_level=1)
+    assert [(i.source, i.track_id) for i in items] == [("gate07/12/c.jpg", 12), ("gate07/track_1/a.jpg", "track_1"),
+                                                       ("gate07/track_1/b.jpg", "track_1")]
+    assert [s for s, _ in skipped] == ["gate07/d.jpg"]  # no track folder: skipped, never a silent singleton
+    summary = index_images(embedder, root, tmp_path / "g", track_level=1, show_progress=False)
+    assert summary.indexed == 3
+    gallery = Gallery.load(tmp_path / "g")
+    assert gallery.group_counts("camera_track", [(7, "track_1"), (7, 12)]) == {(7, "track_1"): 2, (7, 12): 1}
+    with pytest.raises(UserError, match="--track-level must be >= 1"):
+        index_images(embedder, root, tmp_path / "g3", track_level=0, show_progress=False)
+    with pytest.raises(UserError, match="a SYSU-MM01 tree a tracks.csv"):
+        index_images(embedder, small_tree, tmp_path / "g4", track_level=1, show_progress=False)
+
+    pids = sorted(int(p.name) for p in (small_tree / "cam1").iterdir())
+    write_tracks(small_tree, "sysu", max(pids), 4, 2)  # every cam/pid of the ids; the tree holds a subset
+    lines = (small_tree / "tracks.csv").read_text().splitlines()
+    kept = [lines[0]] + [line for line in lines[1:] if (small_tree / line.split(",")[0]).is_file()]
+    (small_tree / "tracks.csv").write_text("\n".join(kept) + "\n")
+    crawled = crawl_sysu(small_tree, cameras=[1])
+    assert crawled and all(i.track_id == (i.person_label * 10 + 1) * 1000 + (int(i.path.stem) - 1) // 2
+                           for i in crawled if int(i.path.stem) <= 4)

@@ -169,3 +169,32 @@ def test_extra_train_ids_keep_the_test_people(tmp_path):
     assert {r.pid for r in b.train} == {r.pid for r in a.train} | set(range(11, 16))
     assert (base / "cam3" / "0004" / "0001.jpg").read_bytes() == (more / "cam3" / "0004" / "0001.jpg").read_bytes()
     assert json.loads((more / "synthetic.json").read_text())["extra_train_ids"] == 5
+
+
+def test_track_ids_are_written_after_the_fact_and_change_no_image_or_split(tmp_path: Path) -> None:
+    from training.data.synthetic import TRACKS_FILE, track_id
+
+    kw = dict(layout="sysu", ids=4, seed=2, images_per_camera=5, height=64, width=32, show_progress=False)
+    plain = _files(generate(tmp_path / "plain", **kw))
+    tracked = _files(generate(tmp_path / "tracked", track_length=2, **kw))
+    assert set(tracked) - set(plain) == {TRACKS_FILE}
+    for name in plain:  # every image and split file byte-identical; the marker only records the option
+        if name != "synthetic.json":
+            assert tracked[name] == plain[name], name
+    assert json.loads(tracked["synthetic.json"]) == {**json.loads(plain["synthetic.json"]), "track_length": 2}
+    assert TRACKS_FILE not in plain and "track_length" not in json.loads(plain["synthetic.json"])
+
+    rows = [line.split(",") for line in tracked[TRACKS_FILE].decode().splitlines()]
+    assert rows[0] == ["path", "camera", "person_label", "track_id"]
+    assert len(rows) - 1 == 4 * 6 * 5 and all((tmp_path / "tracked" / r[0]).is_file() for r in rows[1:])
+    by_path = {r[0]: int(r[3]) for r in rows[1:]}
+    # Consecutive images of one person in one camera: 0001-0002, 0003-0004, then 0005 alone.
+    assert by_path["cam3/0002/0001.jpg"] == by_path["cam3/0002/0002.jpg"] == track_id(2, 3, 0, 2) == 23000
+    assert by_path["cam3/0002/0003.jpg"] == 23001 != by_path["cam6/0002/0003.jpg"]
+    assert by_path["cam3/0002/0005.jpg"] == 23002
+    assert len(set(by_path.values())) == 4 * 6 * 3
+    # Regenerating without the option removes a stale track file.
+    generate(tmp_path / "tracked", **kw)
+    assert not (tmp_path / "tracked" / TRACKS_FILE).exists()
+    with pytest.raises(UserError, match="track_length must be an integer >= 1"):
+        generate(tmp_path / "bad", track_length=0, **kw)

@@ -37,7 +37,7 @@ LAYOUTS: tuple[str, ...] = ("sysu", "regdb")
 JPEG_QUALITY = 90  # fixed so that the same seed gives the same bytes
 MARKER = "synthetic.json"
 REGDB_TRIALS = 10
-_OWNED = ("cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp", "Visible", "Thermal", "idx")
+_OWNED = ("cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp", "Visible", "Thermal", "idx", "tracks.csv")
 # Per-process cache of camera profiles and scene templates: (seed, layout, h, w, difficulty) -> {cam: ...}.
 _SCENES: dict[tuple, dict[int, tuple[CameraProfile, np.ndarray]]] = {}
 
@@ -113,6 +113,40 @@ def _write_person(job: tuple) -> int:
     return count
 
 
+TRACKS_FILE = "tracks.csv"  # serving.crawl.TRACKS_FILE reads it back
+
+
+def track_id(pid: int, camid: int, n: int, track_length: int) -> int:
+    """The track of image ``n`` (0-based) of ``pid`` in camera ``camid``: runs of ``track_length`` consecutive
+    images of one person in one camera, numbered ``(pid * 10 + camid) * 1000 + n // track_length`` so that
+    the number reads back as person, camera and pass (``31000``: person 3's first pass in camera 1)."""
+    return (pid * 10 + camid) * 1000 + n // track_length
+
+
+def write_tracks(out: str | Path, layout: str, people: int, images_per_camera: int, track_length: int) -> Path:
+    """Write ``tracks.csv`` (``path,camera,person_label,track_id``) for a generated set, purely after the fact.
+
+    The images and splits are never touched and no random stream is drawn: a track is just a run of
+    consecutive image numbers, so writing this file cannot change a pixel or a split (a test checks the
+    images are byte-identical with and without it). The file is also a valid ``--manifest`` for
+    ``python -m serving index``.
+
+    Returns:
+        The path written.
+    """
+    if int(track_length) != track_length or track_length < 1:
+        raise UserError(f"track_length must be an integer >= 1, got {track_length!r}")
+    lines = ["path,camera,person_label,track_id"]
+    for pid in range(1, people + 1):
+        for camid in _cameras(layout):
+            for n in range(images_per_camera):
+                lines.append(f"{_image_path(layout, pid, camid, n)},{camid},{pid},"
+                             f"{track_id(pid, camid, n, int(track_length))}")
+    path = Path(out) / TRACKS_FILE
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def default_test_ids(ids: int) -> int:
     """Test identities when not given: 20 %, roughly SYSU-MM01's 96 of 491 (and RegDB's half for RegDB)."""
     return max(1, math.ceil(0.2 * ids))
@@ -154,13 +188,15 @@ def _prepare(out: Path) -> None:
                             "choose an empty or new folder")
         for name in _OWNED:  # stale images from a larger earlier run would leak into the loaders
             shutil.rmtree(out / name, ignore_errors=True)
+            if (out / name).is_file():
+                (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
 def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: int = 0,
              images_per_camera: int = 10, height: int = 192, width: int = 64, difficulty: float = 1.0,
              show_progress: bool = True, workers: int = 2, test_ids: int | None = None,
-             extra_train_ids: int = 0) -> Path:
+             extra_train_ids: int = 0, track_length: int | None = None) -> Path:
     """Write a synthetic dataset.
 
     Args:
@@ -180,6 +216,8 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
         extra_train_ids: People ``ids + 1 .. ids + extra_train_ids``, added to the training split after
             the split of ``1 .. ids`` is drawn, so the test people are exactly those of ``--ids`` alone:
             ``--ids 120 --extra-train-ids 280`` trains on 376 people and tests on the demo's 24.
+        track_length: also write ``tracks.csv``, grouping each run of this many consecutive images of one
+            person in one camera into a track (:func:`write_tracks`); None writes no track file.
 
     Returns:
         The dataset root.
@@ -195,6 +233,8 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
         raise UserError(f"difficulty must be in [0, 3], got {difficulty}")
     if int(extra_train_ids) != extra_train_ids or extra_train_ids < 0:
         raise UserError(f"extra_train_ids must be an integer >= 0, got {extra_train_ids!r}")
+    if track_length is not None and (int(track_length) != track_length or track_length < 1):
+        raise UserError(f"track_length must be an integer >= 1, got {track_length!r}")
     if test_ids is not None and (int(test_ids) != test_ids or not 1 <= test_ids < ids):
         raise UserError(f"test_ids must be an integer in [1, ids - 1] = [1, {ids - 1}], got {test_ids!r}")
     out = Path(out_dir)
@@ -219,6 +259,9 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
     params = {"layout": layout, "ids": ids, "test_ids": test_ids, "extra_train_ids": extra_train_ids, "seed": seed,
               "images_per_camera": images_per_camera,
               "height": height, "width": width, "difficulty": difficulty, "jpeg_quality": JPEG_QUALITY}
+    if track_length is not None:
+        write_tracks(out, layout, people, images_per_camera, track_length)
+        params["track_length"] = track_length  # only when given: without it, the marker is as it always was
     (out / MARKER).write_text(json.dumps(params, indent=2) + "\n")
     log.info("wrote %d images of %d identities (%s layout) to %s", total, people, layout, out)
     return out
@@ -240,13 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=64, help="image width in pixels")
     parser.add_argument("--difficulty", type=float, default=1.0, help="nuisance scale, 0 (clean) .. 3")
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")
+    parser.add_argument("--track-length", type=int, default=None,
+                        help="also write tracks.csv: runs of this many consecutive images of one person in one "
+                             "camera form a track (for group_by=camera_track); images are unchanged")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--contact-sheet", type=Path, default=None, help="also write a PNG overview here")
     args = parser.parse_args(argv)
     root = generate(args.out, layout=args.layout, ids=args.ids, seed=args.seed,
                     images_per_camera=args.images_per_camera, height=args.height, width=args.width,
                     difficulty=args.difficulty, show_progress=not args.no_progress, workers=args.workers,
-                    test_ids=args.test_ids, extra_train_ids=args.extra_train_ids)
+                    test_ids=args.test_ids, extra_train_ids=args.extra_train_ids, track_length=args.track_length)
     if args.contact_sheet is not None:
         from training.data._contact_sheet import contact_sheet
 
