@@ -19,7 +19,7 @@ GALLERY := $(ARTIFACTS)/gallery
 PYTEST_ARGS ?=
 
 .PHONY: venv test demo data train export index serve bench clean help chromium gpu-check docker-check \
-	train-reference ablation
+	train-reference ablation triton-server
 
 help:
 	@echo "make test    - build .venv from nothing and run the test suite"
@@ -30,6 +30,7 @@ help:
 	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE x 3 seeds on the SYSU and RegDB layouts (~1.5 h; ABLATION_STEPS=150: ~2.5 h)"
 	@echo "make gpu-check    - check the GPU path on this machine (skips what cannot run, with reasons)"
 	@echo "make docker-check - requirements-gpu.txt resolves to one CUDA major; the Dockerfile agrees with it"
+	@echo "make triton-server - unpack nvidia-pytriton's tritonserver into .triton/ (the Triton tests use it)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,7 +49,17 @@ chromium:
 	      || echo "warning: could not install chromium; browser tests will be skipped"; \
 	  else echo "note: no chromium and no root apt-get; browser tests will be skipped"; fi; }
 
-test: $(STAMP) chromium
+# The Triton tests run a real tritonserver: the binary (with Triton's Python backend) bundled in the
+# nvidia-pytriton wheel, unpacked into .triton/ without the wheel's Python dependencies (they pin numpy<2;
+# the tests only run the binary). Best effort, like chromium: without it the Triton tests skip with a reason.
+TRITON_WHEEL ?= nvidia-pytriton==0.7.0
+triton-server: .triton/pytriton/tritonserver/bin/tritonserver
+
+.triton/pytriton/tritonserver/bin/tritonserver: | $(STAMP)
+	@$(PIP) install --quiet --no-deps --target .triton "$(TRITON_WHEEL)" \
+	  || echo "warning: could not install $(TRITON_WHEEL); the Triton tests will be skipped"
+
+test: $(STAMP) chromium triton-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 $(DATA)/exp/test_id.txt: | $(STAMP)

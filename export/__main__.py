@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from importlib import metadata
 
 from export.errors import UserError
 
@@ -21,8 +22,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml, the one version source; serving/version.py reads the same)."""
+    try:
+        return metadata.version("xmreid")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def _usage() -> str:
-    lines = ["usage: python -m export <command> [options]", "", "commands:"]
+    lines = ["usage: python -m export [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -32,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"python -m export {_version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)

@@ -81,7 +81,8 @@ class Gallery:
     def __init__(self, *, backend: VectorBackend, store: MetadataReader, fingerprint: str | None,
                  runtime: dict[str, Any], next_id: int, created: str, saved: str | None = None,
                  directory: Path | None = None, read_only: bool = False, sequence: int | None = None, uid: str | None = None,
-                 origin: dict[str, Any] | None = None, family: str | None = None) -> None:
+                 origin: dict[str, Any] | None = None, family: str | None = None,
+                 notes: dict[str, str] | None = None) -> None:
         self._backend = backend
         self._store = store
         self._fingerprint = fingerprint
@@ -96,6 +97,7 @@ class Gallery:
         self._sequence = sequence  # the save sequence of `directory` this object last read or wrote
         self._uid = uid or uuid.uuid4().hex
         self._origin = origin  # for a copy: the gallery (uid, sequence) it was copied from
+        self._notes = dict(notes or {})  # the caller's annotations, saved in the manifest (see set_note)
         self._lock = ReadWriteLock()
         # Held by a transaction from its first change to its end, and by every change and save: so a
         # save from another thread never writes a transaction's changes before they are committed.
@@ -198,7 +200,8 @@ class Gallery:
                       runtime=loaded.runtime, next_id=loaded.next_id, created=manifest.get("created", ""),
                       saved=manifest.get("saved"), directory=directory, read_only=read_only,
                       sequence=int(manifest.get("sequence", 0)), uid=manifest.get("uid") or legacy_uid(manifest),
-                      origin=manifest.get("origin"), family=manifest.get("family"))
+                      origin=manifest.get("origin"), family=manifest.get("family"),
+                      notes=manifest.get("notes"))
         if mixed[0]:
             gallery._mixed_precision = True
             log.warning("gallery %s was indexed with model %s and is opened with model %s, another precision of the same "
@@ -363,6 +366,23 @@ class Gallery:
     def origin(self) -> dict[str, Any] | None:
         """For a gallery saved as a copy (``save(other_dir)``): the ``uid`` and ``sequence`` it was copied from."""
         return dict(self._origin) if self._origin else None
+
+    @property
+    def notes(self) -> dict[str, str]:
+        """Annotations kept with the gallery by whoever builds it (e.g. ``image_root``: the folder the serving
+        indexer read the crops from, which ``serve`` uses for thumbnails). Opaque strings to the index."""
+        return dict(self._notes)
+
+    def set_note(self, key: str, value: str) -> None:
+        """Record an annotation; it is written by the next :meth:`save` (with the manifest, atomically).
+
+        Raises:
+            TypeError: ``key`` or ``value`` is not a string (the manifest keeps strings only).
+        """
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"gallery notes are strings; got {type(key).__name__}: {type(value).__name__}")
+        with self._writer:
+            self._notes[key] = value
 
     @property
     def unsaved_changes(self) -> int:
@@ -770,7 +790,7 @@ class Gallery:
                     "format": persist.FORMAT, "format_version": persist.FORMAT_VERSION, "kind": self.kind,
                     "dim": self.dim, "fingerprint": self._fingerprint, "family": self._family,
                     "options": self._backend.options, "created": self._created, "count": len(self._backend),
-                    "next_id": self._next_id,
+                    "next_id": self._next_id, "notes": dict(self._notes),
                     "faiss_version": faiss.__version__, "uid": self._uid,
                     "origin": self._origin if own else {"uid": self._uid, "sequence": self._sequence or 0,
                                                          "directory": str(self._directory)},
@@ -795,7 +815,7 @@ class Gallery:
         with self._writer, self._lock.read():
             fields = {"kind": self.kind, "dim": self.dim, "fingerprint": self._fingerprint, "family": self._family,
                       "options": self._backend.options, "created": self._created, "count": len(self._backend),
-                      "next_id": self._next_id}
+                      "next_id": self._next_id, "notes": dict(self._notes)}
             written = self._backend.write_manifest(directory, fields)
         self._directory, self._saved = directory, written["saved"]
         log.info("saved %s gallery manifest (%d items) to %s in %.2f s", self._backend.name, fields["count"],

@@ -56,6 +56,10 @@ def _backend_state(v: Any) -> bool:
     return isinstance(v, dict) and _int_list(v.get("deleted_ids", []))
 
 
+def _notes(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
 def _origin(v: Any) -> bool:
     return isinstance(v, dict) and _is_str(v.get("uid")) and _int(0)(v.get("sequence"))
 
@@ -76,6 +80,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "uid": (_optional(_is_str), "a string"),
     "backend_state": (_backend_state, "an object whose deleted_ids is a list of non-negative integers"),
     "origin": (_optional(_origin), "null or an object with a string uid and an integer sequence"),
+    "notes": (_notes, "an object of strings"),
 }
 
 

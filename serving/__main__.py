@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
+from serving.core import logs
 from serving.errors import UserError
+from serving.version import version_string
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("serving.indexing", "crawl camera folders of RGB crops, embed them and add them to a gallery"),
@@ -21,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: python -m serving <command> [options]", "", "commands:"]
+    lines = ["usage: python -m serving [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -31,11 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version_string("python -m serving"))
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format = os.environ.get("XMREID_LOG_FORMAT", "text").strip().lower()
+    # `serve` re-applies its validated --log-format / XMREID_LOG_FORMAT; until then (and for the other
+    # commands) the variable decides, and an unknown value falls back to text rather than failing here.
+    if not logging.getLogger().handlers:  # as basicConfig: an embedding program's (or pytest's) logging stays
+        logs.configure(log_format if log_format in logs.FORMATS else "text", logging.INFO)
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

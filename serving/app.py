@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serving.api import api_router, pages, thumbnails
+from serving.api import api_router, docs, pages, thumbnails
 from serving.api.fast_search import SearchFastPath
 from serving.core.config import KIB, Settings, get_settings
 from serving.core.errors import install_error_handlers
@@ -22,6 +22,7 @@ from serving.core.middleware import RequestContext
 from serving.errors import EXIT_DAMAGED, UserError
 from serving.metrics import Metrics
 from serving.state import Runtime
+from serving.version import package_version
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
                                          "diverged": runtime.durable.diverged}
             await runtime.close()
 
-    app = FastAPI(title="xmreid retrieval server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url None: serving.api.docs serves both pages with local assets (no CDN; air-gapped sites).
+    app = FastAPI(title="xmreid retrieval server", version=package_version(), description=DESCRIPTION,
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None
@@ -98,4 +101,5 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     app.include_router(api_router)
     app.include_router(thumbnails.router)
     pages.install(app)  # HTML pages at / and /gallery, their assets under /static
+    docs.install(app)  # /docs and /redoc, their assets under /docs-assets
     return app

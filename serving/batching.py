@@ -151,6 +151,11 @@ class MicroBatcher:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     @property
+    def queue_depth(self) -> int:
+        """Images waiting for a model call now (what ``max_queue`` bounds)."""
+        return len(self._queue)
+
+    @property
     def running(self) -> bool:
         """Whether the worker task is alive (``/readyz`` reports not-ready otherwise)."""
         return self._worker is not None and not self._worker.done()

@@ -44,6 +44,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.core import opencv_limits  # noqa: F401,I001  sets OpenCV's decoder limits before cv2 loads
+
 import cv2
 import numpy as np
 
@@ -333,7 +335,13 @@ def decode_image(data: bytes, height: int, width: int, limits: DecodeLimits = DE
     if int(height) <= 0 or int(width) <= 0:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
     header = inspect_image(data, limits)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        # OpenCV's own size guard (OPENCV_IO_MAX_IMAGE_*, set from the same limits by serving.core.opencv_limits)
+        # refused what the header check let through: the header under-stated the image.
+        raise ImageDecodeError(422, "too_many_pixels", f"the {header.format.upper()} image is larger than the "
+                                                       f"{limits.max_pixels} pixels this server accepts") from None
     if image is None:
         raise _corrupt(header.format.upper(), "the decoder could not read the image data")
     # The same three steps as training.data.images.read_image (docs/contracts.md, "Images").

@@ -6,12 +6,19 @@ integrate with it; every error is the same :class:`ErrorBody` shape so a client 
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Camera = int | str
-"""A camera id as stored in the gallery: SYSU-MM01 numbers them (1, 2, 4, 5); other sites may name them."""
+Camera = int
+"""A camera id as stored in the gallery: an integer (SYSU-MM01 numbers them 1, 2, 4, 5).
+
+The metadata store (``index.metadata``), the ``camera`` search filter and the per-camera counts all key
+cameras by integer, so the schema declares exactly that: it once said ``int | str``, and a client that sent
+a named camera as the schema allowed got a 422 from the store. A site that names its cameras maps the
+names to numbers and may keep the name in ``extra``. (The 64-bit range SQLite stores is checked by the
+route with its own message: a ``maximum`` of 2**63 - 1 does not survive JSON number handling intact.)"""
 
 
 class ErrorBody(BaseModel):
@@ -151,11 +158,14 @@ class GalleryItemMetadata(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    camera: Camera | None = Field(None, description="camera that took the crop")
+    camera: Camera = Field(description="camera that took the crop (an integer; required)")
     person_label: int | str | None = Field(None, description="identity label, if known")
     source: str | None = Field(None, description="where the crop came from (a reference, never read by the "
                                                  "server as a path)")
-    timestamp: float | str | None = Field(None, description="when the crop was taken (epoch seconds or ISO 8601)")
+    # A datetime, not any str: the store accepts epoch seconds or an ISO 8601 string and nothing else, and the
+    # schema's ``format: date-time`` says so (a free-form string passed the schema and then failed in the store).
+    timestamp: float | dt.datetime | None = Field(None, description="when the crop was taken (epoch seconds or "
+                                                                    "an ISO 8601 date-time)")
     extra: dict[str, Any] | None = Field(None, description="anything else worth keeping, JSON")
     track_id: int | str | None = Field(None, description="the camera track of the crop (crops of one person in one "
                                                          "pass past one camera share it); search with "

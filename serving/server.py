@@ -27,52 +27,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from serving.core.config import BACKENDS, Settings
+from serving.core.config import Settings
 from serving.errors import EXIT_UNCLEAN, UserError
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``serve`` command line (defaults None: unset options fall back to env vars, then Settings)."""
-    p = argparse.ArgumentParser(prog="python -m serving serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, help="exported model (.onnx, .plan, .pt) [env XMREID_MODEL]")
-    p.add_argument("--gallery", type=Path, help="gallery directory [env XMREID_GALLERY]")
-    p.add_argument("--backend", choices=BACKENDS, help="embedder backend (default auto)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
-    p.add_argument("--port", type=int, help="TCP port (default 8000)")
-    p.add_argument("--api-key", help="require this X-API-Key for gallery changes (prefer env XMREID_API_KEY)")
-    p.add_argument("--max-batch-size", type=int, help="largest micro-batch (default 16; 1 disables batching)")
-    p.add_argument("--max-wait-ms", type=float, help="longest micro-batch wait in ms (default 0: batch what queued while the model was busy)")
-    p.add_argument("--max-upload-bytes", type=int, help="largest accepted image file (default 10 MiB)")
-    p.add_argument("--max-top-k", type=int, help="largest top_k (default 100)")
-    p.add_argument("--image-root", dest="image_roots", action="append", type=Path,
-                   help="folder gallery images may be read from (repeatable)")
-    p.add_argument("--thumbnail-max-side", type=int, help="largest thumbnail side in pixels (default 256)")
-    p.add_argument("--create-gallery", action="store_true", default=None,
-                   help="start with an empty gallery when --gallery holds none")
-    p.add_argument("--no-save", dest="save_on_mutation", action="store_false", default=None,
-                   help="do not persist the gallery after POST/DELETE /gallery")
-    p.add_argument("--read-only", dest="read_only", action="store_true", default=None,
-                   help="serve the gallery read-only (a replica): no write lock, changes answer 409")
-    p.add_argument("--exclusive", action="store_true", default=None,
-                   help="take the gallery's write lock at start; refuse to start if another process writes it")
-    p.add_argument("--staging-gallery", type=Path,
-                   help="a copy of the gallery to index into offline; POST /gallery/reload installs it")
-    p.add_argument("--limit-concurrency", type=int, help="most open connections (default 1000, lowered to fit "
-                                                          "`ulimit -n`); beyond it 503 at once")
-    p.add_argument("--backlog", type=int, help="kernel accept queue length (default 2048)")
-    p.add_argument("--keep-alive-s", type=float, help="idle keep-alive connections close after this (default 5)")
-    p.add_argument("--header-timeout-s", type=float, help="a request head must arrive within this (default 10)")
-    p.add_argument("--body-timeout-s", type=float, help="longest wait for the next piece of a body (default 30)")
-    p.add_argument("--graceful-shutdown-s", type=float, help="time running requests get at shutdown (default 10)")
-    p.add_argument("--http", dest="http_parser", choices=["auto", "httptools", "h11"],
-                   help="HTTP/1.1 parser (default auto: httptools when installed, else h11)")
-    p.add_argument("--loop", dest="event_loop", choices=["asyncio", "uvloop"],
-                   help="event loop (default asyncio; uvloop must be installed, and loses the 503 of a connection "
-                        "over the limit when descriptors run out)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn log level")
+    """The ``serve`` command line: one flag per :class:`Settings` field (:mod:`serving.core.cli`), defaults None so
+    unset options fall back to env vars, then to the field's default (which ``--help`` shows)."""
+    from serving.core.cli import SettingsHelpFormatter, add_settings_arguments
+    from serving.version import version_string
+
+    p = argparse.ArgumentParser(prog="python -m serving serve", description=__doc__.split("\n\n")[0],
+                                formatter_class=SettingsHelpFormatter)
+    p.add_argument("--version", action="version", version=version_string("python -m serving serve"))
+    add_settings_arguments(p)
     return p
 
 
@@ -82,19 +52,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     Raises:
         UserError: a required value is missing or a value is invalid (the message names it).
     """
-    fields = set(Settings.model_fields)
-    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    from serving.core.cli import FLAG_NAMES, settings_overrides
+
     try:
-        return Settings(**overrides)
+        return Settings(**settings_overrides(args))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             name = ".".join(str(p) for p in err["loc"])
-            flag = "--" + name.replace("_", "-")
+            if not name:  # a check across fields (model_validator): its message names the flags
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
             if err["type"] == "missing":
                 problems.append(f"{flag} is required (or set XMREID_{name.upper()})")
             else:
-                problems.append(f"{flag}: {err['msg']}")
+                problems.append(f"{flag}: {str(err['msg']).removeprefix('Value error, ')}")
         raise UserError("; ".join(problems)) from None
 
 
@@ -112,12 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
-    if not settings.model.is_file():
+    if settings.model is not None and settings.backend != "triton" and not settings.model.is_file():
         raise UserError(f"model file not found: {settings.model}")
     for root in settings.image_roots:
         if not root.is_dir():
             raise UserError(f"--image-root {root} is not a directory")
 
+    from serving.core import opencv_limits
+
+    opencv_limits.apply(settings.max_pixels, settings.max_side)  # before anything imports cv2
+    from serving.core import logs
+
+    restore_logging = logs.configure(settings.log_format, settings.log_level.upper())
+    try:
+        return _serve(settings)
+    finally:
+        restore_logging()
+
+
+def _serve(settings: Settings) -> int:
+    """:func:`main` once the settings are valid and logging is set up."""
     import uvicorn
 
     from serving.app import create_app
@@ -152,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, workers=1,
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1,
                     timeout_graceful_shutdown=settings.graceful_shutdown_s, limit_concurrency=limit,
                     backlog=backlog, timeout_keep_alive=settings.keep_alive_s,
-                    http=protocol, loop=settings.event_loop, log_config=log_config(settings.log_repeat_s))
+                    http=protocol, loop=settings.event_loop,
+                    log_config=log_config(settings.log_repeat_s, settings.log_format))
         if stopped_by:
             logger.info("stopped by %s after a graceful shutdown", signal.Signals(stopped_by[0]).name)
     finally:
@@ -168,13 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     return shutdown_status(app, settings)
 
 
-def log_config(repeat_s: float) -> dict[str, Any]:
-    """uvicorn's logging configuration with the repeat filter on its handlers (see :mod:`serving.core.logfilter`)."""
+def log_config(repeat_s: float, log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's logging configuration with the repeat filter (:mod:`serving.core.logfilter`) and the request-id
+    filter and format (:mod:`serving.core.logs`) on its handlers."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
-    config = copy.deepcopy(LOGGING_CONFIG)
+    from serving.core.logs import uvicorn_log_config
+
+    config = uvicorn_log_config(copy.deepcopy(LOGGING_CONFIG), log_format)
     config.setdefault("filters", {})["repeat"] = {"()": "serving.core.logfilter.RepeatFilter", "interval_s": repeat_s}
     for handler in config.get("handlers", {}).values():
         handler.setdefault("filters", []).append("repeat")

@@ -49,17 +49,24 @@ def load_components(settings: Settings) -> tuple[Any, Any]:
         UserError: the model cannot be loaded, the gallery is missing (and ``create_gallery`` is off), or
             the gallery was built with a different model.
     """
-    from serving.embedders import load_embedder
-
     early = None
     if settings.exclusive and settings.save_on_mutation and not settings.read_only:
         early = _reserve(Path(settings.gallery))  # before the model loads: refused at once if another writes
     try:
-        embedder = load_embedder(settings.model, backend=settings.backend)
+        embedder = load_settings_embedder(settings)
         return embedder, load_gallery(settings, embedder)
     finally:
         if early is not None:
             early.release()  # the gallery holds its own reference to the lock now
+
+
+def load_settings_embedder(settings: Settings) -> Any:
+    """The embedder ``settings`` name: a Triton model (``backend triton``) or the ``model`` file."""
+    from serving.embedders import load_embedder, load_triton_embedder
+
+    if settings.backend == "triton":
+        return load_triton_embedder(str(settings.triton_url), settings.triton_model, settings.triton_timeout_s)
+    return load_embedder(settings.model, backend=settings.backend)
 
 
 def _reserve(directory: Path) -> Any:
@@ -107,6 +114,34 @@ def load_gallery(settings: Settings, embedder: Any) -> Any:
         logger.warning("gallery changes are kept in memory only (--no-save): nothing is written to %s, and a "
                        "shutdown with changes reports them and exits non-zero", directory)
     return gallery
+
+
+def gallery_image_root(gallery: Any) -> Path | None:
+    """The folder ``python -m serving index --images DIR`` recorded in the gallery's manifest, if it still is one.
+
+    Read afresh on each call: a reload may install a gallery indexed elsewhere (a dict lookup and a stat).
+    """
+    recorded = dict(getattr(gallery, "notes", {}) or {}).get("image_root")
+    if not recorded:
+        return None
+    root = Path(recorded)
+    return root if root.is_dir() else None
+
+
+def describe_image_roots(settings: Settings, gallery: Any) -> str:
+    """One sentence for the startup log: where thumbnails come from, and why."""
+    if settings.image_roots:
+        return "thumbnails: gallery images are read from " + ", ".join(map(str, settings.image_roots)) + \
+            " (--image-root)"
+    recorded = dict(getattr(gallery, "notes", {}) or {}).get("image_root")
+    root = gallery_image_root(gallery)
+    if root is not None:
+        return (f"thumbnails: gallery images are read from {root}, the folder the gallery was indexed from "
+                f"(recorded in its manifest; --image-root overrides)")
+    if recorded:
+        return (f"thumbnails: off; the gallery was indexed from {recorded}, which is not a directory here "
+                f"(give --image-root)")
+    return "thumbnails: off; the gallery records no image folder (give --image-root)"
 
 
 class Runtime:
@@ -161,17 +196,18 @@ class Runtime:
         """
         owns_embedder, owns_gallery = embedder is None, gallery is None
         if embedder is None:
-            from serving.embedders import load_embedder
-
-            embedder = await asyncio.to_thread(load_embedder, settings.model, settings.backend)
+            embedder = await asyncio.to_thread(load_settings_embedder, settings)
         if gallery is None:
             gallery = await asyncio.to_thread(load_gallery, settings, embedder)
         runtime = cls(settings, embedder, gallery, metrics, owns_embedder=owns_embedder, owns_gallery=owns_gallery)
         await asyncio.to_thread(runtime._refresh_cameras)
         await runtime.batcher.start()
+        metrics.watch_batcher(runtime.batcher)
+        metrics.set_model(runtime.model_info())
         logger.info("serving model %s (%s, %dx%d -> %d-d) over a gallery of %d items",
                     str(embedder.fingerprint)[:12], embedder.name, embedder.height, embedder.width,
                     embedder.dim, runtime.size)
+        logger.info("%s", describe_image_roots(settings, runtime.gallery))
         return runtime
 
     async def close(self) -> None:
@@ -187,14 +223,27 @@ class Runtime:
     @property
     def ready(self) -> bool:
         """Whether requests can be served (the batcher's worker is alive, the gallery is sound)."""
-        return self.batcher.running and self.durable.not_ready_reason is None
+        return self.not_ready_reason is None
 
     @property
     def not_ready_reason(self) -> str | None:
         """Why :attr:`ready` is False, as a sentence (None when ready)."""
         if not self.batcher.running:
             return "the micro-batcher is not running"
+        # A model served elsewhere (Triton) has its own readiness, kept current by the embedder off the loop.
+        model_reason = getattr(self.embedder, "not_ready_reason", None)
+        if isinstance(model_reason, str):
+            return model_reason
         return self.durable.not_ready_reason
+
+    @property
+    def image_roots(self) -> list[Path]:
+        """Folders thumbnails may read gallery images from: ``--image-root`` when given, else the folder the
+        gallery was indexed from (``image_root`` in its manifest, see :func:`gallery_image_root`)."""
+        if self.settings.image_roots:
+            return list(self.settings.image_roots)
+        root = gallery_image_root(self.gallery)
+        return [root] if root is not None else []
 
     def model_info(self) -> dict[str, Any]:
         """The ``model`` object of search answers."""

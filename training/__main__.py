@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from importlib import metadata
 
 from training.errors import UserError
 
@@ -20,8 +21,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml, the one version source; serving/version.py reads the same)."""
+    try:
+        return metadata.version("xmreid")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def _usage() -> str:
-    lines = ["usage: python -m training <command> [options]", "", "commands:"]
+    lines = ["usage: python -m training [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -31,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"python -m training {_version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)

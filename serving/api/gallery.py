@@ -25,6 +25,12 @@ from serving.schemas import (GalleryAddResponse, GalleryDeleteResponse, GalleryI
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
 _METADATA = TypeAdapter(list[GalleryItemMetadata])
+# The ``metadata`` form field is a JSON string, so OpenAPI would show it as a bare string; ``contentSchema``
+# (OpenAPI 3.1 / JSON Schema 2020-12) publishes what that string must decode to, from the same model that
+# validates it, so a client reading the schema sees exactly the types the metadata store accepts.
+_METADATA_SCHEMA: dict[str, Any] = {"contentMediaType": "application/json",
+                                    "contentSchema": {"type": "array",
+                                                      "items": GalleryItemMetadata.model_json_schema()}}
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:~+/=-]{1,128}$")
 _CHANGE_ERRORS = (409, 507)
 
@@ -94,7 +100,8 @@ async def add_items(runtime: RuntimeDep, response: Response,
                     metadata: Annotated[str, Form(description="JSON list, one object per image in upload order: "
                                                               '`[{"camera": 1, "person_label": 7, "source": "cam1/'
                                                               '0007/0001.jpg", "timestamp": 1700000000, '
-                                                              '"extra": {}, "track_id": 3}]`; camera is required')],
+                                                              '"extra": {}, "track_id": 3}]`; camera is required',
+                                                  json_schema_extra=_METADATA_SCHEMA)],
                     idempotency_key: Annotated[str | None, Header(
                         alias="Idempotency-Key", description="makes a retry safe: an add already made with this key "
                                                              "is answered again (200), never repeated")] = None,

@@ -9,7 +9,7 @@ Status codes, all with the API's ``{error, detail}`` body:
   because the item exists and the refusal is deliberate; an operator seeing it knows the gallery holds a
   hand-made source to clean up, not a file that went missing. The body never names a server path.
 * 404 ``not_found`` (no such id), ``no_source`` (the item has none), ``no_image_roots`` (the server was
-  started without ``--image-root``), ``source_not_found`` (the file is gone), ``unreadable_image`` (the file
+  started without ``--image-root`` and the gallery's manifest records no image folder that exists here), ``source_not_found`` (the file is gone), ``unreadable_image`` (the file
   is there but is not an image the decoder accepts).
 * 422 ``invalid_size``: ``size`` outside ``16..thumbnail_max_side``.
 
@@ -28,6 +28,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+
+from serving.core import opencv_limits  # noqa: F401,I001  sets OpenCV's decoder limits before cv2 loads
 
 import cv2
 import numpy as np
@@ -114,7 +116,11 @@ def make_thumbnail(path: str | Path, size: int, limits: DecodeLimits, quality: i
     if header.format == "jpeg":
         longest = max(header.width, header.height)
         flag = next((reduced for factor, reduced in _REDUCED if longest // factor >= size), flag)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error:  # OpenCV's own size backstop (serving.core.opencv_limits): the header under-stated it
+        raise ImageDecodeError(422, "too_many_pixels", f"the {header.format.upper()} image is larger than the "
+                                                       f"{limits.max_pixels} pixels allowed") from None
     if image is None:
         raise ImageDecodeError(400, "corrupt_image", f"the {header.format.upper()} data could not be decoded")
     height, width = image.shape[:2]
@@ -150,18 +156,19 @@ def thumbnail_for(runtime: Runtime, item_id: int, size: int, if_none_match: str 
     Raises:
         ApiError: 403/404 as listed in the module docstring.
     """
-    settings = runtime.settings
     (item,) = runtime.gallery.get([item_id], missing="none")
     if item is None:
         raise ApiError(404, "not_found", f"gallery id {item_id} does not exist")
-    if not settings.image_roots:
+    roots = runtime.image_roots
+    if not roots:
         raise ApiError(404, "no_image_roots", "the server was started without image roots (--image-root or "
-                                              "XMREID_IMAGE_ROOTS), so it shows no gallery images")
+                                              "XMREID_IMAGE_ROOTS) and the gallery records no image folder that "
+                                              "exists here, so it shows no gallery images")
     source = item.get("source")
     if not source:
         raise ApiError(404, "no_source", f"gallery item {item_id} has no source, so there is no image to show")
     try:
-        path = resolve_source(str(source), settings.image_roots)
+        path = resolve_source(str(source), roots)
     except UnsafeSourceError as exc:
         logger.warning("thumbnail of gallery item %d refused: %s", item_id, exc)
         raise ApiError(403, "source_outside_image_roots", f"gallery item {item_id}: {exc}") from None

@@ -14,14 +14,16 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Embedder backends ``serving.embedders.load_embedder`` accepts (kept in step with BACKENDS there;
 #: repeated here so settings can be validated without importing the embedders package).
-BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
+LOG_LEVELS: tuple[str, ...] = ("critical", "error", "warning", "info", "debug")
+LogFormat = Literal["text", "json"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -30,13 +32,15 @@ MIB = 1024 * KIB
 class Settings(BaseSettings):
     """Everything the server can be told; each field is also the env var ``XMREID_<FIELD>``.
 
-    ``model`` and ``gallery`` have no defaults on purpose: a server that silently starts on some default
-    model would answer searches with descriptors that match nothing.
+    ``model`` (unless the model is in a Triton server) and ``gallery`` have no defaults on purpose: a server
+    that silently starts on some default model would answer searches with descriptors that match nothing.
     """
 
     model_config = SettingsConfigDict(env_prefix="XMREID_", extra="ignore", frozen=True)
 
-    model: Path = Field(description="exported model artifact (.onnx, TensorRT .plan, or .pt checkpoint)")
+    # Required except with backend triton (checked below), where the model lives in the Triton server.
+    model: Path | None = Field(None, description="exported model artifact (.onnx, TensorRT .plan, or .pt "
+                                                 "checkpoint); not used with backend triton")
     gallery: Path = Field(description="gallery directory (index + metadata + manifest)")
     backend: str = Field("auto", description=f"embedder backend, one of {', '.join(BACKENDS)}")
     host: str = Field("127.0.0.1", description="bind address; loopback by default so nothing is exposed "
@@ -95,6 +99,19 @@ class Settings(BaseSettings):
                                                                          "finish before they are cancelled")
     log_repeat_s: float = Field(10.0, gt=0, le=3600, description="warnings and errors of one kind are logged "
                                                                   "once per this interval, then as a count")
+    log_level: str = Field("info", description=f"log level, one of {', '.join(LOG_LEVELS)}")
+    log_format: LogFormat = Field("text", description="text: one human-readable line per record; json: one JSON "
+                                                      "object per line (ts, level, logger, message, request_id) "
+                                                      "for container log collectors")
+    # Triton (backend "triton"): the model runs in a Triton Inference Server; this process decodes, batches
+    # and searches. The model's H, W, descriptor size and fingerprint come from its Triton config.
+    triton_url: str | None = Field(None, description="Triton gRPC endpoint, host:port or grpc://host:port "
+                                                     "(backend triton; its --model is then not read)")
+    triton_model: str = Field("xmreid", description="model name in the Triton repository "
+                                                    "(python -m export triton --name)")
+    triton_timeout_s: float = Field(30.0, gt=0, le=3600, description="longest wait for one Triton inference "
+                                                                      "or metadata call")
+
     http_parser: str = Field("auto", description="HTTP/1.1 parser: httptools (C, the default when installed) or "
                                                   "h11 (pure Python); auto picks httptools when it imports")
     event_loop: str = Field("asyncio", description="event loop: the standard asyncio loop, or uvloop (when "
@@ -121,6 +138,26 @@ class Settings(BaseSettings):
         if value not in BACKENDS:
             raise ValueError(f"unknown backend {value!r}; valid backends: {', '.join(BACKENDS)}")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() in LOG_LEVELS:
+            return value.lower()
+        raise ValueError(f"unknown log level {value!r}; valid levels: {', '.join(LOG_LEVELS)}")
+
+    @field_validator("triton_url", mode="before")
+    @classmethod
+    def _blank_url_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _model_source(self) -> "Settings":
+        if self.backend == "triton" and not self.triton_url:
+            raise ValueError("backend triton needs --triton-url (XMREID_TRITON_URL), e.g. localhost:8001")
+        if self.backend != "triton" and self.model is None:
+            raise ValueError("--model is required (or set XMREID_MODEL), except with --backend triton")
+        return self
 
     @field_validator("image_roots", mode="before")
     @classmethod

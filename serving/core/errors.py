@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.batching import BatcherClosed, BatcherOverloaded
 from serving.durable import ChangeNotSaved, ChangeRefused, GalleryDamaged
+from serving.embedders.base import ModelUnavailable
 from serving.imageio import ImageDecodeError
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ async def _change_not_saved(request: Request, exc: ChangeNotSaved) -> JSONRespon
                           request_id=request_id)
 
 
+async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
+    return error_response(503, "model_unavailable", str(exc), headers={"Retry-After": "1"})
+
+
 async def _damaged(request: Request, exc: GalleryDamaged) -> JSONResponse:
     return error_response(503, "gallery_damaged", str(exc), headers={"Retry-After": "30"})
 
@@ -133,3 +138,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ChangeRefused, _change_refused)  # type: ignore[arg-type]
     app.add_exception_handler(ChangeNotSaved, _change_not_saved)  # type: ignore[arg-type]
     app.add_exception_handler(GalleryDamaged, _damaged)  # type: ignore[arg-type]
+    app.add_exception_handler(ModelUnavailable, _model_unavailable)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.core.errors import ApiError
+from serving.core.logs import request_id_var
 from serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class RequestContext:
         self.body_timeout_s = body_timeout_s
         self.counters = counters if counters is not None else {}
         self.counters.setdefault("cancelled", 0)
+        # Requests inside the app right now; read by the in-flight gauge at scrape time (a plain int: the
+        # event loop is the only writer, so no lock per request).
+        self.inflight = 0
+        metrics.inflight.set_function(lambda: self.inflight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,6 +96,8 @@ class RequestContext:
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        context_token = request_id_var.set(request_id)  # log records of this request carry its id
+        self.inflight += 1
         response_started = False
         status = 500
 
@@ -131,9 +138,11 @@ class RequestContext:
                 "detail": f"the server failed to handle this request; quote request id {request_id} "
                           f"when reporting it"})
         finally:
+            self.inflight -= 1
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(endpoint, scope["method"], status, time.perf_counter() - started_at)
+            request_id_var.reset(context_token)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

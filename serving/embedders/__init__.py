@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from export.artifact import ArtifactMetadata, file_sha256, read_sidecar, tensorrt_unavailable_reason
-from serving.embedders.base import Embedder
+from serving.embedders.base import Embedder, ModelUnavailable
 from serving.errors import UserError
 
-__all__ = ["ArtifactMetadata", "Embedder", "BACKENDS", "file_sha256", "load_embedder"]
+__all__ = ["ArtifactMetadata", "Embedder", "BACKENDS", "ModelUnavailable", "file_sha256", "load_embedder",
+           "load_triton_embedder"]
 
 logger = logging.getLogger(__name__)
 
-#: Valid values of ``backend``.
-BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch")
+#: Valid values of ``backend`` (``triton`` has no local file: see :func:`load_triton_embedder`).
+BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
 _SUFFIX_BACKEND: dict[str, str] = {
     ".onnx": "onnxruntime",
     ".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt",
@@ -52,6 +53,8 @@ def load_embedder(path: str | Path, backend: str = "auto", **opts: Any) -> Embed
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown embedder backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if backend == "triton":
+        raise UserError("backend 'triton' loads no file: give --triton-url (the model is in the Triton server)")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
@@ -92,6 +95,17 @@ def load_embedder(path: str | Path, backend: str = "auto", **opts: Any) -> Embed
     from serving.embedders.torch_embedder import TorchEmbedder
 
     return TorchEmbedder(path, **opts)
+
+
+def load_triton_embedder(url: str, model_name: str = "xmreid", timeout_s: float = 30.0) -> Embedder:
+    """Connect to a model served by Triton (see :mod:`serving.embedders.triton_embedder`).
+
+    Raises:
+        UserError: tritonclient missing, Triton unreachable, or the model not ready or not an exported one.
+    """
+    from serving.embedders.triton_embedder import TritonEmbedder
+
+    return TritonEmbedder(url, model_name, timeout_s=timeout_s)
 
 
 def _matching_engine(onnx_path: Path) -> Path | None:

@@ -26,6 +26,14 @@ __all__ = ["ArtifactMetadata", "Embedder", "file_sha256"]
 
 logger = logging.getLogger(__name__)
 
+class ModelUnavailable(RuntimeError):
+    """The model cannot be reached right now (a remote model server is down or restarting): answer 503, retry.
+
+    Raised by embedders whose model runs elsewhere (:mod:`serving.embedders.triton_embedder`); a local model
+    that fails raises anything else, which is a 500 with the request id.
+    """
+
+
 
 class Embedder(abc.ABC):
     """A loaded model that maps RGB crops to descriptors.

@@ -146,6 +146,24 @@ def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **opti
         raise UserError(f"cannot create a {kind!r} gallery: {exc}") from exc
 
 
+def record_image_root(store: Any, images: Path) -> None:
+    """Note in the gallery's manifest the folder its ``source`` paths are relative to.
+
+    ``serve`` then shows thumbnails without ``--image-root`` (still confined to that folder). A gallery
+    indexed from a second folder keeps the latest one, with a warning: the earlier items' thumbnails then
+    need ``--image-root`` for both.
+    """
+    set_note = getattr(store, "set_note", None)
+    if set_note is None:  # a gallery object without notes (a stand-in): thumbnails need --image-root
+        return
+    root = str(images.resolve())
+    previous = store.notes.get("image_root")
+    if previous and previous != root:
+        logger.warning("gallery was indexed from %s before and now from %s; the manifest records the latter, so "
+                       "serve the earlier items' thumbnails with --image-root for both", previous, root)
+    set_note("image_root", root)
+
+
 def reserve_gallery(directory: Path) -> Any:
     """The gallery directory's write lock, taken before anything slow (a context manager).
 

@@ -21,7 +21,7 @@ from serving.embedders import Embedder, load_embedder
 from serving.errors import UserError
 from serving.imageio import DEFAULT_LIMITS, DecodeLimits
 from serving.indexing.common import (EmbeddedBatch, IndexSummary, crawl, load_item, open_gallery, pending_items,
-                                     reserve_gallery, run_batches)
+                                     record_image_root, reserve_gallery, run_batches)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def index_images(model: str | Path | Embedder, images: str | Path, gallery: str 
         items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None, track_level)
         summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
         store = open_gallery(gallery_dir, embedder, kind, **(gallery_options or {}))
+        record_image_root(store, Path(images))  # serve shows thumbnails from it
         try:
             return _index_into(store, embedder, items, summary, gallery_dir, batch_size=batch_size, workers=workers,
                                save_every=save_every, limits=limits, show_progress=show_progress)

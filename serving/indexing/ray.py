@@ -38,7 +38,7 @@ from serving.embedders import load_embedder
 from serving.errors import UserError
 from serving.imageio import DEFAULT_LIMITS, DecodeLimits
 from serving.indexing.common import (EmbeddedBatch, IndexSummary, crawl, load_item, open_gallery, pending_items,
-                                     run_batches)
+                                     record_image_root, run_batches)
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ def index_images_ray(model: str | Path, images: str | Path, gallery: str | Path,
     items, skipped = crawl(images, cameras, split, Path(manifest) if manifest is not None else None, track_level)
     summary = IndexSummary(found=len(items) + len(skipped), skipped=list(skipped), gallery=str(gallery_dir))
     store = open_gallery(gallery_dir, probe, kind, **(gallery_options or {}))
+    record_image_root(store, Path(images))  # serve shows thumbnails from it
     probe.close()
     todo = pending_items(store, items, summary)
     logger.info("%d image(s) to index on Ray (%d already in the gallery)", len(todo), summary.already_indexed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -91,24 +92,54 @@ def test_parser_reads_both_repeated_forms() -> None:
                                  "h": [4, 5]}
 
 
+def _parameters(config: dict[str, Any]) -> dict[str, str]:
+    entries = config["parameters"] if isinstance(config["parameters"], list) else [config["parameters"]]
+    return {e["key"]: e["value"]["string_value"] for e in entries}
+
+
 def test_onnx_repository(tiny_onnx: Path, tmp_path: Path) -> None:
     meta = read_metadata(tiny_onnx)
     rc = export_cli(["triton", "--onnx", str(tiny_onnx), "--out", str(tmp_path / "repo"), "--name", "reid",
-                     "--max-batch-size", "32", "--instances", "2", "--kind", "KIND_CPU", "--max-queue-delay-us", "500"])
+                     "--max-batch-size", "32", "--instances", "2", "--kind", "KIND_CPU"])
     assert rc == 0
     model_dir = tmp_path / "repo" / "reid"
     config = parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    params = _parameters(config)
+    del config["parameters"]
+    h, w = meta["height"], meta["width"]
+    # Triton's guide: start from plain dynamic batching (no delay, no preferred sizes) and tune from measurements.
     assert config == {
         "name": "reid",
-        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
         "max_batch_size": 32,
-        "input": [{"name": "images", "data_type": "TYPE_UINT8", "dims": [3, meta["height"], meta["width"]]}],
+        "input": [{"name": "images", "data_type": "TYPE_UINT8", "dims": [3, h, w]}],
         "output": [{"name": "descriptors", "data_type": "TYPE_FP32", "dims": [meta["descriptor_dim"]]}],
-        "dynamic_batching": {"preferred_batch_size": [8, 16, 32], "max_queue_delay_microseconds": 500},
+        "dynamic_batching": {},
         "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+        "model_warmup": [{"name": "zero_batch", "batch_size": 1,
+                          "inputs": {"key": "images", "value": {"data_type": "TYPE_UINT8", "dims": [3, h, w],
+                                                                 "zero_data": "true"}}}],
     }
+    # Everything serve --backend triton needs, with the ONNX file's sha256 as the gallery fingerprint.
+    assert params["fingerprint"] == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    assert {k: params[k] for k in ("height", "width", "descriptor_dim", "parts")} == {
+        k: str(meta[k]) for k in ("height", "width", "descriptor_dim", "parts")}
     assert (model_dir / "1" / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
     assert sorted(p.name for p in model_dir.rglob("*")) == ["1", "config.pbtxt", "model.onnx"]
+
+
+def test_tuning_options_are_written_only_when_asked(tiny_onnx: Path, tmp_path: Path) -> None:
+    rc = export_cli(["triton", "--onnx", str(tiny_onnx), "--out", str(tmp_path), "--max-batch-size", "16",
+                     "--max-queue-delay-us", "500", "--preferred-batch-sizes", "4,16", "--max-queue-size", "64",
+                     "--queue-timeout-us", "100000", "--gpus", "0,1", "--warmup-batch-size", "0"])
+    assert rc == 0
+    config = parse_pbtxt((tmp_path / "xmreid" / "config.pbtxt").read_text())
+    assert config["dynamic_batching"] == {
+        "preferred_batch_size": [4, 16], "max_queue_delay_microseconds": 500,
+        "default_queue_policy": {"timeout_action": "REJECT", "default_timeout_microseconds": 100000,
+                                 "max_queue_size": 64}}
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_GPU", "gpus": [0, 1]}]
+    assert "model_warmup" not in config
 
 
 def test_plan_repository(tiny_onnx: Path, tmp_path: Path) -> None:
@@ -117,9 +148,10 @@ def test_plan_repository(tiny_onnx: Path, tmp_path: Path) -> None:
     model_dir = write_repository(tiny_onnx, tmp_path / "repo", plan=plan, max_batch_size=8,
                                  preferred_batch_sizes=[4, 8])
     config = parse_pbtxt((model_dir / "config.pbtxt").read_text())
-    assert config["platform"] == "tensorrt_plan" and config["name"] == "xmreid"
-    assert config["dynamic_batching"] == {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 2000}
+    assert config["backend"] == "tensorrt" and config["name"] == "xmreid"
+    assert config["dynamic_batching"] == {"preferred_batch_size": [4, 8]}
     assert config["instance_group"] == [{"count": 1, "kind": "KIND_GPU"}]
+    assert _parameters(config)["fingerprint"] == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
     assert (model_dir / "1" / "model.plan").read_bytes() == b"engine bytes"
     assert not (model_dir / "1" / "model.onnx").exists()
 
@@ -135,6 +167,10 @@ def test_repository_user_errors(tiny_onnx: Path, tmp_path: Path) -> None:
         write_repository(tiny_onnx, tmp_path, name="../escape")
     with pytest.raises(UserError, match="preferred batch sizes"):
         write_repository(tiny_onnx, tmp_path, max_batch_size=8, preferred_batch_sizes=[16])
+    with pytest.raises(UserError, match="--gpus applies to --kind KIND_GPU only"):
+        write_repository(tiny_onnx, tmp_path, kind="KIND_CPU", gpus=[0])
+    with pytest.raises(UserError, match="warmup-batch-size"):
+        write_repository(tiny_onnx, tmp_path, max_batch_size=8, warmup_batch_size=9)
     with pytest.raises(UserError, match="plan not found"):
         write_repository(tiny_onnx, tmp_path, plan=tmp_path / "absent.plan")
     proto = onnx.load(str(tiny_onnx))

@@ -13,7 +13,7 @@ from serving.schemas import SearchHit
 
 @pytest.mark.parametrize("hit", [
     {"rank": 1, "gallery_id": 7, "score": 0.5, "camera": 1, "person_label": 12, "source": "cam1/0012/0001.jpg"},
-    {"rank": 2, "gallery_id": 8, "score": -0.25, "camera": "lobby", "person_label": None, "source": None},
+    {"rank": 2, "gallery_id": 8, "score": -0.25, "camera": 5, "person_label": None, "source": None},
     {"rank": 3, "gallery_id": 9, "score": 1.0, "camera": None, "person_label": "p-9", "source": "x", "extra": 1},
     # Types the gallery does not return take the pydantic route, and come out as the model makes them.
     {"rank": np.int64(4), "gallery_id": np.int64(10), "score": np.float32(0.75), "camera": True,

@@ -105,3 +105,34 @@ def test_serve_cli_reports_user_mistakes_without_starting(tmp_path, tiny_onnx) -
                            "--gallery", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1 and "model file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_json_log_format_is_one_object_per_line_with_request_ids(tiny_onnx, tiny_gallery, ir_queries) -> None:
+    """``serve --log-format json``: every line a real process logs (startup and shutdown and uvicorn's error log
+    on stderr, uvicorn's access log on stdout, as uvicorn routes them) is one JSON object, and the access line
+    of a request carries its X-Request-ID."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XMREID_API_KEY": ""}
+    cmd = [sys.executable, "-m", "serving", "serve", "--model", str(tiny_onnx), "--gallery", str(tiny_gallery),
+           "--port", str(port), "--log-format", "json", "--no-save"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_ready(base, proc)
+        files = {"image": ("q.jpg", ir_queries[0].path.read_bytes(), "image/jpeg")}
+        assert httpx.post(f"{base}/search", files=files, headers={"X-Request-ID": "json-log-1"},
+                          timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    import json
+
+    lines = [line for line in (out + err).decode().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # raises on any line that is not one JSON object
+    assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    loggers = {r["logger"] for r in records}
+    assert {"serving.state", "uvicorn.error", "uvicorn.access"} <= loggers, loggers
+    access = [r for r in records if r["logger"] == "uvicorn.access" and "/search" in r["message"]]
+    assert access and access[0]["request_id"] == "json-log-1", access

@@ -319,3 +319,60 @@ def test_page_scripts_never_write_html(repo_root: Path) -> None:
             assert sink not in text, f"{script.name} uses {sink}"
     for page in (repo_root / "serving" / "static").glob("*.html"):
         assert "<script>" not in page.read_text() and " on" + "click=" not in page.read_text()
+
+
+# -- the image root recorded by the indexer (issue 22) --------------------------------------------------------
+
+
+def test_indexed_gallery_shows_thumbnails_without_image_root(tiny_gallery, sysu_root, make_client, caplog) -> None:
+    """``python -m serving index --images DIR`` records DIR; ``serve`` without --image-root reads from it."""
+    import json as _json
+    import logging
+
+    manifest = _json.loads((tiny_gallery / "manifest.json").read_text())
+    assert manifest["notes"]["image_root"] == str(sysu_root.resolve())
+    with caplog.at_level(logging.INFO, logger="serving.state"):
+        client = make_client(image_roots=[])
+    assert any("indexed from" in r.getMessage() and str(sysu_root.resolve()) in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    first = int(client.app.state.runtime.gallery.ids()[0])
+    r = client.get(f"/gallery/{first}/thumbnail")
+    assert r.status_code == 200, r.text
+    assert r.content.startswith(JPEG_MAGIC)
+
+
+def test_recorded_root_is_still_a_confinement(crafted, serving_embedder, make_client) -> None:
+    from index import Gallery
+
+    gallery = Gallery.create(int(serving_embedder.dim), fingerprint=serving_embedder.fingerprint)
+    gallery.set_note("image_root", str(crafted["root"]))
+    vectors = np.ones((2, int(serving_embedder.dim)), np.float32)
+    ok, dotdot = (int(i) for i in gallery.add(vectors, [{"camera": 1, "source": "cam1/ok.jpg"},
+                                                        {"camera": 1, "source": "../outside/secret.jpg"}]))
+    client = make_client(embedder=serving_embedder, gallery_obj=gallery, image_roots=[])
+    assert client.get(f"/gallery/{ok}/thumbnail").status_code == 200
+    assert_error(client.get(f"/gallery/{dotdot}/thumbnail"), 403, "source_outside_image_roots")
+
+
+def test_recorded_root_that_is_gone_is_no_image_roots(serving_embedder, make_client, tmp_path) -> None:
+    from index import Gallery
+
+    gallery = Gallery.create(int(serving_embedder.dim), fingerprint=serving_embedder.fingerprint)
+    gallery.set_note("image_root", str(tmp_path / "moved-away"))
+    (item,) = gallery.add(np.ones((1, int(serving_embedder.dim)), np.float32), [{"camera": 1, "source": "a.jpg"}])
+    client = make_client(embedder=serving_embedder, gallery_obj=gallery, image_roots=[])
+    assert_error(client.get(f"/gallery/{int(item)}/thumbnail"), 404, "no_image_roots")
+
+
+def test_notes_survive_save_and_load(tmp_path) -> None:
+    from index import Gallery
+
+    gallery = Gallery.create(4)
+    gallery.set_note("image_root", "/data/cams")
+    gallery.add(np.ones((1, 4), np.float32), [{"camera": 1}])
+    gallery.save(tmp_path / "g")
+    gallery.close()
+    reopened = Gallery.load(tmp_path / "g", read_only=True)
+    assert reopened.notes == {"image_root": "/data/cams"}
+    with pytest.raises(TypeError, match="strings"):
+        reopened.set_note("image_root", 3)  # type: ignore[arg-type]
