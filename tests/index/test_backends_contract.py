@@ -10,6 +10,8 @@ gives each gallery its own collection.
 
 from __future__ import annotations
 
+import os
+
 import builtins
 import itertools
 from collections.abc import Callable, Iterator
@@ -34,8 +36,13 @@ Factory = Callable[..., Gallery]
 
 
 @pytest.fixture(scope="module")
-def milvus_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def milvus_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | str]:
+    """A Milvus Lite file, or the Milvus server named by ``XMREID_TEST_MILVUS_URI`` (e.g. http://host:19530)."""
     pytest.importorskip("pymilvus", reason="backend='milvus' needs the optional pymilvus + milvus-lite extra")
+    server = os.environ.get("XMREID_TEST_MILVUS_URI")
+    if server:
+        yield server  # collections are named per test; drop them on the server when done
+        return
     pytest.importorskip("milvus_lite", reason="Milvus Lite (milvus-lite) is not installed")
     path = tmp_path_factory.mktemp("milvus") / "contract.db"
     yield path
