@@ -98,12 +98,8 @@ def _is_sysu_tree(folder: Path) -> bool:
 def _candidates(folder: Path, split: str) -> tuple[dict[str, list[Path]], str]:
     if _is_sysu_tree(folder):
         from training.data import build_dataset
-        from training.errors import UserError as TrainingUserError
 
-        try:
-            data = build_dataset("sysu", folder)
-        except TrainingUserError as exc:
-            raise UserError(str(exc)) from exc
+        data = build_dataset("sysu", folder)  # its UserError is export's (one class)
         records = {"train": data.train, "test": data.test, "all": data.train + data.test}[split]
         groups: dict[str, list[Path]] = {}
         for record in records:
@@ -210,11 +206,10 @@ class CalibrationReader:
 
     def __init__(self, files: Sequence[Path], height: int, width: int, batch_size: int = 8) -> None:
         from training.data.images import read_image
-        from training.errors import UserError as TrainingUserError
 
         try:
             images = np.stack([read_image(path, height, width) for path in files])
-        except TrainingUserError as exc:
+        except UserError as exc:  # the same class training raises; this only adds which step failed
             raise UserError(f"calibration: {exc}") from exc
         self.images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
         self.batch_size = batch_size

@@ -3,9 +3,16 @@
 The command-line entry points catch :class:`UserError` and print its message with a
 non-zero exit code instead of a traceback; everything else is a bug and keeps its traceback.
 
-This module is part of the torch-free artifact contract (:mod:`export.artifact`): serving raises and
-catches this very class (``serving.errors`` re-exports it), so an error the contract raises while
-serving reads a model reaches serving's command line as the same type, with no re-raising by hand.
+This is the one definition of :class:`UserError` in the repository. ``training.errors`` and
+``serving.errors`` re-export it, so an error raised in one room (a bad checkpoint found by
+``training.model.load_checkpoint``, bad metadata found by :mod:`export.artifact`) reaches the command
+line of another as the same type, with no re-raising by hand.
+
+Why here: every room must be able to import it. ``serving`` may import only ``index`` and the torch-free
+artifact contract (``export/artifact.py``, this file, ``export/_io.py``), and its ONNX Runtime path must
+not load ``training`` at all (``tests/serving/test_embedders.py`` checks), so the class cannot live in
+``training``; ``index`` knows nothing of user commands. This file imports nothing (``export/__init__.py``
+is empty), so ``training`` importing it brings in no export code and no cycle between files.
 """
 
 #: Process exit status of a mistake in what was asked (see ``serving.errors`` for the others).

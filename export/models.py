@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from export.errors import UserError
-from training.errors import UserError as TrainingUserError
 from training.model import ARCHS, DFE, load_checkpoint
 from training.paper import PAPER
 
@@ -56,10 +55,7 @@ def model_from_checkpoint(checkpoint: str | Path) -> LoadedModel:
     Raises:
         UserError: missing or unreadable file, or not a DFE checkpoint.
     """
-    try:
-        model, ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    except TrainingUserError as exc:  # re-raised as ours so `python -m export` prints it cleanly
-        raise UserError(str(exc)) from exc
+    model, ckpt = load_checkpoint(checkpoint, map_location="cpu")  # its UserError is export's (one class)
     config = ckpt.get("config")
     return LoadedModel(model=model.eval(), config=dict(config) if isinstance(config, dict) else None,
                        model_config=dict(ckpt["model_config"]), source=str(checkpoint))

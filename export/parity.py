@@ -52,7 +52,6 @@ def image_batch(folder: str | Path, n: int, height: int, width: int) -> np.ndarr
         UserError: the folder is missing or holds no image.
     """
     from training.data.images import read_image  # the one definition of the pixels the model sees
-    from training.errors import UserError as TrainingUserError
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -61,10 +60,7 @@ def image_batch(folder: str | Path, n: int, height: int, width: int) -> np.ndarr
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     picks = [files[i] for i in np.linspace(0, len(files) - 1, num=min(n, len(files))).round().astype(int)]
-    try:
-        images = np.stack([read_image(p, height, width) for p in picks])
-    except TrainingUserError as exc:
-        raise UserError(str(exc)) from exc
+    images = np.stack([read_image(p, height, width) for p in picks])
     images = np.resize(images, (n, *images.shape[1:])) if len(images) < n else images  # repeat to n
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 

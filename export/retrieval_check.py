@@ -65,13 +65,9 @@ def load_sysu_test(data_root: str | Path, height: int, width: int, *, trials: in
     """
     from training.data import build_dataset
     from training.data.images import read_image
-    from training.errors import UserError as TrainingUserError
     from training.protocols import split_sysu, sysu_galleries
 
-    try:
-        test = build_dataset("sysu", data_root).test
-    except TrainingUserError as exc:
-        raise UserError(str(exc)) from exc
+    test = build_dataset("sysu", data_root).test
     queries, pool = split_sysu(test, "all")
     if not queries or not pool:
         raise UserError(f"{data_root} has no SYSU-MM01 test queries or gallery images")

@@ -36,7 +36,6 @@ class TorchEmbedder(Embedder):
         super().__init__()
         try:
             import torch
-            from training.errors import UserError as TrainingUserError
             from training.model import load_checkpoint
         except ImportError as exc:
             raise UserError(f"backend 'torch' needs torch and the training package ({exc}); "
@@ -44,10 +43,7 @@ class TorchEmbedder(Embedder):
         self.path = Path(path)
         self._torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        try:
-            model, _ckpt = load_checkpoint(self.path, map_location=str(self.device))
-        except TrainingUserError as exc:
-            raise UserError(str(exc)) from exc
+        model, _ckpt = load_checkpoint(self.path, map_location=str(self.device))  # raises serving's UserError
         self._model = model.eval()
         self.height, self.width, self.dim = int(model.height), int(model.width), int(model.descriptor_dim)
         self.fingerprint = file_sha256(self.path)
