@@ -44,9 +44,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _machine
+from export.tensorrt_build import FP16_MIN_COSINE as LOW_MIN_COSINE
+from export.tensorrt_build import FP32_MIN_COSINE
 
 BATCHES = (1, 8, 64)
-FP32_MIN_COSINE, LOW_MIN_COSINE = 0.9999, 0.999
 TRAIN_STEPS = 50
 SEARCH_N, SEARCH_DIM = 1_000_000, 1536
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from export.artifact import INPUT_NAME
 from export.errors import UserError
-from export.parity import IMAGE_SUFFIXES
+from training.data.sysu import IMAGE_SUFFIXES  # the suffixes the datasets read
 
 logger = logging.getLogger(__name__)
 

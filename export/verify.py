@@ -32,12 +32,12 @@ from export.onnx_export import add_model_arguments, model_from_args
 from export.ort import PROVIDER_CHOICES, create_session
 from export.parity import compare, format_rows, image_batch, parse_batch_sizes, random_images
 from export.quantize import is_quantized
+from export.tensorrt_build import FP32_MIN_COSINE  # the one copy of the pass thresholds, beside fp16 and int8
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FP32_MIN_COSINE", "check_compatible", "main", "torch_descriptors", "verify_onnx"]
 
-FP32_MIN_COSINE = 0.9999
 
 
 def check_compatible(meta: dict[str, Any], model: Any, onnx_path: str | Path) -> None:

@@ -169,7 +169,7 @@ def _check_target(directory: Path, uri: str) -> None:
         return
     lite_dir = Path(uri).resolve() if is_lite_uri(uri) else None
     foreign = sorted(p.name for p in directory.iterdir()
-                     if p.name not in (persist.MANIFEST, ".lock") and not p.name.startswith(".manifest.json")
+                     if p.name not in (persist.MANIFEST, ".lock") and not p.name.startswith("." + persist.MANIFEST)
                      and p.resolve() != lite_dir)
     if foreign:
         raise GalleryError(f"cannot save a gallery to {directory}: it is not empty and not a gallery "

@@ -19,6 +19,8 @@ from serving.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+# A copy of training.data.sysu.IMAGE_SUFFIXES, kept because serving may not import training (its ONNX
+# path runs without it); tests/serving/test_copied_facts.py checks that the two lists agree.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS: tuple[str, ...] = ("all", "train", "test")
 #: SYSU-MM01's RGB cameras; 3 and 6 are near-infrared (the query side), so a gallery defaults to these.

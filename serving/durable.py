@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from index.manifest import MANIFEST
 from serving.core.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class DurableGallery:
 
         with self._mutation:
             previous, staging = self.gallery, self.settings.staging_gallery
-            install = staging is not None and (Path(staging) / "manifest.json").is_file()
+            install = staging is not None and (Path(staging) / MANIFEST).is_file()
             if self.unsaved_changes:
                 raise ChangeRefused(409, "unsaved_changes", f"this server holds {self.unsaved_changes} change(s) "
                                                             f"that are not saved (--no-save): a reload would drop "

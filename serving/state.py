@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from index.manifest import MANIFEST  # Gallery.save writes it; its presence means "a gallery lives here"
 from serving.batching import JobResult, MicroBatcher
 from serving.core.config import Settings
 from serving.durable import AddResult, DurableGallery
@@ -29,7 +30,6 @@ from serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"  # Gallery.save writes it; its presence means "a gallery lives here"
 # Uploads up to this size are decoded in the model thread with their micro-batch (a crop decodes in well
 # under a millisecond there, and the request needs no hand-off of its own); bigger ones, which could hold
 # up the whole batch, are decoded in the decode pool first.

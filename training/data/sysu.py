@@ -18,7 +18,8 @@ from training.errors import UserError
 log = logging.getLogger(__name__)
 
 CAMERAS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# The one list for training and export; serving.crawl keeps an equal copy (serving may not import training).
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def read_id_file(path: Path) -> list[int]:
