@@ -19,36 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from training.errors import UserError
+from training.protocols import format_table
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS: tuple[tuple[str, str], ...] = (("r1", "R1"), ("r10", "R10"), ("r20", "R20"), ("mAP", "mAP"),
-                                              ("mINP", "mINP"))
 RANKING_QUERIES = 4  # queries shown in the ranking-list picture
 RANKING_TOP = 10
-
-
-def format_table(results: dict[str, dict]) -> str:
-    """Paper-style table: one row per setting, ``mean ± std`` in percent.
-
-    Args:
-        results: ``{setting name: metrics dict}`` as :func:`training.protocols.summarize` makes.
-
-    Returns:
-        The table as text.
-    """
-    width = max([len("setting")] + [len(name) for name in results])
-    head = f"{'setting':<{width}}" + "".join(f"  {label:>14}" for _, label in TABLE_METRICS)  # cell: 14 chars
-    lines = [head, "-" * len(head)]
-    for name, m in results.items():
-        cells = []
-        for key, _ in TABLE_METRICS:
-            if key not in m:
-                cells.append(f"  {'-':>14}")
-                continue
-            cells.append(f"  {100 * m[key]:>6.2f} ± {100 * m.get(key + '_std', 0.0):>5.2f}")
-        lines.append(f"{name:<{width}}" + "".join(cells))
-    return "\n".join(lines)
 
 
 def _choices(text: str, valid: tuple[str, ...], option: str) -> list[str]:
@@ -88,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, "object"]:
     from training.data import build_dataset
     from training.model import load_checkpoint
     from training.protocols import evaluate_regdb, evaluate_sysu
-    from training.train import resolve_device
+    from training.features import resolve_device
 
     if args.trials < 1 or args.batch_size < 1:
         raise UserError(f"--trials and --batch-size must be >= 1, got {args.trials} and {args.batch_size}")

@@ -15,8 +15,28 @@ import torch
 from tqdm import tqdm
 
 from training.data.images import read_image
+from training.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``torch.device`` a ``--device`` option names (``auto``: CUDA when available, else CPU).
+
+    Raises:
+        UserError: not a device, CUDA asked for but absent, or a type other than cpu / cuda.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but CUDA is not available here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: only cpu and cuda are supported")
+    return device
 
 
 @torch.no_grad()

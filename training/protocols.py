@@ -297,3 +297,30 @@ def _embedder(model, batch_size: int, progress: bool,
 def results_to_json(results: dict[str, ProtocolResult]) -> dict[str, dict]:
     """``{setting: metrics}`` for JSON files."""
     return {name: res.metrics for name, res in results.items()}
+
+
+TABLE_METRICS: tuple[tuple[str, str], ...] = (("r1", "R1"), ("r10", "R10"), ("r20", "R20"), ("mAP", "mAP"),
+                                              ("mINP", "mINP"))
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Paper-style table: one row per setting, ``mean ± std`` in percent.
+
+    Args:
+        results: ``{setting name: metrics dict}`` as :func:`training.protocols.summarize` makes.
+
+    Returns:
+        The table as text.
+    """
+    width = max([len("setting")] + [len(name) for name in results])
+    head = f"{'setting':<{width}}" + "".join(f"  {label:>14}" for _, label in TABLE_METRICS)  # cell: 14 chars
+    lines = [head, "-" * len(head)]
+    for name, m in results.items():
+        cells = []
+        for key, _ in TABLE_METRICS:
+            if key not in m:
+                cells.append(f"  {'-':>14}")
+                continue
+            cells.append(f"  {100 * m[key]:>6.2f} ± {100 * m.get(key + '_std', 0.0):>5.2f}")
+        lines.append(f"{name:<{width}}" + "".join(cells))
+    return "\n".join(lines)

@@ -145,20 +145,6 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], momentum: float) ->
     return OPTIMIZERS[name](groups, momentum)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but CUDA is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: only cpu and cuda are supported")
-    return device
-
-
 # ------------------------------------------------------------------------------------ RNG + checkpoint
 
 
@@ -302,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     """Train, checkpoint every epoch, evaluate at the end. Returns the exit code."""
     from training.data import build_dataset
     from training.data.loader import build_train_loader
-    from training.evaluate import format_table
+    from training.features import resolve_device
+    from training.protocols import format_table
     from training.gap import format_gap
     from training.losses import resolve_weights
     from training.model import DFE, param_groups

@@ -450,8 +450,8 @@ def test_hostile_sources_never_reach_the_filesystem_through_thumbnails(make_clie
     (root / "link.jpg").symlink_to(secret)
     (root / "dirlink").symlink_to(tmp_path)
     client = make_client(gallery=gallery_dir, image_roots=[root.parent])
-    if "/gallery/{item_id}/thumbnail" not in client.get("/openapi.json").json()["paths"]:
-        pytest.skip("this server has no thumbnail endpoint")
+    # A renamed route fails here instead of skipping the whole check unnoticed.
+    assert "/gallery/{item_id}/thumbnail" in client.get("/openapi.json").json()["paths"], "thumbnail route missing"
     legit = next(p for p in sorted(root.rglob("*.jpg")) if not p.is_symlink())
     sources = [f"cam1/{legit.relative_to(root).as_posix()}", str(secret), "../secret.jpg", "cam1/../../secret.jpg",
                "cam1/link.jpg", "cam1/dirlink/secret.jpg", "..\\secret.jpg", "cam1/%2e%2e/%2e%2e/secret.jpg",

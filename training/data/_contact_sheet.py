@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.data.synthetic import MARKER, _cameras, _image_path
+from training.data.records import MARKER, layout_cameras, layout_image_path
 from training.errors import UserError
 
 GAP = 6
@@ -35,7 +35,7 @@ def contact_sheet(root: str | Path, layout: str, out_png: str | Path, people: in
     params = json.loads((root / MARKER).read_text())
     h, w = params["height"], params["width"]
     per_cam = min(per_cam, params["images_per_camera"])
-    cams = _cameras(layout)
+    cams = layout_cameras(layout)
     # RGB cameras first, then IR, with a wider gap between the two groups.
     order = [c for c in cams if cams[c] == "rgb"] + [c for c in cams if cams[c] == "ir"]
     n_rows = min(people, params["ids"])
@@ -53,7 +53,7 @@ def contact_sheet(root: str | Path, layout: str, out_png: str | Path, people: in
         cv2.putText(sheet, label, (x + 2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         for row in range(n_rows):
             for n in range(per_cam):
-                path = root / _image_path(layout, row + 1, camid, n)
+                path = root / layout_image_path(layout, row + 1, camid, n)
                 img = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if img is None:
                     raise UserError(f"contact sheet: cannot read {path}")

@@ -56,3 +56,23 @@ def sysu_modality(camid: int) -> Modality:
     if camid in SYSU_RGB_CAMS:
         return "rgb"
     raise ValueError(f"SYSU-MM01 camera must be one of 1..6, got {camid}")
+
+
+# The layout facts the generator writes and its contact sheet reads (kept here, not in the
+# ``synthetic`` command module, so that neither imports the other).
+MARKER = "synthetic.json"  # the generator's parameters, at the root of every tree it writes
+
+
+def layout_cameras(layout: str) -> dict[int, str]:
+    """Camera number -> modality for a layout."""
+    if layout == "sysu":
+        return {c: sysu_modality(c) for c in range(1, 7)}
+    return {REGDB_VISIBLE_CAM: "rgb", REGDB_THERMAL_CAM: "ir"}
+
+
+def layout_image_path(layout: str, pid: int, camid: int, n: int) -> str:
+    """Dataset-relative path of image ``n`` (0-based) of ``pid`` in camera ``camid``."""
+    if layout == "sysu":
+        return f"cam{camid}/{pid:04d}/{n + 1:04d}.jpg"  # as in the real SYSU-MM01 tree
+    folder = "Visible" if camid == REGDB_VISIBLE_CAM else "Thermal"
+    return f"{folder}/{pid}/{n + 1:04d}.jpg"

@@ -28,40 +28,25 @@ from tqdm import tqdm
 from training.data._camera import CameraProfile, make_background, make_camera
 from training.data._identity import TAG_IMAGE, TAG_SPLIT, make_identity
 from training.data._render import draw_person
-from training.data.records import REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM, sysu_modality
+from training.data.records import (MARKER, REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM, layout_cameras,
+                                   layout_image_path)
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
 LAYOUTS: tuple[str, ...] = ("sysu", "regdb")
 JPEG_QUALITY = 90  # fixed so that the same seed gives the same bytes
-MARKER = "synthetic.json"
 REGDB_TRIALS = 10
 _OWNED = ("cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp", "Visible", "Thermal", "idx", "tracks.csv")
 # Per-process cache of camera profiles and scene templates: (seed, layout, h, w, difficulty) -> {cam: ...}.
 _SCENES: dict[tuple, dict[int, tuple[CameraProfile, np.ndarray]]] = {}
 
 
-def _cameras(layout: str) -> dict[int, str]:
-    """Camera number -> modality for a layout."""
-    if layout == "sysu":
-        return {c: sysu_modality(c) for c in range(1, 7)}
-    return {REGDB_VISIBLE_CAM: "rgb", REGDB_THERMAL_CAM: "ir"}
-
-
-def _image_path(layout: str, pid: int, camid: int, n: int) -> str:
-    """Dataset-relative path of image ``n`` (0-based) of ``pid`` in camera ``camid``."""
-    if layout == "sysu":
-        return f"cam{camid}/{pid:04d}/{n + 1:04d}.jpg"  # as in the real SYSU-MM01 tree
-    folder = "Visible" if camid == REGDB_VISIBLE_CAM else "Thermal"
-    return f"{folder}/{pid}/{n + 1:04d}.jpg"
-
-
 def _scenes(seed: int, layout: str, height: int, width: int, difficulty: float) -> dict[int, tuple]:
     key = (seed, layout, height, width, difficulty)
     if key not in _SCENES:
         scenes = {}
-        for camid, modality in _cameras(layout).items():
+        for camid, modality in layout_cameras(layout).items():
             cam = make_camera(seed, camid if layout == "sysu" else 10 + camid, modality, difficulty)
             scenes[camid] = (cam, make_background(cam, height, width, difficulty))
         _SCENES[key] = scenes
@@ -99,10 +84,10 @@ def _write_person(job: tuple) -> int:
     """Worker: render and write every image of one person. Returns the number written."""
     out, seed, layout, pid, per_cam, height, width, difficulty = job
     count = 0
-    for camid in _cameras(layout):
+    for camid in layout_cameras(layout):
         for n in range(per_cam):
             img = render_image(seed, layout, pid, camid, n, height, width, difficulty)
-            path = Path(out) / _image_path(layout, pid, camid, n)
+            path = Path(out) / layout_image_path(layout, pid, camid, n)
             path.parent.mkdir(parents=True, exist_ok=True)
             ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]),
                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -138,9 +123,9 @@ def write_tracks(out: str | Path, layout: str, people: int, images_per_camera: i
         raise UserError(f"track_length must be an integer >= 1, got {track_length!r}")
     lines = ["path,camera,person_label,track_id"]
     for pid in range(1, people + 1):
-        for camid in _cameras(layout):
+        for camid in layout_cameras(layout):
             for n in range(images_per_camera):
-                lines.append(f"{_image_path(layout, pid, camid, n)},{camid},{pid},"
+                lines.append(f"{layout_image_path(layout, pid, camid, n)},{camid},{pid},"
                              f"{track_id(pid, camid, n, int(track_length))}")
     path = Path(out) / TRACKS_FILE
     path.write_text("\n".join(lines) + "\n")
@@ -174,7 +159,7 @@ def _write_splits(out: Path, layout: str, ids: int, seed: int, per_cam: int, tes
         half = {"train": sorted([*perm[: ids - n_test], *extra]), "test": sorted(perm[ids - n_test:])}
         for split, members in half.items():
             for camid, mod in ((REGDB_VISIBLE_CAM, "visible"), (REGDB_THERMAL_CAM, "thermal")):
-                lines = [f"{_image_path('regdb', int(p), camid, n)} {int(p)}" for p in members for n in range(per_cam)]
+                lines = [f"{layout_image_path('regdb', int(p), camid, n)} {int(p)}" for p in members for n in range(per_cam)]
                 (out / "idx" / f"{split}_{mod}_{trial}.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -242,7 +227,7 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
     people = ids + extra_train_ids
     jobs = [(str(out), seed, layout, pid, images_per_camera, height, width, float(difficulty))
             for pid in range(1, people + 1)]
-    total = people * len(_cameras(layout)) * images_per_camera
+    total = people * len(layout_cameras(layout)) * images_per_camera
     bar = tqdm(total=total, desc=f"synth {layout}", unit="img", disable=not show_progress)
     if workers == 1 or total < 400:  # a pool costs more than it saves for toy sets
         for job in jobs:
