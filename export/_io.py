@@ -4,40 +4,45 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it into place.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then ``os.replace`` it into place.
 
-    ``os.replace`` is atomic on POSIX and Windows when both names are on one file system, which is why
-    the temporary file lives in the target folder (the pattern faiss's ``contrib`` uses for indexes).
+    The one atomic file write outside ``index/`` (models, checkpoints, configs, sidecars): ``os.replace`` is
+    atomic on POSIX and Windows when both names are on one file system, which is why the temporary file
+    lives in the target folder (the pattern faiss's ``contrib`` uses for indexes); ``mkstemp`` names it
+    uniquely (two writers never share a temporary file) and the result gets the umask's normal permissions
+    (``mkstemp`` makes 0600 files). ``index/persist.py`` keeps its own commit protocol (a directory of
+    files, the parent fsynced too), since ``index`` imports nothing of ours.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
 def atomic_copy(src: str | Path, dst: str | Path) -> Path:
-    """Copy ``src`` to ``dst`` through a temporary file and ``os.replace`` (see :func:`atomic_write_bytes`)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, length=16 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+    """Copy ``src`` to ``dst`` through :func:`atomic_write`."""
+    with open(src, "rb") as fin:
+        return atomic_write(dst, lambda fout: shutil.copyfileobj(fin, fout, length=16 << 20))

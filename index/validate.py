@@ -24,6 +24,19 @@ _MIN_NORM = 1e-12
 SCORE_SLACK = 1e-3
 
 
+def unit_rows(vectors: Any, min_norm: float = _MIN_NORM) -> np.ndarray:
+    """Rows of ``vectors`` scaled to unit L2 norm, float32; rows shorter than ``min_norm`` become zero.
+
+    The one L2 normalisation of the project (docs/contracts.md): the gallery (:func:`normalized`, which
+    refuses such rows instead), track fusion and re-ranking in ``serving.ranking``, and training's
+    evaluation (``training.features.l2_normalize``) all use it, so a zero vector means the same everywhere:
+    no direction, never NaN.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(norms >= min_norm, x / np.where(norms >= min_norm, norms, 1.0), 0.0).astype(np.float32)
+
+
 def normalized(vectors: Any, dim: int, what: str, allow_1d: bool = False) -> np.ndarray:
     """A float32 C-contiguous L2-normalised copy of ``vectors`` (``[N, dim]``).
 
@@ -48,12 +61,10 @@ def normalized(vectors: Any, dim: int, what: str, allow_1d: bool = False) -> np.
     bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
     if bad.size:
         raise GalleryError(f"{what} has NaN or infinite values in row(s) {bad[:10].tolist()}")
-    norms = np.linalg.norm(out, axis=1)
-    zero = np.flatnonzero(norms < _MIN_NORM)
+    zero = np.flatnonzero(np.linalg.norm(out, axis=1) < _MIN_NORM)
     if zero.size:
         raise GalleryError(f"{what} has all-zero row(s) {zero[:10].tolist()}: a zero vector has no direction")
-    out /= norms[:, None]
-    return out
+    return np.ascontiguousarray(unit_rows(out))
 
 
 def as_ids(ids: Any, what: str = "ids") -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 
 from index.grouping import Group, group_ranking, is_singleton, search_groups
 from index.reranking import rerank_neighbourhood
+from index.validate import unit_rows
 from serving.durable import DurableGallery, hit_dict
 
 FUSIONS: tuple[str, ...] = ("mean", "max")
@@ -70,11 +71,8 @@ class QueryAnswer:
     rerank_s: float | None = None
 
 
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32); a zero row stays zero."""
-    x = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+#: Rows scaled to unit L2 norm (float32); a zero row stays zero: the project's one normalisation.
+normalise = unit_rows
 
 
 def fuse(vectors: np.ndarray, method: str = "mean") -> np.ndarray:

@@ -9,13 +9,12 @@ checkpoint as ``args.yaml``, which is itself a valid config for re-running the s
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from export._io import atomic_write
 from training.errors import UserError
 
 
@@ -79,14 +78,6 @@ def plain(value: Any) -> Any:
 
 
 def save_args(args: argparse.Namespace | dict[str, Any], path: str | Path) -> Path:
-    """Write the resolved arguments as YAML, atomically (temp file + ``os.replace``)."""
-    path = Path(path)
+    """Write the resolved arguments as YAML, atomically and fsynced (``export._io.atomic_write``)."""
     data = plain(vars(args) if isinstance(args, argparse.Namespace) else args)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(data, fh, sort_keys=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: fh.write(yaml.safe_dump(data, sort_keys=True).encode()))

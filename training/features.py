@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from index.validate import unit_rows
 from training.data.images import read_image
 from training.errors import UserError
 
@@ -79,9 +80,9 @@ def extract_features(model: torch.nn.Module, paths: Sequence[str], batch_size: i
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero instead of becoming NaN)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+    """Rows scaled to unit length (zero rows stay zero instead of becoming NaN): ``index.validate.unit_rows``,
+    the project's one normalisation, so evaluation and the gallery rank the same way."""
+    return unit_rows(x, eps)
 
 
 def cosine_distance(q: np.ndarray, g: np.ndarray) -> np.ndarray:

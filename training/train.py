@@ -15,9 +15,7 @@ import argparse
 import csv
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export._io import atomic_write
 from training.config import parse_with_config, plain, save_args
 from training.errors import UserError
 from training.paper import PAPER
@@ -176,20 +175,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: never a torn file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the checkpoint normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through ``export._io.atomic_write`` (temp file, fsync, ``os.replace``): never a torn file."""
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 # ------------------------------------------------------------------------------------------ the loop
