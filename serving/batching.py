@@ -103,7 +103,7 @@ class MicroBatcher:
     def __init__(self, embed: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 16,
                  max_wait_s: float = 0.005, max_queue: int = 1024, thread_safe: bool = False,
                  concurrency: int = 1, observer: BatchObserver | None = None, history: int = 10_000,
-                 decode: Decode | None = None, finish: Finish | None = None, settle_yields: int = 0) -> None:
+                 decode: Decode | None = None, finish: Finish | None = None) -> None:
         """Configure (nothing starts until :meth:`start`).
 
         Args:
@@ -118,9 +118,6 @@ class MicroBatcher:
             decode: decodes the encoded images of jobs, in the model thread (needed to submit bytes).
             finish: called in the model thread after each model call with the jobs' descriptors and
                 contexts (see :data:`Finish`).
-            settle_yields: before taking a batch that is not full, give the event loop up to this many turns
-                (``asyncio.sleep(0)``) for requests it has already received to reach the queue, stopping at
-                the first turn that adds none. 0: take what has queued (see :meth:`_collect`).
 
         Raises:
             ValueError: a bound is out of range (the message names it).
@@ -133,8 +130,6 @@ class MicroBatcher:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if settle_yields < 0:
-            raise ValueError(f"settle_yields must be >= 0, got {settle_yields}")
         self._embed = embed
         self.max_batch_size = int(max_batch_size)
         self.max_wait_s = float(max_wait_s)
@@ -143,7 +138,6 @@ class MicroBatcher:
         self._observer = observer
         self._decode = decode
         self._finish = finish
-        self.settle_yields = int(settle_yields)
         self.calls = 0
         self.items = 0
         self.batch_sizes: deque[int] = deque(maxlen=history)
@@ -322,16 +316,6 @@ class MicroBatcher:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except asyncio.TimeoutError:
-                break
-        # Settle: with the server and the model on one core, requests the loop has read but not yet turned
-        # into jobs would miss this batch and start a run of small ones (issue 19: mean batch 4.5-9 instead of
-        # 15.4 at 32 clients in some runs). A few loop turns let them arrive; an idle server pays one turn.
-        for _ in range(self.settle_yields):
-            if len(self._queue) >= self.max_batch_size:
-                break
-            before = len(self._queue)
-            await asyncio.sleep(0)
-            if len(self._queue) == before:
                 break
         batch: list[_Item] = []
         while self._queue and len(batch) < self.max_batch_size:

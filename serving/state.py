@@ -167,7 +167,7 @@ class Runtime:
             embedder.embed, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_s,
             max_queue=settings.max_queue, thread_safe=bool(getattr(embedder, "thread_safe", False)),
             concurrency=settings.model_concurrency, observer=metrics.observe_batch,
-            decode=self._decode_sync, finish=self._search_jobs, settle_yields=settings.batch_settle_yields)
+            decode=self._decode_sync, finish=self._search_jobs)
         self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="decode")
         self.durable = DurableGallery(settings, gallery, getattr(embedder, "fingerprint", None), int(embedder.dim),
                                       getattr(embedder, "family", None))

@@ -56,9 +56,6 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, le=10_000, description="longest a request waits for others to "
                                                                  "join its micro-batch (requests queued while "
                                                                  "the model is busy are batched regardless)")
-    batch_settle_yields: int = Field(0, ge=0, le=64, description="event-loop turns the batcher gives requests "
-                                                                "already received to join a batch that is not "
-                                                                "full (0: take what has queued)")
     model_concurrency: int = Field(1, ge=1, le=64, description="micro-batches in flight at once when the "
                                                               "backend is thread-safe (never more than 1 otherwise)")
     max_queue: int = Field(1024, ge=1, description="images waiting for the model before /search answers 503")

@@ -319,34 +319,3 @@ def test_all_images_bad_means_no_model_call_and_bytes_need_a_decoder() -> None:
 
     run(main())
     assert model.sizes == []
-
-
-def test_settle_yields_let_requests_already_received_join_the_batch() -> None:
-    """Images that reach the queue a few loop turns after the first one join its batch when settling."""
-    import asyncio
-
-    calls: list[int] = []
-
-    def embed(images):
-        calls.append(len(images))
-        return np.zeros((len(images), 4), dtype=np.float32)
-
-    async def scenario(settle: int) -> list[int]:
-        calls.clear()
-        batcher = MicroBatcher(embed, max_batch_size=8, max_wait_s=0.0, settle_yields=settle)
-        await batcher.start()
-        image = np.zeros((2, 2, 3), dtype=np.uint8)
-
-        async def late(turns: int):
-            for _ in range(turns):  # a request still being parsed: it needs a few loop turns
-                await asyncio.sleep(0)
-            return await batcher.submit(image)
-
-        await asyncio.gather(batcher.submit(image), *(late(t) for t in (1, 1, 2, 2, 3)))
-        await batcher.stop()
-        return list(calls)
-
-    assert asyncio.run(scenario(0))[0] < 6          # taken at once: the late ones make more calls
-    assert asyncio.run(scenario(8)) == [6]         # settled: one call with all six
-    with pytest.raises(ValueError, match="settle_yields must be >= 0"):
-        MicroBatcher(embed, settle_yields=-1)
