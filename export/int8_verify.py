@@ -16,14 +16,13 @@ otherwise the comparison would measure two different models.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.artifact import INPUT_NAME, read_metadata
+from export.artifact import INPUT_NAME, file_sha256, read_metadata
 from export.errors import UserError
 from export.ort import create_session
 from export.quantize import is_quantized, quantization_settings
@@ -50,14 +49,6 @@ def cosine_stats(reference: np.ndarray, candidate: np.ndarray) -> dict[str, floa
     cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
     return {"n": int(len(cos)), "min": float(cos.min()), "p1": float(np.percentile(cos, 1)),
             "median": float(np.median(cos)), "mean": float(cos.mean())}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _runner(path: Path, provider: str):
@@ -103,7 +94,7 @@ def verify_int8(onnx_path: str | Path, reference: str | Path, *, data_root: str 
     if is_quantized(ref_meta):
         raise UserError(f"--reference {reference} is itself INT8; give the fp32 model it was quantized from")
     parent = meta.get("parent_fingerprint", "")
-    if _sha256(reference) != parent:
+    if file_sha256(reference) != parent:
         raise UserError(f"--reference {reference} is not the model {onnx_path.name} was quantized from (its sha256 "
                         f"differs from parent_fingerprint {parent[:12]})")
     embed = {"fp32": _runner(reference, provider), "int8": _runner(onnx_path, provider)}

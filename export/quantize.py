@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -85,7 +84,7 @@ from typing import Any
 from export._io import atomic_write_bytes
 from export.calibration import (DEFAULT_NUM_IMAGES, MIN_CALIBRATION_IMAGES, SPLITS, CalibrationReader,
                                 select_calibration_images)
-from export.artifact import INPUT_NAME, OUTPUT_NAME, load_onnx_proto, metadata_from_proto
+from export.artifact import INPUT_NAME, OUTPUT_NAME, file_sha256, load_onnx_proto, metadata_from_proto
 from export.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -104,14 +103,6 @@ PRECISION_INT8 = "int8"
 # Calibration runs the augmented model (every activation an output) on this many batches at a time and
 # folds them into the ranges / histograms, which bounds its memory (ORT's CalibStridedMinMax).
 _CHUNK_BATCHES = 4
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_quantized(meta: dict[str, Any]) -> bool:
@@ -257,7 +248,7 @@ def quantize_onnx(onnx_path: str | Path, calibration_images: str | Path, out: st
         **({"percentile": percentile} if method == "percentile" else {}),
     }
     new_meta = {key: str(value) for key, value in meta.items()}
-    new_meta.update(precision=PRECISION_INT8, parent_fingerprint=_sha256(onnx_path),
+    new_meta.update(precision=PRECISION_INT8, parent_fingerprint=file_sha256(onnx_path),
                     quantization=json.dumps(settings, sort_keys=True, separators=(",", ":")))
     del proto.metadata_props[:]
     for key, value in new_meta.items():

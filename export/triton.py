@@ -16,7 +16,6 @@ Imports neither torch nor onnxruntime.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -24,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export._io import atomic_copy, atomic_write_bytes
-from export.artifact import INPUT_NAME, OUTPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto
+from export.artifact import (INPUT_NAME, OUTPUT_NAME, batch_dim_is_dynamic, file_sha256, load_onnx_proto,
+                             metadata_from_proto)
 from export.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def write_repository(onnx_path: str | Path, out: str | Path, *, plan: str | Path
     # The fingerprint a gallery is tied to is the ONNX file's sha256, for a TensorRT plan too (as the
     # TensorRT embedder does): a gallery indexed with the ONNX model is valid with either served model.
     parameters = {key: str(value) for key, value in meta.items()}
-    parameters["fingerprint"] = _sha256(Path(onnx_path))
+    parameters["fingerprint"] = file_sha256(Path(onnx_path))
     model_dir = Path(out) / name
     backend, source, filename = ("tensorrt", Path(plan), "model.plan") if plan is not None else \
         ("onnxruntime", Path(onnx_path), "model.onnx")
@@ -173,14 +173,6 @@ def write_repository(onnx_path: str | Path, out: str | Path, *, plan: str | Path
     logger.info("wrote Triton model %s (%s, %dx%d -> %d)", model_dir, backend, meta["height"], meta["width"],
                 meta["descriptor_dim"])
     return model_dir
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sizes(text: str) -> list[int]:
