@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,18 @@ def _auto_pq_m(dim: int) -> int:
         if dim % m == 0:
             return m
     return 1
+
+
+def _ivf_lists(ivf: faiss.IndexIVF, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(internal ids, float32 vectors [size, dim])`` of each non-empty list of an ``IndexIVFFlat``, as views
+    into the lists (valid until the index changes)."""
+    lists = ivf.invlists
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if size:
+            internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
+            codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * ivf.code_size)
+            yield internal, np.frombuffer(codes, dtype=np.float32).reshape(size, dim)
 
 
 def _batch_selector(ids: np.ndarray) -> faiss.IDSelector:
@@ -336,28 +348,24 @@ class FaissBackend(VectorBackend):
         if n < _REGROW_FACTOR * self._growth["trained_for"] or auto_nlist(n, n) < 2 * current:
             return
         start = time.perf_counter()
-        self.regrow()
+        self._regrow(n)
         log.info("ivf_flat grew to %d items: re-trained with nlist=%d (was %d) in %.1f s", n,
                  self._options["nlist"], current, time.perf_counter() - start)
 
-    def regrow(self, sample_seed: int = 0) -> None:
-        """Train new IVF lists sized for the current gallery and move every vector into them.
+    def _regrow(self, n: int) -> None:
+        """Train new IVF lists sized for the ``n`` stored vectors and move every vector into them.
 
-        The training sample is drawn from the stored vectors (64 per centroid); vectors move list by
-        list in chunks, so the extra memory is the new index plus one chunk. A recall target set by
-        :meth:`tune` is measured again with the same target, sample and k: the old ``nprobe`` was
-        chosen for lists that no longer exist.
+        The training sample is drawn from the stored vectors (64 per centroid, seeded); vectors move list
+        by list in chunks, so the extra memory is the new index plus one chunk. A recall target set by
+        :meth:`tune` is measured again with the same target, sample and k: the old ``nprobe`` was chosen
+        for lists that no longer exist.
         """
-        if self.kind != "ivf_flat" or self._index is None:
-            raise GalleryError(f"only a trained ivf_flat gallery can be re-trained for its size (kind {self.kind!r})")
         old = faiss.extract_index_ivf(self._index.index)
-        lists, id_map = old.invlists, faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        n = int(self._index.ntotal)
-        nlist = auto_nlist(n, n)
-        rng = np.random.default_rng(sample_seed)
-        sample_rows = np.sort(rng.choice(n, size=min(n, nlist * _TRAIN_POINTS_PER_CENTROID), replace=False))
-        sample = self._ivf_rows(old, sample_rows)
-        self._growth["auto_nlist"] = True
+        id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        size = min(n, auto_nlist(n, n) * _TRAIN_POINTS_PER_CENTROID)
+        wanted = np.zeros(n, dtype=bool)
+        wanted[np.random.default_rng(0).choice(n, size=size, replace=False)] = True
+        sample = np.concatenate([vectors[wanted[internal]] for internal, vectors in _ivf_lists(old, self.dim)])
         ivf = self._build_ivf(len(sample), n)
         ivf.train(sample)
         del sample
@@ -365,16 +373,11 @@ class FaissBackend(VectorBackend):
         chunk_vecs: list[np.ndarray] = []
         chunk_ids: list[np.ndarray] = []
         pending = 0
-        for list_no in range(old.nlist):
-            size = lists.list_size(list_no)
-            if not size:
-                continue
-            internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy()
-            codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * old.code_size)
-            chunk_vecs.append(np.frombuffer(codes, dtype=np.float32).reshape(size, self.dim).copy())
+        for internal, vectors in _ivf_lists(old, self.dim):
+            chunk_vecs.append(vectors.copy())
             chunk_ids.append(id_map[internal])
-            pending += size
-            if pending >= _MIGRATE_CHUNK or list_no == old.nlist - 1:
+            pending += len(internal)
+            if pending >= _MIGRATE_CHUNK:
                 index.add_with_ids(np.concatenate(chunk_vecs), np.concatenate(chunk_ids))
                 chunk_vecs, chunk_ids, pending = [], [], 0
         if chunk_vecs:
@@ -387,23 +390,6 @@ class FaissBackend(VectorBackend):
         if self._tuning is not None:
             previous = self._tuning
             self.tune(previous["target_recall"], int(previous.get("k", 10)), int(previous.get("sample", 1000)))
-
-    def _ivf_rows(self, ivf: faiss.IndexIVF, rows: np.ndarray) -> np.ndarray:
-        """The stored vectors at internal positions ``rows`` of an ``IndexIVFFlat`` (for a training sample)."""
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        wanted = np.zeros(int(self._index.ntotal), dtype=bool)
-        wanted[rows] = True
-        slot = np.cumsum(wanted) - 1
-        for list_no in range(ivf.nlist):
-            size = ivf.invlists.list_size(list_no)
-            if not size:
-                continue
-            internal = faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)
-            keep = wanted[internal]
-            if keep.any():
-                codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(list_no), size * ivf.code_size)
-                out[slot[internal[keep]]] = np.frombuffer(codes, dtype=np.float32).reshape(size, self.dim)[keep]
-        return out
 
     def remove_ids(self, ids: np.ndarray) -> None:
         if self._index is None:
