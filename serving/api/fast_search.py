@@ -74,12 +74,12 @@ class SearchFastPath:
             return
         started = time.perf_counter()
         content_type = _content_type(scope)
-        if content_type in RAW_IMAGE_TYPES:
+        if content_type is not None and content_type.split(b";")[0].strip().lower() in RAW_IMAGE_TYPES:
             await self._raw_image(scope, receive, send, started)
             return
         query = _parse_query(scope.get("query_string", b""))
         runtime = getattr(self.fastapi_app.state, "runtime", None)
-        boundary = _boundary(scope)
+        boundary = _boundary(content_type)
         if query is None or boundary is None or runtime is None or not runtime.ready:
             await self.app(scope, receive, send)
             return
@@ -107,11 +107,7 @@ class SearchFastPath:
         try:
             payload = await search_answer(runtime, part[1], top_k, camera_filter, started)
         except Exception as exc:
-            handler = self._handler(exc)
-            if handler is None:
-                raise
-            response = await handler(Request(scope, receive), exc)
-            await response(scope, receive, send)
+            await self._answer_error(exc, Request(scope, receive), send)
             return
         await _send_json(send, payload)
 
@@ -140,20 +136,19 @@ class SearchFastPath:
             camera_filter = check_query(runtime, top_k, cameras)
             payload = await search_answer(runtime, bytes(body), top_k, camera_filter, started)
         except Exception as exc:
-            handler = self._handler(exc)
-            if handler is None:
-                raise
-            response = await handler(request, exc)
-            await response(scope, receive, send)
+            await self._answer_error(exc, request, send)
             return
         await _send_json(send, payload)
 
-    def _handler(self, exc: Exception) -> Any:
+    async def _answer_error(self, exc: Exception, request: Request, send: Send) -> None:
+        """Answer ``exc`` with the app's own exception handler for it, as the route would; re-raise without one
+        (``RequestContext`` turns it into the 500)."""
         handlers = self.fastapi_app.exception_handlers
-        for cls in type(exc).__mro__:
-            if cls in handlers:
-                return handlers[cls]
-        return None
+        handler = next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+        if handler is None:
+            raise exc
+        response = await handler(request, exc)
+        await response(request.scope, request.receive, send)
 
 
 def _parse_query(raw: bytes) -> tuple[int, list[int] | None] | None:
@@ -182,19 +177,17 @@ async def _send_json(send: Send, payload: bytes) -> None:
 
 
 def _content_type(scope: Scope) -> bytes | None:
-    """The request's media type, lower-cased, without parameters (None without a Content-Type header)."""
+    """The request's Content-Type header as sent (None without one)."""
     for key, value in scope.get("headers", ()):
         if key == b"content-type":
-            return value.split(b";")[0].strip().lower()
+            return value
     return None
 
 
-def _boundary(scope: Scope) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == b"content-type":
-            match = _BOUNDARY.fullmatch(value.strip())
-            return match.group(1) if match else None
-    return None
+def _boundary(content_type: bytes | None) -> bytes | None:
+    """The multipart boundary of a ``multipart/form-data`` Content-Type; None for anything else."""
+    match = _BOUNDARY.fullmatch(content_type.strip()) if content_type is not None else None
+    return match.group(1) if match else None
 
 
 def _single_image_part(body: bytes, boundary: bytes) -> tuple[str, bytes] | None:
