@@ -61,11 +61,16 @@ def tune_gallery(directory: Path, target_recall: float, k: int = 10, sample: int
         gallery.save(directory)
     finally:
         gallery.close()
-    level = logging.WARNING if not record["met"] else logging.INFO
-    logger.log(level, "tuned %s: %s=%d gives held-out recall@%d %.3f (target %.3f%s) on %d items in %.1f s",
-               directory, record["param"], record["value"], record["k"], record["recall"], record["target_recall"],
-               "" if record["met"] else ", NOT reached", record["sample"], record["seconds"])
+    logger.log(logging.INFO if record["met"] else logging.WARNING, "tuned %s: %s in %.1f s", directory,
+               describe_tuning(record), record["seconds"])
     return record
+
+
+def describe_tuning(record: dict) -> str:
+    """One line for a ``Gallery.tune`` record: ``ef_search=11, held-out recall@10 0.993 (target 0.950), 1000 items``."""
+    return (f"{record['param']}={record['value']}, held-out recall@{record['k']} {record['recall']:.3f} "
+            f"(target {record['target_recall']:.3f}{'' if record['met'] else ', not reached'}), "
+            f"{record['sample']} items")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             report = tools.repair(args.directory)
         elif args.action == "tune":
             record = tune_gallery(args.directory, args.target_recall, args.k, args.sample)
-            print(f"{'ok' if record['met'] else 'warning'}: {args.directory}: {record['param']}={record['value']}, "
-                  f"held-out recall@{record['k']} {record['recall']:.3f} (target {record['target_recall']:.3f}"
-                  f"{'' if record['met'] else ', not reached'}), {record['sample']} items", file=sys.stdout)
+            print(f"{'ok' if record['met'] else 'warning'}: {args.directory}: {describe_tuning(record)}",
+                  file=sys.stdout)
             return 0
         else:
             report = tools.copy(args.source, args.dest)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from index.errors import GalleryError
+from index.tuning import check_target
 from serving.crawl import SPLITS
 from serving.embedders import BACKENDS
 from serving.errors import UserError
@@ -72,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.target_recall is not None:  # refused before hours of indexing, not after
-        if not 0 < args.target_recall <= 1:
-            raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+        try:
+            check_target(args.target_recall)
+        except GalleryError:
+            raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}") from None
         if args.kind not in TUNABLE_KINDS:
             raise UserError(f"--target-recall needs an approximate --kind whose recall can be measured "
                             f"({', '.join(TUNABLE_KINDS)}); --kind {args.kind} has none to tune")
@@ -91,15 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = index_images(args.model, args.images, args.gallery, workers=args.workers, **common)
     print(summary.format())
     if args.target_recall is not None:
-        from index.errors import GalleryError
-        from serving.gallery_cli import tune_gallery
+        from serving.gallery_cli import describe_tuning, tune_gallery
 
         try:
             record = tune_gallery(args.gallery, args.target_recall)
         except GalleryError as exc:
             raise UserError(f"indexed and saved {args.gallery}, but could not tune it: {exc}") from None
-        print(f"tuned: {record['param']}={record['value']}, held-out recall@{record['k']} {record['recall']:.3f} "
-              f"(target {record['target_recall']:.3f}{'' if record['met'] else ', NOT reached'})")
+        print(f"tuned: {describe_tuning(record)}")
     return 0
 
 
