@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from index.validate import unit_rows
+
 log = logging.getLogger(__name__)
 
 KINDS = ("clustered", "gaussian", "model")
@@ -60,7 +62,8 @@ class ModelStats:
 
 
 def _normalise_rows(x: np.ndarray) -> None:
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """``x`` normalised in place (a view of the big array) by the project's one L2 normalisation."""
+    x[...] = unit_rows(x)
 
 
 def gaussian(n: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
