@@ -1,13 +1,14 @@
 """HTTP load benchmark: requests/s and p50/p95/p99 latency of ``POST /search``, micro-batching on and off.
 
 ``python -m benchmarks.http --model M.onnx --gallery DIR --images DIR [--concurrency 1,8,32] [--requests 400]
-[--duration-cap 60] [--repeats 3] [--before DIR] [--no-pin] [--quick]``
+[--duration-cap 60] [--repeats 3] [--before DIR] [--client aiohttp,httpx] [--body multipart|raw] [--no-pin]
+[--quick]``
 
 It starts two real servers (``python -m serving serve``) on free loopback ports, one with micro-batching
 (``--max-batch-size``, default the server's) and one without (``--max-batch-size 1``), and drives both
 with the same bounded load: for each concurrency level a fixed number of requests, posted by exactly
-``concurrency`` client coroutines (``httpx.AsyncClient``, keep-alive), stopped early when the duration
-cap is reached. The bodies are real infrared crops (``cam3``/``cam6`` of a SYSU-MM01-layout tree). The
+``concurrency`` client coroutines (aiohttp, keep-alive; :func:`run_level` says why not httpx), stopped
+early when the duration cap is reached. The bodies are real infrared crops (``cam3``/``cam6`` of a SYSU-MM01-layout tree). The
 two servers take turns level by level (the order flips every level), so a burst of load from other
 processes on a shared machine hits both alike. ``--url`` benchmarks an already running server instead.
 
@@ -45,10 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 
-from benchmarks import _machine, _proc
+from benchmarks import _machine, _proc, _server
 from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, profile_requests, profile_summary,
                                 profiled_launcher, scrape, server_env)
 from serving.errors import UserError
@@ -61,6 +63,8 @@ MODEL_CPU = "xmreid_model_cpu_seconds_total"
 # Issue 19's aims, checked and printed, never asserted: server CPU per /search outside the model, the
 # micro-batched throughput at the highest concurrency over offline batched embedding on the same cores,
 # and the mean micro-batch there.
+BODY_FORMS = ("multipart", "raw")
+CLIENTS = ("aiohttp", "httpx")
 OUTSIDE_MODEL_CPU_MS = 1.5
 BATCHED_RATIO = 0.80
 MIN_MEAN_BATCH = 8.0
@@ -76,6 +80,7 @@ class LevelResult:
     timings_ms: list[dict[str, float]] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    client_cpu_s: float | None = None  # the load generator's own CPU during the level (None: not measured)
 
     @property
     def issued(self) -> int:
@@ -83,12 +88,19 @@ class LevelResult:
 
 
 async def run_level(url: str, queries: Sequence[Query], concurrency: int, requests: int, duration_cap_s: float,
-                    *, top_k: int = 10, timeout_s: float = 120.0,
-                    on_done: Callable[[], None] | None = None) -> LevelResult:
+                    *, top_k: int = 10, timeout_s: float = 120.0, body: str = "multipart",
+                    client: str = "aiohttp", on_done: Callable[[], None] | None = None) -> LevelResult:
     """Post ``requests`` searches with ``concurrency`` requests in flight; stop issuing at the cap.
 
     Each of the ``concurrency`` coroutines posts its next request as soon as its previous one is
-    answered (a closed loop), so the number in flight never exceeds ``concurrency``.
+    answered (a closed loop), so the number in flight never exceeds ``concurrency``. The client is
+    aiohttp over ``concurrency`` keep-alive connections, with the collector paused for the level
+    (:func:`benchmarks._server.collector_paused`). Not httpx by default (this module's client before;
+    ``client="httpx"`` keeps it, to compare): measured on this machine against a canned-answer uvicorn
+    app on the other core, httpx spent 2.5 ms of CPU per request and could not post more than ~400
+    requests/s at concurrency 32, the rate the real server answered at; aiohttp spent 0.13 ms and posted
+    ~7,700/s. With httpx the load generator ran 70-100 % busy, its requests reached the server as a
+    trickle (one wake-up of the event loop each) instead of together, and its pauses starved the batcher.
 
     Args:
         url: server base URL.
@@ -98,42 +110,104 @@ async def run_level(url: str, queries: Sequence[Query], concurrency: int, reques
         duration_cap_s: no new request starts after this many seconds.
         top_k: ``top_k`` of each search.
         timeout_s: per-request timeout (a timeout counts as an error).
+        body: ``multipart`` (the ``image`` form field, what most clients send) or ``raw`` (the file as the
+            whole body with its image ``Content-Type``, :mod:`serving.api.fast_search`).
+        client: ``aiohttp`` or ``httpx`` (see above).
         on_done: called after every answered request (progress bar).
 
     Returns:
         Latencies of the 200s, the server's ``timings_ms`` of each, errors by status or exception name.
     """
+    if body not in BODY_FORMS:
+        raise ValueError(f"body must be one of {', '.join(BODY_FORMS)}, got {body!r}")
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
+    if client == "httpx":
+        return await _run_level_httpx(url, queries, concurrency, requests, duration_cap_s, top_k=top_k,
+                                      timeout_s=timeout_s, body=body, on_done=on_done)
+    result = LevelResult(concurrency, requests)
+    counter = itertools.count()
+    params = {"top_k": str(top_k)}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    def payload(query: Query) -> tuple[Any, dict[str, str] | None]:
+        if body == "raw":
+            return query.data, {"Content-Type": query.content_type}
+        form = aiohttp.FormData()
+        form.add_field("image", query.data, filename=Path(query.name).name, content_type=query.content_type)
+        return form, None
+
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+        with _server.collector_paused():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            stop_at = started + duration_cap_s
+
+            async def worker() -> None:
+                while True:
+                    i = next(counter)
+                    if i >= requests or time.perf_counter() >= stop_at:
+                        return
+                    data, headers = payload(queries[i % len(queries)])
+                    t0 = time.perf_counter()
+                    try:
+                        async with session.post("/search", params=params, data=data, headers=headers) as response:
+                            if response.status == 200:
+                                answer = await response.json()
+                                result.latencies_s.append(time.perf_counter() - t0)
+                                result.timings_ms.append(answer["timings_ms"])
+                            else:
+                                await response.read()
+                                result.errors[str(response.status)] += 1
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                        result.errors[type(exc).__name__] += 1
+                    if on_done is not None:
+                        on_done()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            result.elapsed_s = time.perf_counter() - started
+            result.client_cpu_s = time.process_time() - cpu_started
+    return result
+
+
+async def _run_level_httpx(url: str, queries: Sequence[Query], concurrency: int, requests: int,
+                           duration_cap_s: float, *, top_k: int, timeout_s: float, body: str,
+                           on_done: Callable[[], None] | None) -> LevelResult:
+    """:func:`run_level` with ``httpx.AsyncClient`` (the earlier load generator, kept to compare)."""
     result = LevelResult(concurrency, requests)
     counter = itertools.count()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
-        started = time.perf_counter()
-        stop_at = started + duration_cap_s
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as session:
+        with _server.collector_paused():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            stop_at = started + duration_cap_s
 
-        async def worker() -> None:
-            while True:
-                i = next(counter)
-                if i >= requests or time.perf_counter() >= stop_at:
-                    return
-                query = queries[i % len(queries)]
-                t0 = time.perf_counter()
-                try:
-                    response = await client.post("/search", params={"top_k": top_k},
-                                                  files={"image": (Path(query.name).name, query.data,
-                                                                   query.content_type)})
-                except httpx.HTTPError as exc:
-                    result.errors[type(exc).__name__] += 1
-                else:
-                    if response.status_code == 200:
-                        result.latencies_s.append(time.perf_counter() - t0)
-                        result.timings_ms.append(response.json()["timings_ms"])
+            async def worker() -> None:
+                while True:
+                    i = next(counter)
+                    if i >= requests or time.perf_counter() >= stop_at:
+                        return
+                    query = queries[i % len(queries)]
+                    form: dict[str, Any] = (
+                        {"content": query.data, "headers": {"Content-Type": query.content_type}} if body == "raw"
+                        else {"files": {"image": (Path(query.name).name, query.data, query.content_type)}})
+                    t0 = time.perf_counter()
+                    try:
+                        response = await session.post("/search", params={"top_k": top_k}, **form)
+                    except httpx.HTTPError as exc:
+                        result.errors[type(exc).__name__] += 1
                     else:
-                        result.errors[str(response.status_code)] += 1
-                if on_done is not None:
-                    on_done()
+                        if response.status_code == 200:
+                            result.latencies_s.append(time.perf_counter() - t0)
+                            result.timings_ms.append(response.json()["timings_ms"])
+                        else:
+                            result.errors[str(response.status_code)] += 1
+                    if on_done is not None:
+                        on_done()
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result.elapsed_s = time.perf_counter() - started
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            result.elapsed_s = time.perf_counter() - started
+            result.client_cpu_s = time.process_time() - cpu_started
     return result
 
 
@@ -172,6 +246,11 @@ def level_row(mode: str, result: LevelResult, before: dict[str, float], after: d
         "mean_batch": delta("xmreid_model_batch_size_sum") / calls if calls else None,
         "model_call_ms": 1e3 * delta("xmreid_model_call_duration_seconds_sum") / calls if calls else None,
         "error_kinds": dict(result.errors),
+        # The load generator's own CPU: near 1.0 busy it would be what limits the level, not the server.
+        "client_cpu_ms": 1e3 * result.client_cpu_s / len(result.latencies_s)
+        if result.client_cpu_s is not None and result.latencies_s else None,
+        "client_busy": result.client_cpu_s / result.elapsed_s
+        if result.client_cpu_s is not None and result.elapsed_s > 0 else None,
     }
     model_cpu = delta(MODEL_CPU) if MODEL_CPU in after else None
     row["model_cpu_ms"] = 1e3 * model_cpu / per_request if model_cpu is not None and per_request else None
@@ -298,6 +377,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra-path", type=Path, help="folder of packages (`pip install --target DIR ...`) put "
                         "first on the servers' PYTHONPATH")
     parser.add_argument("--top-k", type=int, default=10, help="top_k of every search")
+    parser.add_argument("--client", type=_clients, default=["aiohttp"],
+                        help="load generator(s), comma-separated: aiohttp (default), httpx (the earlier one, ~20x "
+                             "its CPU per request); a second client's rows are labelled `MODE [client]`")
+    parser.add_argument("--body", choices=BODY_FORMS, default="multipart",
+                        help="how the crop is posted: multipart form field `image`, or the raw file as the body")
     parser.add_argument("--warmup", type=int, default=16, help="untimed requests per server before the levels")
     parser.add_argument("--offline-images", type=int, default=64, help="crops per offline reference pass")
     parser.add_argument("--offline-rounds", type=int, default=5, help="timed offline passes (the median is used)")
@@ -360,6 +444,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency, "requests_per_level": args.requests, "duration_cap_s": args.duration_cap,
         "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "top_k": args.top_k,
         "queries": len(queries), "target_ratio": TARGET_RATIO, "servers": {}, "rows": [], "offline": [],
+        "clients": list(args.client), "body": args.body,
         "repeats": args.repeats, "server_variant": args.server_variant,
         "before": None if args.before is None else {"tree": str(args.before), "args": args.before_args,
                                                     "label": args.before_label or str(args.before)},
@@ -385,7 +470,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         modes.update({"before batching": ([*batching, *before_args], args.before),
                       "before no-batching": (["--max-batch-size", "1", *before_args], args.before)})
     servers: dict[str, ServerProcess | None] = {}
-    total = len(modes) * len(args.concurrency) * args.requests * args.repeats
+    # Each server is driven by every --client; the first client's rows keep the plain mode name.
+    clients = list(args.client)
+    targets = [(mode if client == clients[0] else f"{mode} [{client}]", mode, client)
+               for mode in modes for client in clients]
+    total = len(targets) * len(args.concurrency) * args.requests * args.repeats
     restore = None
     with tqdm(total=total, desc="http benchmark", unit="req", disable=args.no_progress) as bar:
         try:
@@ -411,13 +500,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           args.warmup, 60.0, top_k=args.top_k))
             for repeat in range(args.repeats):
                 for index, concurrency in enumerate(args.concurrency):
-                    order = list(modes) if (index + repeat) % 2 == 0 else list(reversed(modes))
-                    for mode in order:
-                        row = measure_level(mode, results["servers"][mode]["url"], servers[mode], queries,
-                                            concurrency, args, bar)
+                    order = list(targets) if (index + repeat) % 2 == 0 else list(reversed(targets))
+                    for label, mode, client in order:
+                        row = measure_level(label, results["servers"][mode]["url"], servers[mode], queries,
+                                            concurrency, args, bar, client=client)
                         row["run"] = repeat
+                        row["client"] = client
                         results["rows"].append(row)
-                        logger.info("%s concurrency %d: %.1f req/s", mode, concurrency, row["requests_per_s"])
+                        logger.info("%s concurrency %d: %.1f req/s", label, concurrency, row["requests_per_s"])
         finally:
             for server in servers.values():
                 if server is not None:
@@ -438,14 +528,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _clients(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CLIENTS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown client(s) {', '.join(unknown) or '(none)'}; valid: "
+                                         f"{', '.join(CLIENTS)}")
+    return list(dict.fromkeys(names))
+
+
 def measure_level(mode: str, url: str, server: ServerProcess | None, queries: Sequence[Query], concurrency: int,
-                  args: argparse.Namespace, bar: Any) -> dict[str, Any]:
+                  args: argparse.Namespace, bar: Any, client: str = "aiohttp") -> dict[str, Any]:
     """One level against one server: ``/metrics`` and the OS's CPU account of the server, before and after."""
     before = scrape(url)
     pid = server.pid if server is not None else None
     cpu_before = _proc.cpu_times(pid) if pid is not None else None
     level = asyncio.run(run_level(url, queries, concurrency, args.requests, args.duration_cap, top_k=args.top_k,
-                                  on_done=bar.update))
+                                  body=args.body, client=client, on_done=bar.update))
     cpu_after = _proc.cpu_times(pid) if pid is not None else None
     after = scrape(url)  # after the CPU reading: the scrape's own cost stays out of the level
     bar.update(args.requests - level.issued)  # the duration cap left these unsent
@@ -499,7 +598,9 @@ def report(results: dict[str, Any]) -> str:
     parts = [f"`POST /search` on loopback, {results['requests_per_level']} requests per level (cap "
              f"{results['duration_cap_s']:.0f} s), top_k {results['top_k']}, {results['queries']} distinct infrared "
              f"crops, every level run {results.get('repeats', 1)} time(s) per server (modes interleaved, order "
-             "flipped each level). Latency is client wall time. Servers" + (
+             "flipped each level). Latency is client wall time. Load generator: "
+             + ", ".join(f"`{c}`" for c in results.get("clients", ["httpx"]))
+             + f" ({results.get('body', 'multipart')} bodies; `--client`, `--body`). Servers" + (
                  "" if "external" in results["servers"] else " (`batching` and `no-batching` differ only in "
                  "--max-batch-size)") + ":"]
     parts.append("\n".join(f"- `{mode}`: `{s['command'] or s['url']}`" + (
@@ -536,7 +637,11 @@ def report(results: dict[str, Any]) -> str:
     parts.append("Every run:")
     parts.append(_machine.markdown_table(results["rows"], [
         "mode", "concurrency", "run", "ok", "errors", "requests_per_s", "p50_ms", "p95_ms", "p99_ms",
-        "model_calls_per_request", "mean_batch", "model_call_ms", "server_cpu_ms", "outside_model_cpu_ms"]))
+        "model_calls_per_request", "mean_batch", "model_call_ms", "server_cpu_ms", "outside_model_cpu_ms",
+        "client_cpu_ms", "client_busy"]))
+    parts.append("`client_cpu_ms` / `client_busy`: the load generator's own CPU per answered request and its share of "
+                 "the level's wall time (its garbage collector is paused during a level: "
+                 "`benchmarks._server.collector_paused`).")
     parts.append("Server-side split (mean ms per request, from `timings_ms`; `embed` includes the micro-batch wait "
                  "and queueing behind other batches):")
     parts.append(_machine.markdown_table(results["rows"], [

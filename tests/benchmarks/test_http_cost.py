@@ -55,6 +55,47 @@ def test_level_row_splits_server_cpu_at_the_model() -> None:
     assert unknown["server_cpu_ms"] is None and unknown["outside_model_cpu_ms"] is None
 
 
+def test_level_row_reports_the_load_generators_own_cpu() -> None:
+    level = _level()
+    level.client_cpu_s = 0.5  # 0.5 s of client CPU over 4 answers in 1 s of wall time
+    row = http.level_row("batching", level, {}, {})
+    assert row["client_cpu_ms"] == pytest.approx(125.0) and row["client_busy"] == pytest.approx(0.5)
+    assert http.level_row("batching", _level(), {}, {})["client_cpu_ms"] is None
+
+
+def test_collector_paused_stops_collections_in_the_block_and_restores_the_collector() -> None:
+    import gc
+
+    from benchmarks._server import collector_paused
+
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    assert gc.isenabled()
+    gc.callbacks.append(count)
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+            started = len(collections)  # the full collection on entry
+            for _ in range(20_000):  # far more container allocations than the generation-0 threshold
+                a: list = []
+                a.append(a)
+            assert len(collections) == started
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(count)
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # a collector that was off stays off
+    finally:
+        gc.enable()
+
+
 def test_summary_takes_medians_per_mode_and_level_and_checks_the_aims() -> None:
     rows = []
     for run, (rps, outside, p99) in enumerate([(100.0, 1.0, 50.0), (120.0, 2.0, 70.0), (110.0, 1.2, 60.0)]):
