@@ -178,6 +178,12 @@ def validate_metadata(metadata: Any, n: int) -> list[Row]:
     return [_check_row(i, item) for i, item in enumerate(metadata)]
 
 
+def _extra(text: str) -> dict[str, Any]:
+    """A row's ``extra`` column as a dict. Nearly every item has none (``'{}'``), and a search reads the
+    metadata of every hit: skipping the JSON parser for it is 1.5 us per hit (issue 19)."""
+    return {} if text == "{}" else json.loads(text)
+
+
 class MetadataStore:
     """The gallery's metadata table, in memory, with file load/save.
 
@@ -333,7 +339,7 @@ class MetadataStore:
                 for row in self._conn.execute(
                         f"SELECT {', '.join(_COLUMNS)} FROM items WHERE id IN ({marks})", chunk):
                     out[row[0]] = {"id": row[0], "camera": row[1], "person_label": row[2], "source": row[3],
-                                   "timestamp": row[4], "extra": json.loads(row[5]), "track_id": row[6]}
+                                   "timestamp": row[4], "extra": _extra(row[5]), "track_id": row[6]}
         return out
 
     def find_sources(self, sources: Iterable[str]) -> dict[str, int]:
