@@ -88,9 +88,12 @@ class AddResult:
 
 
 def hit_dict(rank: int, gallery_id: int, score: float, item: dict[str, Any]) -> dict[str, Any]:
-    """One search hit as the API answers it (``SearchHit``): rank, id, score and the item's metadata."""
+    """One search hit as the API answers it (``SearchHit``): rank, id, score and the item's metadata, every
+    field of the model in its order (``rerank_distance`` None until a re-ranking sets it), so that
+    ``POST /search`` can write the dicts as they are (:func:`serving.api.search.search_answer`)."""
     return {"rank": rank, "gallery_id": gallery_id, "score": score, "camera": item.get("camera"),
-            "person_label": item.get("person_label"), "source": item.get("source"), "track_id": item.get("track_id")}
+            "person_label": item.get("person_label"), "source": item.get("source"), "track_id": item.get("track_id"),
+            "rerank_distance": None}
 
 
 class DurableGallery:

@@ -16,6 +16,7 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from serving import ranking
@@ -195,11 +196,22 @@ async def search_answer(runtime: Runtime, data: bytes, top_k: int, cameras: list
     embed = job.embedded_at - read_at - job.decode_s
     search_s = done - job.embedded_at
     runtime.metrics.observe_stages(decode=decode, embed=embed, search=search_s)
-    return json_bytes({
-        "results": [hit_body(hit) for hit in job.result],
-        "timings_ms": {"decode": _ms(decode), "embed": _ms(embed), "search": _ms(search_s),
-                       "total": _ms(done - started)},
-        "model": runtime.model_info()})
+    return answer_bytes(job.result, {"decode": _ms(decode), "embed": _ms(embed), "search": _ms(search_s),
+                                     "total": _ms(done - started)}, runtime.model_info())
+
+
+def answer_bytes(hits: list[dict[str, Any]], timings: dict[str, float], model: dict[str, Any]) -> bytes:
+    """The ``SearchResponse`` JSON of one search, written by orjson from the hits as the gallery gave them.
+
+    The gallery's hits already are ``SearchHit``-shaped dicts of JSON types (:func:`serving.durable.hit_dict`;
+    scores are checked finite by ``index.validate.check_scores``), so they are written as they are: 1.5 us per
+    search instead of the 24 us of copying each hit (:func:`hit_body`) and ``json.dumps`` (issue 19). A value
+    orjson does not write (e.g. a numpy scalar from another metadata store) takes the checked route instead.
+    """
+    try:
+        return orjson.dumps({"results": hits, "timings_ms": timings, "model": model})
+    except TypeError:
+        return json_bytes({"results": [hit_body(hit) for hit in hits], "timings_ms": timings, "model": model})
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, summary="Search the gallery with several images",
