@@ -102,9 +102,26 @@ def test_identical_to_training_read_image(bgr: np.ndarray, tmp_path: Path, ext: 
 
     path = tmp_path / f"crop{ext}"
     path.write_bytes(_encode(ext, bgr[..., 0] if grey else bgr, params))
-    for size in [(H, W), (64, 32)]:  # resized, and already at size
+    for size in [(H, W), (64, 32), (160, 72)]:  # shrunk, already at size, enlarged
         np.testing.assert_array_equal(decode_image(path.read_bytes(), *size), read_image(path, *size))
         np.testing.assert_array_equal(decode_image_file(path, *size), read_image(path, *size))
+
+
+@pytest.mark.parametrize("kind", ["rgba", "16bit", "16bit_rgba", "16bit_grey"])
+def test_identical_to_training_read_image_for_png_depths_and_alpha(bgr: np.ndarray, tmp_path: Path,
+                                                                    kind: str) -> None:
+    """decode_image decodes straight to RGB where OpenCV can (IMREAD_COLOR_RGB): the same pixels as imread's BGR
+    plus the conversion, for the PNG variants that go through the most conversion (alpha, 16 bits, grey)."""
+    from training.data.images import read_image
+
+    alpha = np.linspace(0, 255, bgr.shape[0] * bgr.shape[1]).reshape(bgr.shape[:2]).astype(np.uint8)
+    image = {"rgba": np.dstack([bgr, alpha]),
+             "16bit": bgr.astype(np.uint16) * 257 + 3, "16bit_rgba": np.dstack([bgr, alpha]).astype(np.uint16) * 250,
+             "16bit_grey": bgr[..., 2].astype(np.uint16) * 199}[kind]
+    path = tmp_path / "crop.png"
+    path.write_bytes(_encode(".png", image))
+    for size in [(H, W), (64, 32), (160, 72)]:
+        np.testing.assert_array_equal(decode_image(path.read_bytes(), *size), read_image(path, *size))
 
 
 def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
@@ -258,3 +275,18 @@ def test_damaged_files_only_ever_raise_image_decode_error(ext: str, cut: float, 
         assert exc.status_code in {400, 413, 415, 422}
     else:
         assert out.shape == (H, W, 3) and out.dtype == np.uint8
+
+
+def test_identical_to_training_read_image_for_grey_alpha_png(tmp_path: Path) -> None:
+    """PNG colour type 4 (grey + alpha), which OpenCV cannot write: built by hand."""
+    from training.data.images import read_image
+
+    h, w = 40, 20
+    pixels = np.stack([np.arange(h * w).reshape(h, w) % 251, np.full((h, w), 90)], axis=-1).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per scanline
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 4, 0, 0, 0))
+           + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+    path = tmp_path / "grey_alpha.png"
+    path.write_bytes(png)
+    for size in [(H, W), (h, w), (96, 48)]:
+        np.testing.assert_array_equal(decode_image(png, *size), read_image(path, *size))
