@@ -108,12 +108,13 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from serving.app import create_app
-    from serving.core import logfilter
+    from serving.core import heap, logfilter
     from serving.core.connections import fit_to_descriptors, protocol_class
     from serving.state import load_components
 
     embedder, gallery = load_components(settings)
     app = create_app(settings, embedder=embedder, gallery=gallery)
+    heap.freeze()  # the model, gallery and modules live as long as the process (serving.core.heap)
     if settings.host not in {"127.0.0.1", "localhost", "::1"}:
         logger.warning("listening on %s: the API is reachable from other machines%s", settings.host,
                        "" if settings.api_key else " and gallery changes need no API key")

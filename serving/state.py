@@ -22,6 +22,7 @@ import numpy as np
 
 from index.manifest import MANIFEST  # Gallery.save writes it; its presence means "a gallery lives here"
 from serving.batching import JobResult, MicroBatcher
+from serving.core import heap
 from serving.core.config import Settings
 from serving.durable import AddResult, DurableGallery
 from serving.errors import EXIT_DAMAGED, UserError
@@ -370,6 +371,7 @@ class Runtime:
                 return self.durable.reload()
             finally:
                 self._refresh_cameras()
+                heap.refreeze()  # the replaced gallery is garbage in a reference cycle (serving.core.heap)
         return await asyncio.to_thread(_reload)
 
     async def stats(self) -> dict[str, Any]:
