@@ -748,8 +748,9 @@ def readme_block(data: dict[str, Any]) -> str:
              f"{results.get('repeats', 1)} runs, " + (
                  f"client on core {pinning['client_cores']} and server on core {pinning['server_cores']}"
                  if pinning else "client and server unpinned") +
-             ". Server CPU is the OS's account of the server process per request; the model's part is the model "
-             "thread's CPU during its calls." + _model_sentence(results) + (
+             f"; load generator {', '.join(results.get('clients', ['httpx']))} ({results.get('body', 'multipart')} "
+             "bodies). Server CPU is the OS's account of the server process per request; the model's part is the "
+             "model thread's CPU during its calls." + _model_sentence(results) + (
                  f" `before …` rows: the same servers from {results['before']['label']}, in the same run."
                  if results.get("before") else ""), "",
              "| server | concurrency | req/s | p50 / p99 ms | mean micro-batch | server CPU ms/req | model | outside "
