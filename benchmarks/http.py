@@ -59,6 +59,16 @@ logger = logging.getLogger(__name__)
 
 TARGET_RATIO = 0.90  # micro-batched requests/s over offline batched images/s (owner's target)
 SEARCH_OK = 'xmreid_http_requests_total{endpoint="/search",method="POST",status="200"}'
+
+
+def endpoint(images_per_request: int) -> str:
+    """The route a level posts to: ``/search`` for one crop per request, ``/search/batch`` for several."""
+    return "/search" if images_per_request == 1 else "/search/batch"
+
+
+def answered(images_per_request: int) -> str:
+    """The ``/metrics`` counter of that route's 200 answers."""
+    return SEARCH_OK.replace('"/search"', f'"{endpoint(images_per_request)}"')
 MODEL_CPU = "xmreid_model_cpu_seconds_total"
 # Issue 19's aims, checked and printed, never asserted: server CPU per /search outside the model, the
 # micro-batched throughput at the highest concurrency over offline batched embedding on the same cores,
@@ -81,6 +91,7 @@ class LevelResult:
     errors: Counter = field(default_factory=Counter)
     elapsed_s: float = 0.0
     client_cpu_s: float | None = None  # the load generator's own CPU during the level (None: not measured)
+    images_per_request: int = 1  # 1: POST /search; more: POST /search/batch with that many crops
 
     @property
     def issued(self) -> int:
@@ -89,7 +100,8 @@ class LevelResult:
 
 async def run_level(url: str, queries: Sequence[Query], concurrency: int, requests: int, duration_cap_s: float,
                     *, top_k: int = 10, timeout_s: float = 120.0, body: str = "multipart",
-                    client: str = "aiohttp", on_done: Callable[[], None] | None = None) -> LevelResult:
+                    client: str = "aiohttp", images_per_request: int = 1,
+                    on_done: Callable[[], None] | None = None) -> LevelResult:
     """Post ``requests`` searches with ``concurrency`` requests in flight; stop issuing at the cap.
 
     Each of the ``concurrency`` coroutines posts its next request as soon as its previous one is
@@ -113,6 +125,8 @@ async def run_level(url: str, queries: Sequence[Query], concurrency: int, reques
         body: ``multipart`` (the ``image`` form field, what most clients send) or ``raw`` (the file as the
             whole body with its image ``Content-Type``, :mod:`serving.api.fast_search`).
         client: ``aiohttp`` or ``httpx`` (see above).
+        images_per_request: 1 posts ``/search``; more post ``/search/batch`` with that many ``images`` parts
+            (consecutive crops of ``queries``; multipart only).
         on_done: called after every answered request (progress bar).
 
     Returns:
@@ -122,20 +136,28 @@ async def run_level(url: str, queries: Sequence[Query], concurrency: int, reques
         raise ValueError(f"body must be one of {', '.join(BODY_FORMS)}, got {body!r}")
     if client not in CLIENTS:
         raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
+    if images_per_request < 1 or (images_per_request > 1 and (body != "multipart" or client != "aiohttp")):
+        raise ValueError("images_per_request must be >= 1, and above 1 needs multipart bodies and the aiohttp client")
     if client == "httpx":
         return await _run_level_httpx(url, queries, concurrency, requests, duration_cap_s, top_k=top_k,
                                       timeout_s=timeout_s, body=body, on_done=on_done)
-    result = LevelResult(concurrency, requests)
+    result = LevelResult(concurrency, requests, images_per_request=images_per_request)
     counter = itertools.count()
     params = {"top_k": str(top_k)}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    def payload(query: Query) -> tuple[Any, dict[str, str] | None]:
+    path = endpoint(images_per_request)
+
+    def payload(i: int) -> tuple[Any, dict[str, str] | None]:
         if body == "raw":
+            query = queries[i % len(queries)]
             return query.data, {"Content-Type": query.content_type}
         form = aiohttp.FormData()
-        form.add_field("image", query.data, filename=Path(query.name).name, content_type=query.content_type)
+        for j in range(images_per_request):
+            query = queries[(i * images_per_request + j) % len(queries)]
+            form.add_field("image" if images_per_request == 1 else "images", query.data,
+                           filename=Path(query.name).name, content_type=query.content_type)
         return form, None
 
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
@@ -148,10 +170,10 @@ async def run_level(url: str, queries: Sequence[Query], concurrency: int, reques
                     i = next(counter)
                     if i >= requests or time.perf_counter() >= stop_at:
                         return
-                    data, headers = payload(queries[i % len(queries)])
+                    data, headers = payload(i)
                     t0 = time.perf_counter()
                     try:
-                        async with session.post("/search", params=params, data=data, headers=headers) as response:
+                        async with session.post(path, params=params, data=data, headers=headers) as response:
                             if response.status == 200:
                                 answer = await response.json()
                                 result.latencies_s.append(time.perf_counter() - t0)
@@ -233,13 +255,16 @@ def level_row(mode: str, result: LevelResult, before: dict[str, float], after: d
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     stats = _machine.summarize(result.latencies_s)
-    served = delta(SEARCH_OK)
+    served = delta(answered(result.images_per_request))
     calls = delta("xmreid_model_calls_total")
     per_request = served or len(result.latencies_s)
     row: dict[str, Any] = {
         "mode": mode, "concurrency": result.concurrency, "ok": len(result.latencies_s),
         "errors": sum(result.errors.values()), "planned": result.planned, "elapsed_s": result.elapsed_s,
         "requests_per_s": len(result.latencies_s) / result.elapsed_s if result.elapsed_s > 0 else 0.0,
+        "images_per_request": result.images_per_request,
+        "images_per_s": result.images_per_request * len(result.latencies_s) / result.elapsed_s
+        if result.elapsed_s > 0 else 0.0,
         "p50_ms": stats.get("p50_ms"), "p95_ms": stats.get("p95_ms"), "p99_ms": stats.get("p99_ms"),
         "mean_ms": stats.get("mean_ms"),
         "model_calls": calls, "model_calls_per_request": calls / served if served else None,
@@ -267,7 +292,7 @@ def level_row(mode: str, result: LevelResult, before: dict[str, float], after: d
     return row
 
 
-SUMMARY_FIELDS = ("requests_per_s", "p50_ms", "p99_ms", "mean_batch", "model_calls_per_request", "server_cpu_ms",
+SUMMARY_FIELDS = ("requests_per_s", "images_per_s", "p50_ms", "p99_ms", "mean_batch", "model_calls_per_request", "server_cpu_ms",
                   "model_cpu_ms", "outside_model_cpu_ms", "event_loop_cpu_ms", "errors")
 
 
@@ -380,6 +405,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client", type=_clients, default=["aiohttp"],
                         help="load generator(s), comma-separated: aiohttp (default), httpx (the earlier one, ~20x "
                              "its CPU per request); a second client's rows are labelled `MODE [client]`")
+    parser.add_argument("--images-per-request", type=int, default=1,
+                        help="crops per request: 1 posts /search; more post /search/batch (multipart, aiohttp)")
     parser.add_argument("--body", choices=BODY_FORMS, default="multipart",
                         help="how the crop is posted: multipart form field `image`, or the raw file as the body")
     parser.add_argument("--warmup", type=int, default=16, help="untimed requests per server before the levels")
@@ -416,6 +443,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--concurrency levels, --requests and --duration-cap must be positive")
     if args.max_batch_size < 1 or args.offline_images < 1 or args.offline_rounds < 1 or args.warmup < 0:
         parser.error("--max-batch-size, --offline-images and --offline-rounds must be positive, --warmup >= 0")
+    if args.images_per_request < 1 or (args.images_per_request > 1 and (
+            args.body != "multipart" or args.client != ["aiohttp"] or args.profile_requests)):
+        parser.error("--images-per-request must be >= 1; above 1 it posts /search/batch, which needs --body multipart, "
+                     "--client aiohttp and --profile-requests 0")
     if args.repeats < 1 or args.profile_requests < 0:
         parser.error("--repeats must be positive and --profile-requests >= 0")
     if args.before is not None and not (args.before / "serving" / "__main__.py").is_file():
@@ -444,7 +475,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency, "requests_per_level": args.requests, "duration_cap_s": args.duration_cap,
         "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms, "top_k": args.top_k,
         "queries": len(queries), "target_ratio": TARGET_RATIO, "servers": {}, "rows": [], "offline": [],
-        "clients": list(args.client), "body": args.body,
+        "clients": list(args.client), "body": args.body, "images_per_request": args.images_per_request,
         "repeats": args.repeats, "server_variant": args.server_variant,
         "before": None if args.before is None else {"tree": str(args.before), "args": args.before_args,
                                                     "label": args.before_label or str(args.before)},
@@ -544,7 +575,8 @@ def measure_level(mode: str, url: str, server: ServerProcess | None, queries: Se
     pid = server.pid if server is not None else None
     cpu_before = _proc.cpu_times(pid) if pid is not None else None
     level = asyncio.run(run_level(url, queries, concurrency, args.requests, args.duration_cap, top_k=args.top_k,
-                                  body=args.body, client=client, on_done=bar.update))
+                                  body=args.body, client=client, images_per_request=args.images_per_request,
+                                  on_done=bar.update))
     cpu_after = _proc.cpu_times(pid) if pid is not None else None
     after = scrape(url)  # after the CPU reading: the scrape's own cost stays out of the level
     bar.update(args.requests - level.issued)  # the duration cap left these unsent
@@ -558,21 +590,29 @@ def target_check(results: dict[str, Any]) -> dict[str, Any] | None:
     batched = [r for r in batched if r.get("requests_per_s")]
     if not batched or not results["offline"]:
         return None
-    best = max(batched, key=lambda r: r["requests_per_s"])
+    best = max(batched, key=lambda r: _images_per_s(r))
     offline = float(np.mean([o["images_per_s"] for o in results["offline"]]))
-    ratio = best["requests_per_s"] / offline
-    return {"best_requests_per_s": best["requests_per_s"], "at_concurrency": best["concurrency"],
+    ratio = _images_per_s(best) / offline
+    return {"best_requests_per_s": _images_per_s(best), "at_concurrency": best["concurrency"],
             "offline_images_per_s": offline, "ratio": ratio, "target": TARGET_RATIO, "met": ratio >= TARGET_RATIO}
+
+
+def _images_per_s(row: dict[str, Any]) -> float:
+    """Crops searched per second (requests/s for /search; older results files have no images_per_s)."""
+    value = row.get("images_per_s")
+    return float(row["requests_per_s"] if value is None else value)
 
 
 def issue_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 19's aims on the medians of the runs (batching server of this checkout); printed, never asserted."""
     summary = {(r["mode"], r["concurrency"]): r for r in results.get("summary", [])}
+    per = results.get("images_per_request", 1)
+    what = "/search" if per == 1 else f"{endpoint(per)} request ({per} crops)"
     checks: list[dict[str, Any]] = []
     for c in results["concurrency"]:
         row = summary.get(("batching", c))
         if row is not None and row.get("outside_model_cpu_ms") is not None:
-            checks.append({"check": f"server CPU per /search outside the model at concurrency {c}",
+            checks.append({"check": f"server CPU per {what} outside the model at concurrency {c}",
                            "value": row["outside_model_cpu_ms"], "aim": f"<= {OUTSIDE_MODEL_CPU_MS} ms",
                            "met": row["outside_model_cpu_ms"] <= OUTSIDE_MODEL_CPU_MS})
         off = summary.get(("no-batching", c))
@@ -583,9 +623,10 @@ def issue_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     top = summary.get(("batching", max(results["concurrency"])))
     if top is not None and results["offline"]:
         offline = float(np.mean([o["images_per_s"] for o in results["offline"]]))
-        ratio = top["requests_per_s"] / offline
-        checks.append({"check": f"batched req/s at concurrency {top['concurrency']} over offline batched images/s "
-                                f"(same cores)", "value": f"{top['requests_per_s']:.1f} / {offline:.1f} = {ratio:.0%}",
+        ratio = _images_per_s(top) / offline
+        unit = "req/s" if results.get("images_per_request", 1) == 1 else "crops/s"
+        checks.append({"check": f"batched {unit} at concurrency {top['concurrency']} over offline batched images/s "
+                                f"(same cores)", "value": f"{_images_per_s(top):.1f} / {offline:.1f} = {ratio:.0%}",
                        "aim": f">= {BATCHED_RATIO:.0%}", "met": ratio >= BATCHED_RATIO})
         if top.get("mean_batch") is not None:
             checks.append({"check": f"mean micro-batch at concurrency {top['concurrency']}", "value": top["mean_batch"],
@@ -595,7 +636,9 @@ def issue_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def report(results: dict[str, Any]) -> str:
     """The Markdown body: medians, per-run rows, the server split, CPU, offline reference, checks, profile."""
-    parts = [f"`POST /search` on loopback, {results['requests_per_level']} requests per level (cap "
+    per = results.get("images_per_request", 1)
+    parts = [f"`POST {endpoint(per)}`" + (f" with {per} crops per request" if per > 1 else "") +
+             f" on loopback, {results['requests_per_level']} requests per level (cap "
              f"{results['duration_cap_s']:.0f} s), top_k {results['top_k']}, {results['queries']} distinct infrared "
              f"crops, every level run {results.get('repeats', 1)} time(s) per server (modes interleaved, order "
              "flipped each level). Latency is client wall time. Load generator: "

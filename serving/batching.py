@@ -261,6 +261,42 @@ class MicroBatcher:
         self._put([item])
         return await item.future
 
+    async def submit_jobs(self, images: list[bytes | np.ndarray], contexts: list[Any]) -> list[JobResult | Exception]:
+        """:meth:`submit_job` for several images of one request, queued together (so they share batches).
+
+        Args:
+            images: encoded files or decoded images, as :meth:`submit_job` takes them.
+            contexts: one per image, handed to ``finish``.
+
+        Returns:
+            Per image, in order, its :class:`JobResult` or the exception that failed it (its decoding, its
+            batch's model call, or ``finish``): the caller decides what one failure means for the request.
+
+        Raises:
+            ValueError: no images, a length mismatch, or bytes without a ``decode``.
+            BatcherOverloaded, BatcherClosed: as :meth:`submit` (nothing is queued then).
+        """
+        if not images or len(images) != len(contexts):
+            raise ValueError(f"submit_jobs needs one context per image and at least one image, got {len(images)} "
+                             f"image(s) and {len(contexts)} context(s)")
+        items = []
+        for image, context in zip(images, contexts):
+            if isinstance(image, (bytes, bytearray, memoryview)):
+                if self._decode is None:
+                    raise ValueError("this batcher has no decode function; submit decoded images")
+                items.append(_Item(None, self._new_future(), data=bytes(image), job=True, context=context))
+            else:
+                items.append(_Item(image, self._new_future(), job=True, context=context))
+        self._put(items)
+        futures = [item.future for item in items]
+        try:
+            return list(await asyncio.gather(*futures, return_exceptions=True))
+        except BaseException:  # cancelled (the client went away): the worker skips what is not started
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+            raise
+
     def _new_future(self) -> asyncio.Future[Any]:
         if not self.running or self._wakeup is None:
             raise BatcherClosed("the micro-batcher is not running")

@@ -142,7 +142,11 @@ class DurableGallery:
 
     # -- queries ---------------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int, cameras: list[int] | None) -> list[list[dict[str, Any]]]:
-        """Rank the gallery for each query vector (see ``Runtime.search``)."""
+        """Rank the gallery for each query vector: per query, the hits best first (:func:`hit_dict`).
+
+        Raises:
+            GalleryDamaged: the gallery was found damaged before, or this search finds it so.
+        """
         from index.errors import CorruptGalleryError
 
         if self.damaged:

@@ -290,8 +290,8 @@ class Runtime:
             cameras: keep only these cameras, or None for all.
 
         Returns:
-            The batcher's :class:`~serving.batching.JobResult`; ``result`` is the hit list (as :meth:`search`
-            gives for one query) and ``decode_s`` the decoding time.
+            The batcher's :class:`~serving.batching.JobResult`; ``result`` is the hit list
+            (:meth:`serving.durable.DurableGallery.search` for one query) and ``decode_s`` the decoding time.
 
         Raises:
             ImageDecodeError: the upload is not a usable image.
@@ -305,6 +305,34 @@ class Runtime:
         job = await self.batcher.submit_job(image, (k, cameras))
         job.decode_s = decode_s
         return job
+
+    async def search_images(self, datas: list[bytes], k: int, cameras: list[int] | None) -> list[JobResult | Exception]:
+        """:meth:`search_image` for several uploads of one request, queued together (``POST /search/batch``).
+
+        Returns:
+            Per upload, in order, its :class:`~serving.batching.JobResult` or the exception that failed it
+            (e.g. ``ImageDecodeError``): the route answers the first failure in upload order.
+
+        Raises:
+            BatcherOverloaded, BatcherClosed: the model queue is full or stopped.
+        """
+        outcomes: list[Any] = list(datas)
+        decode_s = [0.0] * len(datas)
+        large = [i for i, data in enumerate(datas) if len(data) > BATCH_DECODE_BYTES]
+        if large:  # big files are decoded in the pool first, as search_image does
+            started = time.perf_counter()
+            decoded = await asyncio.gather(*(self.decode(datas[i]) for i in large), return_exceptions=True)
+            for i, image in zip(large, decoded):
+                outcomes[i] = image  # an array, or the exception that stays this upload's outcome
+                decode_s[i] = time.perf_counter() - started
+        todo = [i for i, item in enumerate(outcomes) if not isinstance(item, BaseException)]
+        if todo:
+            jobs = await self.batcher.submit_jobs([outcomes[i] for i in todo], [(k, cameras)] * len(todo))
+            for i, job in zip(todo, jobs):
+                if isinstance(job, JobResult) and decode_s[i]:
+                    job.decode_s = decode_s[i]
+                outcomes[i] = job
+        return outcomes
 
     def _search_jobs(self, vectors: np.ndarray, contexts: list[Any]) -> list[Any]:
         """The batcher's ``finish``: search for a micro-batch's jobs, one gallery call per (k, cameras)."""
@@ -320,19 +348,6 @@ class Runtime:
             for j, row_hits in zip(rows, hits):
                 results[j] = row_hits
         return results
-
-    async def search(self, vectors: np.ndarray, k: int, cameras: list[int] | None) -> list[list[dict[str, Any]]]:
-        """Rank the gallery for each query vector.
-
-        Args:
-            vectors: float32 ``[N, dim]`` un-normalised descriptors (the gallery normalises).
-            k: results per query.
-            cameras: keep only these cameras, or None for all.
-
-        Returns:
-            Per query, the hits best first: dicts with rank, gallery_id, score and the item's metadata.
-        """
-        return await asyncio.to_thread(self._search_sync, vectors, k, cameras)
 
     def _search_sync(self, vectors: np.ndarray, k: int, cameras: list[int] | None) -> list[list[dict[str, Any]]]:
         return self.durable.search(vectors, k, cameras)

@@ -20,7 +20,7 @@ import orjson
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from serving import ranking
-from serving.api.uploads import decode_uploads, read_uploads
+from serving.api.uploads import decode_uploads, raise_first_failure, read_uploads
 from serving.core.errors import ApiError
 from serving.deps import RuntimeDep
 from serving.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
@@ -229,21 +229,26 @@ async def search_batch(runtime: RuntimeDep,
         raise ApiError(422, "too_many_images", f"{len(images)} images sent; at most {limit} per request")
     options = check_options(runtime, top_k, camera, group_by, rerank, rerank_n)
     cameras = None if options.cameras is None else list(options.cameras)
-    decoded = await decode_uploads(runtime, images)
     if group_by != "none" or rerank:
+        decoded = await decode_uploads(runtime, images)
         answers, timings = await ranked_answers(runtime, decoded, options, started)
         return BatchSearchResponse(
             items=[BatchItem(index=i, filename=upload.filename, results=[SearchHit(**h) for h in a.hits],
                              groups=a.groups) for i, (upload, a) in enumerate(zip(images, answers))],
             timings_ms=Timings(**timings), model=runtime.model_info())
-    decoded_at = time.perf_counter()
-    vectors = await runtime.batcher.submit_many(decoded)
-    embedded_at = time.perf_counter()
-    per_image = await runtime.search(vectors, top_k, cameras)
+    # Like POST /search: each crop is decoded, embedded and searched in the model thread with its micro-batch
+    # (one hand-off per batch, not a decode-pool hop per image plus a search hop per request).
+    datas = await read_uploads(runtime, images)
+    read_at = time.perf_counter()
+    jobs = await runtime.search_images(datas, top_k, cameras)
     done = time.perf_counter()
+    raise_first_failure(images, jobs)
+    # The stages partition `total` as /search's do, taking the slowest crop's decoding and the last embedding.
+    decode_s = max(job.decode_s for job in jobs)
+    embedded_at = max(job.embedded_at for job in jobs)
     return BatchSearchResponse(
-        items=[BatchItem(index=i, filename=upload.filename, results=[SearchHit(**h) for h in hits])
-               for i, (upload, hits) in enumerate(zip(images, per_image))],
-        timings_ms=Timings(decode=_ms(decoded_at - started), embed=_ms(embedded_at - decoded_at),
+        items=[BatchItem(index=i, filename=upload.filename, results=[SearchHit(**h) for h in job.result])
+               for i, (upload, job) in enumerate(zip(images, jobs))],
+        timings_ms=Timings(decode=_ms(read_at - started + decode_s), embed=_ms(embedded_at - read_at - decode_s),
                            search=_ms(done - embedded_at), total=_ms(done - started)),
         model=runtime.model_info())

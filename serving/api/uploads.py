@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 from fastapi import UploadFile
@@ -75,15 +76,26 @@ async def decode_uploads(runtime: Runtime, uploads: list[UploadFile],
         ApiError: as :func:`read_upload`.
         ImageDecodeError: the first image (in upload order) that cannot be decoded, its detail naming it.
     """
-    many = len(uploads) > 1
     if datas is None:
         datas = await read_uploads(runtime, uploads)
     results = await asyncio.gather(*(runtime.decode(d) for d in datas), return_exceptions=True)
-    for i, (upload, result) in enumerate(zip(uploads, results)):
-        if isinstance(result, ImageDecodeError):
+    raise_first_failure(uploads, results)
+    return list(results)  # type: ignore[arg-type]  # all arrays after the check above
+
+
+def raise_first_failure(uploads: list[UploadFile], outcomes: list[Any]) -> None:
+    """Raise the first exception among per-upload ``outcomes`` (upload order); a decoding error names its image
+    when the request has several.
+
+    Raises:
+        ImageDecodeError: the first upload that could not be decoded (``image 1 (b.jpg): ...``).
+        Exception: any other failure, as it was.
+    """
+    many = len(uploads) > 1
+    for i, (upload, outcome) in enumerate(zip(uploads, outcomes)):
+        if isinstance(outcome, ImageDecodeError):
             if many:
-                raise ImageDecodeError(result.status_code, result.error, _label(i, upload) + result.detail)
-            raise result
-        if isinstance(result, BaseException):
-            raise result
-    return list(results)  # type: ignore[arg-type]  # all arrays after the checks above
+                raise ImageDecodeError(outcome.status_code, outcome.error, _label(i, upload) + outcome.detail)
+            raise outcome
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -5,6 +5,7 @@ No timing is asserted: only that the numbers are read, combined and compared the
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -141,3 +142,16 @@ def test_readme_block_is_regenerated_between_its_markers(tmp_path) -> None:
     readme.write_text("no markers")
     with pytest.raises(http.UserError, match="no generated HTTP block"):
         http.update_readme(path, readme)
+
+
+def test_a_batch_level_counts_batch_answers_and_crops() -> None:
+    level = _level()
+    level.images_per_request = 4
+    before = {http.answered(4): 10.0}
+    after = {http.answered(4): 14.0, http.SEARCH_OK: 99.0}  # /search's counter is not this level's
+    row = http.level_row("batching", level, before, after, _proc.CpuTimes(total=0.04, main_thread=None))
+    assert http.endpoint(4) == "/search/batch" and 'endpoint="/search/batch"' in http.answered(4)
+    assert row["images_per_s"] == pytest.approx(16.0) and row["requests_per_s"] == pytest.approx(4.0)
+    assert row["server_cpu_ms"] == pytest.approx(10.0)  # 40 ms over the 4 answered batch requests
+    with pytest.raises(ValueError, match="images_per_request"):
+        asyncio.run(http.run_level("http://127.0.0.1:9", [], 1, 1, 1.0, images_per_request=2, body="raw"))

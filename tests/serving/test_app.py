@@ -114,6 +114,27 @@ def test_batch_search_equals_single_searches(make_client, ir_queries) -> None:
                        abs(single_scores[pos] - single_scores[max(pos - 1, 0)]) < 1e-5
 
 
+def test_batch_search_decodes_embeds_and_searches_with_the_micro_batch(make_client, ir_queries, monkeypatch) -> None:
+    """POST /search/batch takes /search's path: its crops are decoded in the model thread with their batch (no
+    decode-pool hop) and searched there, one model call for the request's four crops."""
+    client = make_client()
+    runtime = client.app.state.runtime
+
+    async def no_pool(data: bytes):
+        raise AssertionError("a crop went through the decode pool")
+
+    monkeypatch.setattr(runtime, "decode", no_pool)
+    calls = runtime.batcher.calls
+    files = [("images", (q.path.name, q.path.read_bytes(), JPEG)) for q in ir_queries[:4]]
+    response = client.post("/search/batch", files=files, params={"top_k": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [len(item["results"]) for item in body["items"]] == [3, 3, 3, 3]
+    assert runtime.batcher.calls == calls + 1 and runtime.batcher.batch_sizes[-1] == 4
+    t = body["timings_ms"]
+    assert t["total"] == pytest.approx(t["decode"] + t["embed"] + t["search"], abs=0.01)
+
+
 def test_gallery_add_then_delete_changes_results(make_client, gallery_copy, serving_embedder, ir_queries) -> None:
     client = make_client(gallery=gallery_copy, save_on_mutation=True, api_key="s3cret")
     key = {"X-API-Key": "s3cret"}

@@ -319,3 +319,28 @@ def test_all_images_bad_means_no_model_call_and_bytes_need_a_decoder() -> None:
 
     run(main())
     assert model.sizes == []
+
+
+def test_submit_jobs_queues_a_requests_images_together_and_answers_each() -> None:
+    """One request's crops share one batch even with no wait (max_wait 0): they are queued in one step."""
+    model = FakeModel(sleep=0.01)
+    seen: list[list[object]] = []
+
+    def finish(vectors: np.ndarray, contexts: list[object]) -> list[object]:
+        seen.append(list(contexts))
+        return [f"{ctx}:{int(v[0])}" for v, ctx in zip(vectors, contexts)]
+
+    async def main() -> list[object]:
+        batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0.0, decode=_decode, finish=finish)
+        await batcher.start()
+        try:
+            with pytest.raises(ValueError, match="one context per image"):
+                await batcher.submit_jobs([bytes([1])], [])
+            return await batcher.submit_jobs([bytes([1]), b"bad", image(7), bytes([3])], ["a", "b", "c", "d"])
+        finally:
+            await batcher.stop()
+
+    a, bad, c, d = run(main())
+    assert (a.result, c.result, d.result) == ("a:1", "c:7", "d:3")  # in order, decoded or given decoded
+    assert isinstance(bad, ValueError) and "not an image" in str(bad)  # only its own entry fails
+    assert model.sizes == [3] and seen == [["a", "c", "d"]]  # one model call, one finish
