@@ -138,16 +138,23 @@ async def run_level(url: str, queries: Sequence[Query], concurrency: int, reques
         raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
     if images_per_request < 1 or (images_per_request > 1 and (body != "multipart" or client != "aiohttp")):
         raise ValueError("images_per_request must be >= 1, and above 1 needs multipart bodies and the aiohttp client")
-    if client == "httpx":
-        return await _run_level_httpx(url, queries, concurrency, requests, duration_cap_s, top_k=top_k,
-                                      timeout_s=timeout_s, body=body, on_done=on_done)
     result = LevelResult(concurrency, requests, images_per_request=images_per_request)
-    counter = itertools.count()
     params = {"top_k": str(top_k)}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-
     path = endpoint(images_per_request)
+    if client == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as session:
+
+            async def post_httpx(i: int) -> tuple[int, dict[str, float] | None]:
+                query = queries[i % len(queries)]
+                form: dict[str, Any] = (
+                    {"content": query.data, "headers": {"Content-Type": query.content_type}} if body == "raw"
+                    else {"files": {"image": (Path(query.name).name, query.data, query.content_type)}})
+                response = await session.post(path, params=params, **form)
+                return response.status_code, response.json()["timings_ms"] if response.status_code == 200 else None
+
+            await _closed_loop(result, post_httpx, (httpx.HTTPError,), duration_cap_s, on_done)
+        return result
 
     def payload(i: int) -> tuple[Any, dict[str, str] | None]:
         if body == "raw":
@@ -160,77 +167,55 @@ async def run_level(url: str, queries: Sequence[Query], concurrency: int, reques
                            filename=Path(query.name).name, content_type=query.content_type)
         return form, None
 
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
-        with _server.collector_paused():
-            started, cpu_started = time.perf_counter(), time.process_time()
-            stop_at = started + duration_cap_s
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) \
+            as session:
 
-            async def worker() -> None:
-                while True:
-                    i = next(counter)
-                    if i >= requests or time.perf_counter() >= stop_at:
-                        return
-                    data, headers = payload(i)
-                    t0 = time.perf_counter()
-                    try:
-                        async with session.post(path, params=params, data=data, headers=headers) as response:
-                            if response.status == 200:
-                                answer = await response.json()
-                                result.latencies_s.append(time.perf_counter() - t0)
-                                result.timings_ms.append(answer["timings_ms"])
-                            else:
-                                await response.read()
-                                result.errors[str(response.status)] += 1
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                        result.errors[type(exc).__name__] += 1
-                    if on_done is not None:
-                        on_done()
+        async def post_aiohttp(i: int) -> tuple[int, dict[str, float] | None]:
+            data, headers = payload(i)
+            async with session.post(path, params=params, data=data, headers=headers) as response:
+                if response.status == 200:
+                    return 200, (await response.json())["timings_ms"]
+                await response.read()
+                return response.status, None
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            result.elapsed_s = time.perf_counter() - started
-            result.client_cpu_s = time.process_time() - cpu_started
+        await _closed_loop(result, post_aiohttp, (aiohttp.ClientError, asyncio.TimeoutError), duration_cap_s,
+                           on_done)
     return result
 
 
-async def _run_level_httpx(url: str, queries: Sequence[Query], concurrency: int, requests: int,
-                           duration_cap_s: float, *, top_k: int, timeout_s: float, body: str,
-                           on_done: Callable[[], None] | None) -> LevelResult:
-    """:func:`run_level` with ``httpx.AsyncClient`` (the earlier load generator, kept to compare)."""
-    result = LevelResult(concurrency, requests)
+async def _closed_loop(result: LevelResult, post: Callable[[int], Any], failures: tuple[type[BaseException], ...],
+                       duration_cap_s: float, on_done: Callable[[], None] | None) -> None:
+    """``result.concurrency`` coroutines, each posting request ``i`` (``post(i)`` -> status, ``timings_ms``) as soon
+    as its previous one is answered, until ``result.planned`` are sent or the cap is reached; the collector is
+    paused meanwhile and the elapsed wall and client CPU time are recorded."""
     counter = itertools.count()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as session:
-        with _server.collector_paused():
-            started, cpu_started = time.perf_counter(), time.process_time()
-            stop_at = started + duration_cap_s
+    with _server.collector_paused():
+        started, cpu_started = time.perf_counter(), time.process_time()
+        stop_at = started + duration_cap_s
 
-            async def worker() -> None:
-                while True:
-                    i = next(counter)
-                    if i >= requests or time.perf_counter() >= stop_at:
-                        return
-                    query = queries[i % len(queries)]
-                    form: dict[str, Any] = (
-                        {"content": query.data, "headers": {"Content-Type": query.content_type}} if body == "raw"
-                        else {"files": {"image": (Path(query.name).name, query.data, query.content_type)}})
-                    t0 = time.perf_counter()
-                    try:
-                        response = await session.post("/search", params={"top_k": top_k}, **form)
-                    except httpx.HTTPError as exc:
-                        result.errors[type(exc).__name__] += 1
+        async def worker() -> None:
+            while True:
+                i = next(counter)
+                if i >= result.planned or time.perf_counter() >= stop_at:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    status, timings = await post(i)
+                except failures as exc:
+                    result.errors[type(exc).__name__] += 1
+                else:
+                    if status == 200:
+                        result.latencies_s.append(time.perf_counter() - t0)
+                        result.timings_ms.append(timings)
                     else:
-                        if response.status_code == 200:
-                            result.latencies_s.append(time.perf_counter() - t0)
-                            result.timings_ms.append(response.json()["timings_ms"])
-                        else:
-                            result.errors[str(response.status_code)] += 1
-                    if on_done is not None:
-                        on_done()
+                        result.errors[str(status)] += 1
+                if on_done is not None:
+                    on_done()
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            result.elapsed_s = time.perf_counter() - started
-            result.client_cpu_s = time.process_time() - cpu_started
-    return result
+        await asyncio.gather(*(worker() for _ in range(result.concurrency)))
+        result.elapsed_s = time.perf_counter() - started
+        result.client_cpu_s = time.process_time() - cpu_started
 
 
 def level_row(mode: str, result: LevelResult, before: dict[str, float], after: dict[str, float],

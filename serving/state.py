@@ -342,15 +342,12 @@ class Runtime:
         results: list[Any] = [None] * len(contexts)
         for (k, cameras), rows in groups.items():
             try:
-                hits: list[Any] = self._search_sync(vectors[rows], k, None if cameras is None else list(cameras))
+                hits: list[Any] = self.durable.search(vectors[rows], k, None if cameras is None else list(cameras))
             except Exception as exc:  # e.g. GalleryDamaged: these requests fail, the others of the batch do not
                 hits = [exc] * len(rows)
             for j, row_hits in zip(rows, hits):
                 results[j] = row_hits
         return results
-
-    def _search_sync(self, vectors: np.ndarray, k: int, cameras: list[int] | None) -> list[list[dict[str, Any]]]:
-        return self.durable.search(vectors, k, cameras)
 
     async def add(self, vectors: np.ndarray, metadata: list[dict[str, Any]], key: str | None = None,
                   digest: str = "") -> AddResult:

@@ -97,6 +97,58 @@ def test_http_benchmark_runs_both_modes_without_errors(tiny_onnx: Path, tiny_gal
     assert "no-batching" in text and "Offline reference" in text and "## Machine" in text
 
 
+def test_http_benchmark_posts_batches_and_compares_clients(tiny_onnx: Path, tiny_gallery: Path, sysu_root: Path,
+                                                           tmp_path: Path) -> None:
+    """--images-per-request posts /search/batch and counts crops; --client httpx is still measurable."""
+    rc = http.main(["--model", str(tiny_onnx), "--gallery", str(tiny_gallery), "--images", str(sysu_root),
+                    "--concurrency", "2", "--requests", "6", "--warmup", "2", "--offline-images", "8",
+                    "--offline-rounds", "1", "--images-per-request", "3", "--profile-requests", "0",
+                    "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    rows = _results(tmp_path, "http")["rows"]
+    batching = next(r for r in rows if r["mode"] == "batching")
+    assert batching["errors"] == 0 and batching["ok"] == 6, batching["error_kinds"]
+    assert batching["images_per_s"] == pytest.approx(3 * batching["requests_per_s"])
+    assert batching["server_cpu_ms"] is not None  # the /search/batch counter moved (not /search's)
+    assert "POST /search/batch` with 3 crops per request" in (tmp_path / "http.md").read_text()
+    rc = http.main(["--model", str(tiny_onnx), "--gallery", str(tiny_gallery), "--images", str(sysu_root),
+                    "--concurrency", "2", "--requests", "4", "--warmup", "0", "--offline-images", "8",
+                    "--offline-rounds", "1", "--client", "aiohttp,httpx", "--body", "raw", "--profile-requests", "0",
+                    "--out", str(tmp_path), "--name", "clients", "--no-progress"])
+    assert rc == 0
+    modes = {(r["mode"], r["client"]) for r in _results(tmp_path, "clients")["rows"]}
+    assert modes == {("batching", "aiohttp"), ("batching [httpx]", "httpx"), ("no-batching", "aiohttp"),
+                     ("no-batching [httpx]", "httpx")}
+    assert all(r["errors"] == 0 and r["client_cpu_ms"] > 0 for r in _results(tmp_path, "clients")["rows"])
+
+
+def test_load_generator_benchmark_measures_each_client_against_a_canned_server(sysu_root: Path,
+                                                                               tmp_path: Path) -> None:
+    from benchmarks import load_generator
+
+    rc = load_generator.main(["--images", str(sysu_root), "--concurrency", "4", "--requests", "40",
+                              "--repeats", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    results = _results(tmp_path, "load_generator")
+    assert {r["client"] for r in results["summary"]} == {"aiohttp", "httpx"}
+    for row in results["rows"]:
+        assert row["ok"] == 40 and row["errors"] == 0 and row["client_cpu_ms"] > 0 and row["requests_per_s"] > 0
+
+
+def test_gc_pause_benchmark_times_full_collections_in_both_states(tiny_onnx: Path, tiny_gallery: Path,
+                                                                  tmp_path: Path) -> None:
+    import gc
+
+    from benchmarks import gc_pause
+
+    rc = gc_pause.main(["--model", str(tiny_onnx), "--gallery", str(tiny_gallery), "--rounds", "2",
+                        "--garbage", "100", "--out", str(tmp_path)])
+    assert rc == 0 and gc.get_freeze_count() == 0  # the test process's collector is given back
+    loaded, frozen = _results(tmp_path, "gc_pause")["rows"]
+    assert loaded["median_ms"] > 0 and frozen["median_ms"] > 0 and frozen["frozen_objects"] > 0
+    assert frozen["tracked_objects"] < loaded["tracked_objects"]  # frozen objects are not walked
+
+
 @pytest.mark.slow
 def test_end_to_end_benchmark_splits_latency_and_profiles(tiny_onnx: Path, tiny_gallery: Path, sysu_root: Path,
                                                           tmp_path: Path) -> None:
