@@ -297,14 +297,12 @@ class Runtime:
             ImageDecodeError: the upload is not a usable image.
             BatcherOverloaded, BatcherClosed: the model queue is full or stopped.
         """
-        if len(data) <= BATCH_DECODE_BYTES:
+        if len(data) <= BATCH_DECODE_BYTES:  # nearly every crop: straight to the batcher (the hot path)
             return await self.batcher.submit_job(data, (k, cameras))
-        started = time.perf_counter()
-        image = await self.decode(data)
-        decode_s = time.perf_counter() - started
-        job = await self.batcher.submit_job(image, (k, cameras))
-        job.decode_s = decode_s
-        return job
+        (outcome,) = await self.search_images([data], k, cameras)  # a big file: the pool-decode rule lives there
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def search_images(self, datas: list[bytes], k: int, cameras: list[int] | None) -> list[JobResult | Exception]:
         """:meth:`search_image` for several uploads of one request, queued together (``POST /search/batch``).
@@ -319,7 +317,7 @@ class Runtime:
         outcomes: list[Any] = list(datas)
         decode_s = [0.0] * len(datas)
         large = [i for i, data in enumerate(datas) if len(data) > BATCH_DECODE_BYTES]
-        if large:  # big files are decoded in the pool first, as search_image does
+        if large:  # big files, which could hold up a whole batch, are decoded in the pool first
             started = time.perf_counter()
             decoded = await asyncio.gather(*(self.decode(datas[i]) for i in large), return_exceptions=True)
             for i, image in zip(large, decoded):

@@ -135,6 +135,38 @@ def test_batch_search_decodes_embeds_and_searches_with_the_micro_batch(make_clie
     assert t["total"] == pytest.approx(t["decode"] + t["embed"] + t["search"], abs=0.01)
 
 
+def test_a_big_upload_is_decoded_in_the_pool_first_on_both_search_routes(make_client, ir_queries,
+                                                                         monkeypatch) -> None:
+    """Files over BATCH_DECODE_BYTES are decoded in the decode pool before they join a batch (they could hold up
+    everyone else's), on /search and /search/batch alike; a broken big file is still a 400 naming it."""
+    import cv2
+
+    from serving.state import BATCH_DECODE_BYTES
+
+    client = make_client()
+    runtime = client.app.state.runtime
+    noise = np.random.default_rng(0).integers(0, 256, (400, 300, 3), dtype=np.uint8)
+    big = cv2.imencode(".png", noise)[1].tobytes()
+    assert len(big) > BATCH_DECODE_BYTES
+    pooled: list[int] = []
+    decode = runtime.decode
+
+    async def counted(data: bytes):
+        pooled.append(len(data))
+        return await decode(data)
+
+    monkeypatch.setattr(runtime, "decode", counted)
+    assert post_search(client, big, top_k=2, ctype="image/png").status_code == 200
+    small = ir_queries[0].path.read_bytes()
+    files = [("images", ("q.jpg", small, JPEG)), ("images", ("big.png", big, "image/png"))]
+    response = client.post("/search/batch", files=files, params={"top_k": 2})
+    assert response.status_code == 200, response.text
+    assert pooled == [len(big), len(big)]  # only the big file, once per route
+    files = [("images", ("q.jpg", small, JPEG)), ("images", ("cut.png", big[: len(big) // 2], "image/png"))]
+    body = assert_error(client.post("/search/batch", files=files), 400, "truncated_image")
+    assert body["detail"].startswith("image 1 (cut.png)")
+
+
 def test_gallery_add_then_delete_changes_results(make_client, gallery_copy, serving_embedder, ir_queries) -> None:
     client = make_client(gallery=gallery_copy, save_on_mutation=True, api_key="s3cret")
     key = {"X-API-Key": "s3cret"}
