@@ -387,7 +387,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra-path", type=Path, help="folder of packages (`pip install --target DIR ...`) put "
                         "first on the servers' PYTHONPATH")
     parser.add_argument("--top-k", type=int, default=10, help="top_k of every search")
-    parser.add_argument("--client", type=_clients, default=["aiohttp"],
+    parser.add_argument("--client", type=parse_clients, default=["aiohttp"],
                         help="load generator(s), comma-separated: aiohttp (default), httpx (the earlier one, ~20x "
                              "its CPU per request); a second client's rows are labelled `MODE [client]`")
     parser.add_argument("--images-per-request", type=int, default=1,
@@ -544,7 +544,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _clients(text: str) -> list[str]:
+def parse_clients(text: str) -> list[str]:
+    """``--client``'s value: known load generators, comma-separated, in order, each once (argparse type)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CLIENTS))
     if not names or unknown:

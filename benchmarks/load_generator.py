@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmarks import _machine, _proc
 from benchmarks._server import free_port, load_queries, wait_ready
-from benchmarks.http import CLIENTS, _clients, run_level
+from benchmarks.http import CLIENTS, parse_clients, run_level
 from serving.errors import UserError
 
 # A search answer of the real shape and size (10 hits), so the client parses what it parses in benchmarks.http.
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--requests", type=int, default=3000, help="requests per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per client")
-    parser.add_argument("--clients", type=_clients, default=list(CLIENTS), help="comma-separated: aiohttp,httpx")
+    parser.add_argument("--clients", type=parse_clients, default=list(CLIENTS), help="comma-separated: aiohttp,httpx")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--name", default="load_generator", help="results file stem")
     args = parser.parse_args(argv)
