@@ -32,6 +32,7 @@ RUN pip install --upgrade pip \
  && pip install -r requirements-gpu.txt -r requirements-serve.txt
 
 COPY pyproject.toml README.md ./
+COPY xmreid ./xmreid
 COPY training ./training
 COPY export ./export
 COPY serving ./serving

@@ -210,7 +210,7 @@ def run_and_write(args: Any, run: Callable[[Any], dict[str, Any]], report: Calla
     """
     import logging
 
-    from serving.errors import UserError
+    from xmreid.errors import UserError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     machine = describe_machine()

@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 
 from serving.crawl import IMAGE_SUFFIXES
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

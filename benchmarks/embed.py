@@ -57,7 +57,7 @@ import yaml
 
 from benchmarks import _machine
 from export.artifact import read_metadata
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.models import LoadedModel, load_model
 from export.onnx_export import export_model, quiet_exporter_logs
 from export.ort import resolve_providers

@@ -53,7 +53,7 @@ import numpy as np
 from benchmarks import _machine, _proc, _server
 from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, profile_requests, profile_summary,
                                 profiled_launcher, scrape, server_env)
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks import _machine, _proc
 from benchmarks._server import free_port, load_queries, wait_ready
 from benchmarks.http import CLIENTS, parse_clients, run_level
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 # A search answer of the real shape and size (10 hits), so the client parses what it parses in benchmarks.http.
 _ANSWER = json.dumps({

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from export.entry import run
+from xmreid.cli import run
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "onnx": ("export.onnx_export", "export a checkpoint to ONNX (uint8 RGB in, K*256 descriptor out)"),
@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command (see :func:`export.entry.run`); returns the exit status."""
+    """Run one command (see :func:`xmreid.cli.run`); returns the exit status."""
     return run("python -m export", COMMANDS, argv)
 
 

@@ -6,8 +6,8 @@ exporter's own checks, the Triton writer, the TensorRT builder, serving's embedd
 so the keys, their types and the sidecar's format exist once (ARCHITECTURE.md §2, docs/contracts.md
 "ONNX artifact").
 
-Why it lives in ``export/`` and why that is safe for serving: this module, :mod:`export.errors` and
-:mod:`export._io` import neither torch nor ``training`` (``export/__init__.py`` is empty, so importing
+Why it lives in ``export/`` and why that is safe for serving: this module imports neither torch nor
+``training`` (only the foundation, :mod:`xmreid`) (``export/__init__.py`` is empty, so importing
 ``export.artifact`` runs nothing else of the package), and ``onnx`` / ``tensorrt`` are imported inside the
 functions that need them. A serving image carries ``export/`` as files but never imports its torch half;
 ``tests/export/test_artifact.py`` checks that in a fresh interpreter.
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export._io import atomic_write_bytes
-from export.errors import UserError
+from xmreid.atomic import atomic_write_bytes
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from export.artifact import INPUT_NAME
-from export.errors import UserError
+from xmreid.errors import UserError
 from training.data.sysu import IMAGE_SUFFIXES  # the suffixes the datasets read
 
 logger = logging.getLogger(__name__)

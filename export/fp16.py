@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from export.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

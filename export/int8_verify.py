@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from export.artifact import INPUT_NAME, file_sha256, read_metadata
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.ort import create_session
 from export.quantize import is_quantized, quantization_settings
 from export.retrieval_check import embed_all, load_sysu_test, retrieval_table

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from export.errors import UserError
+from xmreid.errors import UserError
 from training.model import ARCHS, DFE, load_checkpoint
 from training.paper import PAPER
 

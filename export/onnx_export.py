@@ -26,9 +26,9 @@ from typing import Any
 import onnx
 import torch
 
-from export._io import atomic_write_bytes
+from xmreid.atomic import atomic_write_bytes
 from export.artifact import INPUT_NAME, OUTPUT_NAME, config_digest
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.models import LoadedModel, load_model, model_from_checkpoint
 from training.model import ARCHS, INPUT_META
 from training.paper import PAPER

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from export.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

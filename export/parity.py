@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import UserError
+from xmreid.errors import UserError
 from training.data.sysu import IMAGE_SUFFIXES  # the suffixes the datasets read: one list for export and training
 
 logger = logging.getLogger(__name__)

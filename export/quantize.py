@@ -81,11 +81,11 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from export._io import atomic_write_bytes
+from xmreid.atomic import atomic_write_bytes
 from export.calibration import (DEFAULT_NUM_IMAGES, MIN_CALIBRATION_IMAGES, SPLITS, CalibrationReader,
                                 select_calibration_images)
 from export.artifact import INPUT_NAME, OUTPUT_NAME, file_sha256, load_onnx_proto, metadata_from_proto
-from export.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -40,10 +40,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from export._io import atomic_write_bytes
+from xmreid.atomic import atomic_write_bytes
 from export.artifact import INPUT_NAME, SIDECAR_FORMAT, read_metadata, sidecar_path, write_sidecar
 from export.artifact import tensorrt_unavailable_reason as artifact_unavailable_reason
-from export.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from export.artifact import INPUT_NAME, OUTPUT_NAME
-from export.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

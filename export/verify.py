@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from export.artifact import INPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto, read_metadata
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.models import LoadedModel
 from export.onnx_export import add_model_arguments, model_from_args
 from export.ort import PROVIDER_CHOICES, create_session

@@ -41,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from xmreid.atomic import atomic_write_bytes, fsync_dir, fsync_file
+
 from index.errors import CorruptGalleryError, GalleryError, StaleGalleryError
 from index.integrity import sha256_file, verify_files
 from index.locking import LOCK_FILE, DirectoryLock, acquire_directory
@@ -59,24 +61,6 @@ _LOCK = LOCK_FILE
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    if not hasattr(os, "O_DIRECTORY"):
-        return  # Windows cannot fsync a directory
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ours(name: str) -> bool:
@@ -163,11 +147,11 @@ def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]]
             sizes, checksums = {}, {}
             for name in DATA_FILES:
                 checksums[name] = sha256_file(tmp / name, what="checksumming")
-                _fsync_file(tmp / name)
+                fsync_file(tmp / name)
                 sizes[name] = (tmp / name).stat().st_size
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, directory / data_name)
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -179,7 +163,7 @@ def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]]
             shutil.rmtree(directory / data_name, ignore_errors=True)  # never committed: nobody names it
             raise
         try:
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except OSError as exc:  # after the commit point: the new version is in place; say so, do not undo it
             log.error("saved %s (sequence %d), but syncing the directory afterwards failed: %s", directory,
                       sequence, exc)
@@ -274,18 +258,8 @@ def _check_target(directory: Path, previous: dict[str, Any] | None, expect_seque
 
 
 def _replace_json(path: Path, payload: dict[str, Any], *, sync_parent: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        _fsync_file(tmp)
-        os.replace(tmp, path)  # the commit point
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sync_parent:
-        _fsync_dir(path.parent)
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), sync_parent=sync_parent)  # the commit point
 
 
 def _remove_stale(directory: Path, keep: str) -> None:

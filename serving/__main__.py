@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from export.entry import run
+from xmreid.cli import run
 from serving.core import logs
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,7 +30,7 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command (see :func:`export.entry.run`); returns the exit status."""
+    """Run one command (see :func:`xmreid.cli.run`); returns the exit status."""
     return run("python -m serving", COMMANDS, argv, configure_logging=_configure_logging)
 
 

@@ -19,10 +19,10 @@ from serving.api.fast_search import SearchFastPath
 from serving.core.config import KIB, Settings, get_settings
 from serving.core.errors import install_error_handlers
 from serving.core.middleware import RequestContext
-from serving.errors import EXIT_DAMAGED, UserError
+from xmreid.errors import EXIT_DAMAGED, UserError
 from serving.metrics import Metrics
 from serving.state import Runtime
-from serving.version import package_version
+from xmreid.cli import package_version
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import shlex
 from pathlib import Path
 
 from serving.crawl import IMAGE_SUFFIXES
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 SYSU_IR_CAMERAS: tuple[int, ...] = (3, 6)
 

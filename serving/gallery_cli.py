@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from serving.errors import EXIT_DAMAGED, UserError
+from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from serving.version import package_version
+from xmreid.cli import package_version
 
 
 # Request latency: sub-millisecond health checks up to multi-second batch uploads.

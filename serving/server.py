@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from serving.core.config import Settings
-from serving.errors import EXIT_UNCLEAN, UserError
+from xmreid.errors import EXIT_UNCLEAN, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``serve`` command line: one flag per :class:`Settings` field (:mod:`serving.core.cli`), defaults None so
     unset options fall back to env vars, then to the field's default (which ``--help`` shows)."""
     from serving.core.cli import SettingsHelpFormatter, add_settings_arguments
-    from serving.version import version_string
+    from xmreid.cli import version_string
 
     p = argparse.ArgumentParser(prog="python -m serving serve", description=__doc__.split("\n\n")[0],
                                 formatter_class=SettingsHelpFormatter)

@@ -25,7 +25,7 @@ from serving.batching import JobResult, MicroBatcher
 from serving.core import heap
 from serving.core.config import Settings
 from serving.durable import AddResult, DurableGallery
-from serving.errors import EXIT_DAMAGED, UserError
+from xmreid.errors import EXIT_DAMAGED, UserError
 from serving.imageio import DecodeLimits, decode_image
 from serving.metrics import Metrics
 

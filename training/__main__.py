@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from export.entry import run
+from xmreid.cli import run
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.data.synthetic", "generate a synthetic cross-modality dataset (SYSU-MM01 or RegDB layout)"),
@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command (see :func:`export.entry.run`); returns the exit status."""
+    """Run one command (see :func:`xmreid.cli.run`); returns the exit status."""
     return run("python -m training", COMMANDS, argv)
 
 

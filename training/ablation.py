@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.errors import UserError
+from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 

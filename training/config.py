@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from export._io import atomic_write
-from training.errors import UserError
+from xmreid.atomic import atomic_write
+from xmreid.errors import UserError
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -78,6 +78,6 @@ def plain(value: Any) -> Any:
 
 
 def save_args(args: argparse.Namespace | dict[str, Any], path: str | Path) -> Path:
-    """Write the resolved arguments as YAML, atomically and fsynced (``export._io.atomic_write``)."""
+    """Write the resolved arguments as YAML, atomically and fsynced (``xmreid.atomic.atomic_write``)."""
     data = plain(vars(args) if isinstance(args, argparse.Namespace) else args)
     return atomic_write(path, lambda fh: fh.write(yaml.safe_dump(data, sort_keys=True).encode()))

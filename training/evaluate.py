@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.errors import UserError
+from xmreid.errors import UserError
 from training.protocols import format_table
 
 log = logging.getLogger(__name__)

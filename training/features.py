@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from index.validate import unit_rows
 from training.data.images import read_image
-from training.errors import UserError
+from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
-from training.errors import UserError
+from xmreid.errors import UserError
 from training.paper import PAPER
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export._io import atomic_write
+from xmreid.atomic import atomic_write
 from training.config import parse_with_config, plain, save_args
-from training.errors import UserError
+from xmreid.errors import UserError
 from training.paper import PAPER
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` through ``export._io.atomic_write`` (temp file, fsync, ``os.replace``): never a torn file."""
+    """``torch.save`` through ``xmreid.atomic.atomic_write`` (temp file, fsync, ``os.replace``): never a torn file."""
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
 

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from training.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from export.artifact import ArtifactMetadata, file_sha256, read_sidecar, tensorrt_unavailable_reason
 from serving.embedders.base import Embedder, ModelUnavailable
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 __all__ = ["ArtifactMetadata", "Embedder", "BACKENDS", "ModelUnavailable", "file_sha256", "load_embedder",
            "load_triton_embedder"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from export.artifact import ArtifactMetadata, file_sha256
 from serving.embedders.base import Embedder
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 from export.artifact import (SIDECAR_FORMAT, ArtifactMetadata, cuda_runtime, file_sha256, read_sidecar, sidecar_path,
                              tensorrt_unavailable_reason)
 from serving.embedders.base import Embedder
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 __all__ = ["SIDECAR_FORMAT", "TensorRTEmbedder", "read_sidecar", "sidecar_path", "tensorrt_unavailable_reason"]
 

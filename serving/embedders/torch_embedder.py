@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.embedders.base import Embedder, file_sha256
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

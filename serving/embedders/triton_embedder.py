@@ -29,7 +29,7 @@ import numpy as np
 
 from export.artifact import ArtifactMetadata
 from serving.embedders.base import Embedder, ModelUnavailable
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

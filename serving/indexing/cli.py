@@ -13,7 +13,7 @@ from index.errors import GalleryError
 from index.tuning import check_target
 from serving.crawl import SPLITS
 from serving.embedders import BACKENDS
-from serving.errors import UserError
+from xmreid.errors import UserError
 from serving.indexing.local import index_images
 
 DESCRIPTION = "``python -m serving index``: crawl RGB crops, embed them in batches, add them to a gallery."

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from serving.crawl import SPLITS, ImageItem, crawl_generic, crawl_sysu, is_sysu_tree, read_manifest
 from serving.embedders import Embedder
-from serving.errors import EXIT_DAMAGED, UserError
+from xmreid.errors import EXIT_DAMAGED, UserError
 from serving.imageio import DecodeLimits, ImageDecodeError, decode_image_file
 
 logger = logging.getLogger(__name__)

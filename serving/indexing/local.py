@@ -18,7 +18,7 @@ import numpy as np
 
 from serving.crawl import ImageItem
 from serving.embedders import Embedder, load_embedder
-from serving.errors import UserError
+from xmreid.errors import UserError
 from serving.imageio import DEFAULT_LIMITS, DecodeLimits
 from serving.indexing.common import (EmbeddedBatch, IndexSummary, crawl, load_item, open_gallery, pending_items,
                                      record_image_root, reserve_gallery, run_batches)

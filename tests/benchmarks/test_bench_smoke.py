@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import end_to_end, http
 from benchmarks._server import parse_metrics
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 METRICS_TEXT = """# HELP xmreid_model_calls_total Model (embedder) calls
 # TYPE xmreid_model_calls_total counter

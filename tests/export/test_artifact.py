@@ -10,7 +10,7 @@ import pytest
 
 from export.artifact import (METADATA_KEYS, RUNTIME_KEYS, ArtifactMetadata, read_metadata, sidecar_path,
                              typed_metadata)
-from export.errors import UserError
+from xmreid.errors import UserError
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -19,9 +19,8 @@ def test_contract_and_onnx_runtime_embedder_import_without_torch() -> None:
     """serving reads models through the contract; neither may pull torch or ``training`` into a serving image."""
     code = (
         "import sys\n"
-        "import export.artifact, export.errors\n"
-        "import serving.errors, serving.embedders.onnxruntime_embedder, serving.embedders.tensorrt_embedder\n"
-        "assert serving.errors.UserError is export.errors.UserError\n"
+        "import export.artifact, xmreid.errors\n"
+        "import serving.embedders.onnxruntime_embedder, serving.embedders.tensorrt_embedder\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'training'))\n"
         "assert not bad, bad\n"
     )

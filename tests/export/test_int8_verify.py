@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.__main__ import main as export_cli
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.int8_verify import COMBINATIONS, cosine_stats, verify_int8
 
 

@@ -19,9 +19,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import _io
+from xmreid import atomic as _io
 from export.__main__ import main as export_cli
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.artifact import METADATA_KEYS, config_digest, metadata_from_proto, read_metadata
 from export.models import random_model
 from export.onnx_export import export_model, export_onnx

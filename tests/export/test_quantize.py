@@ -12,7 +12,7 @@ import pytest
 
 from export.__main__ import main as export_cli
 from export.calibration import MIN_CALIBRATION_IMAGES, CalibrationReader, select_calibration_images
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.artifact import METADATA_KEYS, read_metadata
 from export.ort import create_session
 from export.parity import image_batch
@@ -207,7 +207,7 @@ def test_an_fp32_gallery_takes_its_int8_model_and_refuses_other_models(tiny_onnx
     proto.doc_string = "retrained"
     other = tmp_path / "other.onnx"
     onnx.save(proto, str(other))
-    from serving.errors import UserError as ServingUserError
+    from xmreid.errors import UserError as ServingUserError
 
     with pytest.raises(ServingUserError, match="not an INT8 or fp32 sibling"):
         index_main(["--model", str(other), "--cameras", "2", *common])

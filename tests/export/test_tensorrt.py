@@ -153,7 +153,7 @@ def test_fp16_engine_and_rank1_change(tiny_onnx: Path, sysu_root: Path, tmp_path
 def test_engine_rejects_batches_outside_its_profile(tiny_onnx: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    from export.errors import UserError
+    from xmreid.errors import UserError
     from export.tensorrt_runtime import TensorRTRunner
 
     plan = build_engine(tiny_onnx, tmp_path / "model.plan", min_batch=1, opt_batch=2, max_batch=2)
@@ -165,7 +165,7 @@ def test_engine_rejects_batches_outside_its_profile(tiny_onnx: Path, tmp_path: P
 
 def test_precision_plan_int8_is_explicit_quantization() -> None:
     """Stand-ins for argument handling only: no INT8 engine has been built here (no GPU, no TensorRT)."""
-    from export.errors import UserError
+    from xmreid.errors import UserError
     from export.tensorrt_build import precision_plan
 
     trt11 = _fake_trt("11.4.0.106", ("TF32", "REFIT"), ("STRONGLY_TYPED",))  # no INT8 flag, no calibrators

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from export.__main__ import main as export_cli
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.artifact import read_metadata
 from export.triton import write_repository
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.__main__ import main as export_cli
-from export.errors import UserError
+from xmreid.errors import UserError
 from export.models import model_from_checkpoint, random_model
 from export.onnx_export import export_model
 from export.ort import create_session

@@ -47,7 +47,7 @@ class SaveFaults:
                 self._step("open for writing")
             return real_open(file, mode, *args, **kwargs)
 
-        monkeypatch.setattr(persist, "open", open_, raising=False)  # persist's manifest writes
+        monkeypatch.setattr(persist, "open", open_, raising=False)  # persist's own file writes
 
     def _wrap(self, real: Callable[..., Any], label: str) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -2,8 +2,8 @@
 the new one after it.
 
 The child process saves a 300-item gallery, adds 300 more and saves again; it is paused inside the
-second save (its ``_fsync_file`` / ``_remove_stale`` replaced by a version that announces itself
-through a marker file and sleeps) and the parent kills it there. The ``unpaused`` case kills a
+second save (``os.fsync`` of a file, and ``_remove_stale``, replaced by a version that announces
+itself through a marker file and sleeps) and the parent kills it there. The ``unpaused`` case kills a
 real save of a larger gallery at whatever point it has reached.
 """
 
@@ -23,7 +23,7 @@ import pytest
 from index import Gallery
 
 CHILD = textwrap.dedent("""
-    import sys, time
+    import os, stat, sys, time
     from pathlib import Path
     import numpy as np
     import index.persist as persist
@@ -41,20 +41,22 @@ CHILD = textwrap.dedent("""
         time.sleep(120)
 
     calls = []
-    real_fsync, real_cleanup = persist._fsync_file, persist._remove_stale
+    real_fsync, real_cleanup = os.fsync, persist._remove_stale
 
-    def fsync(path):
-        real_fsync(path)
-        calls.append(path)
+    def fsync(fd):
+        real_fsync(fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return  # a folder's fsync: the stages count the files written
+        calls.append(fd)
         if stage == str(len(calls)):
-            pause(str(path))
+            pause(f"file fsync {len(calls)}")
 
     def cleanup(directory, keep):
         if stage == "committed":
             pause("committed")
         real_cleanup(directory, keep)
 
-    persist._fsync_file, persist._remove_stale = fsync, cleanup
+    os.fsync, persist._remove_stale = fsync, cleanup
     if stage == "unpaused":
         marker.write_text("saving")
     gallery.save(target)

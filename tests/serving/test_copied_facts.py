@@ -36,7 +36,7 @@ def test_atomic_write_leaves_no_temporary_file_and_normal_permissions(tmp_path) 
 
     import pytest
 
-    from export._io import atomic_write, atomic_write_bytes
+    from xmreid.atomic import atomic_write, atomic_write_bytes
 
     target = atomic_write_bytes(tmp_path / "a.bin", b"abc")
     assert target.read_bytes() == b"abc"

@@ -15,7 +15,7 @@ import pytest
 from serving.embedders import BACKENDS, Embedder, load_embedder
 from serving.embedders.onnxruntime_embedder import OnnxRuntimeEmbedder
 from serving.embedders.tensorrt_embedder import read_sidecar, sidecar_path, tensorrt_unavailable_reason
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 TRT_MISSING = tensorrt_unavailable_reason()
 

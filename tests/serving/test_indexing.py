@@ -13,7 +13,7 @@ from serving.crawl import crawl_generic, crawl_sysu, read_manifest
 from serving.demo_hint import hint
 from serving.demo_hint import main as demo_hint_main
 from serving.embedders import Embedder, load_embedder
-from serving.errors import UserError
+from xmreid.errors import UserError
 from serving.indexing import gallery_metadata, index_images, main
 
 RGB_CAMERAS = (1, 2, 4, 5)
@@ -277,7 +277,7 @@ def test_index_with_a_recall_target_tunes_and_saves_it(tiny_onnx, sysu_root, tmp
 
 
 def test_recall_target_refusals(tiny_onnx, sysu_root, tmp_path) -> None:
-    from serving.errors import UserError
+    from xmreid.errors import UserError
 
     base = ["--model", str(tiny_onnx), "--images", str(sysu_root), "--no-progress"]
     with pytest.raises(UserError, match="needs an approximate --kind"):

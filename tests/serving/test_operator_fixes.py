@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from serving.core.config import Settings
-from serving.errors import UserError
+from xmreid.errors import UserError
 from serving.server import build_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 
 from index import Gallery
 from index.persist import INDEX_FILE, read_manifest
-from serving.errors import UserError
+from xmreid.errors import UserError
 from serving.indexing import main as index_main
 
 # ONNX Runtime may pick different kernels for different batch compositions and thread counts; the

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.errors import UserError
+from xmreid.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 

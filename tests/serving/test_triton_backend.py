@@ -116,7 +116,7 @@ def test_triton_going_away_is_503_and_not_ready(triton_repo, make_client, ir_que
 
 def test_user_errors_are_one_sentence(tmp_path) -> None:
     from serving.embedders.triton_embedder import metadata_from_config, parse_url
-    from serving.errors import UserError
+    from xmreid.errors import UserError
 
     assert parse_url("grpc://triton:8001/") == "triton:8001"
     with pytest.raises(UserError, match="speaks gRPC.*triton:8001"):
@@ -137,7 +137,7 @@ def test_user_errors_are_one_sentence(tmp_path) -> None:
 def test_unreachable_triton_is_a_clear_start_error(tmp_path) -> None:
     """Nothing listens on the port: serve's loader says so in one sentence (exit 1, no traceback)."""
     from serving.embedders import load_triton_embedder
-    from serving.errors import UserError
+    from xmreid.errors import UserError
 
     with pytest.raises(UserError, match=r"cannot use Triton model 'xmreid' at 127\.0\.0\.1:9: "):
         load_triton_embedder("127.0.0.1:9", timeout_s=2.0)

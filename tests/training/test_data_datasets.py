@@ -12,7 +12,7 @@ import pytest
 from training.data import build_dataset
 from training.data.images import read_image
 from training.data.records import Record
-from training.errors import UserError
+from xmreid.errors import UserError
 
 
 def _ids(root: Path, name: str) -> list[int]:

@@ -15,7 +15,7 @@ from training.data.loader import build_train_loader
 from training.data.records import Record
 from training.data.sampler import PairedBatchSampler
 from training.data.transforms import TrainTransform, default_pad
-from training.errors import UserError
+from xmreid.errors import UserError
 
 
 def _records() -> list[Record]:

@@ -14,7 +14,7 @@ import pytest
 from training.__main__ import main as training_main
 from training.data._identity import make_identity
 from training.data.synthetic import generate, main, render_image
-from training.errors import UserError
+from xmreid.errors import UserError
 
 ID_LINE = re.compile(r"^\d+(,\d+)*\n?$")
 

@@ -11,7 +11,7 @@ import torch
 from torchvision import models
 
 from training import model as model_mod
-from training.errors import UserError
+from xmreid.errors import UserError
 from training.model import DFE, DFEOutput, INPUT_META, load_checkpoint, param_groups
 
 # ResNet-18 at 96x32 gives a 6x2 map: the smallest input that still has one row per part (K=6).

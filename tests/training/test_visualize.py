@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.errors import UserError
+from xmreid.errors import UserError
 from training.visualize import (
     BORDER,
     GREEN,

@@ -14,7 +14,7 @@ from typing import Any
 from training.data.records import Record
 from training.data.regdb import RegDB
 from training.data.sysu import SYSUMM01
-from training.errors import UserError
+from xmreid.errors import UserError
 
 #: name -> dataset class; explicit so a typo fails with the list of valid names.
 DATASETS: dict[str, type] = {"sysu": SYSUMM01, "regdb": RegDB}

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from training.data.records import MARKER, layout_cameras, layout_image_path
-from training.errors import UserError
+from xmreid.errors import UserError
 
 GAP = 6
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.errors import UserError
+from xmreid.errors import UserError
 
 
 def read_image(path: str | Path, height: int, width: int) -> np.ndarray:

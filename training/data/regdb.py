@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from training.data.records import REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM, Record
-from training.errors import UserError
+from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 

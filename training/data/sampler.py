@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from training.data.records import Record
-from training.errors import UserError
+from xmreid.errors import UserError
 
 MODES: tuple[str, ...] = ("sysu", "regdb")
 

@@ -30,7 +30,7 @@ from training.data._identity import TAG_IMAGE, TAG_SPLIT, make_identity
 from training.data._render import draw_person
 from training.data.records import (MARKER, REGDB_THERMAL_CAM, REGDB_VISIBLE_CAM, layout_cameras,
                                    layout_image_path)
-from training.errors import UserError
+from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 

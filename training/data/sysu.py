@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from training.data.records import Record, sysu_modality
-from training.errors import UserError
+from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,8 @@
 Each room's ``__main__`` names its commands (``{name: (module, help)}``); this module prints the usage,
 ``--version`` (the installed package's metadata: ``pyproject.toml``'s ``version``, the one version source),
 refuses an unknown command with exit 2, imports the command's module only when it runs (``synth`` and
-``triton`` need no torch models, ``serve`` no indexer), and turns a :class:`~export.errors.UserError` into
+``triton`` need no torch models, ``serve`` no indexer), and turns a :class:`~xmreid.errors.UserError` into
 one ``error: …`` line and its exit status instead of a traceback.
-
-A leaf like ``export/errors.py``: it imports only that and the standard library, so every room may use
-it (``serving`` through the torch-free artifact contract's files; ``training`` as it uses the error).
 """
 
 from __future__ import annotations
@@ -19,7 +16,7 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib import metadata
 
-from export.errors import UserError
+from xmreid.errors import UserError
 
 DISTRIBUTION = "xmreid"
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
