@@ -1,71 +1,11 @@
 """``python -m export quantize``: an fp32 ONNX model to a static INT8 (QDQ) model, calibrated on real crops.
 
-ONNX Runtime's own tools do the work (``onnxruntime.quantization``: ``quant_pre_process``, then
-``quantize_static`` in the QDQ format with per-channel weights); this module chooses the settings,
-feeds calibration crops of both modalities (:mod:`export.calibration`) and keeps the artifact
-contract: uint8 NCHW ``images`` in, float32 ``descriptors [B, K*256]`` out, the export metadata
-carried over, plus
-
-* ``precision = int8``;
-* ``parent_fingerprint``: the sha256 of the fp32 ONNX file it came from (the fp32 model's fingerprint),
-  which is what a gallery compatibility rule needs to tell "same model, other precision" from "other
-  model";
-* ``quantization``: the settings as JSON (method, types, per-channel, reduce-range, images, ONNX Runtime
-  version).
-
-The quantized model's own fingerprint is the sha256 of its file, like any ONNX model's.
-
-Settings, measured on the trained demo model (``runs/exp/e1_ca/last.pt``: ResNet-18, 96x32, 6 x 256),
-calibrated on crops of the synthetic SYSU tree's *train* identities and scored on its *test* identities
-(``python -m export verify``: 1440 crops for the cosine; all-search single-shot, 10 draws, 480 infrared
-queries; fp32 R1 18.94 / mAP 26.18 / mINP 20.14). Changes are INT8 - fp32 in points; every run used
-U8S8, per-channel weights and 256 crops unless said, the method and type comparisons without
-reduce_range and the calibration-size sweep with it; ONNX Runtime 1.32, 2 cores shared with a training job.
-
-* **Calibration method: MinMax.** Per-image cosine min / p1 / median and R1 / mAP / mINP change:
-
-  ==================  =======  =======  =======  =====  =====  =====
-  method              min      p1       median   R1     mAP    mINP
-  ==================  =======  =======  =======  =====  =====  =====
-  MinMax              0.99844  0.99888  0.99939  +0.02  +0.01  +0.01
-  Entropy             0.99678  0.99888  0.99943  -0.17  -0.11  -0.06
-  Percentile 99.999   0.99338  0.99865  0.99946  -0.08  -0.11  -0.05
-  Percentile 99.99    0.89739  0.96216  0.99951  -0.44  -0.56  -0.55
-  ==================  =======  =======  =======  =====  =====  =====
-
-  The clipping methods buy a slightly better median and pay in the tail: the rare large activations they
-  clip are real (the descriptor is a BatchNorm output, not a bounded activation), so the worst images
-  lose most. MinMax keeps the whole observed range, has the best worst case, leaves retrieval unchanged
-  and is the fastest to calibrate. ``--method entropy|percentile`` remain available.
-* **Data types: U8S8** (uint8 activations, int8 weights). Accuracy is the same for all three formats
-  (p1 0.99888 / 0.99888 / 0.99889, R1 / mAP within 0.2 points), speed is not: at batch 8 the INT8
-  model ran at 3.8x fp32 with U8S8, 1.8x with U8U8 and 1.09x with S8S8, because ONNX Runtime fused only
-  15 of the 26 S8S8 convolutions into ``QLinearConv`` and ran the rest as DequantizeLinear -> fp32 Conv ->
-  QuantizeLinear (ORT's optimised graph). ONNX Runtime's ``quantize_static`` docstring also recommends
-  U8S8 for x86.
-* **reduce_range on by default** for the CPU target. x86 U8S8 kernels without VNNI use ``VPMADDUBSW``,
-  whose 16-bit sum of two u8 x s8 products saturates (ORT's quantization docs, "When and why do I need
-  to try U8U8?"); 7-bit weights keep every pair sum inside int16. Emulating that instruction on the
-  INT8 demo model's real uint8 activations and int8 weights (32 test crops, MLAS's NHWC im2col order):
-  without reduce_range 2.8% of the stem convolution's pair sums saturate (its input is the normalised
-  image, spread over the whole uint8 range; 1e-3 over all convolutions, the later ones ~1e-8), with it
-  none. This machine has VNNI (``MatMulInteger`` on 255 x 127 pairs returned the exact sum, 2072640,
-  where saturation gives 1048544), so here the flag only costs precision: over 3 calibration seeds the
-  mean p1 cosine 0.99881 -> 0.99861 and R1 change +0.01 -> -0.14 points, inside the seed-to-seed spread
-  (+-0.3 R1). It is kept so one artifact is exact on every x86 CPU (``--no-reduce-range`` for a VNNI
-  fleet).
-* **Per-channel weights**: per-tensor lowers p1 to 0.99855 and was no faster.
-* **Calibration size**: 256 crops by default, at least 32. Cosine min / p1 by number of crops (worst
-  of 2 seeds at 8 and 16, of 3 at 32): 8: 0.9937 / 0.9964, 16: 0.9947 / 0.9971, 32: 0.9950 / 0.9975,
-  64: 0.9957 / 0.9987, 128: 0.9980 / 0.9987, 256: 0.9983 / 0.9987, 512: 0.9983 / 0.9987, 1024:
-  0.9978 / 0.9985; retrieval moved by at most 0.35 R1 and 0.2 mAP points at every size. Below 32 the
-  worst images clip more; from 128 on nothing improves.
-* **Pre-processing** (``quant_pre_process``: ORT graph optimisation + ONNX shape inference): the same
-  numbers to the last digit with and without it on our export (the dynamo exporter already folds
-  BatchNorm and writes shapes); it runs by default because ORT recommends it and it costs under a second.
-* ``--target tensorrt``: TensorRT takes only symmetric int8 (zero point 0), so activations and weights
-  are S8S8 and symmetric, biases stay float and Conv outputs carry no Q/DQ. On ONNX Runtime's CPU
-  simulation of that graph: cosine min / p1 0.99545 / 0.99718, R1 / mAP / mINP -0.06 / +0.10 / +0.16.
+ONNX Runtime's ``quant_pre_process`` and ``quantize_static`` do the work; this module picks the settings
+(MinMax, U8S8, per-channel weights, ``reduce_range``, 256 crops; ``--target tensorrt``: symmetric S8S8), feeds
+calibration crops of both modalities (:mod:`export.calibration`) and keeps the artifact contract (uint8 NCHW in,
+float32 ``[B, K*256]`` out, the metadata), adding ``precision=int8``, ``parent_fingerprint`` (the fp32 file's
+sha256, so a gallery can tell "same model, other precision" from "other model") and ``quantization`` (the
+settings as JSON). Why these settings: ``benchmarks/results/int8_notes.md``.
 """
 
 from __future__ import annotations
