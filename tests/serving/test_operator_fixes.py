@@ -262,7 +262,7 @@ def test_requests_carry_their_id_into_json_logs(make_client, serving_embedder, t
 
 
 def test_readme_settings_table_lists_every_field() -> None:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "serving.md").read_text()
     start = text.index("| variable | flag | default | meaning |")
     table = text[start:text.index("\n\n", start)]
     listed = set(re.findall(r"^\| `XMREID_([A-Z_]+)`", table, flags=re.M))
