@@ -232,6 +232,11 @@ def machine_line(machine: dict[str, Any]) -> str:
             f"{machine['date'][:10]}")
 
 
+def benchmark_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmarks.<name>``, described by the first paragraph of its docstring."""
+    return argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=(doc or "").split("\n\n")[0])
+
+
 def add_output_args(parser: argparse.ArgumentParser, name: str, *, progress: bool = True) -> None:
     """The options every benchmark shares: ``--out`` (folder), ``--name`` (file stem) and ``--no-progress``."""
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")

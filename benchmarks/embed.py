@@ -183,7 +183,7 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, workd
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; exits with argparse's usage message on a mistake."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.embed", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("embed", __doc__)
     parser.add_argument("--models", default="paper,demo", help="comma-separated: paper, demo")
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint for the demo model")
     parser.add_argument("--batch-sizes", default="1,8,32", help="CPU batch sizes (64 is added on a GPU)")

@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from serving.core.config import Settings
 
     defaults = Settings.model_fields
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.http", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("http", __doc__)
     parser.add_argument("--model", type=Path, help="exported model (.onnx); also used for the offline reference")
     parser.add_argument("--gallery", type=Path, help="gallery directory built with --model")
     parser.add_argument("--images", type=Path, help="SYSU-MM01-layout root with cam3/cam6 crops (required to run)")

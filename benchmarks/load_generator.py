@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--canned-server"]:
         serve_canned(int(argv[1]))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load_generator", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("load_generator", __doc__)
     parser.add_argument("--images", type=Path, required=True, help="SYSU-MM01-layout root with cam3/cam6 crops")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--requests", type=int, default=3000, help="requests per run")

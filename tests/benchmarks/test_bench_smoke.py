@@ -154,7 +154,8 @@ def test_end_to_end_benchmark_splits_latency_and_profiles(tiny_onnx: Path, tiny_
                                                           tmp_path: Path) -> None:
     rc = end_to_end.main(["--model", str(tiny_onnx), "--gallery", str(tiny_gallery), "--images", str(sysu_root),
                           "--requests", "6", "--block", "3", "--warmup", "1",
-                          "--variants", ",".join(end_to_end.VARIANTS), "--profile", "--profile-requests", "3", "--out", str(tmp_path), "--no-progress"])
+                          "--variants", ",".join(end_to_end.VARIANTS), "--profile", "--profile-requests", "3",
+                          "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     results = _results(tmp_path, "end_to_end")
     assert results["bare"]["model"]["n"] == 6 and results["bare"]["model"]["p50_ms"] > 0
