@@ -6,14 +6,14 @@ Both backends are driven through the same public ``index.Gallery`` API a server 
 chunks, then ``save``, which for Milvus flushes the collection so its segments are sealed and indexed),
 so the numbers include everything a caller pays: for Milvus, the gRPC round trip to the embedded server
 and its per-hit result assembly. Kinds: ``flat`` (exact; Milvus ``FLAT``) and ``ivf_flat`` (the same
-nlist and nprobe on both). HNSW is left out by default: its build takes ~6 min per backend at 1e5 on
-the 2-core reference machine (``benchmarks/results/search.md``).
+nlist and nprobe on both). HNSW is left out by default: its build at 1e5 takes minutes per backend
+(``benchmarks/results/search.md``).
 
 Also measured: batch-1 latency with a camera filter matching a quarter of the gallery (FAISS: an id
 selector from the SQLite metadata; Milvus: the expression ``camera in [1]`` inside the search).
 
-Data: the clustered descriptors of :mod:`benchmarks.search` (N/10 centres, unit noise), queries around
-the same centres; recall@10 against exact numpy top-10 over the batch-64 queries.
+Data: the clustered descriptors of :mod:`benchmarks._search_data` (N/10 centres, unit noise, normalised),
+queries around the same centres; recall@10 against exact numpy top-10 over the batch-64 queries.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ NOTE = """## Reading these numbers
 
 * Milvus Lite 3.x is a pure-Python embedded engine behind a local gRPC server. Every search call makes
   per-row Python passes over the collection (tombstone / deduplication masks), so batch-1 latency grows
-  with N (~1 s per call at 1e5 on the reference machine) and batching amortises it; its exact batch-64
+  with N (the `b1_ms_p50` column) and batching amortises it; its exact batch-64
   search is one numpy GEMM per segment, as fast as FAISS's `IndexFlatIP` only once FAISS's BLAS threshold
   is set (the gallery's `flat` sets it: `index.faiss_config`; its default leaves batches < 84 queries on a
   per-query scan, the "before" row of `search.md`).
