@@ -16,6 +16,7 @@ Typical use::
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.metadata
 import json
@@ -30,7 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_LIBRARIES = ("numpy", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "torch", "torchvision", "onnxruntime",
                      "onnxruntime-gpu", "tensorrt", "opencv-python-headless", "fastapi", "uvicorn", "httpx")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -42,6 +44,31 @@ def command_line() -> str:
     if spec is not None and spec.name:
         return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]])
     return shlex.join(["python", *sys.argv])
+
+
+def shown_command(command: str) -> str:
+    """``command`` as the reports print it: paths inside the repository relative to it, other absolute paths
+    cut to their last component, so a report names no folder of the machine it ran on (the JSON keeps the
+    exact command)."""
+
+    def portable(token: str) -> str:
+        if not token.startswith("/"):
+            return token
+        path = Path(token)
+        try:
+            return path.relative_to(REPO).as_posix() or "."
+        except ValueError:
+            return path.name or token
+
+    try:
+        tokens = shlex.split(command)
+    except ValueError:  # unbalanced quotes: leave it as recorded
+        return command
+    shown = []
+    for token in tokens:
+        flag, eq, value = token.partition("=")
+        shown.append(f"{flag}={portable(value)}" if eq and flag.startswith("--") else portable(token))
+    return shlex.join(shown)
 
 
 def cpu_model() -> str:
@@ -136,15 +163,20 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     columns = list(columns or dict.fromkeys(key for row in rows for key in row))
 
     def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
-        return str(value).replace("|", "\\|")
+        return format_number(value, digits).replace("|", "\\|")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """A table cell: floats to ``digits`` significant digits (whole numbers from ``10**digits`` up), None blank."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+    return str(value)
 
 
 def pyplot() -> Any:
@@ -185,7 +217,7 @@ def write_results(name: str, results: dict[str, Any], markdown: str, figure: Any
               f"({machine['cores_usable']} usable), {machine['ram_gib']} GiB RAM\n- GPU: {gpu_text}\n"
               f"- Python {machine['python']}; {libs}\n- Threads: {machine['threads_env'] or 'library defaults'}; "
               f"load average {machine['load_average_1_5_15']}\n- Date: {machine['date']}\n"
-              f"- Command: `{machine['command']}`\n")
+              f"- Command: `{shown_command(machine['command'])}`\n")
     paths["md"].write_text(f"# Benchmark: {name}\n\n{markdown.strip()}{footer}")
     if figure is not None:
         paths["png"] = out / f"{name}.png"
@@ -193,8 +225,29 @@ def write_results(name: str, results: dict[str, Any], markdown: str, figure: Any
     return paths
 
 
+def machine_line(machine: dict[str, Any]) -> str:
+    """One line for a document that quotes a result: CPU, usable cores, load average at the start, day."""
+    load = machine.get("load_average_1_5_15") or ["?"]
+    return (f"{machine['cpu']}, {machine['cores_usable']} usable cores, load average {load[0]:g} at the start; "
+            f"{machine['date'][:10]}")
+
+
+def benchmark_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmarks.<name>``, described by the first paragraph of its docstring."""
+    return argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=(doc or "").split("\n\n")[0])
+
+
+def add_output_args(parser: argparse.ArgumentParser, name: str, *, progress: bool = True) -> None:
+    """The options every benchmark shares: ``--out`` (folder), ``--name`` (file stem) and ``--no-progress``."""
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--name", default=name, help="results file stem")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def run_and_write(args: Any, run: Callable[[Any], dict[str, Any]], report: Callable[[dict[str, Any]], str],
-                  plot: Callable[[dict[str, Any]], Any]) -> int:
+                  plot: Callable[[dict[str, Any]], Any], *,
+                  libraries: Iterable[str] = DEFAULT_LIBRARIES) -> int:
     """The tail of a benchmark's ``main``: describe the machine, run, write JSON / Markdown / PNG, print.
 
     The machine is described before the run, so the recorded load average is the one the run started under.
@@ -204,6 +257,7 @@ def run_and_write(args: Any, run: Callable[[Any], dict[str, Any]], report: Calla
         run: the measurement (``args`` -> JSON-able results); a :class:`UserError` from it means exit status 1.
         report: results -> Markdown body.
         plot: results -> matplotlib figure.
+        libraries: the distributions whose versions the machine description lists.
 
     Returns:
         The exit status: 0, or 1 after one ``error:`` line on stderr.
@@ -213,7 +267,7 @@ def run_and_write(args: Any, run: Callable[[Any], dict[str, Any]], report: Calla
     from xmreid.errors import UserError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    machine = describe_machine()
+    machine = describe_machine(libraries)
     try:
         results = run(args)
     except UserError as exc:

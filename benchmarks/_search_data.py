@@ -1,7 +1,7 @@
 """Descriptor sets for the search benchmark: Gaussian, clustered, and shaped like the trained model's.
 
-Approximate search is only as good as the data's neighbourhood structure allows, so issue 18 asks for
-two kinds at 1M items, and the benchmark names which one each row used:
+Approximate search is only as good as the data's neighbourhood structure allows, so the benchmark
+measures more than one kind of data and names which one each row used:
 
 * ``gaussian``: i.i.d. N(0, 1) in every dimension, normalised. Uniform on the sphere: in 1536-d the
   cosine of two random items is N(0, 1/1536), the top-10 of a query differ from the 10,000th by a few

@@ -43,12 +43,12 @@ from typing import Any
 
 import httpx
 
+from benchmarks._machine import REPO
 from serving.crawl import IMAGE_SUFFIXES
 from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 IR_CAMERAS = ("cam3", "cam6")  # SYSU-MM01's infrared cameras
 
@@ -239,12 +239,11 @@ def _short(filename: str) -> str:
 def collector_paused() -> Iterator[None]:
     """Run the block with the load generator's cyclic garbage collector off (a full collection first).
 
-    Why (issue 19, measured): the httpx client spends ~1.8 ms of CPU per request, and a collection of its
-    heap paused it for tens of milliseconds in the middle of a level. The server then sat idle, the 32
-    clients' next requests came back as a trickle, and the micro-batcher ran batches of 1-4 for hundreds
-    of milliseconds: the "bimodal" mean batch (4.5-9 vs 15.4) and p99 (250-470 vs 100-140 ms) of earlier
-    runs. With the collector paused for the level, 6 of 6 runs at concurrency 32 batched 15.7 on average
-    (before: 3 of 6). A level allocates little cyclic garbage; it is collected when the block ends.
+    Why: a full collection of the client's heap pauses it for tens of milliseconds; no request reaches the
+    server meanwhile, the clients' next requests then come back as a trickle, and the micro-batcher runs
+    tiny batches for hundreds of milliseconds, so the level measures the client's pause, not the server
+    (traced in ``benchmarks/results/http_regimes_trace.md``). A level allocates little cyclic garbage; it is
+    collected when the block ends.
     """
     was_enabled = gc.isenabled()
     gc.collect()

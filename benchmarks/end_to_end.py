@@ -209,7 +209,8 @@ def report(results: dict[str, Any]) -> str:
     parts = [f"Concurrency 1, {results['requests']} requests per server, top_k {results['top_k']}; bare stages and "
              f"servers interleaved in blocks of {results['block']}. Bare model (in-process `embedder.embed` on one "
              f"pre-decoded crop): p50 {bare['model']['p50_ms']:.2f} ms, p95 {bare['model']['p95_ms']:.2f} ms; bare "
-             f"decode p50 {bare['decode']['p50_ms']:.2f} ms; bare search + metadata p50 {bare['search']['p50_ms']:.2f} ms."]
+             f"decode p50 {bare['decode']['p50_ms']:.2f} ms; bare search + metadata p50 "
+             f"{bare['search']['p50_ms']:.2f} ms."]
     rows = []
     for name, v in results["variants"].items():
         row = {"server": name, "p50_ms": v["wall_p50_ms"], "p95_ms": v["wall_p95_ms"], "mean_ms": v["wall_mean_ms"]}
@@ -268,7 +269,7 @@ def plot(results: dict[str, Any]) -> Any:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.end_to_end", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("end_to_end", __doc__)
     parser.add_argument("--model", type=Path, required=True, help="exported model (.onnx)")
     parser.add_argument("--gallery", type=Path, required=True, help="gallery directory built with --model")
     parser.add_argument("--images", type=Path, required=True, help="SYSU-MM01-layout root with cam3/cam6 crops")
@@ -282,9 +283,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-requests", type=int, default=100, help="requests sent while profiling")
     parser.add_argument("--extra-path", type=Path, help="a folder of packages (`pip install --target DIR ...`) put "
                         "first on every server's PYTHONPATH, to measure with packages this environment lacks")
-    parser.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
-    parser.add_argument("--name", default="end_to_end", help="results file stem")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _machine.add_output_args(parser, "end_to_end")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]

@@ -11,7 +11,6 @@ AUC) and one line per run; the Markdown table lists the final values and each ru
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -48,7 +47,7 @@ def read_run(path: Path) -> tuple[list[dict[str, float]], dict, list[dict[str, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gap_curves", description=__doc__.split("\n\n")[0])
+    p = _machine.benchmark_parser("gap_curves", __doc__)
     p.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a training run (repeatable)")
     p.add_argument("--out", default="gap_curves", help="results name under benchmarks/results/")
     p.add_argument("--title", default="Modality gap against training steps")

@@ -7,13 +7,12 @@ Each run is a ``python -m training train`` output folder (``final_metrics.json``
 all-search single-shot metrics and the ``modality_gap`` table, ``args.yaml`` with the seed). Per group
 the table has mean ± sample std over its runs; with ``--against``, each other group's difference to
 that group is taken *per seed* (runs matched by ``args.yaml``'s seed) and summarised the same way, so
-the seed-to-seed spread the two share cancels. An option "counts" (issue 15) when it moves test
+the seed-to-seed spread the two share cancels. An option "counts" when it moves test
 IR->RGB in the same direction on every one of at least three seeds; the ``sign`` column says so.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -84,7 +83,8 @@ def to_markdown(summary: dict, against: str | None, note: str) -> str:
     lines = [note, "", "Mean ± sample std over seeds; rank-1, mAP, mINP in %.", "",
              "| group | seeds | " + " | ".join(labels) + " |", "|---|---|" + "---:|" * len(labels)]
     for name, g in summary["groups"].items():
-        lines.append(f"| {name} | {','.join(map(str, g['seeds']))} | " + " | ".join(_cell(k, g[k]) for k in labels) + " |")
+        cells = " | ".join(_cell(k, g[k]) for k in labels)
+        lines.append(f"| {name} | {','.join(map(str, g['seeds']))} | {cells} |")
     if summary["paired"]:
         lines += ["", f"Paired difference against **{against}** (same seed), points:", "",
                   "| group − " + against + " | seeds | " + " | ".join(labels) + f" | {SIGN_COLUMN} sign |",
@@ -99,7 +99,7 @@ def to_markdown(summary: dict, against: str | None, note: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gap_table", description=__doc__.split("\n\n")[0])
+    p = _machine.benchmark_parser("gap_table", __doc__)
     p.add_argument("--group", action="append", required=True, metavar="LABEL=DIR[,DIR...]",
                    help="runs of one configuration, one per seed (repeatable)")
     p.add_argument("--against", default=None, help="the group the others are compared with, seed by seed")

@@ -68,7 +68,8 @@ def report(results: dict[str, Any]) -> str:
         f"Full collections (`gc.collect()`) in a process holding what `serve` loads: model `{results['model']}`, "
         f"gallery `{results['gallery']}` ({results['gallery_size']} items), the FastAPI app; plus "
         f"{results['garbage']} short-lived containers per collection. Median and max of {results['rounds']} "
-        "collections each; `tracked_objects`: what stays in the collector's generations (walked by every full collection) once the churn is freed.",
+        "collections each; `tracked_objects`: what stays in the collector's generations (walked by every full "
+        "collection) once the churn is freed.",
         _machine.markdown_table(results["rows"], ["heap", "median_ms", "max_ms", "tracked_objects",
                                                   "frozen_objects"])])
 
@@ -84,13 +85,12 @@ def plot(results: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gc_pause", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("gc_pause", __doc__)
     parser.add_argument("--model", type=Path, required=True, help="exported model (.onnx)")
     parser.add_argument("--gallery", type=Path, required=True, help="gallery directory built with --model")
     parser.add_argument("--rounds", type=int, default=7, help="collections timed per state")
     parser.add_argument("--garbage", type=int, default=20_000, help="short-lived containers alive at each collection")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--name", default="gc_pause", help="results file stem")
+    _machine.add_output_args(parser, "gc_pause", progress=False)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.garbage < 0:
         parser.error("--rounds must be positive and --garbage >= 0")

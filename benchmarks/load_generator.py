@@ -3,14 +3,15 @@
 ``python -m benchmarks.load_generator --images DIR [--concurrency 32] [--requests 3000] [--repeats 3]
 [--clients aiohttp,httpx]``
 
-A load generator must be far cheaper than the server it measures, or it measures itself (issue 19: the
-"bimodal" micro-batching of earlier ``benchmarks.http`` runs came from httpx's own pauses). This benchmark
-starts a *canned* server (uvicorn with the serving protocol class, an ASGI app that reads each ``POST
-/search`` body and answers a fixed ~1.5 KB search answer, no model, no gallery) on its own core, and drives
-it with :func:`benchmarks.http.run_level` (the very code ``benchmarks.http`` drives the real server with)
-for each client, levels interleaved. Per run: requests/s, the client's CPU per request and busy share
-(``time.process_time`` of this process), and the canned server's CPU per request (the OS's account). The
-client that spends the least CPU per request and saturates last is the one to use; nothing is asserted.
+A load generator must be far cheaper than the server it measures, or it measures itself (the "bimodal"
+micro-batching of earlier ``benchmarks.http`` runs came from httpx's own pauses: ``http_regimes_trace.md``
+in the results). This benchmark starts a *canned* server (uvicorn with the serving protocol class, an ASGI
+app that reads each ``POST /search`` body and answers a fixed ~1.5 KB search answer, no model, no gallery)
+on its own core, and drives it with :func:`benchmarks._http_load.run_level` (the very code ``benchmarks.http``
+drives the real server with) for each client, levels interleaved. Per run: requests/s, the client's CPU per
+request and busy share (``time.process_time`` of this process), and the canned server's CPU per request (the
+OS's account). The client that spends the least CPU per request and saturates last is the one to use; nothing
+is asserted.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _machine, _proc
+from benchmarks._http_load import CLIENTS, parse_clients, run_level
 from benchmarks._server import free_port, load_queries, wait_ready
-from benchmarks.http import CLIENTS, parse_clients, run_level
-from xmreid.errors import UserError
 
 # A search answer of the real shape and size (10 hits), so the client parses what it parses in benchmarks.http.
 _ANSWER = json.dumps({
@@ -152,14 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--canned-server"]:
         serve_canned(int(argv[1]))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load_generator", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("load_generator", __doc__)
     parser.add_argument("--images", type=Path, required=True, help="SYSU-MM01-layout root with cam3/cam6 crops")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--requests", type=int, default=3000, help="requests per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per client")
     parser.add_argument("--clients", type=parse_clients, default=list(CLIENTS), help="comma-separated: aiohttp,httpx")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--name", default="load_generator", help="results file stem")
+    _machine.add_output_args(parser, "load_generator", progress=False)
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.requests < 1 or args.repeats < 1:
         parser.error("--concurrency, --requests and --repeats must be positive")

@@ -6,14 +6,14 @@ Both backends are driven through the same public ``index.Gallery`` API a server 
 chunks, then ``save``, which for Milvus flushes the collection so its segments are sealed and indexed),
 so the numbers include everything a caller pays: for Milvus, the gRPC round trip to the embedded server
 and its per-hit result assembly. Kinds: ``flat`` (exact; Milvus ``FLAT``) and ``ivf_flat`` (the same
-nlist and nprobe on both). HNSW is left out by default: its build takes ~6 min per backend at 1e5 on
-the 2-core reference machine (``benchmarks/results/search.md``).
+nlist and nprobe on both). HNSW is left out by default: its build at 1e5 takes minutes per backend
+(``benchmarks/results/search.md``).
 
 Also measured: batch-1 latency with a camera filter matching a quarter of the gallery (FAISS: an id
 selector from the SQLite metadata; Milvus: the expression ``camera in [1]`` inside the search).
 
-Data: the clustered descriptors of :mod:`benchmarks.search` (N/10 centres, unit noise), queries around
-the same centres; recall@10 against exact numpy top-10 over the batch-64 queries.
+Data: the clustered descriptors of :mod:`benchmarks._search_data` (N/10 centres, unit noise, normalised),
+queries around the same centres; recall@10 against exact numpy top-10 over the batch-64 queries.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import _machine
-from benchmarks.search import exact_top_k, make_data
+from benchmarks._search_data import clustered
+from benchmarks.search import exact_top_k
 from index import Gallery
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ NOTE = """## Reading these numbers
 
 * Milvus Lite 3.x is a pure-Python embedded engine behind a local gRPC server. Every search call makes
   per-row Python passes over the collection (tombstone / deduplication masks), so batch-1 latency grows
-  with N (~1 s per call at 1e5 on the reference machine) and batching amortises it; its exact batch-64
+  with N (the `b1_ms_p50` column) and batching amortises it; its exact batch-64
   search is one numpy GEMM per segment, as fast as FAISS's `IndexFlatIP` only once FAISS's BLAS threshold
   is set (the gallery's `flat` sets it: `index.faiss_config`; its default leaves batches < 84 queries on a
   per-query scan, the "before" row of `search.md`).
@@ -60,20 +61,18 @@ NOTE = """## Reading these numbers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.milvus_vs_faiss", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("milvus_vs_faiss", __doc__)
     parser.add_argument("--sizes", default="10000,100000", help="gallery sizes, comma-separated")
     parser.add_argument("--dim", type=int, default=1536, help="descriptor size (6 parts x 256 in the paper)")
     parser.add_argument("--kinds", default="flat,ivf_flat", help=f"index kinds, from {', '.join(KINDS)}")
     parser.add_argument("--b1-queries", type=int, default=30, help="batch-1 searches timed per row")
     parser.add_argument("--b64-batches", type=int, default=2, help="batch-64 searches timed (and used for recall)")
     parser.add_argument("--quick", action="store_true", help="one size (2000), few queries: a ~1 minute check")
-    parser.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    parser.add_argument("--name", default="milvus_vs_faiss", help="results file stem")
     parser.add_argument("--milvus-uri", default=None,
                         help="measure a Milvus server (http://host:19530) instead of Milvus Lite files; the "
                              "benchmark's collections are dropped afterwards")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _machine.add_output_args(parser, "milvus_vs_faiss")
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -154,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="milvus_vs_faiss_"))
     try:
         for n in args.sizes:
-            x, q = make_data(n, args.dim, n_queries, args.seed)
+            x, q = clustered(n, args.dim, n_queries, args.seed)  # normalised, as exact_top_k expects
             truth = exact_top_k(x, q, K)
             cameras = [{"camera": 1 + i % 4} for i in range(n)]
             for kind in args.kinds:
@@ -222,15 +221,8 @@ def plot(results: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    machine = _machine.describe_machine(LIBRARIES)
-    results = run(args)
-    paths = _machine.write_results(args.name, results, report(results), plot(results), out_dir=args.out,
-                                   machine=machine)
-    print(report(results))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    """Run the benchmark and write ``benchmarks/results/<name>.{json,md,png}``; 1 on a user mistake."""
+    return _machine.run_and_write(parse_args(argv), run, report, plot, libraries=LIBRARIES)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ in the same run; FAISS's per-query scan against its sgemm path at batch 1..64 (t
 ``index.faiss_config``); then side by side at batch 1 and 64, in ms/query with GB/s and GFLOP/s:
 the numpy GEMM + argpartition reference, FAISS's IndexFlatIP at its default BLAS threshold (what
 ``flat`` was), ``Gallery`` kinds ``flat`` and ``flat_fp16``, and camera-filtered ``flat`` searches
-(50 % and 5 % of the gallery; ``filter_mode`` auto, and selector for comparison), with issue 18's
+(50 % and 5 % of the gallery; ``filter_mode`` auto, and selector for comparison), with the owner's
 targets checked.
 
 Part 2: every approximate kind (``--kinds``) at each of ``--approx-sizes``, ms/query at batch 1
 and 64 and recall@10 against exact numpy top-10; with ``--target-recall R`` each is tuned after its
 build (``Gallery.tune``: the cheapest ``nprobe`` / ``ef_search`` whose recall@10 on 1,000 held-out
-gallery items reaches R), and the tuned recall is checked on the benchmark's own queries. A kind whose estimated build time (extrapolated
-from the previous size) exceeds ``--max-build-s`` is skipped and reported as such.
+gallery items reaches R), and the tuned recall is checked on the benchmark's own queries. A kind whose
+estimated build time (extrapolated from the previous size) exceeds ``--max-build-s`` is skipped and reported
+as such.
 
 Data (``--data``, :mod:`benchmarks._search_data`; each approximate row names its kind): ``clustered``
 (N/10 random centres + unit noise, ~10 "crops" per "identity"), ``gaussian`` (i.i.d. on the sphere:
@@ -64,7 +65,7 @@ def _sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("search", __doc__)
     parser.add_argument("--size", type=int, default=100_000, help="gallery size of the exact-search part")
     parser.add_argument("--dim", type=int, default=1536, help="descriptor size (6 parts x 256 in the paper)")
     parser.add_argument("--approx-sizes", default="10000,100000",
@@ -76,14 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target-recall", type=float, default=None,
                         help="tune each approximate kind to this held-out recall@10 after building (Gallery.tune)")
     parser.add_argument("--data", default="clustered",
-                        help=f"data kinds of the approximate part, comma-separated, from {', '.join(_search_data.KINDS)}")
+                        help="data kinds of the approximate part, comma-separated, from "
+                             f"{', '.join(_search_data.KINDS)}")
     parser.add_argument("--model", default=None, help="ONNX model whose descriptors shape --data model")
     parser.add_argument("--images", default=None, help="SYSU-layout image folder embedded for --data model")
     parser.add_argument("--quick", action="store_true", help="10,000 items, fewer queries: a ~1 minute check")
-    parser.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
-    parser.add_argument("--name", default="search", help="results file stem")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _machine.add_output_args(parser, "search")
     args = parser.parse_args(argv)
     args.approx_sizes = _sizes(args.approx_sizes, parser, "--approx-sizes")
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -151,8 +151,9 @@ def bench_kind(kind: str, device: str, x: np.ndarray, q: np.ndarray, truth: np.n
     tuning = {} if tuned is None else {"target_recall": tuned["target_recall"], "held_out_recall": tuned["recall"],
                                        "tune_s": tuned["seconds"]}
     return {"size": n, "kind": kind, "device": stats["device"], "build_s": build_s, **tuning,
-            "exact_b1_ms": exact_ms, "speedup_b1": exact_ms / b1s["p50_ms"], "b1_ms_p50": b1s["p50_ms"], "b1_ms_p95": b1s["p95_ms"],
-            "b64_ms_per_query": b64s["p50_ms"] / 64, "recall_at_10": recall, "approx_mb": stats["approx_bytes"] / 2**20,
+            "exact_b1_ms": exact_ms, "speedup_b1": exact_ms / b1s["p50_ms"], "b1_ms_p50": b1s["p50_ms"],
+            "b1_ms_p95": b1s["p95_ms"], "b64_ms_per_query": b64s["p50_ms"] / 64, "recall_at_10": recall,
+            "approx_mb": stats["approx_bytes"] / 2**20,
             "options": ", ".join(f"{k}={v}" for k, v in stats["options"].items() if k != "train_size")}
 
 
@@ -261,7 +262,7 @@ def report(results: dict[str, Any]) -> str:
     data = results["data"] if isinstance(results["data"], dict) else {"clustered": results["data"]}
     described = "".join(f"\n- `{name}`: {text}" for name, text in data.items())
     approx_targets = approx_target_rows(results["rows"])
-    approx_targets_md = ("\n\n### Approximate targets (issue 18: recall@10 >= 0.95 at >= 10x exact batch-1 speed, "
+    approx_targets_md = ("\n\n### Approximate targets (recall@10 >= 0.95 at >= 10x exact batch-1 speed, "
                          "at the largest size)\n\n" + _machine.markdown_table(
                              approx_targets, ["data", "size", "kind", "recall_at_10", "speedup_b1", "met"])
                          if approx_targets else "")
@@ -274,7 +275,7 @@ def report(results: dict[str, Any]) -> str:
             + _machine.markdown_table(exact_rows, ["row", "b1_ms_per_query", "b1_gbps", "b64_ms_per_query",
                                                    "b64_gflops", "b64_vs_gallery_flat", "agreement_with_reference"])
             + "\n\n### Ceilings (same run)\n\n" + _machine.markdown_table(ceilings)
-            + "\n\n### Targets (issue 18)\n\n" + _machine.markdown_table(targets, ["target", "measured", "limit", "met"])
+            + "\n\n### Targets\n\n" + _machine.markdown_table(targets, ["target", "measured", "limit", "met"])
             + "\n\n### FAISS IndexFlatIP: per-query scan vs sgemm path, by batch size (same run)\n\n" + sweep
             + "\n\n### README table\n\n" + readme_table(results)
             + f"\n\n## Approximate kinds\n\nrecall@10 against exact numpy top-10 over the same "
@@ -284,7 +285,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def approx_target_rows(rows: list[dict[str, Any]], recall: float = 0.95, speedup: float = 10.0) -> list[dict[str, Any]]:
-    """Each approximate row at the largest size, checked against issue 18's recall and speed target."""
+    """Each approximate row at the largest size, checked against the owner's recall and speed target."""
     if not rows:
         return []
     largest = max(r["size"] for r in rows)
@@ -331,15 +332,8 @@ def plot(results: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    machine = _machine.describe_machine()
-    results = run(args)
-    paths = _machine.write_results(args.name, results, report(results), plot(results), out_dir=args.out,
-                                   machine=machine)
-    print(report(results))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    """Run the benchmark and write ``benchmarks/results/<name>.{json,md,png}``; 1 on a user mistake."""
+    return _machine.run_and_write(parse_args(argv), run, report, plot)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def _figure(configs: list[dict], accuracy: dict, latency: dict) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.track_queries", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("track_queries", __doc__)
     parser.add_argument("--model", required=True, type=Path, help="exported model (model.onnx)")
     parser.add_argument("--data-root", required=True, type=Path, help="a SYSU-MM01-layout tree (synthetic or real)")
     parser.add_argument("--lengths", default="1,3,5,10", help="track lengths (crops per query)")
@@ -269,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
     parser.add_argument("--rerank-n", type=int, default=100, help="neighbourhood re-ranked (the server's rerank_n)")
     parser.add_argument("--requests", type=int, default=20, help="timed HTTP requests per row (0: no server)")
-    parser.add_argument("--name", default="track_queries", help="result file stem")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    _machine.add_output_args(parser, "track_queries", progress=False)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -287,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine.describe_machine()
     embedder = load_embedder(args.model)
     ids = _test_ids(args.data_root)
-    images = {(pid, cam): _images(args.data_root, pid, cam) for pid in ids for cam in (*QUERY_CAMERAS, *GALLERY_CAMERAS)}
+    images = {(pid, cam): _images(args.data_root, pid, cam)
+              for pid in ids for cam in (*QUERY_CAMERAS, *GALLERY_CAMERAS)}
     g_paths = [(pid, cam, n, p) for pid in ids for cam in GALLERY_CAMERAS for n, p in enumerate(images[pid, cam])]
     started = time.perf_counter()
     g_desc = embed_paths(embedder, [p for *_, p in g_paths])

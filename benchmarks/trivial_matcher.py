@@ -24,7 +24,7 @@ for these matchers (cosine similarity on each feature):
   person uniquely. ``oracle_shape`` uses only proportions and accessories, ``oracle_pattern`` only
   the garment patterns, to show what each family of cues carries.
 
-The contract the generator keeps (README, issue 15): the raw-pixel and grey-histogram matchers stay
+The contract the generator keeps (docs and tests): the raw-pixel and grey-histogram matchers stay
 within 3x chance IR->RGB rank-1 on every data setting the project trains on.
 
 Usage::
@@ -35,7 +35,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -183,7 +182,8 @@ def _markdown(reports: list[dict]) -> str:
         people = rep["data"]["ids"] + (rep["data"].get("extra_train_ids") or 0)
         lines += [f"### {rep['layout']} layout, {people} identities ({rep['test_ids']} test, "
                   f"{rep['train_ids']} train; chance rank-1 {chance:.1f} %; protocol: {rep['protocol']})", "",
-                  "| matcher | " + " | ".join(GAP_SETTINGS) + " | xm_auc | protocol R1 | protocol mAP | IR->RGB / chance |",
+                  "| matcher | " + " | ".join(GAP_SETTINGS)
+                  + " | xm_auc | protocol R1 | protocol mAP | IR->RGB / chance |",
                   "|---|" + "---:|" * (len(GAP_SETTINGS) + 4)]
         for name, r in rep["results"].items():
             gap, sysu = r["gap"], r["protocol"]
@@ -199,7 +199,7 @@ def _markdown(reports: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.trivial_matcher", description=__doc__.split("\n\n")[0])
+    parser = _machine.benchmark_parser("trivial_matcher", __doc__)
     parser.add_argument("--data-root", type=Path, action="append", default=None,
                         help="existing SYSU-layout synthetic set (repeatable; default: generate --ids sets)")
     parser.add_argument("--ids", type=int, action="append", default=None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import end_to_end, http
+from benchmarks import _http_load, _http_rows, end_to_end, http
 from benchmarks._server import parse_metrics
 from xmreid.errors import UserError
 
@@ -29,19 +29,19 @@ bogus line without a value
 def test_parse_metrics_reads_counters_with_and_without_labels() -> None:
     samples = parse_metrics(METRICS_TEXT)
     assert samples["xmreid_model_calls_total"] == 7.0
-    assert samples[http.SEARCH_OK] == 12.0
+    assert samples[_http_load.SEARCH_OK] == 12.0
     assert "bogus" not in " ".join(samples)
 
 
 def test_level_row_turns_metric_deltas_into_per_request_numbers() -> None:
-    level = http.LevelResult(concurrency=4, planned=10, latencies_s=[0.01, 0.02, 0.03, 0.04],
+    level = _http_load.LevelResult(concurrency=4, planned=10, latencies_s=[0.01, 0.02, 0.03, 0.04],
                              timings_ms=[{"decode": 1.0, "embed": 3.0, "search": 2.0, "total": 6.0}] * 4,
                              elapsed_s=0.5)
     level.errors["503"] = 1
     before = parse_metrics(METRICS_TEXT)
-    after = {**before, "xmreid_model_calls_total": 9.0, http.SEARCH_OK: 16.0, "xmreid_model_batch_size_sum": 16.0,
+    after = {**before, "xmreid_model_calls_total": 9.0, _http_load.SEARCH_OK: 16.0, "xmreid_model_batch_size_sum": 16.0,
              "xmreid_model_call_duration_seconds_sum": 0.39}
-    row = http.level_row("batching", level, before, after)
+    row = _http_rows.level_row("batching", level, before, after)
     assert (row["ok"], row["errors"], row["requests_per_s"]) == (4, 1, 8.0)
     assert row["model_calls"] == 2.0 and row["model_calls_per_request"] == 0.5  # 2 calls for 4 answered searches
     assert row["mean_batch"] == 2.0  # 4 images in 2 calls
@@ -154,7 +154,8 @@ def test_end_to_end_benchmark_splits_latency_and_profiles(tiny_onnx: Path, tiny_
                                                           tmp_path: Path) -> None:
     rc = end_to_end.main(["--model", str(tiny_onnx), "--gallery", str(tiny_gallery), "--images", str(sysu_root),
                           "--requests", "6", "--block", "3", "--warmup", "1",
-                          "--variants", ",".join(end_to_end.VARIANTS), "--profile", "--profile-requests", "3", "--out", str(tmp_path), "--no-progress"])
+                          "--variants", ",".join(end_to_end.VARIANTS), "--profile", "--profile-requests", "3",
+                          "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     results = _results(tmp_path, "end_to_end")
     assert results["bare"]["model"]["n"] == 6 and results["bare"]["model"]["p50_ms"] > 0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import embed
+from benchmarks import _embed_profile, _embed_report, embed
+from benchmarks._embed_backends import BASELINE, FP32_ORT, INT8_BACKEND
 
 
 @pytest.mark.slow
@@ -20,8 +21,8 @@ def test_quick_run_has_int8_rows_accuracy_and_the_operator_breakdown(tiny_checkp
     results = json.loads((tmp_path / "embed.json").read_text())["results"]
     model = results["models"]["demo"]
     rows = {(r["backend"], r["batch"]): r for r in model["rows"]}
-    assert set(rows) == {(b, s) for b in (embed.BASELINE, embed.FP32_ORT, embed.INT8_BACKEND) for s in (1, 2)}
-    int8, fp32 = rows[(embed.INT8_BACKEND, 2)], rows[(embed.FP32_ORT, 2)]
+    assert set(rows) == {(b, s) for b in (BASELINE, FP32_ORT, INT8_BACKEND) for s in (1, 2)}
+    int8, fp32 = rows[(INT8_BACKEND, 2)], rows[(FP32_ORT, 2)]
     assert fp32["cos_min"] == pytest.approx(1.0) and fp32["speedup_vs_onnxruntime_cpu"] == pytest.approx(1.0)
     assert 0.9 < int8["cos_min"] <= int8["cos_p1"] <= int8["cos_median"] < 1.0
     assert int8["speedup_vs_onnxruntime_cpu"] > 0 and int8["accuracy_images"] == embed.ACCURACY_IMAGES
@@ -34,16 +35,16 @@ def test_quick_run_has_int8_rows_accuracy_and_the_operator_breakdown(tiny_checkp
 
 
 def test_int8_gemm_probe_is_exact_or_saturated() -> None:
-    probe = embed.int8_gemm_saturates()
+    probe = _embed_profile.int8_gemm_saturates()
     assert probe["exact"] == 255 * 127 * 64
     assert probe["got"] == (32767 * 32 if probe["u8s8_saturates"] else probe["exact"])
 
 
 def test_int8_verdict_against_fp32_onnxruntime() -> None:
-    rows = [{"backend": embed.INT8_BACKEND, "threads": 2, "batch": 8, "speedup_vs_onnxruntime_cpu": 1.2,
-             "cos_min": 0.99}, {"backend": embed.INT8_BACKEND, "threads": 2, "batch": 1,
+    rows = [{"backend": INT8_BACKEND, "threads": 2, "batch": 8, "speedup_vs_onnxruntime_cpu": 1.2,
+             "cos_min": 0.99}, {"backend": INT8_BACKEND, "threads": 2, "batch": 1,
                                 "speedup_vs_onnxruntime_cpu": 3.0}]
-    lines = embed._int8_verdicts({"models": {"paper": {"rows": rows}}})
+    lines = _embed_report._int8_verdicts({"models": {"paper": {"rows": rows}}})
     assert lines == ["- onnxruntime-int8-cpu on paper, 2 threads, batch 8: 1.20x fp32 ONNX Runtime "
                      "(target 1.5x: not met; cosine vs fp32 min 0.9900)"]
 

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from benchmarks import _proc, http
+from benchmarks import _http_load, _http_report, _http_rows, _machine, _proc, http
 from benchmarks._server import ServerProcess
 
 
@@ -38,30 +38,30 @@ def test_pinned_server_command_names_its_cores(tmp_path) -> None:
     assert ServerProcess(tmp_path / "m.onnx", tmp_path, port=1234).command[0] == "python"
 
 
-def _level(ok: int = 4) -> http.LevelResult:
-    return http.LevelResult(concurrency=8, planned=ok, latencies_s=[0.01] * ok,
+def _level(ok: int = 4) -> _http_load.LevelResult:
+    return _http_load.LevelResult(concurrency=8, planned=ok, latencies_s=[0.01] * ok,
                             timings_ms=[{"decode": 1.0, "embed": 3.0, "search": 2.0, "total": 6.0}] * ok, elapsed_s=1.0)
 
 
 def test_level_row_splits_server_cpu_at_the_model() -> None:
-    before = {http.SEARCH_OK: 10.0, http.MODEL_CPU: 1.0, "xmreid_model_calls_total": 5.0}
-    after = {http.SEARCH_OK: 14.0, http.MODEL_CPU: 1.02, "xmreid_model_calls_total": 6.0,
+    before = {_http_load.SEARCH_OK: 10.0, _http_load.MODEL_CPU: 1.0, "xmreid_model_calls_total": 5.0}
+    after = {_http_load.SEARCH_OK: 14.0, _http_load.MODEL_CPU: 1.02, "xmreid_model_calls_total": 6.0,
              "xmreid_model_batch_size_sum": 4.0}
-    row = http.level_row("batching", _level(), before, after, _proc.CpuTimes(total=0.03, main_thread=0.006))
+    row = _http_rows.level_row("batching", _level(), before, after, _proc.CpuTimes(total=0.03, main_thread=0.006))
     assert row["server_cpu_ms"] == pytest.approx(7.5)  # 30 ms of process CPU over 4 answered searches
     assert row["model_cpu_ms"] == pytest.approx(5.0)  # 20 ms of model-thread CPU over 4
     assert row["outside_model_cpu_ms"] == pytest.approx(2.5)
     assert row["event_loop_cpu_ms"] == pytest.approx(1.5)
-    unknown = http.level_row("external", _level(), before, {**after, http.MODEL_CPU: 1.02})
+    unknown = _http_rows.level_row("external", _level(), before, {**after, _http_load.MODEL_CPU: 1.02})
     assert unknown["server_cpu_ms"] is None and unknown["outside_model_cpu_ms"] is None
 
 
 def test_level_row_reports_the_load_generators_own_cpu() -> None:
     level = _level()
     level.client_cpu_s = 0.5  # 0.5 s of client CPU over 4 answers in 1 s of wall time
-    row = http.level_row("batching", level, {}, {})
+    row = _http_rows.level_row("batching", level, {}, {})
     assert row["client_cpu_ms"] == pytest.approx(125.0) and row["client_busy"] == pytest.approx(0.5)
-    assert http.level_row("batching", _level(), {}, {})["client_cpu_ms"] is None
+    assert _http_rows.level_row("batching", _level(), {}, {})["client_cpu_ms"] is None
 
 
 def test_collector_paused_stops_collections_in_the_block_and_restores_the_collector() -> None:
@@ -104,20 +104,22 @@ def test_summary_takes_medians_per_mode_and_level_and_checks_the_aims() -> None:
                      "p99_ms": p99, "mean_batch": 9.0, "outside_model_cpu_ms": outside, "errors": 0})
         rows.append({"mode": "no-batching", "concurrency": 32, "run": run, "requests_per_s": 90.0, "p50_ms": 12.0,
                      "p99_ms": 65.0, "mean_batch": 1.0, "outside_model_cpu_ms": 1.4, "errors": 0})
-    summary = http.summarize_runs(rows)
+    summary = _http_rows.summarize_runs(rows)
     batching = next(r for r in summary if r["mode"] == "batching")
     assert (batching["runs"], batching["requests_per_s"], batching["outside_model_cpu_ms"]) == (3, 110.0, 1.2)
     assert batching["server_cpu_ms"] is None  # not measured in these rows
     results = {"concurrency": [32], "summary": summary, "offline": [{"images_per_s": 125.0}]}
-    checks = {c["check"].split(" at ")[0]: c for c in http.issue_checks(results)}
+    checks = {c["check"].split(" at ")[0]: c for c in _http_rows.aim_checks(results)}
     assert checks["server CPU per /search outside the model"]["met"]  # 1.2 <= 1.5
     assert checks["p99 with batching <= without"]["met"]  # 60 <= 65
     assert checks["batched req/s"]["met"]  # 110 / 125 = 88 % >= 80 %
     assert checks["mean micro-batch"]["met"]
 
 
-def test_readme_block_is_regenerated_between_its_markers(tmp_path) -> None:
+def test_docs_block_is_regenerated_between_its_markers(tmp_path, capsys) -> None:
     import json
+
+    from xmreid.errors import UserError
 
     results = {"requests_per_level": 400, "repeats": 3, "pinning": {"client_cores": "0", "server_cores": "1"},
                "summary": [{"mode": "batching", "concurrency": 32, "requests_per_s": 250.0, "p50_ms": 120.0,
@@ -130,28 +132,55 @@ def test_readme_block_is_regenerated_between_its_markers(tmp_path) -> None:
                "date": "2026-12-01T15:00:00+00:00", "command": "python -m benchmarks.http --model m"}
     path = tmp_path / "http.json"
     path.write_text(json.dumps({"machine": machine, "results": results}))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{http.README_START}\nold figures\n{http.README_END}\noutro\n")
-    http.update_readme(path, readme)
-    text = readme.read_text()
+    page = tmp_path / "docs" / "benchmarks.md"
+    page.parent.mkdir()
+    page.write_text(f"intro\n{_http_report.DOCS_START}\nold figures\n{_http_report.DOCS_END}\noutro\n")
+    assert http.main(["--readme-from", str(path), "--docs", str(page)]) == 0
+    text = page.read_text()
     assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old figures" not in text
     assert "| batching | 32 | 250 | 120 / 180 | 12.5 | 4 | 3 | 1 |" in text
     assert "client on core 0 and server on core 1" in text and "2026-12-01" in text
-    http.update_readme(path, readme)  # idempotent
-    assert readme.read_text() == text
-    readme.write_text("no markers")
-    with pytest.raises(http.UserError, match="no generated HTTP block"):
-        http.update_readme(path, readme)
+    assert http.main(["--docs-from", str(path), "--docs", str(page)]) == 0  # the alias; idempotent
+    assert page.read_text() == text
+    page.write_text("no markers")
+    with pytest.raises(UserError, match="no generated HTTP block"):
+        _http_report.update_docs(path, page)
+    capsys.readouterr()
+    assert http.main(["--readme-from", str(path), "--docs", str(page)]) == 1  # one clear line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no generated HTTP block" in err and len(err.strip().splitlines()) == 1
+
+
+def test_docs_block_names_no_machine_folder(tmp_path) -> None:
+    """The page quotes the command with the machine's folders cut and links the full report from docs/."""
+    import json
+
+    command = ("python -m benchmarks.http --model /scratch/run7/model.onnx --gallery=/scratch/run7/gallery "
+               f"--images {_machine.REPO / 'data' / 'synthetic_sysu'}")
+    data = {"machine": {"cpu": "AMD EPYC", "cores_usable": 2, "load_average_1_5_15": [0.5, 0.2, 0.3],
+                        "date": "2026-12-01T15:00:00+00:00", "command": command},
+            "results": {"requests_per_level": 4, "offline": [], "summary": []}}
+    block = _http_report.docs_block(data)
+    assert "/scratch" not in block and str(_machine.REPO) not in block
+    assert ("`python -m benchmarks.http --model model.onnx --gallery=gallery --images data/synthetic_sysu`"
+            in block)
+    assert "[http.md](../benchmarks/results/http.md)" in block
+    page = tmp_path / "benchmarks.md"  # a page elsewhere links the results file named like the JSON
+    page.write_text(f"{_http_report.DOCS_START}\n{_http_report.DOCS_END}\n")
+    path = tmp_path / "http_run.json"
+    path.write_text(json.dumps(data))
+    _http_report.update_docs(path, page)
+    assert "benchmarks/results/http_run.md)" in page.read_text()
 
 
 def test_a_batch_level_counts_batch_answers_and_crops() -> None:
     level = _level()
     level.images_per_request = 4
-    before = {http.answered(4): 10.0}
-    after = {http.answered(4): 14.0, http.SEARCH_OK: 99.0}  # /search's counter is not this level's
-    row = http.level_row("batching", level, before, after, _proc.CpuTimes(total=0.04, main_thread=None))
-    assert http.endpoint(4) == "/search/batch" and 'endpoint="/search/batch"' in http.answered(4)
+    before = {_http_load.answered(4): 10.0}
+    after = {_http_load.answered(4): 14.0, _http_load.SEARCH_OK: 99.0}  # /search's counter is not this level's
+    row = _http_rows.level_row("batching", level, before, after, _proc.CpuTimes(total=0.04, main_thread=None))
+    assert _http_load.endpoint(4) == "/search/batch" and 'endpoint="/search/batch"' in _http_load.answered(4)
     assert row["images_per_s"] == pytest.approx(16.0) and row["requests_per_s"] == pytest.approx(4.0)
     assert row["server_cpu_ms"] == pytest.approx(10.0)  # 40 ms over the 4 answered batch requests
     with pytest.raises(ValueError, match="images_per_request"):
-        asyncio.run(http.run_level("http://127.0.0.1:9", [], 1, 1, 1.0, images_per_request=2, body="raw"))
+        asyncio.run(_http_load.run_level("http://127.0.0.1:9", [], 1, 1, 1.0, images_per_request=2, body="raw"))
