@@ -24,6 +24,9 @@ import numpy as np
 from index.errors import CorruptGalleryError, GalleryError
 
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# Search-time parameters (IVF lists probed, HNSW candidate list), named alike for every backend so a
+# configuration moves between them; ``Gallery.load(**options)`` and ``set_search_params`` take them.
+SEARCH_PARAMS = frozenset({"nprobe", "ef_search"})
 
 
 class VectorBackend(abc.ABC):
@@ -158,6 +161,18 @@ class MetadataReader(Protocol):
     def camera_counts(self) -> dict[int, int]: ...
 
     def labelled_count(self) -> int: ...
+
+
+def checked_search_params(params: dict[str, Any], valid: set[str], what: str) -> dict[str, int]:
+    """``params`` as ints, refusing names outside ``valid`` (those of ``what``, e.g. ``kind 'hnsw'``) and values < 1."""
+    unknown = set(params) - valid
+    if unknown:
+        raise GalleryError(f"unknown search parameter(s) {sorted(unknown)} for {what}; "
+                           f"valid: {', '.join(sorted(valid)) or 'none'}")
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
+    return {name: int(value) for name, value in params.items()}
 
 
 def auto_pq_m(dim: int) -> int:

@@ -36,7 +36,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.backends import UNIT_TOLERANCE, VectorBackend, auto_pq_m, check_in_blocks, pad_results, search_wider
+from index.backends import (SEARCH_PARAMS, UNIT_TOLERANCE, VectorBackend, auto_pq_m, check_in_blocks,
+                            checked_search_params, pad_results, search_wider)
 from index.errors import CorruptGalleryError, GalleryError
 from index.exact import (allowed_positions, filter_plan, gemv_search, id_map_view, split_search, subset_search,
                          to_ids)
@@ -57,12 +58,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ivf_pq": {"nlist": None, "nprobe": 16, "m": None, "nbits": 8, "train_size": 5000},
     "hnsw": {"hnsw_m": 32, "ef_construction": 40, "ef_search": 64},
 }
-SEARCH_PARAMS = {"nprobe", "ef_search"}
 # Exact kinds whose batches smaller than the thread count (batch 1 on 2 cores: a memory-bound scan)
-# do not go through Index.search, where FAISS was measured to be the bottleneck (index.exact):
+# do not go through Index.search, where FAISS is the bottleneck (index.exact, benchmarks/results/search.md):
 # fp16, FAISS's scalar quantizer scans on one core -> its scan over thread-shared ranges; fp32,
-# FAISS's own split (sgemm with one column per block, 25.8 ms over 100,000 x 1536) and even its scan
-# over ranges (12.0 ms) are slower than numpy's GEMV on the same memory (9.0 ms; index.exact).
+# FAISS's own split (sgemm with one column per block) and even its scan over ranges are slower than
+# numpy's GEMV on the same memory.
 _SMALL_BATCH = {"flat": "gemv", "flat_fp16": "split"}
 _EXPECTED_TYPE = {"flat": "IndexFlatIP", "flat_fp16": "IndexScalarQuantizer", "ivf_flat": "IndexIVFFlat",
                   "ivf_pq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
@@ -142,9 +142,12 @@ class FaissBackend(IvfLists, GpuSearch, VectorBackend):
         backend._tuning = state.get("tuning") if isinstance(state.get("tuning"), dict) else None
         growth = state.get("growth")
         # galleries saved before growth was recorded keep the nlist they were trained with
-        backend._growth = ({"auto_nlist": bool(growth.get("auto_nlist")), "trained_for": int(growth.get("trained_for", 0))}
-                           if isinstance(growth, dict) else {"auto_nlist": options.get("nlist") is None and
-                                                             kind in IVF_KINDS and inner == "IndexFlatIP", "trained_for": 0})
+        if isinstance(growth, dict):
+            backend._growth = {"auto_nlist": bool(growth.get("auto_nlist")),
+                               "trained_for": int(growth.get("trained_for", 0))}
+        else:
+            backend._growth = {"auto_nlist": options.get("nlist") is None and kind in IVF_KINDS
+                               and inner == "IndexFlatIP", "trained_for": 0}
         if kind in IVF_KINDS and inner == "IndexFlatIP":
             backend._index, backend._staging = None, index  # saved before it had enough vectors to train
         elif inner != _EXPECTED_TYPE[kind]:
@@ -186,15 +189,8 @@ class FaissBackend(IvfLists, GpuSearch, VectorBackend):
         return np.setdiff1d(ids, self._deleted, assume_unique=True) if len(self._deleted) else ids
 
     def set_search_params(self, **params: Any) -> None:
-        valid = SEARCH_PARAMS & set(DEFAULTS[self.kind])
-        unknown = set(params) - valid
-        if unknown:
-            raise GalleryError(f"unknown search parameter(s) {sorted(unknown)} for kind {self.kind!r}; "
-                               f"valid: {', '.join(sorted(valid)) or 'none'}")
-        for name, value in params.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
-            self._options[name] = int(value)
+        self._options.update(checked_search_params(params, SEARCH_PARAMS & set(DEFAULTS[self.kind]),
+                                                   f"kind {self.kind!r}"))
         if self._index is not None:
             self._apply_search_params()
 
@@ -389,7 +385,8 @@ class FaissBackend(IvfLists, GpuSearch, VectorBackend):
 
     def stats(self) -> dict[str, Any]:
         n, d = len(self), self.dim
-        per_vector = {"flat": 4 * d, "flat_fp16": 2 * d, "ivf_flat": 4 * d, "hnsw": 4 * d + 8 * self._options.get("hnsw_m", 0),
+        per_vector = {"flat": 4 * d, "flat_fp16": 2 * d, "ivf_flat": 4 * d,
+                      "hnsw": 4 * d + 8 * self._options.get("hnsw_m", 0),
                       "ivf_pq": math.ceil((self._options.get("m") or auto_pq_m(d)) * self._options.get("nbits", 8) / 8)}
         bytes_ = n * (per_vector[self.kind] + 16) if self._index is not None else n * (4 * d + 16)
         out = {"device": self.device, "trained": self.is_trained, "approx_bytes": int(bytes_)}

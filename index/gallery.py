@@ -55,7 +55,7 @@ from index.registry import check_backend, create_storage
 from index.rows import validate_metadata
 from index.saving import Saving
 from index.storage import Storage
-from index.validate import as_k, as_ids, normalized
+from index.validate import as_ids, as_k, normalized
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class Gallery(DirectoryOwnership, Transactions, Queries, Saving):
     Build one with :meth:`create` or :meth:`load`, not the constructor.
     """
 
-    def __init__(self, *, storage: Storage, fingerprint: str | None, next_id: int, created: str, saved: str | None = None,
-                 directory: Path | None = None, read_only: bool = False, sequence: int | None = None, uid: str | None = None,
+    def __init__(self, *, storage: Storage, fingerprint: str | None, next_id: int, created: str,
+                 saved: str | None = None, directory: Path | None = None, read_only: bool = False,
+                 sequence: int | None = None, uid: str | None = None,
                  origin: dict[str, Any] | None = None, family: str | None = None,
                  notes: dict[str, str] | None = None) -> None:
         self._storage = storage
@@ -191,8 +192,8 @@ class Gallery(DirectoryOwnership, Transactions, Queries, Saving):
                       notes=manifest.get("notes"))
         if mixed[0]:
             gallery._mixed_precision = True
-            log.warning("gallery %s was indexed with model %s and is opened with model %s, another precision of the same "
-                        "fp32 model (family %s): scores mix precisions (`python -m export verify --reference` "
+            log.warning("gallery %s was indexed with model %s and is opened with model %s, another precision of the "
+                        "same fp32 model (family %s): scores mix precisions (`python -m export verify --reference` "
                         "measures the cost); re-index with this model to remove the mix", directory,
                         str(manifest.get("fingerprint"))[:12], str(fingerprint)[:12], str(family)[:12])
         if owner is not None:

@@ -84,7 +84,8 @@ class GpuMirror:
             inner = type(faiss.downcast_index(gpu_index.index)).__name__ if hasattr(gpu_index, "index") else ""
             if not inner.startswith("Gpu"):
                 # FAISS's cloner silently returns a CPU copy for types it cannot move.
-                raise RuntimeError(f"FAISS has no GPU version of {type(faiss.downcast_index(cpu_index.index)).__name__}")
+                plain = type(faiss.downcast_index(cpu_index.index)).__name__
+                raise RuntimeError(f"FAISS has no GPU version of {plain}")
             probe = np.full((1, cpu_index.d), 1.0 / np.sqrt(cpu_index.d), dtype=np.float32)
             gpu_index.search(probe, 1)  # kernel-image errors only show up at the first launch
         except Exception as exc:  # noqa: BLE001 - any GPU failure means "stay on the CPU"

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from index.backends import VectorBackend, pad_results
+from index.backends import SEARCH_PARAMS, VectorBackend, checked_search_params, pad_results
 from index.errors import GalleryError
-from index.milvus_options import (EXACT_MILVUS_KINDS, KIND_DEFAULTS, MILVUS_KINDS, SEARCH_PARAMS, build_params,
-                                  is_lite_uri, search_params)
+from index.milvus_options import (EXACT_MILVUS_KINDS, KIND_DEFAULTS, MILVUS_KINDS, build_params, is_lite_uri,
+                                  search_params)
 
 log = logging.getLogger(__name__)
 
@@ -222,15 +222,8 @@ class MilvusBackend(VectorBackend):
         return "gpu" if str(self._options["index_type"] or "").upper().startswith("GPU_") else "cpu"
 
     def set_search_params(self, **params: Any) -> None:
-        valid = SEARCH_PARAMS & set(KIND_DEFAULTS[self.kind])
-        unknown = set(params) - valid
-        if unknown:
-            raise GalleryError(f"unknown search parameter(s) {sorted(unknown)} for a milvus {self.kind!r} gallery; "
-                               f"valid: {', '.join(sorted(valid)) or 'none'}")
-        for name, value in params.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
-            self._options[name] = int(value)
+        self._options.update(checked_search_params(params, SEARCH_PARAMS & set(KIND_DEFAULTS[self.kind]),
+                                                   f"a milvus {self.kind!r} gallery"))
 
     def train(self, vectors: np.ndarray, expected_size: int | None = None) -> None:
         log.info("Milvus trains each segment's index itself when the segment is sealed; ignoring train()")

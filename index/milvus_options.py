@@ -33,7 +33,6 @@ COMMON_DEFAULTS: dict[str, Any] = {"collection": "xmreid_gallery", "index_type":
                                    "search_params": None, "consistency_level": "Strong", "shards": 1}
 # Options that describe this process, never saved: credentials and the RPC timeout.
 RUNTIME_OPTIONS = ("token", "timeout")
-SEARCH_PARAMS = {"nprobe", "ef_search"}
 
 
 def is_lite_uri(uri: str) -> bool:

@@ -37,7 +37,8 @@ from index.errors import GalleryError
 from index.locking import LOCK_FILE, DirectoryLock
 from index.manifest import MANIFEST, read_manifest
 from index.milvus_backend import MilvusBackend
-from index.milvus_options import RUNTIME_OPTIONS, SEARCH_PARAMS, check_uri, is_lite_uri, resolve_options
+from index.backends import SEARCH_PARAMS
+from index.milvus_options import RUNTIME_OPTIONS, check_uri, is_lite_uri, resolve_options
 from index.persist import save_manifest
 from index.storage import Journal, LoadedGallery, Storage, TimeWindow
 

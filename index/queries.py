@@ -1,4 +1,4 @@
-"""The read side of :class:`index.Gallery`: searches and metadata look-ups, each under the gallery's read lock (a mixin).
+"""The read side of :class:`index.Gallery`: searches and metadata look-ups under the gallery's read lock (a mixin).
 
 Scores are cosine similarities of L2-normalised vectors (normalised here and nowhere else in the serving
 path), best first, always finite and within [-1, 1] (up to 1e-3 of float rounding): a search that would

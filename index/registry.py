@@ -16,6 +16,7 @@ from index.errors import GalleryError
 from index.faiss_backend import DEFAULTS as FAISS_DEFAULTS
 from index.faiss_backend import FaissBackend
 from index.faiss_storage import FaissStorage
+from index.manifest import BACKENDS
 from index.metadata import MetadataStore
 from index.storage import Storage
 
@@ -31,9 +32,6 @@ EXACT_KINDS = ("flat", "flat_fp16")
 # ``flat_blas`` (a numpy GEMM search over the same IndexIDMap2(IndexFlatIP) file as ``flat``) went when
 # ``flat`` itself reached GEMM speed through FAISS's BLAS threshold (index.faiss_config).
 KIND_ALIASES: dict[str, str] = {"flat_blas": "flat"}
-# Where a gallery's vectors live: an in-process FAISS index, or a Milvus collection (index/milvus_*.py,
-# imported only when asked for, so pymilvus stays an optional extra).
-BACKENDS = ("faiss", "milvus")
 # Options that describe this process rather than the gallery: never saved, given again at load.
 RUNTIME_DEFAULTS: dict[str, Any] = {"device": "auto", "gpu_fp16": False, "filter_mode": "auto"}
 FILTER_MODES = ("auto", "selector", "wider")
