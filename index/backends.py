@@ -2,13 +2,13 @@
 
 The gallery owns ids, metadata, validation, normalisation, locking and persistence; a backend only
 stores normalised float32 vectors under int64 ids and answers top-k inner-product searches. Keeping
-that surface this small (``add_with_ids`` / ``remove_ids`` / ``search`` with an id filter /
-``serialize``) is what lets another store slot in without touching the gallery's callers: FAISS in
-process (:mod:`index.faiss_backend`, with the SQLite metadata of :mod:`index.metadata` beside it) and a
-Milvus collection (:mod:`index.milvus_backend`, which keeps each item's metadata beside its vector and
-commits every change itself). :func:`index.registry.create_storage` picks the pair for a new gallery,
-:func:`index.loading.read_gallery` for a saved one; the two capability flags below are all the
-gallery needs to know of the difference.
+that surface this small (``add_with_ids`` / ``remove_ids`` / ``search`` with an id filter) is what lets
+another store slot in without touching the gallery's callers: FAISS in process
+(:mod:`index.faiss_backend`, with the SQLite metadata of :mod:`index.metadata` beside it) and a Milvus
+collection (:mod:`index.milvus_backend`, which keeps each item's metadata beside its vector and commits
+every change itself). How a backend and its metadata store are kept in step and saved is its
+:class:`~index.storage.Storage`'s job: :func:`index.registry.create_storage` builds it for a new gallery,
+:func:`index.loading.read_gallery` for a saved one.
 """
 
 from __future__ import annotations
@@ -16,13 +16,17 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from index.errors import CorruptGalleryError, GalleryError
+
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# Search-time parameters (IVF lists probed, HNSW candidate list), named alike for every backend so a
+# configuration moves between them; ``Gallery.load(**options)`` and ``set_search_params`` take them.
+SEARCH_PARAMS = frozenset({"nprobe", "ef_search"})
 
 
 class VectorBackend(abc.ABC):
@@ -39,14 +43,6 @@ class VectorBackend(abc.ABC):
     # The ``backend=`` name of Gallery.create and of a saved manifest.
     name: str = "faiss"
     exact: bool = True
-    # The store keeps each item's metadata beside its vector (Milvus scalar fields): it is then also the
-    # gallery's metadata store, new items arrive with their rows (:meth:`add_items`), and camera/time
-    # filters are evaluated inside its search (:meth:`search_where`) rather than turned into an id list.
-    holds_metadata: bool = False
-    # Every change is durable in the store when the call returns (Milvus's write-ahead log): there is no
-    # in-memory change to undo or to count as unsaved, no idempotency table (it lives in the metadata
-    # file of a saved gallery), and a save writes only the manifest that points at the store.
-    commits_itself: bool = False
     # Removals leave the vector in place behind a tombstone (HNSW): an id removed by an undone add must
     # then never be handed out again, since the tombstone would hide the new item.
     tombstones: bool = False
@@ -75,12 +71,10 @@ class VectorBackend(abc.ABC):
     def set_search_params(self, **params: Any) -> None:
         """Change search-time parameters (e.g. ``nprobe``); exact backends have none."""
         if params:
-            from index.errors import GalleryError
             raise GalleryError(f"kind {self.kind!r} has no search-time parameters, got {sorted(params)}")
 
     def tune(self, target: float, k: int = 10, sample: int = 1000, seed: int = 0) -> dict[str, Any]:
         """Set search parameters to reach a recall target (approximate kinds; see :mod:`index.tuning`)."""
-        from index.errors import GalleryError
         raise GalleryError(f"kind {self.kind!r} has no search parameters to tune")
 
     @abc.abstractmethod
@@ -117,38 +111,11 @@ class VectorBackend(abc.ABC):
             ``k`` results end with score ``-inf`` and id ``-1``.
         """
 
-    def add_items(self, vectors: np.ndarray, ids: np.ndarray, rows: list[Any]) -> None:
-        """Store ``vectors`` under ``ids`` with their :mod:`index.metadata` rows, all or nothing.
-
-        For ``holds_metadata`` backends; the others store vectors only (:meth:`add_with_ids`).
-        """
-        raise NotImplementedError(f"the {self.name} backend keeps no metadata; the gallery's store does")
-
-    def search_where(self, queries: np.ndarray, k: int, cameras: np.ndarray | None,
-                     time_range: tuple[float | None, float | None] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` among the items of ``cameras`` stamped within ``time_range``, filtered inside the store.
-
-        For ``holds_metadata`` backends; the arguments are checked (:mod:`index.validate`), either may be
-        None for "no filter", and the answer is as :meth:`search`'s.
-        """
-        raise NotImplementedError(f"the {self.name} backend keeps no metadata to filter on")
-
-    def write_manifest(self, directory: Path, fields: dict[str, Any]) -> dict[str, Any]:
-        """Write the manifest of a ``commits_itself`` backend's gallery (a pointer to the store); returns it.
-
-        Args:
-            directory: the gallery directory.
-            fields: the gallery's manifest fields (kind, dim, fingerprint, family, options, created, count,
-                next id); the backend adds where its data lives.
-        """
-        raise NotImplementedError(f"the {self.name} backend's data is saved in the gallery directory")
-
     def close(self) -> None:
         """Release what the backend holds outside this process (a connection); in-process backends hold nothing."""
 
     def drop(self) -> None:
         """Delete the backend's external data for good (a Milvus collection)."""
-        from index.errors import GalleryError
         raise GalleryError(f"a {self.name} gallery keeps its data in its directory; there is no collection to drop")
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
@@ -166,9 +133,12 @@ class VectorBackend(abc.ABC):
             CorruptGalleryError: naming ``path`` (the index file) and the first bad id.
         """
 
-    @abc.abstractmethod
     def serialize(self, path: Path) -> dict[str, Any]:
-        """Write the index to ``path`` (one file, a CPU FAISS index) and return extra state for the manifest."""
+        """Write the index to ``path`` (one file) and return extra state for the manifest.
+
+        For backends whose data lives in the gallery directory (FAISS: a CPU index file).
+        """
+        raise NotImplementedError(f"the {self.name} backend keeps its data outside the gallery directory")
 
     def stats(self) -> dict[str, Any]:
         """Backend facts for ``Gallery.stats()``."""
@@ -177,7 +147,8 @@ class VectorBackend(abc.ABC):
 
 class MetadataReader(Protocol):
     """What a gallery reads of its metadata store: :class:`index.metadata.MetadataStore` (SQLite, beside a
-    FAISS index) or a ``holds_metadata`` backend itself. Ids are int64; rows as ``Gallery.get`` gives them."""
+    FAISS index) or a backend that keeps each item's metadata beside its vector (Milvus). Ids are int64; rows
+    as ``Gallery.get`` gives them."""
 
     def ids(self) -> np.ndarray: ...
 
@@ -192,16 +163,22 @@ class MetadataReader(Protocol):
     def labelled_count(self) -> int: ...
 
 
-@dataclass
-class Storage:
-    """A new gallery's vector backend, its metadata store, and the runtime options its stats show.
+def checked_search_params(params: dict[str, Any], valid: set[str], what: str) -> dict[str, int]:
+    """``params`` as ints, refusing names outside ``valid`` (those of ``what``, e.g. ``kind 'hnsw'``) and values < 1."""
+    unknown = set(params) - valid
+    if unknown:
+        raise GalleryError(f"unknown search parameter(s) {sorted(unknown)} for {what}; "
+                           f"valid: {', '.join(sorted(valid)) or 'none'}")
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
+    return {name: int(value) for name, value in params.items()}
 
-    For a ``holds_metadata`` backend the store is the backend itself.
-    """
 
-    backend: VectorBackend
-    store: MetadataReader
-    runtime: dict[str, Any]
+def auto_pq_m(dim: int) -> int:
+    """Product-quantizer sub-vectors for ``dim``: ~16 dimensions each (96 bytes per 1536-d vector, a common
+    memory/recall point), the largest such count that divides ``dim``."""
+    return next(m for m in range(max(1, dim // 16), 0, -1) if dim % m == 0)
 
 
 def pad_results(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,8 +269,6 @@ def check_unit_rows(path: Path, vectors: np.ndarray, ids: np.ndarray, tolerance:
         ids: the ``[n]`` gallery ids of those rows.
         tolerance: the allowed ``|norm - 1|``.
     """
-    from index.errors import CorruptGalleryError
-
     block = np.asarray(vectors, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))

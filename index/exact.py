@@ -4,19 +4,16 @@ Two cases, both measured in ``benchmarks/results/search.md``:
 
 * **Batches smaller than the thread count** (batch 1 on 2 cores), where exact search is a scan of
   the gallery bounded by memory bandwidth. ``IndexScalarQuantizer.search`` (fp16) runs its OpenMP
-  loop over queries, so one query scans on one core: 10.1 ms over 100,000 x 1536, where 2 cores read
-  it in 5.6. ``IndexFlatIP`` (fp32) splits the gallery between threads itself for such batches
-  (FAISS >= 1.14.2), but scores each block with an ``sgemm`` of one column: 25.8 ms, half of what the
-  memory gives (numpy's GEMV: 12.2 ms). That is FAISS being the bottleneck, not the hardware; the fix
-  keeps FAISS's own scan kernels and only changes how the rows are shared out. :func:`split_search`
+  loop over queries, so one query scans on one core; ``IndexFlatIP`` (fp32) splits the gallery between
+  threads itself for such batches (FAISS >= 1.14.2), but scores each block with an ``sgemm`` of one
+  column, at about half of what the memory gives. That is FAISS being the bottleneck, not the hardware;
+  the fix keeps FAISS's own scan kernels and only changes how the rows are shared out. :func:`split_search`
   scans ``parts`` contiguous ranges of the stored vectors at once, one FAISS call per range on a
   worker thread (FAISS releases the GIL; each call runs one OpenMP thread, restricted to its range by
   an ``IDSelectorRange``, which ``IndexFlat`` turns into a scan of the sub-array), and merges the
-  per-range top-k lists: 12.0 ms fp32, 7.0 ms fp16 (benchmark run of 2026-12-01 14:55 UTC, 2-core
-  AMD EPYC, idle). For fp32 numpy's GEMV over the same rows (``IndexFlat``'s own array, not copied)
-  was faster still, 9.0 ms against a bound of 9.4 ms (bytes / fastest read measured), so fp32 uses
-  :func:`gemv_search`; fp16 has no such alternative (numpy has no fast fp16 GEMV) and stays on FAISS's
-  scalar-quantizer scan, which decodes at ~20 GB/s per core: 1.25-1.5x its bandwidth bound across runs.
+  per-range top-k lists. For fp32 numpy's GEMV over the same rows (``IndexFlat``'s own array, not
+  copied) is faster still, close to the bandwidth bound, so fp32 uses :func:`gemv_search`; fp16 has no
+  such alternative (numpy has no fast fp16 GEMV) and stays on FAISS's scalar-quantizer scan.
 * **Filters.** A search with an ``IDSelector`` takes FAISS's per-query scan, never its ``sgemm``
   path (:mod:`index.faiss_config`): at batch 64 about 10x slower than the unfiltered search, however
   few items the filter allows. :func:`filter_plan` picks instead either a scan of the allowed rows

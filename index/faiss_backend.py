@@ -6,22 +6,15 @@ can be reconstructed and checked), with inner-product metric on normalised vecto
 * ``flat``: ``IndexFlatIP``, exact.
 * ``flat_fp16``: ``IndexScalarQuantizer(QT_fp16)``, exact up to ~1e-3 score error, half the memory
   and bandwidth, which is what batch-1 search is bound by.
-* ``ivf_flat`` / ``ivf_pq``: ``IndexIVFFlat`` / ``IndexIVFPQ`` (Jégou et al., "Product quantization
-  for nearest neighbor search", TPAMI 2011). They need training; until the gallery holds
-  ``train_size`` vectors it is served by an exact flat "staging" index, then trained on everything
-  staged. ``nlist`` defaults to ~2·sqrt(N) for the gallery size N it is trained for (capped at n/39 of
-  the n training vectors, so each centroid gets the 39 points FAISS asks for); ``train(sample,
-  expected_size=N)`` trains earlier, sized for N. An auto-sized ``ivf_flat`` gallery that grows to 4x
-  the size it was trained for is trained again (on a sample of itself) with the larger ``nlist``, its
-  lists rebuilt and a recall target re-tuned: without it, lists trained at the first 1000 items hold
-  ~N/25 vectors each at N items and ``nprobe`` must scan the whole index (issue 18: nlist=447 at 1M
-  items needed nprobe=447). Doubling-style growth keeps the re-training cost amortised O(N).
-  ``ivf_pq`` keeps only codes, so its ``nlist`` stays what it was trained with.
+* ``ivf_flat`` / ``ivf_pq``: ``IndexIVFFlat`` / ``IndexIVFPQ``, trained once the gallery holds
+  ``train_size`` vectors (an exact "staging" index serves it until then), with ``nlist`` sized for the
+  gallery and grown with it (:mod:`index.faiss_ivf`).
 * ``hnsw``: ``IndexHNSWFlat`` (Malkov & Yashunin, TPAMI 2018). HNSW cannot delete, so removed ids
   become tombstones, filtered out with an ``IDSelector`` and recorded in the manifest; the graph is
   rebuilt once tombstones outnumber live vectors.
 
-FAISS's CPU settings (the BLAS switch, threads) are :mod:`index.faiss_config`'s, applied on import.
+FAISS's CPU settings (the BLAS switch, threads) are :mod:`index.faiss_config`'s, applied on import; the
+GPU copy that searches where a GPU is present is :mod:`index.gpu`'s.
 
 Filtered search (``filter_mode``): ``selector`` passes an ``IDSelectorBatch`` of the allowed ids in the
 search parameters (every kind above supports one on the CPU); ``wider`` searches unfiltered for more
@@ -36,19 +29,25 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from index import exact, tuning
-from index.backends import UNIT_TOLERANCE, VectorBackend, check_in_blocks, pad_results, search_wider
+from index.backends import (SEARCH_PARAMS, UNIT_TOLERANCE, VectorBackend, auto_pq_m, check_in_blocks,
+                            checked_search_params, pad_results, search_wider)
 from index.errors import CorruptGalleryError, GalleryError
+from index.exact import (allowed_positions, filter_plan, gemv_search, id_map_view, split_search, subset_search,
+                         to_ids)
 from index.faiss_config import DEFAULT_THREADS, SINGLE_THREAD_WORK, set_search_threads
-from index.gpu import GPU_MAX_K, GpuMirror, gpu_count
+from index.faiss_ivf import IVF_KINDS, IvfLists, auto_nlist, batch_selector
+from index.gpu import GpuSearch, place
+from index.tuning import check_target, exhaustive_hnsw
+from index.tuning import tune as tune_to_target
+
+__all__ = ["DEFAULTS", "SEARCH_PARAMS", "FaissBackend", "auto_nlist", "resolve_options"]
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +58,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "ivf_pq": {"nlist": None, "nprobe": 16, "m": None, "nbits": 8, "train_size": 5000},
     "hnsw": {"hnsw_m": 32, "ef_construction": 40, "ef_search": 64},
 }
-SEARCH_PARAMS = {"nprobe", "ef_search"}
-_IVF = {"ivf_flat", "ivf_pq"}
-_TRAIN_POINTS_PER_CENTROID = 64
-_REGROW_FACTOR = 4  # an auto-sized ivf_flat is re-trained when it holds this many times its trained-for size
-_MIGRATE_CHUNK = 65_536  # vectors moved per add while rebuilding lists (bounds the extra memory)
-_GPU_KINDS = {"flat", "flat_fp16", "ivf_flat", "ivf_pq"}  # FAISS has no GPU HNSW (CAGRA is a different index)
 # Exact kinds whose batches smaller than the thread count (batch 1 on 2 cores: a memory-bound scan)
-# do not go through Index.search, where FAISS was measured to be the bottleneck (index.exact):
+# do not go through Index.search, where FAISS is the bottleneck (index.exact, benchmarks/results/search.md):
 # fp16, FAISS's scalar quantizer scans on one core -> its scan over thread-shared ranges; fp32,
-# FAISS's own split (sgemm with one column per block, 25.8 ms over 100,000 x 1536) and even its scan
-# over ranges (12.0 ms) are slower than numpy's GEMV on the same memory (9.0 ms; index.exact).
+# FAISS's own split (sgemm with one column per block) and even its scan over ranges are slower than
+# numpy's GEMV on the same memory.
 _SMALL_BATCH = {"flat": "gemv", "flat_fp16": "split"}
 _EXPECTED_TYPE = {"flat": "IndexFlatIP", "flat_fp16": "IndexScalarQuantizer", "ivf_flat": "IndexIVFFlat",
                   "ivf_pq": "IndexIVFPQ", "hnsw": "IndexHNSWFlat"}
@@ -94,40 +87,7 @@ def resolve_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def auto_nlist(expected_size: int, n_train: int) -> int:
-    """IVF lists for a gallery of ``expected_size`` trained on ``n_train`` vectors: ~2·sqrt(N), <= n_train/39.
-
-    2·sqrt(N) is the low end of FAISS's guideline (4..16·sqrt(N)): k-means on 2 cores costs ~nlist² ·
-    64 · dim, and a recall target picks ``nprobe`` afterwards, so finer lists buy little here.
-    """
-    return max(1, min(round(2 * math.sqrt(max(expected_size, n_train))), n_train // 39))
-
-
-def _auto_pq_m(dim: int) -> int:
-    # ~16 dimensions per sub-quantizer: 96 bytes per 1536-d vector, a common memory/recall point.
-    for m in range(max(1, dim // 16), 0, -1):
-        if dim % m == 0:
-            return m
-    return 1
-
-
-def _ivf_lists(ivf: faiss.IndexIVF, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(internal ids, float32 vectors [size, dim])`` of each non-empty list of an ``IndexIVFFlat``, as views
-    into the lists (valid until the index changes)."""
-    lists = ivf.invlists
-    for list_no in range(ivf.nlist):
-        size = lists.list_size(list_no)
-        if size:
-            internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size)
-            codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * ivf.code_size)
-            yield internal, np.frombuffer(codes, dtype=np.float32).reshape(size, dim)
-
-
-def _batch_selector(ids: np.ndarray) -> faiss.IDSelector:
-    return faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
-
-
-class FaissBackend(VectorBackend):
+class FaissBackend(IvfLists, GpuSearch, VectorBackend):
     """One FAISS index (``IndexIDMap2``) of the given kind; see the module docstring."""
 
     def __init__(self, kind: str, dim: int, options: dict[str, Any], *, device: str = "auto",
@@ -142,11 +102,11 @@ class FaissBackend(VectorBackend):
         self._tuning: dict[str, Any] | None = None  # the last recall-target tuning (index.tuning)
         # nlist sized automatically (None) may grow with the gallery; "trained_for": the N it was sized for
         self._growth: dict[str, Any] = {"auto_nlist": options.get("nlist") is None, "trained_for": 0}
-        if kind in _IVF:
+        if kind in IVF_KINDS:
             self._staging = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         else:
             self._index = faiss.IndexIDMap2(self._build_plain())
-        self._gpu = self._make_gpu(device, gpu_fp16)
+        self._gpu = place(kind, device, gpu_fp16)
         self._verify_gpu()
 
     # ----------------------------------------------------------------- construction
@@ -159,54 +119,6 @@ class FaissBackend(VectorBackend):
         hnsw.hnsw.efConstruction = self._options["ef_construction"]
         hnsw.hnsw.efSearch = self._options["ef_search"]
         return hnsw
-
-    def _build_ivf(self, n_train: int, expected_size: int = 0) -> faiss.Index:
-        opts = self._options
-        nlist = opts["nlist"] if not self._growth["auto_nlist"] else auto_nlist(expected_size, n_train)
-        if n_train < nlist:
-            raise GalleryError(f"{self.kind} with nlist={nlist} needs at least {nlist} training vectors, got {n_train}")
-        quantizer = faiss.IndexFlatIP(self.dim)
-        if self.kind == "ivf_flat":
-            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        else:
-            m = opts["m"] or _auto_pq_m(self.dim)
-            if self.dim % m:
-                raise GalleryError(f"ivf_pq option m={m} must divide the descriptor size {self.dim}")
-            if n_train < 2 ** opts["nbits"]:
-                raise GalleryError(f"ivf_pq with nbits={opts['nbits']} needs at least {2 ** opts['nbits']} "
-                                   f"training vectors, got {n_train}")
-            ivf = faiss.IndexIVFPQ(quantizer, self.dim, nlist, m, opts["nbits"], faiss.METRIC_INNER_PRODUCT)
-        # k-means on at most 64 sampled points per centroid (FAISS warns below 39; its default cap is 256):
-        # a slightly coarser clustering for a 4x bound on the training time of large galleries.
-        ivf.cp.max_points_per_centroid = _TRAIN_POINTS_PER_CENTROID
-        if self.kind == "ivf_pq":
-            ivf.pq.cp.max_points_per_centroid = _TRAIN_POINTS_PER_CENTROID
-        ivf.nprobe = opts["nprobe"]
-        return ivf
-
-    def _make_gpu(self, device: str, fp16: bool) -> GpuMirror | None:
-        if device not in ("auto", "cpu", "gpu"):
-            raise GalleryError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-        if device == "cpu":
-            return None
-        if gpu_count() == 0:
-            if device == "gpu":
-                raise GalleryError("device='gpu' but FAISS sees no GPU (is faiss-cpu installed instead of faiss-gpu?)")
-            return None
-        if self.kind not in _GPU_KINDS:
-            log.info("kind %r has no FAISS GPU version; it searches on the CPU", self.kind)
-            return None
-        try:
-            return GpuMirror(fp16=fp16)
-        except Exception as exc:  # noqa: BLE001 - no usable GPU means CPU, not a crash
-            log.warning("could not initialise FAISS GPU resources, searching on the CPU: %s", exc)
-            return None
-
-    def _verify_gpu(self) -> None:
-        # Copy to the GPU now, so that a GPU that cannot run FAISS is found (and warned about)
-        # when the gallery is opened, and ``device`` tells the truth from the start.
-        if self._gpu is not None and self._index is not None and not self._gpu.build(self._gpu_source):
-            self._gpu = None
 
     @classmethod
     def deserialize(cls, path: Path, kind: str, dim: int, options: dict[str, Any], state: dict[str, Any], *,
@@ -230,16 +142,19 @@ class FaissBackend(VectorBackend):
         backend._tuning = state.get("tuning") if isinstance(state.get("tuning"), dict) else None
         growth = state.get("growth")
         # galleries saved before growth was recorded keep the nlist they were trained with
-        backend._growth = ({"auto_nlist": bool(growth.get("auto_nlist")), "trained_for": int(growth.get("trained_for", 0))}
-                           if isinstance(growth, dict) else {"auto_nlist": options.get("nlist") is None and
-                                                             kind in _IVF and inner == "IndexFlatIP", "trained_for": 0})
-        if kind in _IVF and inner == "IndexFlatIP":
+        if isinstance(growth, dict):
+            backend._growth = {"auto_nlist": bool(growth.get("auto_nlist")),
+                               "trained_for": int(growth.get("trained_for", 0))}
+        else:
+            backend._growth = {"auto_nlist": options.get("nlist") is None and kind in IVF_KINDS
+                               and inner == "IndexFlatIP", "trained_for": 0}
+        if kind in IVF_KINDS and inner == "IndexFlatIP":
             backend._index, backend._staging = None, index  # saved before it had enough vectors to train
         elif inner != _EXPECTED_TYPE[kind]:
             raise CorruptGalleryError(path, f"holds a {inner}, but kind {kind!r} expects {_EXPECTED_TYPE[kind]}")
         if backend._index is not None:
             backend._apply_search_params()
-        backend._gpu = backend._make_gpu(device, gpu_fp16)
+        backend._gpu = place(kind, device, gpu_fp16)
         backend._verify_gpu()
         return backend
 
@@ -274,21 +189,14 @@ class FaissBackend(VectorBackend):
         return np.setdiff1d(ids, self._deleted, assume_unique=True) if len(self._deleted) else ids
 
     def set_search_params(self, **params: Any) -> None:
-        valid = SEARCH_PARAMS & set(DEFAULTS[self.kind])
-        unknown = set(params) - valid
-        if unknown:
-            raise GalleryError(f"unknown search parameter(s) {sorted(unknown)} for kind {self.kind!r}; "
-                               f"valid: {', '.join(sorted(valid)) or 'none'}")
-        for name, value in params.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
-            self._options[name] = int(value)
+        self._options.update(checked_search_params(params, SEARCH_PARAMS & set(DEFAULTS[self.kind]),
+                                                   f"kind {self.kind!r}"))
         if self._index is not None:
             self._apply_search_params()
 
     def _apply_search_params(self) -> None:
         inner = faiss.downcast_index(self._index.index)
-        if self.kind in _IVF:
+        if self.kind in IVF_KINDS:
             inner.nprobe = self._options["nprobe"]
             self._options["nlist"] = int(inner.nlist)
             if self.kind == "ivf_pq":
@@ -298,31 +206,12 @@ class FaissBackend(VectorBackend):
 
     # ----------------------------------------------------------------- mutation
     def train(self, vectors: np.ndarray, expected_size: int | None = None) -> None:
-        if self.kind not in _IVF:
+        if self.kind not in IVF_KINDS:
             log.info("kind %r needs no training; ignoring train()", self.kind)
             return
         if self._index is not None:
             raise GalleryError(f"this {self.kind} gallery is already trained (nlist={self._options['nlist']})")
         self._train_and_migrate(vectors, expected_size or 0)
-
-    def _train_and_migrate(self, vectors: np.ndarray, expected_size: int = 0) -> None:
-        staged_count = int(self._staging.ntotal)
-        ivf = self._build_ivf(len(vectors), max(expected_size, staged_count))
-        log.info("training %s (nlist=%d) on %d vectors", self.kind, ivf.nlist, len(vectors))
-        ivf.train(vectors)
-        self._growth["trained_for"] = max(expected_size, staged_count, len(vectors))
-        index = faiss.IndexIDMap2(ivf)  # FAISS's Python layer keeps ivf (and its quantizer) alive with index
-        staged = self._staging
-        if staged.ntotal:
-            index.add_with_ids(self._staged_vectors(), faiss.vector_to_array(staged.id_map).astype(np.int64))
-        self._index, self._staging = index, None
-        self._apply_search_params()
-        if self._gpu is not None:
-            self._gpu.mark_stale()
-
-    def _staged_vectors(self) -> np.ndarray:
-        flat = faiss.downcast_index(self._staging.index)
-        return faiss.vector_to_array(flat.codes).view(np.float32).reshape(-1, self.dim)
 
     def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         if self._index is None:
@@ -339,92 +228,23 @@ class FaissBackend(VectorBackend):
             self._gpu.add_with_ids(vectors, ids)
         self._maybe_regrow()
 
-    def _maybe_regrow(self) -> None:
-        """Re-train an auto-sized ``ivf_flat`` once it holds 4x the items it was sized for (module docstring)."""
-        if self.kind != "ivf_flat" or not self._growth["auto_nlist"] or not self._growth["trained_for"]:
-            return
-        n = int(self._index.ntotal)
-        current = int(faiss.extract_index_ivf(self._index.index).nlist)
-        if n < _REGROW_FACTOR * self._growth["trained_for"] or auto_nlist(n, n) < 2 * current:
-            return
-        start = time.perf_counter()
-        self._regrow(n)
-        log.info("ivf_flat grew to %d items: re-trained with nlist=%d (was %d) in %.1f s", n,
-                 self._options["nlist"], current, time.perf_counter() - start)
-
-    def _regrow(self, n: int) -> None:
-        """Train new IVF lists sized for the ``n`` stored vectors and move every vector into them.
-
-        The training sample is drawn from the stored vectors (64 per centroid, seeded); vectors move list
-        by list in chunks, so the extra memory is the new index plus one chunk. A recall target set by
-        :meth:`tune` is measured again with the same target, sample and k: the old ``nprobe`` was chosen
-        for lists that no longer exist.
-        """
-        old = faiss.extract_index_ivf(self._index.index)
-        id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        size = min(n, auto_nlist(n, n) * _TRAIN_POINTS_PER_CENTROID)
-        wanted = np.zeros(n, dtype=bool)
-        wanted[np.random.default_rng(0).choice(n, size=size, replace=False)] = True
-        sample = np.concatenate([vectors[wanted[internal]] for internal, vectors in _ivf_lists(old, self.dim)])
-        ivf = self._build_ivf(len(sample), n)
-        ivf.train(sample)
-        del sample
-        index = faiss.IndexIDMap2(ivf)
-        chunk_vecs: list[np.ndarray] = []
-        chunk_ids: list[np.ndarray] = []
-        pending = 0
-        for internal, vectors in _ivf_lists(old, self.dim):
-            chunk_vecs.append(vectors.copy())
-            chunk_ids.append(id_map[internal])
-            pending += len(internal)
-            if pending >= _MIGRATE_CHUNK:
-                index.add_with_ids(np.concatenate(chunk_vecs), np.concatenate(chunk_ids))
-                chunk_vecs, chunk_ids, pending = [], [], 0
-        if chunk_vecs:
-            index.add_with_ids(np.concatenate(chunk_vecs), np.concatenate(chunk_ids))
-        self._index = index
-        self._growth["trained_for"] = n
-        self._apply_search_params()
-        if self._gpu is not None:
-            self._gpu.mark_stale()
-        if self._tuning is not None:
-            previous = self._tuning
-            self.tune(previous["target_recall"], int(previous.get("k", 10)), int(previous.get("sample", 1000)))
-
     def remove_ids(self, ids: np.ndarray) -> None:
         if self._index is None:
-            self._staging.remove_ids(_batch_selector(ids))
+            self._staging.remove_ids(batch_selector(ids))
         elif self.kind == "hnsw":
             self._deleted = np.union1d(self._deleted, ids)
             if len(self._deleted) > len(self):
                 self._compact_hnsw()
-        elif self.kind in _IVF:
+        elif self.kind in IVF_KINDS:
             self._remove_ivf(ids)
         else:
-            self._index.remove_ids(_batch_selector(ids))
+            self._index.remove_ids(batch_selector(ids))
             if self._gpu is not None:
                 self._gpu.mark_stale()
 
-    def _remove_ivf(self, ids: np.ndarray) -> None:
-        # IndexIDMap2.remove_ids compacts its id map, which assumes the inner index renumbers what follows
-        # a removed vector (IndexFlat does). IVF lists keep their internal ids, so without this every id
-        # after the first removed one would name its neighbour's vector. Renumber the lists the same way.
-        positions = faiss.vector_to_array(self._index.id_map)
-        removed = np.sort(np.flatnonzero(np.isin(positions, ids)))
-        self._index.remove_ids(_batch_selector(ids))
-        ivf = faiss.extract_index_ivf(self._index.index)
-        lists = ivf.invlists
-        for list_no in range(ivf.nlist):
-            size = lists.list_size(list_no)
-            if size:
-                internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size)  # a writable view of the list
-                internal -= np.searchsorted(removed, internal)
-        if self._gpu is not None:
-            self._gpu.mark_stale()
-
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         live = self._index if self._index is not None else self._staging
-        ivf = faiss.extract_index_ivf(live.index) if self._index is not None and self.kind in _IVF else None
+        ivf = faiss.extract_index_ivf(live.index) if self._index is not None and self.kind in IVF_KINDS else None
         if ivf is not None:
             ivf.make_direct_map(True)  # only for this call: it costs 8 bytes a vector to keep
         try:
@@ -445,44 +265,13 @@ class FaissBackend(VectorBackend):
         ids = faiss.vector_to_array(live.id_map).astype(np.int64)
         if len(np.unique(ids)) != len(ids) or (len(ids) and ids.min() < 0):
             raise CorruptGalleryError(path, "the id map holds a negative or repeated id: the index data is damaged")
-        if self._index is not None and self.kind in _IVF:
+        if self._index is not None and self.kind in IVF_KINDS:
             self._check_ivf(path, ids)
             return
         tolerance = UNIT_TOLERANCE["fp16" if self.kind == "flat_fp16" else "fp32"]
         inner = faiss.downcast_index(live.index)
         check_in_blocks(path, int(inner.ntotal), lambda start, count: inner.reconstruct_n(start, count), ids, tolerance,
                         self.dim)
-
-    def _check_ivf(self, path: Path, ids: np.ndarray) -> None:
-        ivf = faiss.extract_index_ivf(self._index.index)
-        quantizer = faiss.downcast_index(ivf.quantizer)
-        centroids = quantizer.reconstruct_n(0, int(quantizer.ntotal))
-        if not np.isfinite(centroids).all():
-            raise CorruptGalleryError(path, "the IVF coarse centroids hold NaN or infinite values: the index is "
-                                            "damaged")
-        pq = faiss.downcast_index(self._index.index).pq if self.kind == "ivf_pq" else None
-        if pq is not None and not np.isfinite(faiss.vector_to_array(pq.centroids)).all():
-            raise CorruptGalleryError(path, "the PQ codebooks hold NaN or infinite values: the index is damaged")
-        lists, seen = ivf.invlists, []
-        for list_no in range(ivf.nlist):
-            size = lists.list_size(list_no)
-            if not size:
-                continue
-            internal = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy()
-            seen.append(internal)
-            if self.kind == "ivf_flat":
-                codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * ivf.code_size)
-                vectors = np.frombuffer(codes, dtype=np.float32).reshape(size, self.dim)
-                inside = (internal >= 0) & (internal < len(ids))
-                shown = np.where(inside, ids[np.clip(internal, 0, max(len(ids) - 1, 0))], -1) if len(ids) else internal
-                check_in_blocks(path, size, lambda start, count: vectors[start:start + count], shown,
-                                UNIT_TOLERANCE["fp32"], self.dim)
-        internal = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
-        if not np.array_equal(internal, np.arange(len(ids))):
-            # What IVF galleries saved by versions before the renumbering fix look like after a removal.
-            raise CorruptGalleryError(path, "the IVF lists and the id map disagree (internal ids are not 0.."
-                                            f"{len(ids) - 1}): items would answer with other items' ids; "
-                                            f"re-index the gallery")
 
     def _compact_hnsw(self) -> None:
         log.info("rebuilding the HNSW graph without %d removed vectors", len(self._deleted))
@@ -506,7 +295,7 @@ class FaissBackend(VectorBackend):
         if use_selector is None:  # filter_mode "auto"
             if not self.exact or self._index is None:
                 return self._search_cpu(queries, k, allowed_ids)
-            if exact.filter_plan(len(allowed_ids), len(self), self.dim) == "subset":
+            if filter_plan(len(allowed_ids), len(self), self.dim) == "subset":
                 return self._search_subset(queries, k, allowed_ids)
         elif use_selector:
             return self._search_cpu(queries, k, allowed_ids)
@@ -515,51 +304,11 @@ class FaissBackend(VectorBackend):
 
     def _search_subset(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact kinds, selective filter: FAISS over the allowed rows only (see :mod:`index.exact`)."""
-        id_map = exact.id_map_view(self._index)
-        positions = exact.allowed_positions(id_map, allowed_ids)
+        id_map = id_map_view(self._index)
+        positions = allowed_positions(id_map, allowed_ids)
         set_search_threads(len(queries) * len(positions))
-        scores, found = exact.subset_search(faiss.downcast_index(self._index.index), positions, queries, k)
-        return pad_results(scores, exact.to_ids(id_map, found), k)
-
-    def _search_gpu(self, queries: np.ndarray, k: int,
-                    allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-        nprobe = self._options.get("nprobe")
-        source = self._gpu_source
-        if allowed_ids is None:
-            answer = self._gpu.search(source, queries, min(k, len(self)), nprobe)
-            if answer is None:
-                return None
-            scores, ids = pad_results(*answer, k)
-            complete = (ids >= 0).sum(axis=1) >= min(k, len(self))
-        else:
-            # GPU indexes take no IDSelector: search wider on the GPU, finish short rows on the CPU.
-            def gpu_search(q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-                got = self._gpu.search(source, q, kk, nprobe)
-                if got is None:
-                    raise _GpuGaveUp
-                return pad_results(*got, kk)
-            try:
-                scores, ids, complete = search_wider(gpu_search, queries, k, allowed_ids, len(self), GPU_MAX_K)
-            except _GpuGaveUp:
-                return None
-        if not complete.all():
-            rows = np.flatnonzero(~complete)
-            scores[rows], ids[rows] = self._search_cpu(queries[rows], k, allowed_ids)
-        return scores, ids
-
-    def _gpu_source(self) -> faiss.Index:
-        if self.kind != "flat_fp16":
-            return self._index
-        # FAISS has no GPU scalar-quantizer flat index; fp16 storage on the GPU is a GpuIndexFlat with
-        # useFloat16, built from the decoded vectors.
-        sq = faiss.downcast_index(self._index.index)
-        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
-        flat = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        if len(ids):
-            flat.add_with_ids(sq.sa_decode(faiss.vector_to_array(sq.codes).reshape(len(ids), -1)), ids)
-        if self._gpu is not None:
-            self._gpu.fp16 = True
-        return flat
+        scores, found = subset_search(faiss.downcast_index(self._index.index), positions, queries, k)
+        return pad_results(scores, to_ids(id_map, found), k)
 
     def _search_cpu(self, queries: np.ndarray, k: int,
                     allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -573,9 +322,9 @@ class FaissBackend(VectorBackend):
         selector: faiss.IDSelector | None = None
         keep_alive: list[Any] = []  # FAISS selectors hold raw pointers: keep their Python owners alive
         if allowed_ids is not None:
-            selector = _batch_selector(allowed_ids)
+            selector = batch_selector(allowed_ids)
         elif len(self._deleted):
-            inner = _batch_selector(self._deleted)
+            inner = batch_selector(self._deleted)
             keep_alive.append(inner)
             selector = faiss.IDSelectorNot(inner)
         work = len(queries) * n_candidates
@@ -583,10 +332,10 @@ class FaissBackend(VectorBackend):
                 and work > SINGLE_THREAD_WORK:
             inner = faiss.downcast_index(index.index)
             if _SMALL_BATCH[self.kind] == "gemv":
-                scores, found = exact.gemv_search(inner, queries, need)
+                scores, found = gemv_search(inner, queries, need)
             else:
-                scores, found = exact.split_search(inner, queries, need, DEFAULT_THREADS)
-            return pad_results(scores, exact.to_ids(exact.id_map_view(index), found), k)
+                scores, found = split_search(inner, queries, need, DEFAULT_THREADS)
+            return pad_results(scores, to_ids(id_map_view(index), found), k)
         make_params = self._params_factory(index, selector)
         set_search_threads(work)
         scale = 1
@@ -606,7 +355,7 @@ class FaissBackend(VectorBackend):
         def make(scale: int) -> faiss.SearchParameters | None:
             if index is self._staging or self.exact:
                 params = faiss.SearchParameters() if selector is not None else None
-            elif self.kind in _IVF:
+            elif self.kind in IVF_KINDS:
                 params = faiss.SearchParametersIVF()
                 params.nprobe = min(opts["nlist"], opts["nprobe"] * scale)
             else:
@@ -620,7 +369,7 @@ class FaissBackend(VectorBackend):
         return make
 
     def _can_widen(self, scale: int) -> bool:
-        if self.kind in _IVF:
+        if self.kind in IVF_KINDS:
             return self._options["nprobe"] * scale < self._options["nlist"]
         return self._options["ef_search"] * scale < max(self._index.ntotal, 1)
 
@@ -630,19 +379,20 @@ class FaissBackend(VectorBackend):
         state: dict[str, Any] = {"deleted_ids": self._deleted.tolist()} if len(self._deleted) else {}
         if self._tuning is not None:
             state["tuning"] = self._tuning
-        if self.kind in _IVF:
+        if self.kind in IVF_KINDS:
             state["growth"] = dict(self._growth)
         return state
 
     def stats(self) -> dict[str, Any]:
         n, d = len(self), self.dim
-        per_vector = {"flat": 4 * d, "flat_fp16": 2 * d, "ivf_flat": 4 * d, "hnsw": 4 * d + 8 * self._options.get("hnsw_m", 0),
-                      "ivf_pq": math.ceil((self._options.get("m") or _auto_pq_m(d)) * self._options.get("nbits", 8) / 8)}
+        per_vector = {"flat": 4 * d, "flat_fp16": 2 * d, "ivf_flat": 4 * d,
+                      "hnsw": 4 * d + 8 * self._options.get("hnsw_m", 0),
+                      "ivf_pq": math.ceil((self._options.get("m") or auto_pq_m(d)) * self._options.get("nbits", 8) / 8)}
         bytes_ = n * (per_vector[self.kind] + 16) if self._index is not None else n * (4 * d + 16)
         out = {"device": self.device, "trained": self.is_trained, "approx_bytes": int(bytes_)}
         if self.kind == "hnsw":
             out["tombstones"] = len(self._deleted)
-        if self.kind in _IVF and self._index is not None:
+        if self.kind in IVF_KINDS and self._index is not None:
             out["nlist_sized_for"] = self._growth["trained_for"]
         if self._tuning is not None:
             out["tuning"] = dict(self._tuning)
@@ -672,7 +422,7 @@ class FaissBackend(VectorBackend):
         ids = id_map[rows]
         queries = np.ascontiguousarray(self.reconstruct(ids), dtype=np.float32)
         inner = faiss.downcast_index(self._index.index)
-        nlist = int(faiss.extract_index_ivf(inner).nlist) if self.kind in _IVF else None
+        nlist = int(faiss.extract_index_ivf(inner).nlist) if self.kind in IVF_KINDS else None
         set_search_threads(len(queries) * len(live))
 
         def search(q: np.ndarray, kk: int, value: int) -> np.ndarray:
@@ -686,9 +436,9 @@ class FaissBackend(VectorBackend):
         if nlist:
             truth = lambda q, kk: search(q, kk, nlist)  # noqa: E731 - every list: exhaustive
         else:
-            exhaustive = tuning.exhaustive_hnsw(inner)
-            truth = lambda q, kk: exact.to_ids(id_map, exhaustive(q, kk))  # noqa: E731
-        record = tuning.tune(search, truth, queries, ids, self.kind, nlist, tuning.check_target(target), k)
+            exhaustive = exhaustive_hnsw(inner)
+            truth = lambda q, kk: to_ids(id_map, exhaustive(q, kk))  # noqa: E731
+        record = tune_to_target(search, truth, queries, ids, self.kind, nlist, check_target(target), k)
         record["count"] = len(live)
         record["truth"] = {"ivf_flat": "exhaustive (nprobe = nlist): exact", "hnsw": "exact (the graph's flat storage)"
                            }[self.kind]
@@ -696,7 +446,3 @@ class FaissBackend(VectorBackend):
         self._apply_search_params()
         self._tuning = record
         return record
-
-
-class _GpuGaveUp(Exception):
-    """The GPU copy could not answer; fall back to the CPU."""

@@ -1,6 +1,6 @@
 """Checks that a gallery on disk is the one that was saved: checksums, SQLite's own check, vector sanity.
 
-Why each check exists (each was a damaged gallery that loaded and served garbage, issue 17):
+Why each check exists (each is a kind of damage that would otherwise load and serve garbage):
 
 * **sha256 of every data file**, recorded in the manifest at save and verified at load: a flipped
   4 KiB in the vector data otherwise loads, and ``/search`` ranks an item at score 5e36. Streamed in

@@ -18,38 +18,26 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index import persist
-from index.backends import MetadataReader, VectorBackend
 from index.errors import CorruptGalleryError, GalleryError
-from index.faiss_backend import SEARCH_PARAMS, resolve_options
+from index.backends import SEARCH_PARAMS
+from index.faiss_backend import resolve_options
+from index.faiss_storage import FaissStorage
 from index.manifest import MANIFEST
 from index.metadata import MetadataStore
+from index.persist import verified_data
 from index.registry import KIND_ALIASES, KINDS, RUNTIME_DEFAULTS, check_kind, load_backend, split_options
+from index.storage import LoadedGallery
 
 log = logging.getLogger(__name__)
 
 # Kind names that share one file format and can be reopened as each other (Gallery.load(kind=...)):
 # ``flat_blas`` is now an alias of ``flat`` (index.registry.KIND_ALIASES).
 INTERCHANGEABLE = {"flat", "flat_blas"}
-
-
-@dataclass
-class LoadedGallery:
-    """What :func:`read_gallery` read: the manifest, the metadata store, the backend, the runtime options,
-    whether checksums were verified, and the next free id (a Milvus collection may know a later one)."""
-
-    manifest: dict[str, Any]
-    store: MetadataReader
-    backend: VectorBackend
-    runtime: dict[str, Any]
-    checksummed: bool
-    next_id: int
 
 
 def check_model(directory: Path, manifest: dict[str, Any], fingerprint: str | None, dim: int | None,
@@ -139,7 +127,7 @@ def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, opti
     except GalleryError as exc:
         raise CorruptGalleryError(manifest_path, f"field 'options' is invalid: {exc}") from None
     started = time.perf_counter()
-    (index_path, db_path), checksummed = persist.verified_data(directory, manifest)
+    (index_path, db_path), checksummed = verified_data(directory, manifest)
     if not checksummed:
         log.warning("gallery %s has no checksums (saved by an older version): its files were checked for size "
                     "only; `python -m serving gallery repair %s` or its next save adds them", directory, directory)
@@ -152,7 +140,7 @@ def read_saved(directory: Path, manifest: dict[str, Any], kind: str | None, opti
     check_consistent(directory, manifest, backend.ids(), store.ids())
     log.info("loaded %s gallery %s: %d items in %.2f s (%s)", kind, directory, len(backend),
              time.perf_counter() - started, "checksums verified" if checksummed else "no checksums")
-    return LoadedGallery(manifest, store, backend, runtime, checksummed, int(manifest["next_id"]))
+    return LoadedGallery(manifest, FaissStorage(backend, store, runtime), checksummed, int(manifest["next_id"]))
 
 
 def check_consistent(directory: Path, manifest: dict[str, Any], index_ids: np.ndarray, store_ids: np.ndarray) -> None:

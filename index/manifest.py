@@ -25,6 +25,8 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.sqlite"
 DATA_FILES = (INDEX_FILE, METADATA_FILE)
+# Where a gallery's vectors live: an in-process FAISS index, or a Milvus collection (index/milvus_*.py,
+# imported only when asked for, so pymilvus stays an optional extra).
 BACKENDS = ("faiss", "milvus")
 REQUIRED = ("kind", "dim", "count", "next_id", "data_dir", "options")
 # What index.persist names a data directory; anything else (absolute, "..", a separator) is refused.

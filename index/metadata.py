@@ -1,18 +1,13 @@
-"""Per-item metadata in SQLite, beside the vector index.
+"""Per-item metadata in SQLite, beside the vector index: the store a FAISS gallery reads and writes.
 
 The live gallery keeps its metadata in an in-memory SQLite database and copies it to a file only
 on save (``sqlite3.Connection.backup``), so the files on disk change only through the atomic save
-in :mod:`index.persist` and never disagree with the index file saved next to them.
+in :mod:`index.persist` and never disagree with the index file saved next to them. The rows, their
+schema and their checks are :mod:`index.rows`'s.
 
-Columns: ``id`` (the gallery id), ``camera`` (int), ``person_label`` (int, str or NULL),
-``source`` (path or URI), ``timestamp`` (Unix seconds, REAL), ``extra`` (JSON object as text),
-``track_id`` (int, str or NULL: crops of one person seen by one camera in one pass share it, so a search
-can group results by ``(camera, track_id)``).
-
-Schema migration: ``track_id`` was added after galleries were already saved without it (issue 23). A
-database whose ``items`` table has exactly the older columns is upgraded in memory at load (``ALTER TABLE
-... ADD COLUMN``, every old item gets ``NULL``); the file itself is rewritten under the new schema by the
-next save, through the same atomic save as any change. Nothing else about an old gallery changes.
+A database saved before ``track_id`` existed is upgraded in memory at load (``ALTER TABLE ... ADD
+COLUMN``, every old item gets ``NULL``); the file itself is rewritten under the new schema by the next
+save, through the same atomic save as any change. Nothing else about an old gallery changes.
 
 A second table, ``requests``, remembers the idempotency keys of recent adds (key -> request digest and
 the ids it created). It lives in the same file as the items on purpose: a key and the items it made are
@@ -20,18 +15,13 @@ committed by the same atomic save, so a retried request after a crash or a timeo
 items without the key (a duplicate) or the key without the items (a lost add).
 
 Loading reads every row once and refuses the file (one line naming it and the row) when SQLite's
-``quick_check`` fails or a value has the wrong type: a ``camera`` stored as text or an ``extra`` that is
-not JSON would otherwise load and turn every search that returns that item into a 500.
+``quick_check`` fails or a value has the wrong type (:func:`index.rows.check_stored_row`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import math
-import numbers
-import os
 import sqlite3
 import threading
 import time
@@ -42,145 +32,21 @@ from typing import Any
 import numpy as np
 
 from index.errors import CorruptGalleryError, GalleryError
+from index.rows import COLUMNS, LEGACY_COLUMNS, SCHEMA, Row, check_stored_row
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("camera", "person_label", "source", "timestamp", "extra", "track_id")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY,
-    camera INTEGER NOT NULL,
-    person_label,
-    source TEXT,
-    timestamp REAL,
-    extra TEXT NOT NULL DEFAULT '{}',
-    track_id
-);
-CREATE INDEX IF NOT EXISTS items_camera ON items(camera);
-CREATE INDEX IF NOT EXISTS items_track ON items(camera, track_id);
-CREATE INDEX IF NOT EXISTS items_label ON items(person_label);
-CREATE INDEX IF NOT EXISTS items_timestamp ON items(timestamp);
-CREATE INDEX IF NOT EXISTS items_source ON items(source);
-CREATE TABLE IF NOT EXISTS requests (
-    key TEXT PRIMARY KEY,
-    digest TEXT NOT NULL,
-    ids TEXT NOT NULL,
-    created REAL NOT NULL
-);
-"""
-_COLUMNS = ("id", "camera", "person_label", "source", "timestamp", "extra", "track_id")
-# The columns of galleries saved before ``track_id`` existed: migrated at load (module docstring).
-LEGACY_COLUMNS = _COLUMNS[:-1]
 # Idempotency keys are kept this long (a client retries within minutes; a day is generous) and at most
 # this many, so the table stays small however many adds a gallery sees.
 REQUEST_TTL_S = 24 * 3600.0
 MAX_REQUESTS = 100_000
-# ``person_label`` and ``track_id`` have no declared type on purpose: SQLite then keeps ints as ints and
-# strings as strings, so a label round-trips with the type the caller gave it.
-
-Row = tuple[int, Any, str | None, float | None, str, Any]
-"""``(camera, person_label, source, timestamp, extra JSON, track_id)``: one validated item."""
-
 #: What ``Gallery.search_groups`` can group by (besides ``none``): the column(s) that make a group's key.
 GROUP_BY = ("person", "camera_track")
 
 
-def to_timestamp(value: Any, what: str) -> float | None:
-    """Convert a timestamp to Unix seconds.
-
-    Args:
-        value: ``None``, a number (Unix seconds), a ``datetime`` (naive means UTC) or an
-            ISO-8601 string.
-        what: how to name the value in an error message.
-
-    Returns:
-        Seconds since the epoch, or ``None``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise GalleryError(f"{what}: expected Unix seconds, a datetime or an ISO-8601 string, got a bool")
-    if isinstance(value, numbers.Real):
-        seconds = float(value)
-        if not math.isfinite(seconds):
-            raise GalleryError(f"{what}: timestamp must be finite, got {value!r}")
-        return seconds
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise GalleryError(f"{what}: {value!r} is not an ISO-8601 date/time") from None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.timestamp()
-    raise GalleryError(f"{what}: expected Unix seconds, a datetime or an ISO-8601 string, got {type(value).__name__}")
-
-
-def _check_row(i: int, item: Any) -> Row:
-    if not isinstance(item, dict):
-        raise GalleryError(f"metadata[{i}] must be a dict with keys {', '.join(FIELDS)}, got {type(item).__name__}")
-    unknown = set(item) - set(FIELDS)
-    if unknown:
-        hint = " (ids are assigned by the gallery)" if "id" in unknown else ""
-        raise GalleryError(f"metadata[{i}] has unknown key(s) {sorted(map(str, unknown))}{hint}; "
-                           f"valid keys: {', '.join(FIELDS)}")
-    if "camera" not in item:
-        raise GalleryError(f"metadata[{i}] is missing the required key 'camera' (an int)")
-    camera = item["camera"]
-    if isinstance(camera, bool) or not isinstance(camera, numbers.Integral):
-        raise GalleryError(f"metadata[{i}]['camera'] must be an int, got {camera!r}")
-    label = item.get("person_label")
-    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
-        label = int(label)
-    elif label is not None and not isinstance(label, str):
-        raise GalleryError(f"metadata[{i}]['person_label'] must be an int, a str or None, got {label!r}")
-    source = item.get("source")
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if source is not None and not isinstance(source, str):
-        raise GalleryError(f"metadata[{i}]['source'] must be a str (path or URI) or None, got {source!r}")
-    timestamp = to_timestamp(item.get("timestamp"), f"metadata[{i}]['timestamp']")
-    extra = item.get("extra")
-    if extra is None:
-        extra = {}
-    if not isinstance(extra, dict):
-        raise GalleryError(f"metadata[{i}]['extra'] must be a JSON-able dict or None, got {type(extra).__name__}")
-    try:
-        extra_json = json.dumps(extra, allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise GalleryError(f"metadata[{i}]['extra'] is not JSON-able: {exc}") from None
-    track = item.get("track_id")
-    if isinstance(track, numbers.Integral) and not isinstance(track, bool):
-        track = int(track)
-    elif track is not None and not isinstance(track, str):
-        raise GalleryError(f"metadata[{i}]['track_id'] must be an int, a str or None, got {track!r}")
-    return int(camera), label, source, timestamp, extra_json, track
-
-
-def validate_metadata(metadata: Any, n: int) -> list[Row]:
-    """Check the metadata given to ``Gallery.add`` before anything is changed.
-
-    Args:
-        metadata: a sequence of ``n`` dicts with ``camera`` (int, required) and optional
-            ``person_label`` (int or str), ``source`` (str), ``timestamp`` (see
-            :func:`to_timestamp`), ``extra`` (JSON-able dict), ``track_id`` (int or str).
-        n: the number of vectors being added.
-
-    Returns:
-        One normalised row per item, ready for :meth:`MetadataStore.insert`.
-    """
-    if isinstance(metadata, dict) or not isinstance(metadata, Sequence) or isinstance(metadata, str):
-        raise GalleryError(f"metadata must be a list of {n} dicts, got {type(metadata).__name__}")
-    if len(metadata) != n:
-        raise GalleryError(f"metadata has {len(metadata)} entries but {n} vectors were given; they must match")
-    return [_check_row(i, item) for i, item in enumerate(metadata)]
-
-
 def _extra(text: str) -> dict[str, Any]:
     """A row's ``extra`` column as a dict. Nearly every item has none (``'{}'``), and a search reads the
-    metadata of every hit: skipping the JSON parser for it is 1.5 us per hit (issue 19)."""
+    metadata of every hit, so the JSON parser is skipped for the empty one (measured: 1.5 us per hit)."""
     return {} if text == "{}" else json.loads(text)
 
 
@@ -198,7 +64,7 @@ class MetadataStore:
         self._generation = 0  # bumped by every mutation, so a stale column cache is never stored
         self._group_cache: dict[Any, Any] = {}
         with self._lock:
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(SCHEMA)
 
     @classmethod
     def in_memory(cls) -> MetadataStore:
@@ -230,7 +96,7 @@ class MetadataStore:
             if columns == LEGACY_COLUMNS:  # saved before track_id existed: upgrade the in-memory copy
                 conn.execute("ALTER TABLE items ADD COLUMN track_id")
                 conn.commit()
-                columns = _COLUMNS
+                columns = COLUMNS
                 log.info("metadata %s predates track_id; every item loads with track_id NULL, and the next save "
                          "writes the new schema", path)
         except sqlite3.DatabaseError as exc:
@@ -240,9 +106,9 @@ class MetadataStore:
         except BaseException:
             conn.close()
             raise
-        if columns != _COLUMNS:
+        if columns != COLUMNS:
             conn.close()
-            raise CorruptGalleryError(path, f"has no items table with columns {', '.join(_COLUMNS)} "
+            raise CorruptGalleryError(path, f"has no items table with columns {', '.join(COLUMNS)} "
                                             f"(found {', '.join(columns) or 'none'})")
         store = cls(conn)
         store._columns = store._checked_columns(path)
@@ -253,7 +119,7 @@ class MetadataStore:
         ids, cams, stamps = [], [], []
         try:
             with self._lock:
-                for row in self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM items ORDER BY id"):
+                for row in self._conn.execute(f"SELECT {', '.join(COLUMNS)} FROM items ORDER BY id"):
                     check_stored_row(path, row)
                     ids.append(row[0])
                     cams.append(row[1])
@@ -302,7 +168,7 @@ class MetadataStore:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
                 for row in self._conn.execute(
-                        f"SELECT {', '.join(_COLUMNS)} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                        f"SELECT {', '.join(COLUMNS)} FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk):
                     found[row[0]] = tuple(row[1:])  # type: ignore[assignment]
         return [found[i] for i in wanted]
 
@@ -337,7 +203,7 @@ class MetadataStore:
                 chunk = wanted[start:start + 500]
                 marks = ",".join("?" * len(chunk))
                 for row in self._conn.execute(
-                        f"SELECT {', '.join(_COLUMNS)} FROM items WHERE id IN ({marks})", chunk):
+                        f"SELECT {', '.join(COLUMNS)} FROM items WHERE id IN ({marks})", chunk):
                     out[row[0]] = {"id": row[0], "camera": row[1], "person_label": row[2], "source": row[3],
                                    "timestamp": row[4], "extra": _extra(row[5]), "track_id": row[6]}
         return out
@@ -478,93 +344,3 @@ def _camera_clause(cameras: np.ndarray | None) -> tuple[str, list[int]]:
     return f"WHERE camera IN ({','.join('?' * len(values))})", values
 
 
-def check_stored_row(path: Path, row: Sequence[Any]) -> None:
-    """Refuse a stored row whose values do not have the types :func:`validate_metadata` writes.
-
-    Raises:
-        CorruptGalleryError: naming the file, the row id and the field.
-    """
-    item_id, camera, label, source, timestamp, extra = row[:6]
-    track = row[6] if len(row) > 6 else None
-
-    def bad(field: str, what: str, value: Any) -> CorruptGalleryError:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        return CorruptGalleryError(path, f"row id {item_id}: {field} must be {what}, found {shown}")
-
-    if not isinstance(item_id, int) or item_id < 0:
-        raise CorruptGalleryError(path, f"a row has id {item_id!r}; ids are non-negative integers")
-    if not isinstance(camera, int):
-        raise bad("camera", "an integer", camera)
-    if label is not None and not isinstance(label, (int, str)):
-        raise bad("person_label", "an integer, a string or NULL", label)
-    if source is not None and not isinstance(source, str):
-        raise bad("source", "a string or NULL", source)
-    if timestamp is not None and (not isinstance(timestamp, (int, float)) or not math.isfinite(timestamp)):
-        raise bad("timestamp", "finite Unix seconds or NULL", timestamp)
-    if track is not None and not isinstance(track, (int, str)):
-        raise bad("track_id", "an integer, a string or NULL", track)
-    if not isinstance(extra, str):
-        raise bad("extra", "a JSON object (text)", extra)
-    try:
-        parsed = json.loads(extra)
-    except (ValueError, RecursionError):
-        raise bad("extra", "a JSON object", extra) from None
-    if not isinstance(parsed, dict):
-        raise bad("extra", "a JSON object", extra)
-
-
-def integrity_problems(path: Path, limit: int = 10) -> list[str]:
-    """``PRAGMA integrity_check`` of a database file (read-only): ``[]`` when it is sound.
-
-    Slower than the ``quick_check`` every load runs: it also cross-checks each index against its table,
-    which is what ``python -m serving gallery check`` is for.
-    """
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = [" ".join(str(row[0]).split()) for row in conn.execute(f"PRAGMA integrity_check({int(limit)})")]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        return [f"not a readable SQLite database ({exc})"]
-    return [] if rows == ["ok"] else rows
-
-
-def rebuild_database(source: Path, dest: Path) -> int:
-    """Copy the rows of a database whose indexes are damaged into a new file with fresh indexes.
-
-    Reads the tables row by row (never through an index, which may be what is broken) and writes
-    them into ``dest`` (which must not exist) under the current schema.
-
-    Returns:
-        The number of item rows copied.
-
-    Raises:
-        CorruptGalleryError: a table itself cannot be read (the rows are lost; this cannot be repaired).
-    """
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    out = sqlite3.connect(dest)
-    try:
-        out.executescript(_SCHEMA)
-        try:
-            # NOT INDEXED: read the table b-tree itself, not an index that may be what is damaged.
-            present = tuple(row[1] for row in src.execute("PRAGMA table_info(items)"))
-            wanted = [c if c in present or c != "track_id" else "NULL" for c in _COLUMNS]  # a legacy table
-            items = src.execute(f"SELECT {', '.join(wanted)} FROM items NOT INDEXED ORDER BY rowid").fetchall()
-            tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            requests = (src.execute("SELECT key, digest, ids, created FROM requests NOT INDEXED").fetchall()
-                        if "requests" in tables else [])
-        except sqlite3.DatabaseError as exc:
-            raise CorruptGalleryError(source, f"its tables cannot be read ({exc}): the metadata cannot be "
-                                              f"rebuilt; re-index the images into a new gallery") from None
-        for row in items:
-            check_stored_row(source, row)
-        with out:
-            out.executemany(f"INSERT INTO items ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                            items)
-            out.executemany("INSERT OR IGNORE INTO requests (key, digest, ids, created) VALUES (?, ?, ?, ?)",
-                            requests)
-    finally:
-        src.close()
-        out.close()
-    return len(items)

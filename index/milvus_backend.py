@@ -34,31 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from index.backends import VectorBackend, pad_results
+from index.backends import SEARCH_PARAMS, VectorBackend, checked_search_params, pad_results
 from index.errors import GalleryError
+from index.milvus_options import (EXACT_MILVUS_KINDS, KIND_DEFAULTS, MILVUS_KINDS, build_params, is_lite_uri,
+                                  search_params)
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'xmreid[milvus]' (pymilvus and, for a local .db uri, milvus-lite)"
-# Gallery kind -> Milvus index type. The exact kind is a brute-force FLAT index, like FAISS's ``flat``.
-MILVUS_KINDS: dict[str, str] = {"flat": "FLAT", "ivf_flat": "IVF_FLAT", "ivf_pq": "IVF_PQ", "hnsw": "HNSW"}
-EXACT_MILVUS_KINDS = ("flat",)
-# Build / search options per kind, named as for the FAISS kinds so a config moves between backends.
-# nlist is fixed at creation (Milvus trains each sealed segment's IVF on its own rows), so the default is
-# sized for the ~1M-row segments of a Milvus server rather than computed from a final gallery size.
-KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "flat": {},
-    "ivf_flat": {"nlist": 1024, "nprobe": 16},
-    "ivf_pq": {"nlist": 1024, "nprobe": 16, "m": None, "nbits": 8},
-    "hnsw": {"hnsw_m": 32, "ef_construction": 40, "ef_search": 64},
-}
-# Options of every kind, saved in the manifest. ``index_type`` / ``index_params`` / ``search_params``
-# override the mapping above, e.g. index_type="GPU_CAGRA" or "DISKANN" on a Milvus server.
-COMMON_DEFAULTS: dict[str, Any] = {"collection": "xmreid_gallery", "index_type": None, "index_params": None,
-                                   "search_params": None, "consistency_level": "Strong", "shards": 1}
-# Options that describe this process, never saved: credentials and the RPC timeout.
-RUNTIME_OPTIONS = ("token", "timeout")
-SEARCH_PARAMS = {"nprobe", "ef_search"}
 MAX_TOPK = 16384  # Milvus answers at most this many results per query
 MAX_SOURCE = 4096  # bytes of a ``source`` path/URI (VARCHAR max_length)
 MAX_LABEL = 1024
@@ -78,79 +61,9 @@ def import_pymilvus() -> Any:
     return pymilvus
 
 
-def is_lite_uri(uri: str) -> bool:
-    """A Milvus Lite data path (``*.db``) rather than a server address."""
-    return "://" not in uri and uri.endswith(".db")
-
-
-def check_uri(uri: Any) -> str:
-    if isinstance(uri, os.PathLike):
-        uri = os.fspath(uri)
-    if not isinstance(uri, str) or not (is_lite_uri(uri) or uri.startswith(("http://", "https://", "tcp://",
-                                                                              "unix:"))):
-        raise GalleryError(f"uri must be a Milvus Lite file path ending in .db or a server address such as "
-                           f"http://host:19530, got {uri!r}")
-    return uri
-
-
-def resolve_options(kind: str, dim: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Fill the defaults of ``kind`` and check every value; unknown names raise listing the valid ones."""
-    if kind not in MILVUS_KINDS:
-        raise GalleryError(f"unknown index kind {kind!r} for backend 'milvus'; valid kinds: {', '.join(MILVUS_KINDS)}")
-    defaults = {**KIND_DEFAULTS[kind], **COMMON_DEFAULTS}
-    unknown = set(options) - set(defaults)
-    if unknown:
-        raise GalleryError(f"unknown option(s) {sorted(unknown)} for a milvus {kind!r} gallery; valid options: "
-                           f"{', '.join(sorted(set(defaults) | set(RUNTIME_OPTIONS)))}")
-    out = dict(defaults)
-    for name, value in options.items():
-        if name in KIND_DEFAULTS[kind] or name == "shards":
-            if value is None and defaults[name] is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GalleryError(f"option {name!r} must be a positive int, got {value!r}")
-            value = int(value)
-        elif name in ("index_params", "search_params"):
-            if value is not None and not isinstance(value, dict):
-                raise GalleryError(f"option {name!r} must be a dict of Milvus parameters or None, got {value!r}")
-        elif name == "collection":
-            if not isinstance(value, str) or not value or not all(c.isalnum() or c == "_" for c in value) \
-                    or value[0].isdigit():
-                raise GalleryError(f"option 'collection' must be a Milvus collection name (letters, digits, _; "
-                                   f"not starting with a digit), got {value!r}")
-        elif name == "index_type":
-            if value is not None and (not isinstance(value, str) or not value):
-                raise GalleryError(f"option 'index_type' must be a Milvus index type such as HNSW, DISKANN or "
-                                   f"GPU_CAGRA, or None, got {value!r}")
-        elif name == "consistency_level" and value not in ("Strong", "Bounded", "Session", "Eventually"):
-            raise GalleryError(f"option 'consistency_level' must be Strong, Bounded, Session or Eventually, "
-                               f"got {value!r}")
-        out[name] = value
-    if kind == "ivf_pq":
-        m = out["m"] or _auto_pq_m(dim)
-        if dim % m:
-            raise GalleryError(f"ivf_pq option m={m} must divide the descriptor size {dim}")
-        out["m"] = m
-    return out
-
-
 def _auto_pq_m(dim: int) -> int:
     # ~16 dimensions per sub-quantizer, as the FAISS ivf_pq kind: 96 bytes per 1536-d vector.
     return next(m for m in range(max(1, dim // 16), 0, -1) if dim % m == 0)
-
-
-def _build_params(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
-    params = {"ivf_flat": lambda: {"nlist": opts["nlist"]},
-              "ivf_pq": lambda: {"nlist": opts["nlist"], "m": opts["m"], "nbits": opts["nbits"]},
-              "hnsw": lambda: {"M": opts["hnsw_m"], "efConstruction": opts["ef_construction"]},
-              "flat": dict}[kind]()
-    return {**params, **(opts["index_params"] or {})}
-
-
-def _search_params(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
-    params = {"ivf_flat": lambda: {"nprobe": opts["nprobe"]}, "ivf_pq": lambda: {"nprobe": opts["nprobe"]},
-              "hnsw": lambda: {"ef": opts["ef_search"]}, "flat": dict}[kind]()
-    return {**params, **(opts["search_params"] or {})}
 
 
 def filter_expression(cameras: np.ndarray | None, window: tuple[float | None, float | None] | None) -> str:
@@ -188,13 +101,11 @@ class MilvusBackend(VectorBackend):
     Build it with :meth:`create` or :meth:`open`. Thread safety: a ``MilvusClient`` is a gRPC channel and
     may be used from several threads; the gallery serialises writers.
 
-    It is also the gallery's metadata store (``holds_metadata``: the rows are scalar fields of the same
-    collection) and commits each change itself (``commits_itself``).
+    It is also the gallery's metadata store (the rows are scalar fields of the same collection) and commits
+    each change itself; :class:`index.milvus_persist.MilvusStorage` is the gallery's side of both.
     """
 
     name = "milvus"
-    holds_metadata = True
-    commits_itself = True
 
     def __init__(self, client: Any, uri: str, kind: str, dim: int, options: dict[str, Any],
                  runtime: dict[str, Any]) -> None:
@@ -248,7 +159,7 @@ class MilvusBackend(VectorBackend):
         schema.add_field("source", data_type.VARCHAR, max_length=MAX_SOURCE, nullable=True)
         schema.add_field("extra", data_type.JSON, nullable=True)
         index_params = client.prepare_index_params()
-        params = _build_params(kind, options)
+        params = build_params(kind, options)
         # pymilvus flattens ``params`` into top-level keys, which a Milvus server reads but Milvus Lite
         # ignores; both read the older nested {"params": {...}} form, so send that.
         index_params.add_index(field_name="vector", index_type=options["index_type"] or MILVUS_KINDS[kind],
@@ -311,15 +222,8 @@ class MilvusBackend(VectorBackend):
         return "gpu" if str(self._options["index_type"] or "").upper().startswith("GPU_") else "cpu"
 
     def set_search_params(self, **params: Any) -> None:
-        valid = SEARCH_PARAMS & set(KIND_DEFAULTS[self.kind])
-        unknown = set(params) - valid
-        if unknown:
-            raise GalleryError(f"unknown search parameter(s) {sorted(unknown)} for a milvus {self.kind!r} gallery; "
-                               f"valid: {', '.join(sorted(valid)) or 'none'}")
-        for name, value in params.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise GalleryError(f"search parameter {name!r} must be a positive int, got {value!r}")
-            self._options[name] = int(value)
+        self._options.update(checked_search_params(params, SEARCH_PARAMS & set(KIND_DEFAULTS[self.kind]),
+                                                   f"a milvus {self.kind!r} gallery"))
 
     def train(self, vectors: np.ndarray, expected_size: int | None = None) -> None:
         log.info("Milvus trains each segment's index itself when the segment is sealed; ignoring train()")
@@ -388,10 +292,6 @@ class MilvusBackend(VectorBackend):
                 self.remove_ids(ids[:written])
             raise
 
-    def add_items(self, vectors: np.ndarray, ids: np.ndarray, rows: list[tuple]) -> None:
-        """Insert vectors with their metadata rows in the same Milvus rows (see :meth:`add_with_ids`)."""
-        self.add_with_ids(vectors, ids, rows)
-
     def remove_ids(self, ids: np.ndarray) -> None:
         for start in range(0, len(ids), _CHUNK):
             self._client.delete(self.collection, filter=f"id in {id_list(ids[start:start + _CHUNK])}")
@@ -410,7 +310,7 @@ class MilvusBackend(VectorBackend):
             expr = f"({expr}) and {clause}" if expr else clause
         answer = self._client.search(
             self.collection, data=list(queries), limit=k, filter=expr, output_fields=[],
-            search_params={"metric_type": "IP", "params": _search_params(self.kind, self._options)})
+            search_params={"metric_type": "IP", "params": search_params(self.kind, self._options)})
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         found = np.full((len(queries), k), -1, dtype=np.int64)
         for row, hits in enumerate(answer):
@@ -467,18 +367,6 @@ class MilvusBackend(VectorBackend):
         """Seal the growing segments so the data is on disk (Lite) / in object storage (server)."""
         self._client.flush(self.collection)
 
-    def serialize(self, path: Path) -> dict[str, Any]:
-        """Flush and write a small JSON pointer to the collection (the vectors stay in Milvus)."""
-        self.flush()
-        Path(path).write_text(json.dumps({"uri": self.uri, "collection": self.collection}) + "\n")
-        return {"milvus_collection": self.collection}
-
-    def write_manifest(self, directory: Path, fields: dict[str, Any]) -> dict[str, Any]:
-        """Flush and write the gallery's pointer manifest (:func:`index.milvus_persist.save`)."""
-        from index.milvus_persist import save
-
-        return save(Path(directory), self, fields)
-
     def stats(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "trained": True,
                 "milvus_uri": self.uri if is_lite_uri(self.uri) else self.uri.split("@")[-1],
@@ -495,7 +383,7 @@ class MilvusBackend(VectorBackend):
 def _check_lengths(rows: list[tuple]) -> None:
     for i, row in enumerate(rows):
         _, label, source, _, _ = row[:5]
-        if len(row) > 5 and row[5] is not None:  # the collection schema predates track_id (issue 23)
+        if len(row) > 5 and row[5] is not None:  # the collection schema has no track_id field
             raise GalleryError(f"metadata[{i}]['track_id']: a milvus gallery does not store track ids; use a FAISS "
                                f"gallery for group_by=camera_track")
         if source is not None and len(source.encode("utf-8")) > MAX_SOURCE:

@@ -136,7 +136,9 @@ def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]]
     lock = acquire_directory(directory) if lock is None else lock
     try:
         previous = _previous(directory, replace)
-        _check_target(directory, previous, expect_sequence, replace)
+        if previous is None:
+            _check_foreign(directory)
+        _check_sequence(directory, previous, expect_sequence, replace)
         sequence = int(previous.get("sequence", 0)) + 1 if previous else 1
         token = uuid.uuid4().hex[:8]
         tmp = directory / f"{_TMP_PREFIX}{token}"
@@ -174,36 +176,47 @@ def save_directory(directory: Path, write_data: Callable[[Path], dict[str, Any]]
     return directory / data_name, final
 
 
-def save_manifest(directory: Path, manifest: dict[str, Any], *,
+def save_manifest(directory: Path, manifest: dict[str, Any], *, lock: DirectoryLock | None = None,
+                  expect_sequence: int | None = None, replace: bool = False,
                   check_target: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Atomically write ``manifest.json`` alone, for a gallery whose data lives outside its directory.
 
     A Milvus gallery's vectors and metadata are in its collection, which commits each change itself, so
     its save has no data directory to version: the manifest is a pointer to the collection, replaced as
-    :func:`save_directory` replaces it (temporary file, fsync, ``os.replace``, fsync the parent).
+    :func:`save_directory` replaces it (temporary file, fsync, ``os.replace``, fsync the parent), under the
+    same two guards (the write lock, the sequence).
 
     Args:
         directory: the gallery directory (created when missing).
-        manifest: every field to write (``saved`` is added).
+        manifest: every field to write (``sequence`` and ``saved`` are added).
+        lock, expect_sequence, replace: as :func:`save_directory`'s.
         check_target: called with the directory under its write lock, before anything is written, to
-            refuse a directory that holds something else (it raises).
+            refuse a directory that holds something else (it raises); without it, a directory that holds
+            no gallery must hold nothing else.
 
     Returns:
         The manifest written.
 
     Raises:
         GalleryLockedError: another process writes this directory.
+        StaleGalleryError: the directory holds a save the caller has not seen.
         GalleryError: ``directory`` is not a directory, or ``check_target`` refused it.
     """
     directory = Path(directory)
-    lock = acquire_directory(directory)  # shared with the gallery's own hold on it, if any (index.locking)
+    own = lock is None
+    lock = acquire_directory(directory) if lock is None else lock  # shared with the gallery's own hold, if any
     try:
         if check_target is not None:
             check_target(directory)
-        final = {**manifest, "saved": utc_now()}
+        previous = _previous(directory, replace)
+        if previous is None and check_target is None:
+            _check_foreign(directory)
+        _check_sequence(directory, previous, expect_sequence, replace)
+        final = {**manifest, "sequence": int(previous.get("sequence", 0)) + 1 if previous else 1, "saved": utc_now()}
         _replace_json(directory / MANIFEST, final)
     finally:
-        lock.release()
+        if own:
+            lock.release()
     return final
 
 
@@ -215,10 +228,7 @@ def check_new_target(directory: Path) -> None:
     """
     directory = Path(directory)
     if directory.is_dir() and not (directory / MANIFEST).exists():
-        foreign = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
-        if foreign:
-            raise GalleryError(f"cannot save a gallery to {directory}: it is not empty and not a gallery "
-                               f"(holds {', '.join(foreign[:5])}); use a new or empty directory")
+        _check_foreign(directory)
     elif directory.exists() and not directory.is_dir():
         raise GalleryError(f"cannot save a gallery to {directory}: it exists and is not a directory")
 
@@ -234,13 +244,18 @@ def _previous(directory: Path, replace: bool) -> dict[str, Any] | None:
         raise
 
 
-def _check_target(directory: Path, previous: dict[str, Any] | None, expect_sequence: int | None,
-                  replace: bool) -> None:
+def _check_foreign(directory: Path) -> None:
+    """Refuse a directory that holds no gallery but other files (called under the write lock)."""
+    foreign = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
+    if foreign:
+        raise GalleryError(f"cannot save a gallery to {directory}: it is not empty and not a gallery "
+                           f"(holds {', '.join(foreign[:5])}); use a new or empty directory")
+
+
+def _check_sequence(directory: Path, previous: dict[str, Any] | None, expect_sequence: int | None,
+                    replace: bool) -> None:
+    """Refuse to replace a save the caller has not seen (another writer's), or a gallery it never read."""
     if previous is None:
-        foreign = sorted(p.name for p in directory.iterdir() if not _ours(p.name))
-        if foreign:
-            raise GalleryError(f"cannot save a gallery to {directory}: it is not empty and not a gallery "
-                               f"(holds {', '.join(foreign[:5])}); use a new or empty directory")
         if expect_sequence is not None and not replace:
             raise StaleGalleryError(f"the gallery in {directory} was removed since this gallery was read from it "
                                     f"(at save {expect_sequence}); nothing was saved")

@@ -11,11 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from index.backends import Storage, VectorBackend
+from index.backends import VectorBackend
 from index.errors import GalleryError
 from index.faiss_backend import DEFAULTS as FAISS_DEFAULTS
 from index.faiss_backend import FaissBackend
+from index.faiss_storage import FaissStorage
+from index.manifest import BACKENDS
 from index.metadata import MetadataStore
+from index.storage import Storage
 
 KINDS: dict[str, type] = {
     "flat": FaissBackend,
@@ -27,11 +30,8 @@ KINDS: dict[str, type] = {
 EXACT_KINDS = ("flat", "flat_fp16")
 # Removed kinds that saved galleries may still name, and the kind that now reads their files.
 # ``flat_blas`` (a numpy GEMM search over the same IndexIDMap2(IndexFlatIP) file as ``flat``) went when
-# ``flat`` itself reached GEMM speed through FAISS's BLAS threshold (index.faiss_config, issue 18).
+# ``flat`` itself reached GEMM speed through FAISS's BLAS threshold (index.faiss_config).
 KIND_ALIASES: dict[str, str] = {"flat_blas": "flat"}
-# Where a gallery's vectors live: an in-process FAISS index, or a Milvus collection (index/milvus_*.py,
-# imported only when asked for, so pymilvus stays an optional extra).
-BACKENDS = ("faiss", "milvus")
 # Options that describe this process rather than the gallery: never saved, given again at load.
 RUNTIME_DEFAULTS: dict[str, Any] = {"device": "auto", "gpu_fp16": False, "filter_mode": "auto"}
 FILTER_MODES = ("auto", "selector", "wider")
@@ -75,11 +75,11 @@ def split_options(kind: str, options: dict[str, Any]) -> tuple[dict[str, Any], d
 
 def create_storage(backend: str, kind: str, dim: int, fingerprint: str | None, uri: Any,
                    options: dict[str, Any]) -> Storage:
-    """The vector backend and metadata store of a new gallery.
+    """The storage of a new gallery: its vector backend and metadata store (:mod:`index.storage`).
 
     Args:
-        backend: ``"faiss"`` (a FAISS index with an in-memory SQLite table beside it) or ``"milvus"``
-            (one collection holding both, :mod:`index.milvus_persist`).
+        backend: ``"faiss"`` (a FAISS index with an in-memory SQLite table beside it,
+            :mod:`index.faiss_storage`) or ``"milvus"`` (one collection holding both, :mod:`index.milvus_persist`).
         kind: the index kind (:data:`KINDS` for FAISS; Milvus has its own list).
         dim: descriptor size.
         fingerprint: the model fingerprint (a Milvus collection records it too).
@@ -97,7 +97,7 @@ def create_storage(backend: str, kind: str, dim: int, fingerprint: str | None, u
         raise GalleryError("uri= is for backend='milvus'; a FAISS gallery lives in memory until save(directory)")
     kind = check_kind(kind)
     backend_options, runtime = split_options(kind, options)
-    return Storage(create_backend(kind, dim, backend_options, runtime), MetadataStore.in_memory(), runtime)
+    return FaissStorage(create_backend(kind, dim, backend_options, runtime), MetadataStore.in_memory(), runtime)
 
 
 def create_backend(kind: str, dim: int, options: dict[str, Any], runtime: dict[str, Any]) -> VectorBackend:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from index import persist
 from index.errors import CorruptGalleryError, GalleryError
 from index.gallery import Gallery
 from index.loading import read_saved
 from index.locking import acquire_directory, read_holder
-from index.manifest import METADATA_FILE, read_manifest
-from index.metadata import integrity_problems, rebuild_database
+from index.manifest import INDEX_FILE, METADATA_FILE, read_manifest
+from index.metadata_rebuild import integrity_problems, rebuild_database
+from index.persist import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def check(directory: Path) -> Report:
     directory = Path(directory)
     gallery = Gallery.load(directory, read_only=True)
     manifest = read_manifest(directory)
-    metadata = persist.data_dir(directory, manifest) / METADATA_FILE
+    metadata = data_dir(directory, manifest) / METADATA_FILE
     problems = integrity_problems(metadata)
     if problems:
         raise CorruptGalleryError(metadata, f"SQLite integrity_check reports damage: {'; '.join(problems[:3])}")
@@ -84,7 +84,7 @@ def repair(directory: Path) -> Report:
             return _repair_metadata(directory, manifest, exc)
         try:
             actions = []
-            metadata = persist.data_dir(directory, manifest) / METADATA_FILE
+            metadata = data_dir(directory, manifest) / METADATA_FILE
             if integrity_problems(metadata):
                 gallery._store.reindex()  # noqa: SLF001 - the in-memory copy inherited the broken index pages
                 actions.append("rebuilt the SQLite indexes")
@@ -105,7 +105,7 @@ def repair(directory: Path) -> Report:
 
 def _repair_metadata(directory: Path, manifest: dict[str, Any], found: CorruptGalleryError) -> Report:
     """The load failed: rebuild the metadata database when that is all that is damaged."""
-    data = persist.data_dir(directory, manifest)
+    data = data_dir(directory, manifest)
     metadata = data / METADATA_FILE
     if found.path != metadata:
         raise CorruptGalleryError(found.path, f"{found.problem}; this cannot be repaired from the gallery alone "
@@ -115,7 +115,7 @@ def _repair_metadata(directory: Path, manifest: dict[str, Any], found: CorruptGa
     scratch.mkdir()
     try:
         rows = rebuild_database(metadata, scratch / METADATA_FILE)
-        shutil.copy2(data / persist.INDEX_FILE, scratch / persist.INDEX_FILE)
+        shutil.copy2(data / INDEX_FILE, scratch / INDEX_FILE)
         candidate = {**manifest, "data_dir": scratch.name, "checksums": None, "sizes": {}}
         candidate.pop("checksums")
         loaded = read_saved(directory, candidate, None, {})  # every other check, on the rebuilt rows
@@ -125,9 +125,8 @@ def _repair_metadata(directory: Path, manifest: dict[str, Any], found: CorruptGa
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    gallery = Gallery(backend=loaded.backend, store=loaded.store, fingerprint=manifest.get("fingerprint"),
-                      family=manifest.get("family"),
-                      runtime=loaded.runtime, next_id=int(manifest["next_id"]), created=manifest.get("created", ""),
+    gallery = Gallery(storage=loaded.storage, fingerprint=manifest.get("fingerprint"), family=manifest.get("family"),
+                      next_id=int(manifest["next_id"]), created=manifest.get("created", ""),
                       saved=manifest.get("saved"), directory=directory, sequence=int(manifest.get("sequence", 0)),
                       uid=manifest.get("uid"), origin=manifest.get("origin"))
     try:

@@ -1,7 +1,7 @@
 """Recall targets for the approximate kinds: pick ``nprobe`` / ``ef_search`` from a measured sample.
 
-An operator can't choose ``nprobe=16`` knowing what it costs in missed matches (0.72 recall@10 for
-``ivf_flat`` at 1e5 items, issue 18), but can say "recall@10 >= 0.95". :func:`tune` measures it the
+An operator can't choose ``nprobe=16`` knowing what it costs in missed matches (``benchmarks/results/search.md``
+measures it), but can say "recall@10 >= 0.95". :func:`tune` measures it the
 way FAISS's ``ParameterSpace`` / ``OperatingPoints`` autotuning does (try increasing search-time
 parameters, keep the cheapest that reaches the target), on the gallery's own data:
 

@@ -15,7 +15,7 @@ import numpy as np
 from pathlib import Path
 
 from index.errors import CorruptGalleryError, GalleryError
-from index.metadata import to_timestamp
+from index.rows import to_timestamp
 
 # Below this norm a vector has no direction; normalising it would produce NaN/inf.
 _MIN_NORM = 1e-12

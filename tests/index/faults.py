@@ -3,7 +3,7 @@
 The steps are the primitives a gallery save writes through (``index.persist``): creating the temporary
 directory, FAISS's ``write_index``, the SQLite copy, every ``fsync``, the ``rename`` of the data directory,
 the manifest's temporary file, and the ``os.replace`` that commits. A dry run counts them, so a test can
-fail each in turn ("at every write step of a save", issue 17) without knowing their order.
+fail each in turn ("at every write step of a save") without knowing their order.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from index_helpers import brute_force, clustered, recall_at
 
-from index import Gallery, GalleryError, UnknownIdsError
+from index import Gallery, GalleryError, StaleGalleryError, UnknownIdsError
+from index.manifest import read_manifest
 
 BACKENDS = ["faiss", "milvus"]
 DIM = 24
@@ -231,6 +232,52 @@ def test_save_and_load_keep_results_and_check_the_model(make: Factory, tmp_path:
         Gallery.load(tmp_path / "g", dim=DIM + 1)
     with pytest.raises(GalleryError, match="not a gallery directory"):
         Gallery.load(tmp_path / "nothing-here")
+
+
+def test_saves_follow_one_protocol_on_both_backends(make: Factory, tmp_path: Path) -> None:
+    """Own directory: locked, sequenced, a writer that has not seen the last save is refused; elsewhere: a copy."""
+    x, _ = clustered(20, DIM, seed=11, n_queries=1)
+    gallery = make("flat")
+    gallery.add(x[:10], _meta(10))
+    gallery.save(tmp_path / "g")
+    assert gallery.owns_directory and gallery.sequence == 1 and read_manifest(tmp_path / "g")["sequence"] == 1
+    gallery.save(tmp_path / "g")
+    assert gallery.sequence == 2 and read_manifest(tmp_path / "g")["count"] == 10
+    gallery.save(tmp_path / "copy")
+    copied = read_manifest(tmp_path / "copy")
+    assert copied["origin"] == {"uid": gallery.uid, "sequence": 2, "directory": str(tmp_path / "g")}
+    assert gallery.directory == tmp_path / "g", "a copy leaves the gallery where it was"
+    with pytest.raises(StaleGalleryError, match="already holds"):
+        make("flat").save(tmp_path / "g")  # a new gallery never overwrites one it has not read
+    reader = Gallery.load(tmp_path / "g")
+    assert reader.sequence == 2 and reader.uid == gallery.uid
+    reader.add(x[10:12], _meta(2))
+    reader.save(tmp_path / "g")
+    assert read_manifest(tmp_path / "g")["sequence"] == 3
+    with pytest.raises(StaleGalleryError, match="another writer"):
+        gallery.save(tmp_path / "g")
+    reader.close()
+    gallery.close()
+
+
+def test_a_store_that_commits_itself_has_nothing_to_undo_or_replay(make: Factory, backend: str) -> None:
+    """FAISS keeps changes in memory until a save (undone if it fails); Milvus commits each one at once."""
+    x, _ = clustered(6, DIM, seed=12, n_queries=1)
+    gallery = make("flat")
+    with pytest.raises(RuntimeError, match="the save failed"):
+        with gallery.transaction():
+            gallery.add(x[:2], _meta(2))
+            raise RuntimeError("the save failed")
+    if backend == "faiss":
+        assert len(gallery) == 0 and gallery.unsaved_changes == 0
+        first = gallery.add(x[2:4], _meta(2), idempotency_key="k", request_digest="d")
+        assert gallery.add(x[2:4], _meta(2), idempotency_key="k", request_digest="d").tolist() == first.tolist()
+        assert gallery.unsaved_changes == 1 and gallery.find_request("k") == ("d", first.tolist())
+    else:
+        assert len(gallery) == 2 and gallery.unsaved_changes == 0, "committed by Milvus, not undone"
+        with pytest.raises(GalleryError, match="do not record idempotency keys"):
+            gallery.add(x[2:4], _meta(2), idempotency_key="k")
+        assert len(gallery) == 2 and gallery.find_request("k") is None
 
 
 # ----------------------------------------------------------------- approximate kinds

@@ -165,7 +165,7 @@ def test_vectors_gives_back_the_stored_normalised_descriptors() -> None:
 
 
 def test_repair_rebuilds_a_legacy_metadata_file_under_the_new_schema(tmp_path: Path) -> None:
-    from index.metadata import rebuild_database
+    from index.metadata_rebuild import rebuild_database
 
     gallery = Gallery.create(4)
     gallery.add(np.eye(4, dtype=np.float32)[:2], [{"camera": 1, "person_label": 3}, {"camera": 2}])

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from index_helpers import brute_force, clustered, meta
 
-import index.faiss_backend as faiss_backend
 import index.gpu as gpu
 from index import Gallery, GalleryError
 
@@ -25,7 +24,7 @@ needs_gpu = pytest.mark.skipif(gpu.gpu_count() == 0,
 @pytest.fixture()
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     """Pretend FAISS has one GPU; the test supplies ``index_cpu_to_gpu``."""
-    monkeypatch.setattr(faiss_backend, "gpu_count", lambda: 1)
+    monkeypatch.setattr(gpu, "gpu_count", lambda: 1)
     monkeypatch.setattr(gpu.faiss, "StandardGpuResources", lambda: object(), raising=False)
     monkeypatch.setattr(gpu.faiss, "GpuClonerOptions", lambda: types.SimpleNamespace(useFloat16=False),
                         raising=False)

@@ -1,4 +1,4 @@
-"""What importing ``index`` costs: the exception types come without FAISS (issue 21)."""
+"""What importing ``index`` costs: the exception types come without FAISS."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Corruption is found at load, not at query time: every damage class of issue 17 is refused in one line.
+"""Corruption is found at load, not at query time: every damage class is refused in one line.
 
-Each test damages a saved gallery the way the issue observed it and checks that ``Gallery.load`` raises
+Each test damages a saved gallery the way such damage happens and checks that ``Gallery.load`` raises
 :class:`CorruptGalleryError` naming the file and what is wrong, on one line. Where a checksum would catch
 the damage first, the test also "reseals" the manifest (records the damaged file's size and sha256, as a
 gallery saved from damaged memory would), so that each deeper check is tested on its own.
@@ -98,7 +98,7 @@ def test_a_huge_finite_value_in_one_vector_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "g"
     _build(target)
     index_file = _data(target) / INDEX_FILE
-    _overwrite(index_file, index_file.stat().st_size // 2 & ~3, np.float32(5e36).tobytes())  # the issue's 5e36
+    _overwrite(index_file, index_file.stat().st_size // 2 & ~3, np.float32(5e36).tobytes())  # an exponent bit flipped
     _reseal(target)
     _refused(target, INDEX_FILE, "has norm", "not 1")
 

@@ -187,7 +187,7 @@ def test_not_a_gallery(tmp_path) -> None:
 
 
 def test_a_flat_blas_gallery_loads_as_flat_with_one_warning(tmp_path, caplog) -> None:
-    """``flat_blas`` (removed in issue 18) wrote the ``flat`` file format: such galleries open as ``flat``."""
+    """``flat_blas`` (a removed kind) wrote the ``flat`` file format: such galleries open as ``flat``."""
     x, q = clustered(300, 16, seed=2, n_queries=4)
     gallery = Gallery.create(16, "flat")
     gallery.add(x, _items(300))

@@ -1,7 +1,7 @@
 """IVF lists sized for the gallery: ``nlist`` from the expected size, re-training when an auto-sized gallery grows.
 
-Issue 18 measured an ``ivf_flat`` gallery trained at its first 50,000 items (nlist=447) and grown to 1M:
-a 0.95 recall target needed every list. These tests pin the sizing rule, that a 4x-grown gallery is
+An ``ivf_flat`` gallery trained at its first 50,000 items (nlist=447) and grown to 1M without re-training
+needs every list for a 0.95 recall target. These tests pin the sizing rule, that a 4x-grown gallery is
 re-trained with the larger ``nlist`` without losing or mislabelling any item, that a recall target is
 measured again afterwards, and that explicit ``nlist`` and saved galleries keep what they had.
 """
