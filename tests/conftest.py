@@ -2,7 +2,8 @@
 
 Each fixture builds one artifact of the pipeline at toy size (a 12-identity synthetic SYSU-MM01
 tree, a ResNet-18 trained for a few steps, its ONNX export, a gallery) once per test session, through
-the same public functions the command lines use, so the stage tests exercise real artifacts.
+the same public functions the command lines use, so the stage tests exercise real artifacts. It also switches
+on the strict CI mode of ``ci_policy`` (under ``CI=true`` only GPU/TensorRT tests may skip).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import ci_policy
 import pytest
 
 # Two cores: keep BLAS/OpenMP from oversubscribing when tests run beside other work.
@@ -17,6 +19,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Strict CI mode (``tests/ci_policy.py``): under ``CI=true`` a skip that needs no GPU/TensorRT is a failure."""
+    if not config.pluginmanager.has_plugin("ci_policy"):
+        config.pluginmanager.register(ci_policy, "ci_policy")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ci_policy import require
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("XMREID_CHROMIUM", "/usr/bin/chromium")
@@ -113,8 +114,8 @@ def browser() -> Iterator[Any]:
     running in the main thread, and any later test that calls ``asyncio.run`` would fail. Closing it when
     the module ends gives the loop back.
     """
-    pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright; "
-                                                      "the browser itself comes from Debian's chromium package)")
+    require("playwright.sync_api", reason="Playwright is not installed (pip install playwright; "
+                                          "the browser itself comes from Debian's chromium package)")
     executable = chromium_executable()
     if executable is None:
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set XMREID_CHROMIUM)")

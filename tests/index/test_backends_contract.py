@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ci_policy import require
 from index_helpers import brute_force, clustered, recall_at
 
 from index import Gallery, GalleryError, StaleGalleryError, UnknownIdsError
@@ -39,12 +40,12 @@ Factory = Callable[..., Gallery]
 @pytest.fixture(scope="module")
 def milvus_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | str]:
     """A Milvus Lite file, or the Milvus server named by ``XMREID_TEST_MILVUS_URI`` (e.g. http://host:19530)."""
-    pytest.importorskip("pymilvus", reason="backend='milvus' needs the optional pymilvus + milvus-lite extra")
+    require("pymilvus", reason="backend='milvus' needs the optional pymilvus + milvus-lite extra")
     server = os.environ.get("XMREID_TEST_MILVUS_URI")
     if server:
         yield server  # collections are named per test; drop them on the server when done
         return
-    pytest.importorskip("milvus_lite", reason="Milvus Lite (milvus-lite) is not installed")
+    require("milvus_lite", reason="Milvus Lite (milvus-lite) is not installed")
     path = tmp_path_factory.mktemp("milvus") / "contract.db"
     yield path
     from milvus_lite.server_manager import server_manager_instance

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 
 import pytest
+from ci_policy import require
 
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install schemathesis)")
+schemathesis = require("schemathesis", reason="schemathesis is not installed (pip install schemathesis)")
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402

@@ -15,6 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from ci_policy import require
 
 from index import Gallery
 from index.persist import INDEX_FILE, read_manifest
@@ -56,7 +57,7 @@ def _run(args: list[str], capsys: pytest.CaptureFixture) -> str:
 
 def test_ray_engine_builds_the_same_gallery_as_the_local_engine(tree: Path, tiny_onnx: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("ray", reason="--engine ray needs the optional ray[data] extra")
+    require("ray", reason="--engine ray needs the optional ray[data] extra")
     base = ["--model", str(tiny_onnx), "--images", str(tree), "--batch-size", "4"]
     local, mixed = tmp_path / "local", tmp_path / "mixed"
     _run([*base, "--gallery", str(local), "--cameras", "1,2"], capsys)
@@ -96,8 +97,8 @@ def test_ray_engine_without_ray_names_the_extra(tree: Path, tiny_onnx: Path, tmp
 
 def test_local_engine_indexes_into_a_milvus_gallery(tree: Path, tiny_onnx: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
-    pytest.importorskip("pymilvus", reason="--milvus-uri needs the optional pymilvus + milvus-lite extra")
-    pytest.importorskip("milvus_lite", reason="Milvus Lite (milvus-lite) is not installed")
+    require("pymilvus", reason="--milvus-uri needs the optional pymilvus + milvus-lite extra")
+    require("milvus_lite", reason="Milvus Lite (milvus-lite) is not installed")
     base = ["--model", str(tiny_onnx), "--images", str(tree), "--batch-size", "8"]
     _run([*base, "--gallery", str(tmp_path / "faiss")], capsys)
     milvus_dir = tmp_path / "milvus"
@@ -142,7 +143,7 @@ def _cuda_for_onnxruntime() -> bool:
 @pytest.mark.skipif(not _cuda_for_onnxruntime(), reason="needs a CUDA GPU and onnxruntime-gpu (CUDA provider)")
 def test_ray_engine_uses_gpu_actors_when_the_cluster_has_gpus(tree: Path, tiny_onnx: Path, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
-    pytest.importorskip("ray", reason="--engine ray needs the optional ray[data] extra")
+    require("ray", reason="--engine ray needs the optional ray[data] extra")
     from serving.indexing import index_images
     from serving.indexing.ray import index_images_ray
 

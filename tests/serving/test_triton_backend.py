@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ci_policy import require
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "triton_fixture"))
 from server import TritonServer, find_triton, python_backend_repository  # noqa: E402
 
-pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed (requirements.txt has it)")
+require("tritonclient.grpc", reason="tritonclient[grpc] is not installed (requirements.txt has it)")
 
 DIST, WHY_NOT = find_triton()
 needs_triton = pytest.mark.skipif(DIST is None, reason=WHY_NOT)
