@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,13 +317,16 @@ def read_sidecar(plan: str | Path) -> dict[str, Any]:
     return sidecar
 
 
-def tensorrt_unavailable_reason(*, runtime: bool = True) -> str | None:
+def tensorrt_unavailable_reason(*, runtime: bool = True,
+                                device_count: Callable[[], int] | None = None) -> str | None:
     """Why TensorRT cannot be used here, as a clause for a log or an error message; ``None`` when it can.
 
     Args:
         runtime: also require cuda-python, which serving's TensorRT embedder allocates device memory with.
             The engine builder does not need it (it may count GPUs through torch in the training env), so
             it passes False.
+        device_count: how to count CUDA devices when cuda-python is absent (the builder passes torch's);
+            without it, no cuda-python means no visible device. Serving never imports torch.
 
     Returns:
         ``None``, or a clause without a final full stop, e.g. ``"TensorRT is not installed here (...)"``.
@@ -342,7 +345,7 @@ def tensorrt_unavailable_reason(*, runtime: bool = True) -> str | None:
         if runtime:
             return "TensorRT is installed but cuda-python is not (pip install cuda-python)"
         cudart = None
-    if _cuda_device_count(cudart) < 1:
+    if _cuda_device_count(cudart, device_count) < 1:
         return "TensorRT is installed but no CUDA GPU is visible"
     return None
 
@@ -356,13 +359,9 @@ def cuda_runtime() -> Any:
     return cudart
 
 
-def _cuda_device_count(cudart: Any) -> int:
-    """Visible CUDA devices, through cuda-python, else through torch (only reached when building engines)."""
+def _cuda_device_count(cudart: Any, fallback: Callable[[], int] | None) -> int:
+    """Visible CUDA devices, through cuda-python, else through the caller's counter."""
     if cudart is not None:
         err, count = cudart.cudaGetDeviceCount()
         return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return fallback() if fallback is not None else 0

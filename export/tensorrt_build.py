@@ -61,13 +61,22 @@ INT8_MIN_COSINE = 0.99
 _INSTALL_HINT = "the ONNX model still runs with ONNX Runtime"
 
 
+def _torch_device_count() -> int:
+    """CUDA devices as torch sees them (the build environment has torch; serving's has not)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def tensorrt_unavailable_reason() -> str | None:
     """One sentence saying why TensorRT cannot build here, or ``None`` when it can.
 
     The checks are the artifact contract's (:func:`export.artifact.tensorrt_unavailable_reason`); building
     needs no cuda-python, so this asks without the runtime check and says what that means for the user.
     """
-    reason = artifact_unavailable_reason(runtime=False)
+    reason = artifact_unavailable_reason(runtime=False, device_count=_torch_device_count)
     if reason is None:
         return None
     return f"{reason}, so no engine was built; {_INSTALL_HINT}."
