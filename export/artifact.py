@@ -34,7 +34,6 @@ from xmreid.errors import UserError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ArtifactMetadata",
     "INPUT_NAME",
     "INT_KEYS",
     "METADATA_KEYS",
@@ -42,6 +41,7 @@ __all__ = [
     "RUNTIME_KEYS",
     "SIDECAR_FORMAT",
     "STR_KEYS",
+    "ArtifactMetadata",
     "batch_dim_is_dynamic",
     "config_digest",
     "cuda_runtime",
@@ -175,7 +175,7 @@ class ArtifactMetadata:
     raw: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_strings(cls, props: Mapping[str, Any], source: str) -> "ArtifactMetadata":
+    def from_strings(cls, props: Mapping[str, Any], source: str) -> ArtifactMetadata:
         """Parse and check the exporter's metadata properties (only :data:`RUNTIME_KEYS` required).
 
         Args:

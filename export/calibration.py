@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from export.artifact import INPUT_NAME
-from xmreid.errors import UserError
 from training.data.sysu import IMAGE_SUFFIXES  # the suffixes the datasets read
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class CalibrationReader:
         self._next += 1
         return {INPUT_NAME: self.images[lo:lo + self.batch_size]}
 
-    def __iter__(self) -> "CalibrationReader":
+    def __iter__(self) -> CalibrationReader:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from export.artifact import INPUT_NAME, file_sha256, read_metadata
-from xmreid.errors import UserError
 from export.ort import create_session
 from export.quantize import is_quantized, quantization_settings
 from export.retrieval_check import embed_all, load_sysu_test, retrieval_table
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def cosine_stats(reference: np.ndarray, candidate: np.ndarray) -> dict[str, floa
     """Per-row cosine of two ``[N, D]`` descriptor arrays: ``n``, ``min``, ``p1``, ``median``, ``mean``."""
     ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
     cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-30)
-    return {"n": int(len(cos)), "min": float(cos.min()), "p1": float(np.percentile(cos, 1)),
+    return {"n": len(cos), "min": float(cos.min()), "p1": float(np.percentile(cos, 1)),
             "median": float(np.median(cos)), "mean": float(cos.mean())}
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from xmreid.errors import UserError
 from training.model import ARCHS, DFE, load_checkpoint
 from training.paper import PAPER
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from typing import Any
 import onnx
 import torch
 
-from xmreid.atomic import atomic_write_bytes
 from export.artifact import INPUT_NAME, OUTPUT_NAME, config_digest
-from xmreid.errors import UserError
 from export.models import LoadedModel, load_model, model_from_checkpoint
 from training.model import ARCHS, INPUT_META
 from training.paper import PAPER
+from xmreid.atomic import atomic_write_bytes
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

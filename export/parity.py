@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from xmreid.errors import UserError
 from training.data.sysu import IMAGE_SUFFIXES  # the suffixes the datasets read: one list for export and training
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

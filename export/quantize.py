@@ -21,16 +21,30 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from xmreid.atomic import atomic_write_bytes
-from export.calibration import (DEFAULT_NUM_IMAGES, MIN_CALIBRATION_IMAGES, SPLITS, CalibrationReader,
-                                select_calibration_images)
 from export.artifact import INPUT_NAME, OUTPUT_NAME, file_sha256, load_onnx_proto, metadata_from_proto
+from export.calibration import (
+    DEFAULT_NUM_IMAGES,
+    MIN_CALIBRATION_IMAGES,
+    SPLITS,
+    CalibrationReader,
+    select_calibration_images,
+)
+from xmreid.atomic import atomic_write_bytes
 from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_METHOD", "DEFAULT_TYPES", "METHODS", "TARGETS", "TYPES", "is_quantized", "main",
-           "quantize_onnx", "quantization_settings"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_TYPES",
+    "METHODS",
+    "TARGETS",
+    "TYPES",
+    "is_quantized",
+    "main",
+    "quantization_settings",
+    "quantize_onnx",
+]
 
 METHODS = ("minmax", "entropy", "percentile")
 #: activations / weights: S8S8, U8S8, U8U8 (ONNX Runtime cannot run S8 activations with U8 weights).

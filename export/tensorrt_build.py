@@ -40,9 +40,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xmreid.atomic import atomic_write_bytes
 from export.artifact import INPUT_NAME, SIDECAR_FORMAT, read_metadata, sidecar_path, write_sidecar
 from export.artifact import tensorrt_unavailable_reason as artifact_unavailable_reason
+from xmreid.atomic import atomic_write_bytes
 from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)

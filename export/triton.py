@@ -22,9 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.artifact import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    batch_dim_is_dynamic,
+    file_sha256,
+    load_onnx_proto,
+    metadata_from_proto,
+)
 from xmreid.atomic import atomic_copy, atomic_write_bytes
-from export.artifact import (INPUT_NAME, OUTPUT_NAME, batch_dim_is_dynamic, file_sha256, load_onnx_proto,
-                             metadata_from_proto)
 from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)

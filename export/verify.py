@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from export.artifact import INPUT_NAME, batch_dim_is_dynamic, load_onnx_proto, metadata_from_proto, read_metadata
-from xmreid.errors import UserError
 from export.models import LoadedModel
 from export.onnx_export import add_model_arguments, model_from_args
 from export.ort import PROVIDER_CHOICES, create_session
 from export.parity import compare, format_rows, image_batch, parse_batch_sizes, random_images
 from export.quantize import is_quantized
 from export.tensorrt_build import FP32_MIN_COSINE  # the one copy of the pass thresholds, beside fp16 and int8
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from index.errors import (CorruptGalleryError, GalleryError, GalleryLockedError, ReadOnlyGalleryError,
-                          StaleGalleryError, UnknownIdsError)
+from index.errors import (
+    CorruptGalleryError,
+    GalleryError,
+    GalleryLockedError,
+    ReadOnlyGalleryError,
+    StaleGalleryError,
+    UnknownIdsError,
+)
 
 if TYPE_CHECKING:
     from index.gallery import Gallery

@@ -36,11 +36,18 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.backends import (SEARCH_PARAMS, UNIT_TOLERANCE, VectorBackend, auto_pq_m, check_in_blocks,
-                            checked_search_params, pad_results, search_wider)
+from index.backends import (
+    SEARCH_PARAMS,
+    UNIT_TOLERANCE,
+    VectorBackend,
+    auto_pq_m,
+    check_in_blocks,
+    checked_search_params,
+    pad_results,
+    search_wider,
+)
 from index.errors import CorruptGalleryError, GalleryError
-from index.exact import (allowed_positions, filter_plan, gemv_search, id_map_view, split_search, subset_search,
-                         to_ids)
+from index.exact import allowed_positions, filter_plan, gemv_search, id_map_view, split_search, subset_search, to_ids
 from index.faiss_config import DEFAULT_THREADS, SINGLE_THREAD_WORK, set_search_threads
 from index.faiss_ivf import IVF_KINDS, IvfLists, auto_nlist, batch_selector
 from index.gpu import GpuSearch, place

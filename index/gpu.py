@@ -34,7 +34,7 @@ def gpu_count() -> int:
         return 0
     try:
         return int(faiss.get_num_gpus())
-    except Exception:  # noqa: BLE001 - a broken CUDA install must not break the CPU path
+    except Exception:
         return 0
 
 
@@ -88,7 +88,7 @@ class GpuMirror:
                 raise RuntimeError(f"FAISS has no GPU version of {plain}")
             probe = np.full((1, cpu_index.d), 1.0 / np.sqrt(cpu_index.d), dtype=np.float32)
             gpu_index.search(probe, 1)  # kernel-image errors only show up at the first launch
-        except Exception as exc:  # noqa: BLE001 - any GPU failure means "stay on the CPU"
+        except Exception as exc:
             _warn_once("FAISS GPU unavailable for this index, searching on the CPU instead: %s", exc)
             self.failed = True
             self._index = self._owner = None
@@ -108,7 +108,7 @@ class GpuMirror:
             if self._index is not None and not self._stale:
                 try:
                     self._index.add_with_ids(vectors, ids)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     log.warning("GPU add failed (%s); the GPU copy will be rebuilt", exc)
                     self._stale = True
 
@@ -147,7 +147,7 @@ def place(kind: str, device: str, fp16: bool) -> GpuMirror | None:
         return None
     try:
         return GpuMirror(fp16=fp16)
-    except Exception as exc:  # noqa: BLE001 - no usable GPU means CPU, not a crash
+    except Exception as exc:
         log.warning("could not initialise FAISS GPU resources, searching on the CPU: %s", exc)
         return None
 

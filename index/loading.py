@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import CorruptGalleryError, GalleryError
 from index.backends import SEARCH_PARAMS
+from index.errors import CorruptGalleryError, GalleryError
 from index.faiss_backend import resolve_options
 from index.faiss_storage import FaissStorage
 from index.manifest import MANIFEST

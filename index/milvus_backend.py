@@ -36,8 +36,14 @@ import numpy as np
 
 from index.backends import SEARCH_PARAMS, VectorBackend, checked_search_params, pad_results
 from index.errors import GalleryError
-from index.milvus_options import (EXACT_MILVUS_KINDS, KIND_DEFAULTS, MILVUS_KINDS, build_params, is_lite_uri,
-                                  search_params)
+from index.milvus_options import (
+    EXACT_MILVUS_KINDS,
+    KIND_DEFAULTS,
+    MILVUS_KINDS,
+    build_params,
+    is_lite_uri,
+    search_params,
+)
 
 log = logging.getLogger(__name__)
 

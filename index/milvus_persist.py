@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from index.backends import SEARCH_PARAMS
 from index.errors import GalleryError
 from index.locking import LOCK_FILE, DirectoryLock
 from index.manifest import MANIFEST, read_manifest
 from index.milvus_backend import MilvusBackend
-from index.backends import SEARCH_PARAMS
 from index.milvus_options import RUNTIME_OPTIONS, check_uri, is_lite_uri, resolve_options
 from index.persist import save_manifest
 from index.storage import Journal, LoadedGallery, Storage, TimeWindow

@@ -41,13 +41,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xmreid.atomic import atomic_write_bytes, fsync_dir, fsync_file
-
 from index.errors import CorruptGalleryError, GalleryError, StaleGalleryError
 from index.integrity import sha256_file, verify_files
 from index.locking import LOCK_FILE, DirectoryLock, acquire_directory
-from index.manifest import (DATA_FILES, FORMAT, FORMAT_VERSION, INDEX_FILE, MANIFEST, METADATA_FILE,
-                            read_manifest)
+from index.manifest import DATA_FILES, FORMAT, FORMAT_VERSION, INDEX_FILE, MANIFEST, METADATA_FILE, read_manifest
+from xmreid.atomic import atomic_write_bytes, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def repair(directory: Path) -> Report:
             actions = []
             metadata = data_dir(directory, manifest) / METADATA_FILE
             if integrity_problems(metadata):
-                gallery._store.reindex()  # noqa: SLF001 - the in-memory copy inherited the broken index pages
+                gallery._store.reindex()
                 actions.append("rebuilt the SQLite indexes")
             if manifest.get("checksums") is None:
                 actions.append("added checksums")

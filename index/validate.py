@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pathlib import Path
 
 from index.errors import CorruptGalleryError, GalleryError
 from index.rows import to_timestamp

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from export.artifact import (METADATA_KEYS, RUNTIME_KEYS, ArtifactMetadata, read_metadata, sidecar_path,
-                             typed_metadata)
+from export.artifact import METADATA_KEYS, RUNTIME_KEYS, ArtifactMetadata, read_metadata, sidecar_path, typed_metadata
 from xmreid.errors import UserError
 
 _REPO = Path(__file__).resolve().parents[2]

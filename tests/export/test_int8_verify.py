@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from export.__main__ import main as export_cli
-from xmreid.errors import UserError
 from export.int8_verify import COMBINATIONS, cosine_stats, verify_int8
+from xmreid.errors import UserError
 
 
 def test_verify_int8_cli_reports_cosine_and_retrieval(tiny_onnx: Path, tiny_int8: Path, sysu_root: Path,
@@ -59,8 +59,8 @@ def test_a_loss_above_the_threshold_fails_with_exit_1(tiny_onnx: Path, tiny_int8
 
 def test_the_reference_must_be_the_parent(tiny_int8: Path, tiny_checkpoint: Path, sysu_root: Path,
                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from export.onnx_export import export_model
     from export.models import model_from_checkpoint
+    from export.onnx_export import export_model
 
     other = export_model(model_from_checkpoint(tiny_checkpoint), tmp_path / "other.onnx", exporter="torchscript")
     with pytest.raises(UserError, match="is not the model model.int8.onnx was quantized from"):

@@ -19,13 +19,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from xmreid import atomic as _io
 from export.__main__ import main as export_cli
-from xmreid.errors import UserError
 from export.artifact import METADATA_KEYS, config_digest, metadata_from_proto, read_metadata
 from export.models import random_model
 from export.onnx_export import export_model, export_onnx
 from training.model import load_checkpoint
+from xmreid import atomic as _io
+from xmreid.errors import UserError
 
 MIN_COSINE = 0.9999
 

@@ -11,12 +11,12 @@ import onnx
 import pytest
 
 from export.__main__ import main as export_cli
-from export.calibration import MIN_CALIBRATION_IMAGES, CalibrationReader, select_calibration_images
-from xmreid.errors import UserError
 from export.artifact import METADATA_KEYS, read_metadata
+from export.calibration import MIN_CALIBRATION_IMAGES, CalibrationReader, select_calibration_images
 from export.ort import create_session
 from export.parity import image_batch
 from export.quantize import is_quantized, quantization_settings, quantize_onnx
+from xmreid.errors import UserError
 
 
 def _sha256(path: Path) -> str:

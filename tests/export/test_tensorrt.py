@@ -12,8 +12,7 @@ import torch
 from export import tensorrt_build
 from export.__main__ import main as export_cli
 from export.artifact import read_metadata
-from export.tensorrt_build import (build_engine, sidecar_path, tensorrt_unavailable_reason, verify_engine,
-                                   write_sidecar)
+from export.tensorrt_build import build_engine, sidecar_path, tensorrt_unavailable_reason, verify_engine, write_sidecar
 
 _REASON = tensorrt_unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(_REASON is not None, reason=f"needs TensorRT and a CUDA GPU: {_REASON}")
@@ -153,8 +152,8 @@ def test_fp16_engine_and_rank1_change(tiny_onnx: Path, sysu_root: Path, tmp_path
 def test_engine_rejects_batches_outside_its_profile(tiny_onnx: Path, tmp_path: Path) -> None:
     import numpy as np
 
-    from xmreid.errors import UserError
     from export.tensorrt_runtime import TensorRTRunner
+    from xmreid.errors import UserError
 
     plan = build_engine(tiny_onnx, tmp_path / "model.plan", min_batch=1, opt_batch=2, max_batch=2)
     runner = TensorRTRunner(plan)
@@ -165,8 +164,8 @@ def test_engine_rejects_batches_outside_its_profile(tiny_onnx: Path, tmp_path: P
 
 def test_precision_plan_int8_is_explicit_quantization() -> None:
     """Stand-ins for argument handling only: no INT8 engine has been built here (no GPU, no TensorRT)."""
-    from xmreid.errors import UserError
     from export.tensorrt_build import precision_plan
+    from xmreid.errors import UserError
 
     trt11 = _fake_trt("11.4.0.106", ("TF32", "REFIT"), ("STRONGLY_TYPED",))  # no INT8 flag, no calibrators
     assert precision_plan(trt11, fp16=False, tf32=False, int8=True) == {

@@ -13,9 +13,9 @@ import onnx
 import pytest
 
 from export.__main__ import main as export_cli
-from xmreid.errors import UserError
 from export.artifact import read_metadata
 from export.triton import write_repository
+from xmreid.errors import UserError
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([^\s{}\[\]:,"#]+))')
 

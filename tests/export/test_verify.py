@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from export.__main__ import main as export_cli
-from xmreid.errors import UserError
 from export.models import model_from_checkpoint, random_model
 from export.onnx_export import export_model
 from export.ort import create_session
 from export.parity import compare, image_batch
 from export.retrieval_check import rank1_change
 from export.verify import verify_onnx
+from xmreid.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ gives each gallery its own collection.
 
 from __future__ import annotations
 
-import os
-
 import builtins
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -265,10 +264,9 @@ def test_a_store_that_commits_itself_has_nothing_to_undo_or_replay(make: Factory
     """FAISS keeps changes in memory until a save (undone if it fails); Milvus commits each one at once."""
     x, _ = clustered(6, DIM, seed=12, n_queries=1)
     gallery = make("flat")
-    with pytest.raises(RuntimeError, match="the save failed"):
-        with gallery.transaction():
-            gallery.add(x[:2], _meta(2))
-            raise RuntimeError("the save failed")
+    with pytest.raises(RuntimeError, match="the save failed"), gallery.transaction():
+        gallery.add(x[:2], _meta(2))
+        raise RuntimeError("the save failed")
     if backend == "faiss":
         assert len(gallery) == 0 and gallery.unsaved_changes == 0
         first = gallery.add(x[2:4], _meta(2), idempotency_key="k", request_digest="d")

@@ -28,7 +28,7 @@ def test_concurrent_search_add_remove(kind: str, tmp_path) -> None:
         def run() -> None:
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - reported by the test
+            except BaseException as exc:
                 errors.append(exc)
         return run
 

@@ -101,11 +101,10 @@ def test_an_undone_removal_puts_back_the_same_items(kind: str, tmp_path: Path) -
     gallery = Gallery.load(template)
     probe = x[:40]
     before = _state(gallery, probe)
-    with pytest.raises(RuntimeError, match="boom"):
-        with gallery.transaction():
-            gallery.remove([0, 5, 17, 249])
-            assert 5 not in gallery
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), gallery.transaction():
+        gallery.remove([0, 5, 17, 249])
+        assert 5 not in gallery
+        raise RuntimeError("boom")
     ids, rows, found = _state(gallery, probe)
     assert (ids, rows) == before[:2]
     agree = np.mean(np.asarray(found) == np.asarray(before[2]))
@@ -116,10 +115,9 @@ def test_an_undone_removal_puts_back_the_same_items(kind: str, tmp_path: Path) -
 def test_an_undone_add_leaves_no_trace_and_no_reused_id_is_hidden(kind: str, tmp_path: Path) -> None:
     template, x = _template(tmp_path, kind)
     gallery = Gallery.load(template)
-    with pytest.raises(RuntimeError):
-        with gallery.transaction():
-            gallery.add(x[250:255], [{"camera": 1}] * 5)
-            raise RuntimeError("save failed")
+    with pytest.raises(RuntimeError), gallery.transaction():
+        gallery.add(x[250:255], [{"camera": 1}] * 5)
+        raise RuntimeError("save failed")
     assert len(gallery) == 250 and gallery.unsaved_changes == 0
     new = gallery.add(x[250:251], [{"camera": 3}])
     # HNSW keeps removed vectors behind tombstones, so the undone ids are not handed out again.
@@ -142,9 +140,8 @@ def test_idempotency_keys_replay_and_are_saved_with_their_items(tmp_path: Path) 
     assert reloaded.add(x[250:252], [{"camera": 1}] * 2, idempotency_key="k1",
                         request_digest="d1").tolist() == first.tolist()
     # An add whose save failed forgets its key: the retry adds for real.
-    with pytest.raises(OSError):
-        with reloaded.transaction():
-            reloaded.add(x[253:254], [{"camera": 1}], idempotency_key="k2", request_digest="d2")
-            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError), reloaded.transaction():
+        reloaded.add(x[253:254], [{"camera": 1}], idempotency_key="k2", request_digest="d2")
+        raise OSError(errno.ENOSPC, "No space left on device")
     assert reloaded.find_request("k2") is None and len(reloaded) == 252
     assert len(reloaded.add(x[253:254], [{"camera": 1}], idempotency_key="k2", request_digest="d2")) == 1

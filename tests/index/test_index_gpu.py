@@ -21,7 +21,7 @@ needs_gpu = pytest.mark.skipif(gpu.gpu_count() == 0,
                                reason="needs faiss-gpu and a CUDA GPU (faiss.get_num_gpus() == 0 here)")
 
 
-@pytest.fixture()
+@pytest.fixture
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     """Pretend FAISS has one GPU; the test supplies ``index_cpu_to_gpu``."""
     monkeypatch.setattr(gpu, "gpu_count", lambda: 1)

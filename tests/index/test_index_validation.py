@@ -8,7 +8,7 @@ import pytest
 from index import Gallery, GalleryError, UnknownIdsError
 
 
-@pytest.fixture()
+@pytest.fixture
 def gallery() -> Gallery:
     g = Gallery.create(4, fingerprint="fp")
     g.add(np.eye(4), [{"camera": c} for c in (1, 1, 2, 2)])
