@@ -8,9 +8,16 @@
 # Base: the official Python image on Debian 12, the same Python minor (3.11) as the CPU side (CI, `make test`),
 # so the image gets the same wheels the project is tested with. The CUDA 12 user-space libraries (runtime,
 # cuBLAS, cuFFT, cuRAND, NVRTC, cuDNN 9) come from NVIDIA's pip wheels pinned through requirements-gpu.txt,
-# TensorRT's from its own wheels; only the driver comes from the host (NVIDIA Container Toolkit, driver
+# all on the public registry; only the driver comes from the host (NVIDIA Container Toolkit, driver
 # >= 525.60.13, 570+ recommended). tests/deploy/test_gpu_stack.py checks that this file, the pins and the
-# CPU side agree (`make docker-check`); no Docker engine is needed for that.
+# CPU side agree, and that the pins resolve to wheels from the public registry alone (`make docker-check`);
+# no Docker engine is needed for that.
+#
+# TensorRT is opt-in: its libraries come only from NVIDIA's index (see requirements-gpu.txt), so
+#   docker build --build-arg TENSORRT=1 -t xmreid-serve .
+# needs that index reachable, and adds TensorRT at the version of the tensorrt-cu12-bindings pin. Without it
+# the image serves model.onnx on the GPU through ONNX Runtime's CUDA provider, and builds from a mirror of the
+# public registry alone.
 FROM python:3.11-slim-bookworm
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -28,8 +35,13 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 COPY requirements-serve.txt requirements-gpu.txt ./
+ARG TENSORRT=0
 RUN pip install --upgrade pip \
- && pip install -r requirements-gpu.txt -r requirements-serve.txt
+ && pip install -r requirements-gpu.txt -r requirements-serve.txt \
+ && if [ "$TENSORRT" = 1 ]; then \
+      trt=$(sed -n 's/^tensorrt-cu12-bindings==\([0-9.]*\).*/\1/p' requirements-gpu.txt) \
+      && pip install --extra-index-url https://pypi.nvidia.com "tensorrt-cu12-libs==$trt" "tensorrt-cu12==$trt"; \
+    fi
 
 COPY pyproject.toml README.md ./
 COPY xmreid ./xmreid

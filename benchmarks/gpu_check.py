@@ -1,28 +1,23 @@
 """``python -m benchmarks.gpu_check`` (``make gpu-check``): does the GPU path work on this machine?
 
 One command for a bare NVIDIA machine that may have no package registry and only a preinstalled CUDA
-PyTorch. Each check runs on its own and reports ``passed``, ``failed: why`` or ``skipped: why``; a
-missing library or GPU is a skip with its reason, never a crash, so on a CPU-only machine the
-command prints one line per check and exits 0. It exits 1 only when a check that could run failed.
+PyTorch. Each check reports ``passed``, ``failed: why`` or ``skipped: why``. A check first looks for
+the packages it imports (:data:`NEEDS`) and, when some are missing, skips naming all of them by their
+pip names; a missing GPU is a skip too, never a crash. On a CPU-only machine the command prints one
+line per check and exits 0; it exits 1 only when a check that could run failed. ``docs/gpu.md`` lists
+each check's packages with their wheel sizes. Checks (budget: a few minutes on an H100/H200):
 
-Checks (budget: a few minutes on an H100/H200):
-
-* ``train_step``: the paper's DFE (ResNet-50, 384x128, 6 x 256) trained for 50 steps on CUDA with
-  mixed precision on synthetic data — every loss finite, the mean of the last 10 below the first 10.
-* ``torch_embedder``: the torch embedder on CUDA in fp32 and under fp16 / bf16 autocast against the
-  CPU ONNX Runtime output of the same weights, per batch size (cosine >= 0.9999 fp32, >= 0.999
-  fp16/bf16), with images/s at batch 1, 8, 64.
-* ``onnxruntime_cuda``: the CUDA execution provider (when ``onnxruntime-gpu`` is installed) against
-  the CPU provider, with images/s.
-* ``tensorrt``: fp32 and fp16 engines built by ``export.tensorrt_build`` and verified against ONNX
-  Runtime (when ``tensorrt`` imports), with images/s; then an INT8 engine from the QDQ model that
-  ``export.quantize`` writes for TensorRT (calibrated on a small synthetic SYSU tree), checked against
-  ONNX Runtime running that same QDQ model (cosine >= 0.99), with its cosine against fp32 and images/s.
-* ``faiss_gpu``: exact and IVF search on the GPU against the CPU result (when faiss has GPUs; a wheel
-  without kernels for this card, "no kernel image is available", is reported as such), and exact
-  search ms/query at 1M x 1536 on GPU vs CPU.
-* ``search_http``: ``/search`` p50 over loopback with the GPU-backed server (needs the serving
-  packages: fastapi, uvicorn, faiss).
+* ``train_step``: the paper's DFE (ResNet-50, 384x128, 6 x 256), 50 mixed-precision steps on CUDA on
+  synthetic data: every loss finite, the mean of the last 10 below the first 10.
+* ``torch_embedder``: torch on CUDA in fp32 and fp16 / bf16 autocast against CPU ONNX Runtime on the
+  same weights, per batch size (cosine >= 0.9999 fp32, >= 0.999 fp16/bf16), images/s at batch 1, 8, 64.
+* ``onnxruntime_cuda``: ONNX Runtime's CUDA provider against the CPU provider, with images/s.
+* ``tensorrt``: fp32 and fp16 engines from ``export.tensorrt_build`` against ONNX Runtime, with
+  images/s; then an INT8 engine from ``export.quantize``'s TensorRT QDQ model (calibrated on a small
+  synthetic SYSU tree) against ONNX Runtime running that QDQ model (cosine >= 0.99), and vs fp32.
+* ``faiss_gpu``: exact and IVF search on the GPU against the CPU (a wheel without kernels for this card,
+  "no kernel image is available", is reported as such), exact search ms/query at 1M x 1536 GPU vs CPU.
+* ``search_http``: ``/search`` p50 over loopback with the GPU-backed server.
 
 Results go to ``benchmarks/results/gpu_check.{json,md}`` (``--out`` to change) with the machine, the
 driver, the library versions and the date.
@@ -41,15 +36,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks import _machine
 from export.tensorrt_build import FP16_MIN_COSINE as LOW_MIN_COSINE
 from export.tensorrt_build import FP32_MIN_COSINE
 
+try:
+    import numpy as np
+except ImportError:  # a bare machine: every check names numpy among the packages it needs, and skips
+    np = None
+
 BATCHES = (1, 8, 64)
 TRAIN_STEPS = 50
 SEARCH_N, SEARCH_DIM = 1_000_000, 1536
+OWN_PACKAGES = frozenset({"benchmarks", "export", "index", "serving", "training", "xmreid"})  # missing: broken
+
+#: The pip package of each module a check imports beyond the standard library and this checkout.
+PACKAGES = {"torch": "torch (a CUDA build)", "torchvision": "torchvision", "numpy": "numpy", "onnx": "onnx",
+            "onnxscript": "onnxscript", "onnxruntime": "onnxruntime-gpu", "cv2": "opencv-python-headless",
+            "tqdm": "tqdm", "onnxconverter_common": "onnxconverter-common",
+            "tensorrt": "tensorrt-cu12 (NVIDIA's index)", "faiss": "faiss-gpu", "fastapi": "fastapi",
+            "uvicorn": "uvicorn", "multipart": "python-multipart", "pydantic_settings": "pydantic-settings",
+            "prometheus_client": "prometheus-client", "orjson": "orjson", "yaml": "pyyaml", "httpx": "httpx",
+            "fastapi_offline": "fastapi-offline"}
+_MODEL, _ONNX = ("torch", "torchvision", "numpy"), ("onnx", "onnxscript", "onnxruntime")
+#: The modules each check imports (the model is exported to ONNX with torch wherever ONNX is used).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "train_step": (*_MODEL, "cv2", "tqdm"),
+    "torch_embedder": (*_MODEL, *_ONNX),
+    "onnxruntime_cuda": (*_MODEL, *_ONNX),
+    "tensorrt": (*_MODEL, *_ONNX, "cv2", "tqdm", "onnxconverter_common", "tensorrt"),
+    "faiss_gpu": ("numpy", "faiss"),
+    "search_http": (*_MODEL, *_ONNX, "cv2", "faiss", "fastapi", "uvicorn", "multipart", "pydantic_settings",
+                    "prometheus_client", "orjson", "yaml", "fastapi_offline", "httpx"),
+}
+#: Library versions the results record: the defaults plus TensorRT's split packages and the CUDA wheels.
+LIBRARIES = (*_machine.DEFAULT_LIBRARIES, "onnx", "onnxscript", "tensorrt-cu12", "tensorrt-cu12-libs",
+             "tensorrt-cu12-bindings", "cuda-python", "nvidia-cudnn-cu12", "nvidia-cublas-cu12")
 
 
 class Skip(Exception):
@@ -65,8 +87,7 @@ class Result:
     seconds: float = 0.0
 
     def line(self) -> str:
-        head = f"{self.name:<17} {self.status}"
-        return head + (f": {self.reason}" if self.reason else "")
+        return f"{self.name:<17} {self.status}" + (f": {self.reason}" if self.reason else "")
 
 
 @dataclass
@@ -88,8 +109,6 @@ class Context:
     cache: dict[str, Any] = field(default_factory=dict)
 
     def torch_cuda(self) -> Any:
-        if importlib.util.find_spec("torch") is None:
-            raise Skip("torch is not installed")
         import torch
 
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -97,10 +116,8 @@ class Context:
         return torch
 
     def sync(self) -> None:
-        import torch
-
         if self.device == "cuda":
-            torch.cuda.synchronize()
+            self.torch_cuda().cuda.synchronize()
 
     def model_and_onnx(self) -> tuple[Any, Path]:
         """The paper's DFE with random weights (trained weights time and compare the same) and its ONNX."""
@@ -162,6 +179,13 @@ def _parity_rows(run: Callable[[np.ndarray], np.ndarray], ctx: Context, threshol
 
 
 # ------------------------------------------------------------------------------------------ the checks
+
+
+def missing_packages(check: str) -> None:
+    """Skip ``check`` when any package it imports is missing, naming every missing one by its pip name."""
+    missing = [PACKAGES[module] for module in NEEDS[check] if importlib.util.find_spec(module) is None]
+    if missing:
+        raise Skip(f"needs {', '.join(missing)}, not installed here")
 
 
 def check_train_step(ctx: Context) -> dict:
@@ -232,8 +256,6 @@ def check_torch_embedder(ctx: Context) -> dict:
 
 
 def check_onnxruntime_cuda(ctx: Context) -> dict:
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise Skip("onnxruntime is not installed")
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -277,12 +299,9 @@ def check_tensorrt(ctx: Context) -> dict:
 
 def _tensorrt_int8(ctx: Context, build_engine: Callable[..., Path], runner_cls: Callable[[Path], Any],
                    ) -> tuple[dict, bool]:
-    """INT8 engine from the TensorRT-target QDQ model: parity with ORT running that model, cosine vs fp32.
-
-    The QDQ model is the reference because it holds the same quantized arithmetic; the cosine against the
-    fp32 model is reported, not gated (random weights say nothing about INT8 accuracy on a trained model;
-    ``python -m export verify`` measures that on a trained one).
-    """
+    """INT8 engine from the TensorRT-target QDQ model: parity with ORT running that model (the same quantized
+    arithmetic), and its cosine vs fp32, reported, not gated (random weights say nothing about INT8 accuracy;
+    ``python -m export verify`` measures that on a trained model)."""
     import onnxruntime as ort
 
     from export.quantize import quantize_onnx
@@ -314,8 +333,6 @@ def _tensorrt_int8(ctx: Context, build_engine: Callable[..., Path], runner_cls: 
 
 
 def check_faiss_gpu(ctx: Context) -> dict:
-    if importlib.util.find_spec("faiss") is None:
-        raise Skip("faiss is not installed")
     import faiss
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
@@ -362,14 +379,11 @@ def check_faiss_gpu(ctx: Context) -> dict:
     ok = exact_same >= 0.99 and float(np.abs(d_gpu - d_cpu).max()) < 1e-3 and ivf_same >= 0.95
     return {"passed": ok, "reason": "" if ok else f"GPU and CPU results differ (exact ids {exact_same:.3f}, "
             f"IVF ids {ivf_same:.3f})", "exact_id_agreement": exact_same, "ivf_id_agreement": ivf_same,
-            "max_score_diff": float(np.abs(d_gpu - d_cpu).max()), **timings}
+            "max_score_diff": float(np.abs(d_gpu - d_cpu).max()), **out, **timings}
 
 
 def check_search_http(ctx: Context) -> dict:
     ctx.torch_cuda()
-    for module in ("fastapi", "uvicorn", "faiss", "httpx", "multipart"):
-        if importlib.util.find_spec(module) is None:
-            raise Skip(f"{module} is not installed (the serving packages: requirements-serve.txt)")
     import httpx
 
     from benchmarks._server import ServerProcess
@@ -411,10 +425,8 @@ def check_search_http(ctx: Context) -> dict:
 
 
 CHECKS: dict[str, Callable[[Context], dict]] = {
-    "train_step": check_train_step, "torch_embedder": check_torch_embedder,
-    "onnxruntime_cuda": check_onnxruntime_cuda, "tensorrt": check_tensorrt, "faiss_gpu": check_faiss_gpu,
-    "search_http": check_search_http,
-}
+    "train_step": check_train_step, "torch_embedder": check_torch_embedder, "onnxruntime_cuda": check_onnxruntime_cuda,
+    "tensorrt": check_tensorrt, "faiss_gpu": check_faiss_gpu, "search_http": check_search_http}
 
 
 def run_checks(names: list[str], ctx: Context) -> list[Result]:
@@ -422,16 +434,20 @@ def run_checks(names: list[str], ctx: Context) -> list[Result]:
     for name in names:
         result, start = Result(name), time.perf_counter()
         try:
+            missing_packages(name)
             details = CHECKS[name](ctx)
             result.status = "passed" if details.pop("passed") else "failed"
             result.reason = details.pop("reason", "")
             result.details = details
         except Skip as exc:
             result.status, result.reason = "skipped", str(exc)
-        except Exception as exc:  # a check that could run and broke: report it, go on with the others
-            result.status = "failed"
-            result.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            result.details = {"traceback": traceback.format_exc(limit=5)}
+        except Exception as exc:  # a check that could run and broke
+            if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] not in OWN_PACKAGES:
+                result.status, result.reason = "skipped", f"needs the {exc.name} module, not installed here"
+            else:  # report it with its traceback and go on with the other checks
+                result.status = "failed"
+                result.reason = f"{type(exc).__name__}: {(str(exc).strip() or ' ').splitlines()[0]}".strip()
+                result.details = {"traceback": traceback.format_exc(limit=5)}
         result.seconds = round(time.perf_counter() - start, 1)
         print(result.line(), flush=True)
         results.append(result)
@@ -475,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_checks(names, ctx)
     if args.out and not args.simulate_on_cpu:
         payload = {"checks": [r.__dict__ for r in results]}
-        _machine.write_results(args.out, payload, _markdown(results))
+        _machine.write_results(args.out, payload, _markdown(results), machine=_machine.describe_machine(LIBRARIES))
     failed = [r.name for r in results if r.status == "failed"]
     return 1 if failed else 0
 
