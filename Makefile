@@ -37,7 +37,7 @@ help:
 	@echo "make train-reference - the reference run (~30 min): 376 training people, 9600 steps"
 	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE x 3 seeds on the SYSU and RegDB layouts (~1.5 h; ABLATION_STEPS=150: ~2.5 h)"
 	@echo "make gpu-check    - check the GPU path on this machine (skips what cannot run, with reasons)"
-	@echo "make docker-check - requirements-gpu.txt resolves to one CUDA major; the Dockerfile agrees with it"
+	@echo "make docker-check - requirements-gpu.txt resolves binary-only from the package registry to one CUDA major; the Dockerfile agrees"
 	@echo "make triton-server - unpack nvidia-pytriton's tritonserver into .triton/ (the Triton tests use it)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -135,7 +135,7 @@ bench: $(GALLERY)/manifest.json
 	$(PY) -m benchmarks.trivial_matcher
 
 # On a bare GPU machine with a preinstalled CUDA PyTorch and no registry: `python -m benchmarks.gpu_check`
-# straight from a checkout works too (it needs numpy, torch, onnx, onnxruntime; the rest is optional).
+# straight from a checkout; each check skips naming the packages it lacks (docs/gpu.md lists them with sizes).
 gpu-check: $(STAMP)
 	$(PY) -m benchmarks.gpu_check
 

@@ -334,8 +334,7 @@ def tensorrt_unavailable_reason(*, runtime: bool = True,
     try:
         import tensorrt as trt
     except ImportError:
-        return ("TensorRT is not installed here (pip install -r requirements-gpu.txt on a machine with an NVIDIA "
-                "GPU)")
+        return "TensorRT is not installed here (it comes from NVIDIA's package index: see docs/gpu.md)"
     version = str(getattr(trt, "__version__", "0"))
     if int(version.split(".")[0]) < 10:
         return f"TensorRT {version} is too old (10.x or 11.x is supported)"
