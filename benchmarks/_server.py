@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from serving.crawl import IMAGE_SUFFIXES
+from serving.indexing.crawl import IMAGE_SUFFIXES
 from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.search import check_query, search_answer
 from serving.api.uploads import IMAGE_CONTENT_TYPES
-from serving.core.errors import ApiError
-from serving.deps import get_runtime
+from serving.api.errors import ApiError
+from serving.api.deps import get_runtime
 
 logger = logging.getLogger(__name__)
 

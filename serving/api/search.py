@@ -19,12 +19,12 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from serving import ranking
+from serving.runtime import ranking
 from serving.api.uploads import decode_uploads, raise_first_failure, read_uploads
-from serving.core.errors import ApiError
-from serving.deps import RuntimeDep
-from serving.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
-from serving.state import Runtime
+from serving.api.errors import ApiError
+from serving.api.deps import RuntimeDep
+from serving.api.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
+from serving.runtime.state import Runtime
 
 router = APIRouter(tags=["search"])
 
@@ -203,7 +203,7 @@ async def search_answer(runtime: Runtime, data: bytes, top_k: int, cameras: list
 def answer_bytes(hits: list[dict[str, Any]], timings: dict[str, float], model: dict[str, Any]) -> bytes:
     """The ``SearchResponse`` JSON of one search, written by orjson from the hits as the gallery gave them.
 
-    The gallery's hits already are ``SearchHit``-shaped dicts of JSON types (:func:`serving.durable.hit_dict`;
+    The gallery's hits already are ``SearchHit``-shaped dicts of JSON types (:func:`serving.runtime.durable.hit_dict`;
     scores are checked finite by ``index.validate.check_scores``), so they are written as they are: 1.4 us per
     search instead of the 24 us of copying each hit (:func:`hit_body`) and ``json.dumps`` (issue 19). A value
     orjson does not write (e.g. a numpy scalar from another metadata store) takes the checked route instead.

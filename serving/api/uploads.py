@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from fastapi import UploadFile
 
-from serving.core.errors import ApiError
-from serving.imageio import ImageDecodeError
-from serving.state import Runtime
+from serving.api.errors import ApiError
+from serving.core.imageio import ImageDecodeError
+from serving.runtime.state import Runtime
 
 #: Content types accepted for an image part. ``application/octet-stream`` (what clients send when they do
 #: not know) and a missing type are accepted too: the decoder recognises the format from its bytes anyway.

@@ -79,7 +79,7 @@ class Embedder(abc.ABC):
 
         Args:
             images: uint8 ``[B, H, W, 3]`` RGB, already resized to ``(height, width)`` (what
-                :func:`serving.imageio.decode_image` returns, stacked). ``B`` may be 0.
+                :func:`serving.core.imageio.decode_image` returns, stacked). ``B`` may be 0.
 
         Returns:
             float32 ``[B, dim]``, not L2-normalised.

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of ``serving.imageio.decode_image`` with random and mutated JPEG/PNG/BMP bytes.
+"""Hypothesis fuzzing of ``serving.core.imageio.decode_image`` with random and mutated JPEG/PNG/BMP bytes.
 
 The contract under test (docs/contracts.md, "Embedders"): whatever the bytes, ``decode_image`` either
 returns ``uint8 [H, W, 3]`` or raises ``ImageDecodeError`` with an HTTP-ready 4xx status. Anything else
@@ -87,7 +87,7 @@ def check(data: bytes, limits) -> str:
     """Decode ``data``; return the outcome label, or raise AssertionError when the contract is broken."""
     import numpy as np
 
-    from serving.imageio import ImageDecodeError, decode_image
+    from serving.core.imageio import ImageDecodeError, decode_image
 
     try:
         out = decode_image(data, HEIGHT, WIDTH, limits)
@@ -106,7 +106,7 @@ def campaign(examples: dict[str, int]) -> dict:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from serving.imageio import DEFAULT_LIMITS
+    from serving.core.imageio import DEFAULT_LIMITS
 
     seeds = _seeds()
     names = sorted(seeds)

@@ -1,4 +1,4 @@
-"""serving.imageio: formats, channel/depth conversion, parity with training's read_image, and refusals."""
+"""serving.core.imageio: formats, channel/depth conversion, parity with training's read_image, and refusals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.imageio import (DecodeLimits, ImageDecodeError, decode_image, decode_image_file, inspect_image,
+from serving.core.imageio import (DecodeLimits, ImageDecodeError, decode_image, decode_image_file, inspect_image,
                              sniff_format)
 
 H, W = 48, 24  # model input size used throughout (not the stored size, so every test also resizes)

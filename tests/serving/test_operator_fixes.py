@@ -121,7 +121,7 @@ def test_opencv_backstop_refuses_what_the_header_check_let_through() -> None:
     code = """
 import os, sys
 os.environ["XMREID_MAX_PIXELS"] = "400"
-from serving.imageio import DecodeLimits, ImageDecodeError, decode_image
+from serving.core.imageio import DecodeLimits, ImageDecodeError, decode_image
 import cv2, numpy as np
 assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == "400", os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"]
 ok, png = cv2.imencode(".png", np.zeros((30, 30, 3), np.uint8))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.api.search import hit_body, json_bytes
-from serving.schemas import SearchHit
+from serving.api.schemas import SearchHit
 
 
 @pytest.mark.parametrize("hit", [
@@ -32,7 +32,7 @@ def test_json_bytes_are_compact_utf8_json() -> None:
 
 
 def _gallery_hits() -> list[dict]:
-    from serving.durable import hit_dict
+    from serving.runtime.durable import hit_dict
 
     items = [{"camera": 1, "person_label": 12, "source": "cam1/0012/0001.jpg", "track_id": None, "extra": {}},
              {"camera": 4, "person_label": "p-9", "source": None, "track_id": 3, "timestamp": 1.5}]

@@ -16,10 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.batching import BatcherClosed, BatcherOverloaded
-from serving.durable import ChangeNotSaved, ChangeRefused, GalleryDamaged
+from serving.runtime.batching import BatcherClosed, BatcherOverloaded
+from serving.runtime.durable import ChangeNotSaved, ChangeRefused, GalleryDamaged
 from serving.embedders.base import ModelUnavailable
-from serving.imageio import ImageDecodeError
+from serving.core.imageio import ImageDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _request_id(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``.
 
-    Unexpected exceptions are not handled here but by :class:`serving.core.middleware.RequestContext`,
+    Unexpected exceptions are not handled here but by :class:`serving.api.middleware.RequestContext`,
     which knows the request id and can log it with the traceback.
     """
     app.add_exception_handler(StarletteHTTPException, _http_exception)  # type: ignore[arg-type]

@@ -1,8 +1,8 @@
 """What a search does after the model: fuse a track, rank the gallery, group the ranking, re-rank it.
 
 The plain ``POST /search`` (one crop, no grouping, no re-ranking) keeps its own hot path
-(:func:`serving.state.Runtime.search_image`); everything else lands here, in a worker thread, under one
-shared hold of the gallery (:meth:`serving.durable.DurableGallery.reading`).
+(:func:`serving.runtime.state.Runtime.search_image`); everything else lands here, in a worker thread, under one
+shared hold of the gallery (:meth:`serving.runtime.durable.DurableGallery.reading`).
 
 * **Track queries** (:func:`fuse`): the crops of one person seen by one camera are embedded together and
   fused into one descriptor. ``mean`` averages the L2-normalised descriptors and re-normalises (the usual
@@ -30,7 +30,7 @@ import numpy as np
 from index.grouping import Group, group_ranking, is_singleton, search_groups
 from index.reranking import rerank_neighbourhood
 from index.validate import unit_rows
-from serving.durable import DurableGallery, hit_dict
+from serving.runtime.durable import DurableGallery, hit_dict
 
 FUSIONS: tuple[str, ...] = ("mean", "max")
 #: The largest neighbourhood a query may re-rank: k-reciprocal encoding costs O(N²) memory and time
