@@ -1,14 +1,15 @@
 """One error shape for every answer that is not a success: ``{"error": code, "detail": sentence}``.
 
 Routes raise :class:`ApiError` (an ``HTTPException``, as the FastAPI template does); the layers below raise
-their own domain exceptions (``ImageDecodeError``, ``BatcherOverloaded``, ...), and the handlers here turn
-each into its status and body. FastAPI's own validation errors and Starlette's 404/405 are reshaped too, so
-a client never has to parse two error formats.
+their own domain exceptions (``ImageDecodeError``, ``BatcherOverloaded``, ``ChangeConflict``, ...), and
+:data:`DOMAIN_ANSWERS` is the one table that says which status each becomes. FastAPI's own validation
+errors and Starlette's 404/405 are reshaped too, so a client never has to parse two error formats.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -16,10 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.runtime.batching import BatcherClosed, BatcherOverloaded
-from serving.runtime.durable import ChangeNotSaved, ChangeRefused, GalleryDamaged
+from serving.core.imageio import ImageDecodeError, ImageTooLarge, TooManyPixels, UnsupportedImageFormat
 from serving.embedders.base import ModelUnavailable
-from serving.core.imageio import ImageDecodeError
+from serving.runtime.batching import BatcherClosed, BatcherOverloaded
+from serving.runtime.durable import (ChangeConflict, ChangeInvalid, ChangeNotSaved, GalleryDamaged, GalleryDiverged,
+                                     GalleryNotReady, StorageFull)
 
 logger = logging.getLogger(__name__)
 
@@ -85,39 +87,74 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(422, "validation_error", validation_detail(exc))
 
 
-async def _decode_error(request: Request, exc: ImageDecodeError) -> JSONResponse:
-    return error_response(exc.status_code, exc.error, exc.detail)
+@dataclass(frozen=True)
+class Answer:
+    """How a domain exception is answered.
+
+    Attributes:
+        status: the HTTP status.
+        error: the code, for exceptions that carry none (those that do, ``exc.error``, keep theirs).
+        retry_after: the ``Retry-After`` header, for refusals that pass.
+        request_id: add the request id to the body (server faults, which the log explains).
+    """
+
+    status: int
+    error: str | None = None
+    retry_after: str | None = None
+    request_id: bool = False
 
 
-async def _overloaded(request: Request, exc: BatcherOverloaded) -> JSONResponse:
-    return error_response(503, "overloaded", str(exc), headers={"Retry-After": "1"})
+#: Every domain exception the layers below raise, and its answer; a subclass not listed takes its
+#: nearest listed base's. The one place where domain errors become HTTP status codes.
+DOMAIN_ANSWERS: dict[type[Exception], Answer] = {
+    ImageDecodeError: Answer(400),
+    ImageTooLarge: Answer(413),
+    UnsupportedImageFormat: Answer(415),
+    TooManyPixels: Answer(422),
+    BatcherOverloaded: Answer(503, "overloaded", retry_after="1"),
+    BatcherClosed: Answer(503, "not_ready", retry_after="1"),
+    ModelUnavailable: Answer(503, "model_unavailable", retry_after="1"),
+    GalleryDamaged: Answer(503, "gallery_damaged", retry_after="30"),
+    ChangeConflict: Answer(409),
+    ChangeInvalid: Answer(422),
+    GalleryNotReady: Answer(503, retry_after="1", request_id=True),
+    StorageFull: Answer(507, retry_after="1", request_id=True),
+    GalleryDiverged: Answer(500, request_id=True),
+    ChangeNotSaved: Answer(500, "internal_error", request_id=True),
+}
 
 
-async def _closed(request: Request, exc: BatcherClosed) -> JSONResponse:
-    return error_response(503, "not_ready", str(exc), headers={"Retry-After": "1"})
+def answer_for(exc: BaseException) -> Answer | None:
+    """The :data:`DOMAIN_ANSWERS` entry of ``exc``'s class or its nearest listed base; None for others."""
+    for cls in type(exc).__mro__:
+        found = DOMAIN_ANSWERS.get(cls)  # type: ignore[call-overload]
+        if found is not None:
+            return found
+    return None
 
 
-async def _change_refused(request: Request, exc: ChangeRefused) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status in (503, 507) else None
-    extra = {"request_id": _request_id(request)} if exc.status >= 500 else {}
-    return error_response(exc.status, exc.error, exc.detail, headers=headers, **extra)
+def status_for(exc: BaseException) -> int:
+    """The HTTP status a domain exception is answered with (500 for anything not in the table)."""
+    answer = answer_for(exc)
+    return 500 if answer is None else answer.status
 
 
-async def _change_not_saved(request: Request, exc: ChangeNotSaved) -> JSONResponse:
-    # A 500 that is not a crash: the change was undone. The cause goes to the log under the request id.
-    request_id = _request_id(request)
-    logger.error("%s %s: %s (request_id=%s)", request.method, request.url.path, exc, request_id,
-                 exc_info=exc.__cause__ or exc)
-    return error_response(500, "internal_error", f"{exc}; quote request id {request_id} when reporting it",
-                          request_id=request_id)
-
-
-async def _model_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
-    return error_response(503, "model_unavailable", str(exc), headers={"Retry-After": "1"})
-
-
-async def _damaged(request: Request, exc: GalleryDamaged) -> JSONResponse:
-    return error_response(503, "gallery_damaged", str(exc), headers={"Retry-After": "30"})
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    answer = answer_for(exc)
+    if answer is None:  # registered only for the table's classes; kept total for safety
+        raise exc
+    error = answer.error or str(getattr(exc, "error", "")) or "internal_error"
+    detail = str(getattr(exc, "detail", "") or exc)
+    extra: dict[str, Any] = {}
+    if answer.request_id:
+        extra["request_id"] = request_id = _request_id(request)
+        if isinstance(exc, ChangeNotSaved):
+            # A 500 that is not a crash: the change was undone. The cause goes to the log under the request id.
+            logger.error("%s %s: %s (request_id=%s)", request.method, request.url.path, exc, request_id,
+                         exc_info=exc.__cause__ or exc)
+            detail = f"{exc}; quote request id {request_id} when reporting it"
+    headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
+    return error_response(answer.status, error, detail, headers=headers, **extra)
 
 
 def _request_id(request: Request) -> str:
@@ -132,10 +169,5 @@ def install_error_handlers(app: FastAPI) -> None:
     """
     app.add_exception_handler(StarletteHTTPException, _http_exception)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(ImageDecodeError, _decode_error)  # type: ignore[arg-type]
-    app.add_exception_handler(BatcherOverloaded, _overloaded)  # type: ignore[arg-type]
-    app.add_exception_handler(BatcherClosed, _closed)  # type: ignore[arg-type]
-    app.add_exception_handler(ChangeRefused, _change_refused)  # type: ignore[arg-type]
-    app.add_exception_handler(ChangeNotSaved, _change_not_saved)  # type: ignore[arg-type]
-    app.add_exception_handler(GalleryDamaged, _damaged)  # type: ignore[arg-type]
-    app.add_exception_handler(ModelUnavailable, _model_unavailable)  # type: ignore[arg-type]
+    for cls in DOMAIN_ANSWERS:
+        app.add_exception_handler(cls, _domain_error)

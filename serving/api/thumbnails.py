@@ -38,7 +38,7 @@ from fastapi import Path as PathParam
 
 from serving.api.errors import ApiError
 from serving.api.deps import RuntimeDep
-from serving.core.imageio import DecodeLimits, ImageDecodeError, inspect_image
+from serving.core.imageio import DecodeLimits, ImageDecodeError, TooManyPixels, inspect_image
 from serving.core.paths import SourceNotFoundError, UnsafeSourceError, resolve_source
 from serving.api.schemas import ERROR_DESCRIPTIONS, ErrorBody
 from serving.runtime.state import Runtime
@@ -119,10 +119,10 @@ def make_thumbnail(path: str | Path, size: int, limits: DecodeLimits, quality: i
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     except cv2.error:  # OpenCV's own size backstop (serving.core.opencv_limits): the header under-stated it
-        raise ImageDecodeError(422, "too_many_pixels", f"the {header.format.upper()} image is larger than the "
-                                                       f"{limits.max_pixels} pixels allowed") from None
+        raise TooManyPixels("too_many_pixels", f"the {header.format.upper()} image is larger than the "
+                                                f"{limits.max_pixels} pixels allowed") from None
     if image is None:
-        raise ImageDecodeError(400, "corrupt_image", f"the {header.format.upper()} data could not be decoded")
+        raise ImageDecodeError("corrupt_image", f"the {header.format.upper()} data could not be decoded")
     height, width = image.shape[:2]
     scale = size / max(height, width)
     if scale < 1.0:

@@ -95,7 +95,7 @@ def raise_first_failure(uploads: list[UploadFile], outcomes: list[Any]) -> None:
     for i, (upload, outcome) in enumerate(zip(uploads, outcomes)):
         if isinstance(outcome, ImageDecodeError):
             if many:
-                raise ImageDecodeError(outcome.status_code, outcome.error, _label(i, upload) + outcome.detail)
+                raise outcome.prefixed(_label(i, upload))
             raise outcome
         if isinstance(outcome, BaseException):
             raise outcome

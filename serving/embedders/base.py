@@ -27,10 +27,10 @@ __all__ = ["ArtifactMetadata", "Embedder", "file_sha256"]
 logger = logging.getLogger(__name__)
 
 class ModelUnavailable(RuntimeError):
-    """The model cannot be reached right now (a remote model server is down or restarting): answer 503, retry.
+    """The model cannot be reached right now (a remote model server is down or restarting): retry later.
 
     Raised by embedders whose model runs elsewhere (:mod:`serving.embedders.triton_embedder`); a local model
-    that fails raises anything else, which is a 500 with the request id.
+    that fails raises anything else, which is a server fault.
     """
 
 

@@ -16,7 +16,7 @@ shared hold of the gallery (:meth:`serving.runtime.durable.DurableGallery.readin
   neighbourhood can appear in the answer, so ``rerank_n`` must be at least ``top_k``; with ``group_by``, the
   groups are those of the re-ranked neighbourhood (fewer than ``top_k`` when it holds fewer). It needs the
   gallery's stored vectors, so an approximate index (whose vectors are compressed or not kept) is
-  refused with a 422 rather than re-ranked on approximations (see :func:`check_rerank`).
+  refused rather than re-ranked on approximations (see :func:`check_rerank`).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def fuse(vectors: np.ndarray, method: str = "mean") -> np.ndarray:
 
 
 def check_rerank(gallery: Any) -> str | None:
-    """Why ``gallery`` cannot be re-ranked (a sentence for the 422), or None when it can."""
+    """Why ``gallery`` cannot be re-ranked (one sentence for the client), or None when it can."""
     kind = getattr(gallery, "kind", None)
     if kind not in RERANK_KINDS or not hasattr(gallery, "vectors"):
         return (f"rerank=true needs an exact index ({', '.join(RERANK_KINDS)}) whose stored vectors are the "

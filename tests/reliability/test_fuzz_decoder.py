@@ -87,12 +87,13 @@ def check(data: bytes, limits) -> str:
     """Decode ``data``; return the outcome label, or raise AssertionError when the contract is broken."""
     import numpy as np
 
+    from serving.api.errors import status_for
     from serving.core.imageio import ImageDecodeError, decode_image
 
     try:
         out = decode_image(data, HEIGHT, WIDTH, limits)
     except ImageDecodeError as exc:
-        assert exc.status_code in STATUSES and exc.error in ERRORS, (exc.status_code, exc.error)
+        assert status_for(exc) in STATUSES and exc.error in ERRORS, (status_for(exc), exc.error)
         assert isinstance(exc.detail, str) and exc.detail
         return exc.error
     assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (HEIGHT, WIDTH, 3), \
