@@ -20,7 +20,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Query, UploadFile
 
 from serving.runtime import ranking
-from serving.api.search import Cameras, GroupBy, Rerank, RerankN, TopK, check_options, ranked_answers
+from serving.api.search import (DEFAULT_TOP_K, Cameras, GroupBy, Rerank, RerankN, TopK, check_options,
+                                ranked_answers)
 from serving.api.uploads import decode_uploads
 from serving.api.errors import ApiError
 from serving.api.deps import RuntimeDep
@@ -39,8 +40,9 @@ async def search_track(runtime: RuntimeDep,
                        images: Annotated[list[UploadFile] | None, File(
                            description="the track's crops, all of one person (repeat the `images` field), "
                                        "1..max_track_crops (50 by default)")] = None,
-                       top_k: TopK = 10, camera: Cameras = None, group_by: GroupBy = "none", rerank: Rerank = False,
-                       rerank_n: RerankN = ranking.DEFAULT_RERANK_N, fusion: Fusion = "mean") -> TrackSearchResponse:
+                       top_k: TopK = DEFAULT_TOP_K, camera: Cameras = None, group_by: GroupBy = "none",
+                       rerank: Rerank = False, rerank_n: RerankN = ranking.DEFAULT_RERANK_N,
+                       fusion: Fusion = "mean") -> TrackSearchResponse:
     """Embed every crop, fuse the descriptors into one, and rank the gallery for it (module docstring)."""
     started = time.perf_counter()
     limit = runtime.settings.max_track_crops

@@ -18,6 +18,9 @@ IMAGE_CONTENT_TYPES: frozenset[str] = frozenset({
     "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/bmp", "image/x-bmp", "image/x-ms-bmp",
     "application/octet-stream", "",
 })
+#: Content types of a raw image body (``POST /search`` with the file as the whole body, which must name its
+#: type): the same types, sorted (the OpenAPI document lists exactly these).
+RAW_IMAGE_TYPES: tuple[str, ...] = tuple(sorted(t for t in IMAGE_CONTENT_TYPES if t))
 
 
 def _label(index: int | None, upload: UploadFile) -> str:

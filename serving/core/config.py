@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-#: Embedder backends ``serving.embedders.load_embedder`` accepts (kept in step with BACKENDS there;
-#: repeated here so settings can be validated without importing the embedders package).
+#: Embedder backends: what ``--backend`` and ``serving.embedders.load_embedder`` accept (``triton`` has no local
+#: file). Here, below the embedders, so settings are validated without importing them.
 BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
 LOG_LEVELS: tuple[str, ...] = ("critical", "error", "warning", "info", "debug")
 LogFormat = Literal["text", "json"]

@@ -39,6 +39,7 @@ import numpy as np
 
 from index.manifest import MANIFEST
 from serving.core.config import Settings
+from serving.runtime.hits import hit_dict
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +107,6 @@ class AddResult:
     ids: list[int]
     size: int
     replayed: bool = False
-
-
-def hit_dict(rank: int, gallery_id: int, score: float, item: dict[str, Any]) -> dict[str, Any]:
-    """One search hit as the API answers it (``SearchHit``): rank, id, score and the item's metadata, every
-    field of the model in its order (``rerank_distance`` None until a re-ranking sets it), so that
-    ``POST /search`` can write the dicts as they are (:func:`serving.api.search.search_answer`)."""
-    return {"rank": rank, "gallery_id": gallery_id, "score": score, "camera": item.get("camera"),
-            "person_label": item.get("person_label"), "source": item.get("source"), "track_id": item.get("track_id"),
-            "rerank_distance": None}
 
 
 class DurableGallery:

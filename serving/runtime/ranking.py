@@ -1,6 +1,6 @@
 """What a search does after the model: fuse a track, rank the gallery, group the ranking, re-rank it.
 
-The plain ``POST /search`` (one crop, no grouping, no re-ranking) keeps its own hot path
+A plain search (one crop, no grouping, no re-ranking) keeps its own hot path
 (:func:`serving.runtime.state.Runtime.search_image`); everything else lands here, in a worker thread, under one
 shared hold of the gallery (:meth:`serving.runtime.durable.DurableGallery.reading`).
 
@@ -30,7 +30,8 @@ import numpy as np
 from index.grouping import Group, group_ranking, is_singleton, search_groups
 from index.reranking import rerank_neighbourhood
 from index.validate import unit_rows
-from serving.runtime.durable import DurableGallery, hit_dict
+from serving.runtime.durable import DurableGallery
+from serving.runtime.hits import hit_dict
 
 FUSIONS: tuple[str, ...] = ("mean", "max")
 #: The largest neighbourhood a query may re-rank: k-reciprocal encoding costs O(N²) memory and time
@@ -206,9 +207,9 @@ def _grouped_body(groups: list[Group], group_by: str,
         best = dict(members[0], rank=rank)
         results.append(best)
         single = is_singleton(g.key)
-        body.append({"rank": rank, "key": group_label(g.key, group_by), "score": g.score, "count": g.count,
+        body.append({"rank": rank, "key": group_label(g.key, group_by),  # SearchGroup's fields, in its order
                      "person_label": None if single or group_by != "person" else g.key,
                      "camera": None if single or group_by != "camera_track" else g.key[0],
                      "track_id": None if single or group_by != "camera_track" else g.key[1],
-                     "best": best, "members": members})
+                     "score": g.score, "count": g.count, "best": best, "members": members})
     return results, body
