@@ -100,7 +100,7 @@ def fit_model_stats(model: str | Path, images: str | Path, batch: int = 64, seed
         FileNotFoundError / ValueError: no model file, or fewer than two identities with two crops.
     """
     from serving.embedders import load_embedder
-    from serving.imageio import decode_image_file
+    from serving.core.imageio import decode_image_file
 
     embedder = load_embedder(model)
     by_person: dict[str, list[Path]] = defaultdict(list)

@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 
 from benchmarks._machine import REPO
-from serving.crawl import IMAGE_SUFFIXES
+from serving.indexing.crawl import IMAGE_SUFFIXES
 from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)

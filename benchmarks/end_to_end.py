@@ -73,7 +73,7 @@ class BareStages:
         self.samples: dict[str, list[float]] = {"decode": [], "model": [], "search": []}
 
     def run(self, query: Query) -> None:
-        from serving.imageio import decode_image
+        from serving.core.imageio import decode_image
 
         t0 = time.perf_counter()
         image = decode_image(query.data, self.embedder.height, self.embedder.width)

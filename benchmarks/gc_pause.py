@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from serving.app import create_app
     from serving.core import heap
     from serving.core.config import Settings
-    from serving.state import load_components
+    from serving.runtime.state import load_components
 
     settings = Settings(model=args.model, gallery=args.gallery, read_only=True)  # never takes the writer lock
     embedder, gallery = load_components(settings)

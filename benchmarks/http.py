@@ -60,7 +60,7 @@ def offline_reference(model: Path, queries: Sequence[Query], batch: int, *, roun
     Runtime sizes its pool to them, as it does in the server), i.e. with the same thread count.
     """
     from serving.embedders import load_embedder
-    from serving.imageio import decode_image
+    from serving.core.imageio import decode_image
 
     previous = _proc.pin(cpus) if cpus else None
     try:

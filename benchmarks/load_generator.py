@@ -62,7 +62,7 @@ def serve_canned(port: int) -> None:
     """Run :func:`canned_app` under uvicorn with the serving protocol class (httptools), as ``serve`` does."""
     import uvicorn
 
-    from serving.core.connections import protocol_class
+    from serving.api.connections import protocol_class
 
     uvicorn.run(canned_app, host="127.0.0.1", port=port, log_level="warning", http=protocol_class(5.0, 1000))
 

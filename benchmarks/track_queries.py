@@ -12,7 +12,7 @@ Protocol (SYSU-MM01 all-search, as ``training.protocols`` evaluates it, with the
 * metrics: ``training.evaluation.eval_sysu`` (rank-1 on the ranking reduced to unique identities, which is
   what ``group_by=person`` shows an operator; mAP and mINP on the full ranking), mean and standard deviation
   over the draws;
-* rankings are computed with the server's own functions (``serving.ranking.fuse``,
+* rankings are computed with the server's own functions (``serving.runtime.ranking.fuse``,
   ``index.Gallery.search``, ``index.reranking.rerank_neighbourhood`` on the top ``--rerank-n``), and a
   sample of the same queries is sent to a real ``python -m serving serve`` to time ``/search`` (one crop)
   and ``/search/track`` (several) and to check that its top-10 equals the offline ranking.
@@ -57,7 +57,7 @@ def _images(root: Path, pid: int, cam: int) -> list[Path]:
 
 def embed_paths(embedder: Any, paths: list[Path], batch: int = 32) -> np.ndarray:
     """Descriptors of ``paths``, decoded exactly as the server decodes uploads."""
-    from serving.imageio import decode_image
+    from serving.core.imageio import decode_image
 
     out = []
     for start in range(0, len(paths), batch):
@@ -111,7 +111,7 @@ def draw_tracks(ids: list[int], lengths: list[int], images: dict[tuple[int, int]
 def measure_accuracy(gallery: Any, g_meta: list[dict], q_desc: dict[tuple[int, int], np.ndarray],
                      tracks: list[dict[int, list]], configs: list[dict], rerank_n: int) -> dict[str, dict]:
     """R1 / mAP / mINP of every config, per draw, and their mean and standard deviation."""
-    from serving.ranking import fuse
+    from serving.runtime.ranking import fuse
     from training.evaluation import eval_sysu
 
     column = {int(m["id"]): j for j, m in enumerate(g_meta)}
@@ -144,7 +144,7 @@ def measure_latency(server: ServerProcess, images: dict[tuple[int, int], list[Pa
                     q_desc: dict, warmup: int = 3) -> dict[str, dict]:
     """Client-side latency of ``/search`` (one crop) or ``/search/track`` for each config, sequential requests,
     and whether each answer's top-10 equals the offline ranking of the same query."""
-    from serving.ranking import fuse
+    from serving.runtime.ranking import fuse
 
     column = {int(m["id"]): j for j, m in enumerate(g_meta)}
     ids_by_column = np.array([int(m["id"]) for m in g_meta])
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from index import Gallery
     from serving.embedders import load_embedder
-    from serving.ranking import FUSIONS
+    from serving.runtime.ranking import FUSIONS
     from training.data.synthetic import track_id
 
     lengths = sorted({int(t) for t in args.lengths.split(",") if t.strip()})

@@ -27,7 +27,7 @@ def unit_rows(vectors: Any, min_norm: float = _MIN_NORM) -> np.ndarray:
     """Rows of ``vectors`` scaled to unit L2 norm, float32; rows shorter than ``min_norm`` become zero.
 
     The one L2 normalisation of the project (docs/contracts.md): the gallery (:func:`normalized`, which
-    refuses such rows instead), track fusion and re-ranking in ``serving.ranking``, and training's
+    refuses such rows instead), track fusion and re-ranking in ``serving.runtime.ranking``, and training's
     evaluation (``training.features.l2_normalize``) all use it, so a zero vector means the same everywhere:
     no direction, never NaN.
     """

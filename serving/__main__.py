@@ -16,8 +16,8 @@ from serving.core import logs
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("serving.indexing", "crawl camera folders of RGB crops, embed them and add them to a gallery"),
     "serve": ("serving.server", "run the FastAPI retrieval server"),
-    "gallery": ("serving.gallery_cli", "check, repair, copy or tune a gallery directory (offline)"),
-    "demo-hint": ("serving.demo_hint", "print a ready-to-paste curl that posts an IR crop to /search"),
+    "gallery": ("serving.indexing.gallery_cli", "check, repair, copy or tune a gallery directory (offline)"),
+    "demo-hint": ("serving.indexing.demo_hint", "print a ready-to-paste curl that posts an IR crop to /search"),
 }
 
 

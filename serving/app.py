@@ -16,12 +16,13 @@ from fastapi import FastAPI
 
 from serving.api import api_router, docs, pages, thumbnails
 from serving.api.fast_search import SearchFastPath
+from serving.api.raw_search import RawImageSearch
 from serving.core.config import KIB, Settings, get_settings
-from serving.core.errors import install_error_handlers
-from serving.core.middleware import RequestContext
+from serving.api.errors import install_error_handlers
+from serving.api.middleware import RequestContext
 from xmreid.errors import EXIT_DAMAGED, UserError
-from serving.metrics import Metrics
-from serving.state import Runtime
+from serving.runtime.metrics import Metrics
+from serving.runtime.state import Runtime
 from xmreid.cli import package_version
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     app.state.startup_error = None
     app.state.shutdown_report = {}
     app.state.counters = {"cancelled": 0}
-    # Routes read these through serving.deps.app_settings; no dependency_overrides (see serving/deps.py).
+    # Routes read these through serving.api.deps.app_settings; no dependency_overrides (see serving/api/deps.py).
 
     def body_limit(method: str, path: str) -> int:
         kind = _UPLOAD_ROUTES.get((method, path.rstrip("/") or "/"))
@@ -93,8 +94,9 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
         files = {"single": 1, "track": settings.max_track_crops}.get(kind, settings.max_images_per_request)
         return settings.body_limit(files)
 
-    # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to both.
+    # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to these too.
     app.add_middleware(SearchFastPath, fastapi_app=app)
+    app.add_middleware(RawImageSearch, fastapi_app=app)
     app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit, body_timeout_s=settings.body_timeout_s,
                        counters=app.state.counters)
     install_error_handlers(app)

@@ -109,8 +109,8 @@ def _serve(settings: Settings) -> int:
 
     from serving.app import create_app
     from serving.core import heap, logfilter
-    from serving.core.connections import fit_to_descriptors, protocol_class
-    from serving.state import load_components
+    from serving.api.connections import fit_to_descriptors, protocol_class
+    from serving.runtime.state import load_components
 
     embedder, gallery = load_components(settings)
     app = create_app(settings, embedder=embedder, gallery=gallery)

@@ -1,6 +1,6 @@
 """``/gallery``: add crops, remove items, reload, inspect the gallery. Changes need the API key when one is set.
 
-Every change is on disk when it is acknowledged, or it did not happen (:mod:`serving.durable`): the answers
+Every change is on disk when it is acknowledged, or it did not happen (:mod:`serving.runtime.durable`): the answers
 that refuse one (409, 507, 500) all say that nothing was changed. ``POST /gallery`` takes an
 ``Idempotency-Key`` header: a retry with the same key (after a timeout, say) gets the first answer's ids
 back with status 200 and ``Idempotent-Replayed: true``, and adds nothing.
@@ -17,9 +17,9 @@ from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile
 from pydantic import TypeAdapter, ValidationError
 
 from serving.api.uploads import decode_uploads, read_uploads
-from serving.core.errors import ApiError
-from serving.deps import ApiKeyDep, RuntimeDep
-from serving.schemas import (GalleryAddResponse, GalleryDeleteResponse, GalleryItemMetadata, GalleryReloadResponse,
+from serving.api.errors import ApiError
+from serving.api.deps import ApiKeyDep, RuntimeDep
+from serving.api.schemas import (GalleryAddResponse, GalleryDeleteResponse, GalleryItemMetadata, GalleryReloadResponse,
                              GalleryStatsResponse, error_responses)
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from serving.core.errors import ApiError
-from serving.schemas import HealthResponse, ReadyResponse, error_responses
-from serving.state import Runtime
+from serving.api.errors import ApiError
+from serving.api.schemas import HealthResponse, ReadyResponse, error_responses
+from serving.runtime.state import Runtime
 
 router = APIRouter(tags=["operations"])
 

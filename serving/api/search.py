@@ -1,33 +1,32 @@
 """``POST /search`` and ``POST /search/batch``: infrared crops in, ranked RGB gallery matches out.
 
-``POST /search`` is the hot path, so it answers with JSON it renders itself (:func:`json_bytes`) rather
-than a pydantic model: FastAPI would otherwise build ``SearchResponse`` and its hits, validate them again
-against ``response_model`` and encode them field by field (issue 19's profile). The body is the same:
-``response_model`` still documents it in OpenAPI, schemathesis checks answers against that schema
-(tests/reliability/test_fuzz_api.py), and hit values of unexpected types go through the pydantic model.
-Plain requests do not even reach the route: :mod:`serving.api.fast_search` answers them with
-:func:`search_answer` too.
+Whatever parsed a ``/search`` request (this route's multipart form, or :mod:`serving.api.raw_search` for a
+raw image body), its answer is built by :func:`search_answer` and encoded by :func:`encode_answer`: the
+hits are the runtime's ``SearchHit``-shaped dicts, written by orjson as they are, with ``response_model``
+still documenting the body in OpenAPI (schemathesis checks answers against it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, File, Query, Response, UploadFile
+from pydantic import BaseModel
 
-from serving import ranking
-from serving.api.uploads import decode_uploads, raise_first_failure, read_uploads
-from serving.core.errors import ApiError
-from serving.deps import RuntimeDep
-from serving.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
-from serving.state import Runtime
+from serving.runtime import ranking
+from serving.api.uploads import RAW_IMAGE_TYPES, decode_uploads, raise_first_failure, read_uploads
+from serving.api.errors import ApiError
+from serving.api.deps import RuntimeDep
+from serving.api.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
+from serving.runtime.state import Runtime
 
 router = APIRouter(tags=["search"])
 
+#: ``top_k`` when the request gives none (every way of asking ``/search`` uses it).
+DEFAULT_TOP_K = 10
 TopK = Annotated[int, Query(description="how many matches to return, 1..max_top_k (a server setting, 100 by "
                                         "default)")]
 Cameras = Annotated[list[int] | None, Query(
@@ -120,30 +119,23 @@ def _ms(seconds: float) -> float:
     return round(1000.0 * seconds, 3)
 
 
-_HIT_KEYS = ("rank", "gallery_id", "score", "camera", "person_label", "source", "track_id", "rerank_distance")
-_LABEL_TYPES = (int, str, type(None))  # exact types: a bool or a numpy scalar takes the pydantic route
+def encode_answer(body: dict[str, Any], model: type[BaseModel]) -> bytes:
+    """The JSON of a search answer: the one encoder of ``/search``'s bodies.
 
-
-def hit_body(hit: dict[str, Any]) -> dict[str, Any]:
-    """One :class:`SearchHit` as JSON-ready data: the hit's own values when they already have the schema's
-    types (what the gallery returns), else what the pydantic model makes of them."""
-    if (type(hit.get("rank")) is int and type(hit.get("gallery_id")) is int and type(hit.get("score")) is float
-            and type(hit.get("camera")) in _LABEL_TYPES and type(hit.get("person_label")) in _LABEL_TYPES
-            and type(hit.get("track_id")) in _LABEL_TYPES and type(hit.get("rerank_distance")) in (float, type(None))
-            and type(hit.get("source")) in (str, type(None))):
-        return {key: hit.get(key) for key in _HIT_KEYS}
-    return SearchHit(**hit).model_dump(mode="json")
-
-
-def json_bytes(body: dict[str, Any]) -> bytes:
-    """``body`` encoded as Starlette's ``JSONResponse`` encodes it (same ``json.dumps`` settings)."""
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    The runtime's hits are already ``SearchHit``-shaped dicts of JSON types (:func:`serving.runtime.hits.hit_dict`;
+    scores are checked finite by ``index.validate.check_scores``), so orjson writes ``body`` as it is, without a
+    model per hit. A value orjson does not write (e.g. a numpy scalar from another metadata store) sends the whole
+    body through ``model`` instead, which converts it as the schema says; keys the body left out stay out.
+    """
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return orjson.dumps(model.model_validate(body).model_dump(mode="json", exclude_unset=True))
 
 
 _RAW_BODY = {"schema": {"type": "string", "format": "binary"}}
-# The raw-body form is answered by serving.api.fast_search before this route; documented here so clients see it.
-_RAW_IMAGE_BODY = {"requestBody": {"content": {t: _RAW_BODY for t in (
-    "image/jpeg", "image/png", "image/bmp", "application/octet-stream")}}}
+# The raw-body form is answered by serving.api.raw_search before this route; documented here so clients see it.
+_RAW_IMAGE_BODY = {"requestBody": {"content": {t: _RAW_BODY for t in RAW_IMAGE_TYPES}}}
 
 
 @router.post("/search", response_model=SearchResponse, summary="Search the gallery with one image",
@@ -151,8 +143,8 @@ _RAW_IMAGE_BODY = {"requestBody": {"content": {t: _RAW_BODY for t in (
 async def search(runtime: RuntimeDep,
                  image: Annotated[UploadFile, File(description="the query crop (infrared or RGB): JPEG, PNG or "
                                                                "BMP, 1, 3 or 4 channels, 8 or 16 bits")],
-                 top_k: TopK = 10, camera: Cameras = None, group_by: GroupBy = "none", rerank: Rerank = False,
-                 rerank_n: RerankN = ranking.DEFAULT_RERANK_N) -> Response:
+                 top_k: TopK = DEFAULT_TOP_K, camera: Cameras = None, group_by: GroupBy = "none",
+                 rerank: Rerank = False, rerank_n: RerankN = ranking.DEFAULT_RERANK_N) -> Response:
     """Embed the crop (micro-batched with concurrent requests) and rank the gallery by cosine similarity;
     optionally grouped (`group_by`) and re-ranked (`rerank`).
 
@@ -162,56 +154,44 @@ async def search(runtime: RuntimeDep,
     started = time.perf_counter()
     options = check_options(runtime, top_k, camera, group_by, rerank, rerank_n)
     (data,) = await read_uploads(runtime, [image])
-    if group_by == "none" and not rerank:
-        return Response(await search_answer(runtime, data, top_k, None if options.cameras is None
-                                            else list(options.cameras), started), media_type="application/json")
-    decoded = await decode_uploads(runtime, [image], [data])
-    (result,), timings = await ranked_answers(runtime, decoded, options, started)
-    body = SearchResponse(results=[SearchHit(**h) for h in result.hits], timings_ms=Timings(**timings),
-                          model=runtime.model_info(), groups=result.groups)
-    return Response(json_bytes(body.model_dump(mode="json")), media_type="application/json")
+    return Response(await search_answer(runtime, data, options, started), media_type="application/json")
 
 
-async def search_answer(runtime: Runtime, data: bytes, top_k: int, cameras: list[int] | None,
-                        started: float) -> bytes:
-    """Search with one checked upload and render the ``SearchResponse`` JSON (the route and its fast path).
+async def search_answer(runtime: Runtime, data: bytes, options: ranking.QueryOptions, started: float) -> bytes:
+    """The ``SearchResponse`` JSON of ``POST /search`` for one checked upload, however the request came.
+
+    A plain search (no grouping, no re-ranking) is decoded, embedded and searched in the model thread with
+    its micro-batch (one hand-off); the others embed with the micro-batch and rank in a worker thread
+    (:func:`serving.runtime.ranking.answer`), and their body also carries ``groups`` and every timing.
 
     Args:
         runtime: the server runtime.
         data: the uploaded file (type and size already checked).
-        top_k: checked ``top_k``.
-        cameras: the checked camera filter (``check_query``'s result).
+        options: the checked request (:func:`check_options`).
         started: ``time.perf_counter()`` when the request began (``timings_ms.total`` counts from it).
 
     Raises:
         ImageDecodeError, BatcherOverloaded, BatcherClosed, GalleryDamaged: for the app's exception handlers.
     """
+    if options.group_by != "none" or options.rerank:
+        decoded = [await runtime.decode(data)]
+        (result,), timings = await ranked_answers(runtime, decoded, options, started)
+        body = {"results": result.hits, "timings_ms": timings, "model": runtime.model_info(),
+                "groups": result.groups}
+        return encode_answer(body, SearchResponse)
     read_at = time.perf_counter()
-    # Decoding, the model and the search all run in the model thread with the rest of the micro-batch.
-    job = await runtime.search_image(data, top_k, cameras)
+    cameras = None if options.cameras is None else list(options.cameras)
+    job = await runtime.search_image(data, options.top_k, cameras)
     done = time.perf_counter()
-    # The three stages partition `total` (as they always have): the search stage runs until the answer is
-    # back on the event loop, which includes the hand-back from the model thread.
+    # The three stages partition `total`: the search stage runs until the answer is back on the event loop,
+    # which includes the hand-back from the model thread.
     decode = (read_at - started) + job.decode_s
     embed = job.embedded_at - read_at - job.decode_s
     search_s = done - job.embedded_at
     runtime.metrics.observe_stages(decode=decode, embed=embed, search=search_s)
-    return answer_bytes(job.result, {"decode": _ms(decode), "embed": _ms(embed), "search": _ms(search_s),
-                                     "total": _ms(done - started)}, runtime.model_info())
-
-
-def answer_bytes(hits: list[dict[str, Any]], timings: dict[str, float], model: dict[str, Any]) -> bytes:
-    """The ``SearchResponse`` JSON of one search, written by orjson from the hits as the gallery gave them.
-
-    The gallery's hits already are ``SearchHit``-shaped dicts of JSON types (:func:`serving.durable.hit_dict`;
-    scores are checked finite by ``index.validate.check_scores``), so they are written as they are: 1.4 us per
-    search instead of the 24 us of copying each hit (:func:`hit_body`) and ``json.dumps`` (issue 19). A value
-    orjson does not write (e.g. a numpy scalar from another metadata store) takes the checked route instead.
-    """
-    try:
-        return orjson.dumps({"results": hits, "timings_ms": timings, "model": model})
-    except TypeError:
-        return json_bytes({"results": [hit_body(hit) for hit in hits], "timings_ms": timings, "model": model})
+    timings = {"decode": _ms(decode), "embed": _ms(embed), "search": _ms(search_s), "total": _ms(done - started)}
+    return encode_answer({"results": job.result, "timings_ms": timings, "model": runtime.model_info()},
+                         SearchResponse)
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, summary="Search the gallery with several images",
@@ -219,8 +199,8 @@ def answer_bytes(hits: list[dict[str, Any]], timings: dict[str, float], model: d
 async def search_batch(runtime: RuntimeDep,
                        images: Annotated[list[UploadFile], File(description="query crops (repeat the `images` "
                                                                             "field), at most max_images_per_request")],
-                       top_k: TopK = 10, camera: Cameras = None, group_by: GroupBy = "none", rerank: Rerank = False,
-                       rerank_n: RerankN = ranking.DEFAULT_RERANK_N) -> BatchSearchResponse:
+                       top_k: TopK = DEFAULT_TOP_K, camera: Cameras = None, group_by: GroupBy = "none",
+                       rerank: Rerank = False, rerank_n: RerankN = ranking.DEFAULT_RERANK_N) -> BatchSearchResponse:
     """Like ``POST /search`` for each image, in one request; results come back in upload order. (Several crops
     of *one* person searched as one query: ``POST /search/track``.)"""
     started = time.perf_counter()

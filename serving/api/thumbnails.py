@@ -1,7 +1,7 @@
 """``GET /gallery/{id}/thumbnail``: a small JPEG of a gallery item, read only from the configured image roots.
 
 The item's ``source`` metadata names the file relative to the image root it was indexed from; it is never
-opened as given (:mod:`serving.paths` refuses absolute paths, ``..`` and symlinks out of the roots).
+opened as given (:mod:`serving.core.paths` refuses absolute paths, ``..`` and symlinks out of the roots).
 
 Status codes, all with the API's ``{error, detail}`` body:
 
@@ -36,12 +36,12 @@ import numpy as np
 from fastapi import APIRouter, Header, Query, Response
 from fastapi import Path as PathParam
 
-from serving.core.errors import ApiError
-from serving.deps import RuntimeDep
-from serving.imageio import DecodeLimits, ImageDecodeError, inspect_image
-from serving.paths import SourceNotFoundError, UnsafeSourceError, resolve_source
-from serving.schemas import ERROR_DESCRIPTIONS, ErrorBody
-from serving.state import Runtime
+from serving.api.errors import ApiError
+from serving.api.deps import RuntimeDep
+from serving.core.imageio import DecodeLimits, ImageDecodeError, TooManyPixels, inspect_image
+from serving.core.paths import SourceNotFoundError, UnsafeSourceError, resolve_source
+from serving.api.schemas import ERROR_DESCRIPTIONS, ErrorBody
+from serving.runtime.state import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +119,10 @@ def make_thumbnail(path: str | Path, size: int, limits: DecodeLimits, quality: i
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     except cv2.error:  # OpenCV's own size backstop (serving.core.opencv_limits): the header under-stated it
-        raise ImageDecodeError(422, "too_many_pixels", f"the {header.format.upper()} image is larger than the "
-                                                       f"{limits.max_pixels} pixels allowed") from None
+        raise TooManyPixels("too_many_pixels", f"the {header.format.upper()} image is larger than the "
+                                                f"{limits.max_pixels} pixels allowed") from None
     if image is None:
-        raise ImageDecodeError(400, "corrupt_image", f"the {header.format.upper()} data could not be decoded")
+        raise ImageDecodeError("corrupt_image", f"the {header.format.upper()} data could not be decoded")
     height, width = image.shape[:2]
     scale = size / max(height, width)
     if scale < 1.0:

@@ -3,7 +3,7 @@
 An operator rarely has a single crop: a night camera sees a person for seconds, a *track* of 10-50 crops.
 The crops are checked and decoded as ``/search/batch`` checks them (:mod:`serving.api.uploads`), queued to
 the model together (one micro-batch when the track fits ``max_batch_size``, consecutive ones otherwise),
-fused into one descriptor (:func:`serving.ranking.fuse`) and searched once, with the same ``top_k``,
+fused into one descriptor (:func:`serving.runtime.ranking.fuse`) and searched once, with the same ``top_k``,
 ``camera``, ``group_by`` and ``rerank`` options as ``/search``.
 
 A track must be one person: the server cannot check that, and a mixed track fuses into a descriptor of
@@ -19,12 +19,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from serving import ranking
-from serving.api.search import Cameras, GroupBy, Rerank, RerankN, TopK, check_options, ranked_answers
+from serving.runtime import ranking
+from serving.api.search import (DEFAULT_TOP_K, Cameras, GroupBy, Rerank, RerankN, TopK, check_options,
+                                ranked_answers)
 from serving.api.uploads import decode_uploads
-from serving.core.errors import ApiError
-from serving.deps import RuntimeDep
-from serving.schemas import SearchHit, Timings, TrackInfo, TrackSearchResponse, error_responses
+from serving.api.errors import ApiError
+from serving.api.deps import RuntimeDep
+from serving.api.schemas import SearchHit, Timings, TrackInfo, TrackSearchResponse, error_responses
 
 router = APIRouter(tags=["search"])
 
@@ -39,8 +40,9 @@ async def search_track(runtime: RuntimeDep,
                        images: Annotated[list[UploadFile] | None, File(
                            description="the track's crops, all of one person (repeat the `images` field), "
                                        "1..max_track_crops (50 by default)")] = None,
-                       top_k: TopK = 10, camera: Cameras = None, group_by: GroupBy = "none", rerank: Rerank = False,
-                       rerank_n: RerankN = ranking.DEFAULT_RERANK_N, fusion: Fusion = "mean") -> TrackSearchResponse:
+                       top_k: TopK = DEFAULT_TOP_K, camera: Cameras = None, group_by: GroupBy = "none",
+                       rerank: Rerank = False, rerank_n: RerankN = ranking.DEFAULT_RERANK_N,
+                       fusion: Fusion = "mean") -> TrackSearchResponse:
     """Embed every crop, fuse the descriptors into one, and rank the gallery for it (module docstring)."""
     started = time.perf_counter()
     limit = runtime.settings.max_track_crops

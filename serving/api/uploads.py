@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from fastapi import UploadFile
 
-from serving.core.errors import ApiError
-from serving.imageio import ImageDecodeError
-from serving.state import Runtime
+from serving.api.errors import ApiError
+from serving.core.imageio import ImageDecodeError
+from serving.runtime.state import Runtime
 
 #: Content types accepted for an image part. ``application/octet-stream`` (what clients send when they do
 #: not know) and a missing type are accepted too: the decoder recognises the format from its bytes anyway.
@@ -18,6 +18,9 @@ IMAGE_CONTENT_TYPES: frozenset[str] = frozenset({
     "image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/bmp", "image/x-bmp", "image/x-ms-bmp",
     "application/octet-stream", "",
 })
+#: Content types of a raw image body (``POST /search`` with the file as the whole body, which must name its
+#: type): the same types, sorted (the OpenAPI document lists exactly these).
+RAW_IMAGE_TYPES: tuple[str, ...] = tuple(sorted(t for t in IMAGE_CONTENT_TYPES if t))
 
 
 def _label(index: int | None, upload: UploadFile) -> str:
@@ -95,7 +98,7 @@ def raise_first_failure(uploads: list[UploadFile], outcomes: list[Any]) -> None:
     for i, (upload, outcome) in enumerate(zip(uploads, outcomes)):
         if isinstance(outcome, ImageDecodeError):
             if many:
-                raise ImageDecodeError(outcome.status_code, outcome.error, _label(i, upload) + outcome.detail)
+                raise outcome.prefixed(_label(i, upload))
             raise outcome
         if isinstance(outcome, BaseException):
             raise outcome

@@ -1,1 +1,3 @@
-"""Cross-cutting pieces of the HTTP server: settings, middleware and error handlers."""
+"""Foundations every other wing builds on: settings, logging, OpenCV limits, image decoding, source paths.
+
+Nothing here imports another wing of ``serving``."""

@@ -4,8 +4,8 @@ Follows the FastAPI template's ``core/config.py`` with one deliberate change (ST
 nothing is built at import time. :func:`get_settings` is an ``lru_cache``'d function, as FastAPI's settings
 documentation shows, that ``create_app()`` calls when given no settings; a test builds its own
 :class:`Settings` and hands it to ``create_app(settings)`` instead of patching a module global. Routes get
-their app's settings through ``serving.deps.SettingsDep`` (not a ``dependency_overrides`` entry, which
-costs every request a rebuilt dependency tree; see ``serving/deps.py``).
+their app's settings through ``serving.api.deps.SettingsDep`` (not a ``dependency_overrides`` entry, which
+costs every request a rebuilt dependency tree; see ``serving/api/deps.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-#: Embedder backends ``serving.embedders.load_embedder`` accepts (kept in step with BACKENDS there;
-#: repeated here so settings can be validated without importing the embedders package).
+#: Embedder backends: what ``--backend`` and ``serving.embedders.load_embedder`` accept (``triton`` has no local
+#: file). Here, below the embedders, so settings are validated without importing them.
 BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
 LOG_LEVELS: tuple[str, ...] = ("critical", "error", "warning", "info", "debug")
 LogFormat = Literal["text", "json"]
@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     staging_gallery: Path | None = Field(None, description="a copy of the gallery to index into offline "
                                                            "(python -m serving gallery copy); POST /gallery/reload "
                                                            "installs it")
-    # Connections: uvicorn's own limits, plus a header/body read timeout (serving.core.connections). An idle
+    # Connections: uvicorn's own limits, plus a header/body read timeout (serving.api.connections). An idle
     # client holds a socket and a file descriptor; without these, a few hundred of them exhaust the process.
     limit_concurrency: int = Field(1000, ge=1, description="most open connections (and requests in flight); "
                                                            "beyond it new ones get 503 at once. Lowered at start to "
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
                                                   "h11 (pure Python); auto picks httptools when it imports")
     event_loop: str = Field("asyncio", description="event loop: the standard asyncio loop, or uvloop (when "
                                                    "installed; under file-descriptor exhaustion it dropped 1 in 4 "
-                                                   "connections that asyncio answers 503, see serving.core.connections)")
+                                                   "connections that asyncio answers 503, see serving.api.connections)")
 
     @field_validator("http_parser")
     @classmethod

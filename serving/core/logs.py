@@ -8,7 +8,7 @@ for our loggers and uvicorn's alike. Each object has ``ts`` (UTC, RFC 3339 with 
 ``time level logger: message`` lines, with ``[request_id]`` appended when there is one.
 
 The request id reaches records through a :class:`contextvars.ContextVar` that
-:class:`serving.core.middleware.RequestContext` sets for the request's task: uvicorn's access line and
+:class:`serving.api.middleware.RequestContext` sets for the request's task: uvicorn's access line and
 anything our routes log carry it; work handed to a thread pool does not (``run_in_executor`` does not
 copy the context), which is right for the model thread, whose batches mix requests.
 """

@@ -1,6 +1,6 @@
 """OpenCV's own decoder limits, set from the server's settings before OpenCV is loaded.
 
-The upload checks in :mod:`serving.imageio` read an image's header and refuse one over ``max_pixels`` /
+The upload checks in :mod:`serving.core.imageio` read an image's header and refuse one over ``max_pixels`` /
 ``max_side`` before anything is decoded. OpenCV has a second, independent guard: ``imdecode`` refuses an
 image larger than ``OPENCV_IO_MAX_IMAGE_PIXELS`` (default 2**30, i.e. 1 Gpixel, 3 GiB of BGR) or wider or
 taller than ``OPENCV_IO_MAX_IMAGE_WIDTH`` / ``_HEIGHT`` (2**20). Setting them to the server's limits makes

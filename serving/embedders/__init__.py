@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from export.artifact import ArtifactMetadata, file_sha256, read_sidecar, tensorrt_unavailable_reason
+from serving.core.config import BACKENDS
 from serving.embedders.base import Embedder, ModelUnavailable
 from xmreid.errors import UserError
 
@@ -21,8 +22,6 @@ __all__ = ["ArtifactMetadata", "Embedder", "BACKENDS", "ModelUnavailable", "file
 
 logger = logging.getLogger(__name__)
 
-#: Valid values of ``backend`` (``triton`` has no local file: see :func:`load_triton_embedder`).
-BACKENDS: tuple[str, ...] = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
 _SUFFIX_BACKEND: dict[str, str] = {
     ".onnx": "onnxruntime",
     ".plan": "tensorrt", ".engine": "tensorrt", ".trt": "tensorrt",

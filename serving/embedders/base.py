@@ -27,10 +27,10 @@ __all__ = ["ArtifactMetadata", "Embedder", "file_sha256"]
 logger = logging.getLogger(__name__)
 
 class ModelUnavailable(RuntimeError):
-    """The model cannot be reached right now (a remote model server is down or restarting): answer 503, retry.
+    """The model cannot be reached right now (a remote model server is down or restarting): retry later.
 
     Raised by embedders whose model runs elsewhere (:mod:`serving.embedders.triton_embedder`); a local model
-    that fails raises anything else, which is a 500 with the request id.
+    that fails raises anything else, which is a server fault.
     """
 
 
@@ -79,7 +79,7 @@ class Embedder(abc.ABC):
 
         Args:
             images: uint8 ``[B, H, W, 3]`` RGB, already resized to ``(height, width)`` (what
-                :func:`serving.imageio.decode_image` returns, stacked). ``B`` may be 0.
+                :func:`serving.core.imageio.decode_image` returns, stacked). ``B`` may be 0.
 
         Returns:
             float32 ``[B, dim]``, not L2-normalised.

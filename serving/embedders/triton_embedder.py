@@ -12,7 +12,7 @@ rest of the ONNX metadata from the config's ``parameters`` (written by :mod:`exp
 
 Readiness is Triton's: a daemon thread asks ``is_model_ready`` every :data:`POLL_S` seconds, so ``/readyz``
 reads a flag and never waits on the network, and a load balancer stops sending searches while Triton is
-down or the model unloaded. A failed inference raises :class:`ModelUnavailable` (503, retry) when Triton
+down or the model unloaded. A failed inference raises :class:`ModelUnavailable` (retry later) when Triton
 cannot be reached, so a Triton restart is a few 503s rather than 500s.
 
 Only gRPC: ``tritonclient``'s HTTP client needs gevent, which this project does not otherwise carry.

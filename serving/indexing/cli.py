@@ -11,7 +11,7 @@ from pathlib import Path
 
 from index.errors import GalleryError
 from index.tuning import check_target
-from serving.crawl import SPLITS
+from serving.indexing.crawl import SPLITS
 from serving.embedders import BACKENDS
 from xmreid.errors import UserError
 from serving.indexing.local import index_images
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = index_images(args.model, args.images, args.gallery, workers=args.workers, **common)
     print(summary.format())
     if args.target_recall is not None:
-        from serving.gallery_cli import describe_tuning, tune_gallery
+        from serving.indexing.gallery_cli import describe_tuning, tune_gallery
 
         try:
             record = tune_gallery(args.gallery, args.target_recall)

@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from serving.crawl import SPLITS, ImageItem, crawl_generic, crawl_sysu, is_sysu_tree, read_manifest
+from serving.indexing.crawl import SPLITS, ImageItem, crawl_generic, crawl_sysu, is_sysu_tree, read_manifest
 from serving.embedders import Embedder
 from xmreid.errors import EXIT_DAMAGED, UserError
-from serving.imageio import DecodeLimits, ImageDecodeError, decode_image_file
+from serving.core.imageio import DecodeLimits, ImageDecodeError, decode_image_file
 
 logger = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ def test_redoc_renders_with_the_network_blocked(page, rootless_server) -> None:
 
 
 def test_operator_page_shows_thumbnails_without_image_root(page, rootless_server, sysu_root) -> None:
-    from serving.demo_hint import pick_query
+    from serving.indexing.demo_hint import pick_query
 
     query, _, _ = pick_query(sysu_root)
     page.goto(rootless_server.base + "/")

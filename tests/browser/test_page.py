@@ -49,7 +49,7 @@ def api_search(base: str, path: Path, **params) -> list[dict]:
 
 
 def test_search_shows_the_api_ranking_with_thumbnails(page, live_server, sysu_root, tmp_path) -> None:
-    from serving.demo_hint import pick_query
+    from serving.indexing.demo_hint import pick_query
 
     query, pid, camera = pick_query(sysu_root)  # an infrared crop (cam 3/6) of a gallery identity
     assert camera in (3, 6)
@@ -93,7 +93,7 @@ def test_search_shows_the_api_ranking_with_thumbnails(page, live_server, sysu_ro
 
 
 def test_camera_filter_restricts_the_results(page, live_server, sysu_root) -> None:
-    from serving.demo_hint import pick_query
+    from serving.indexing.demo_hint import pick_query
 
     query, _, _ = pick_query(sysu_root)
     expected = api_search(live_server.base, query, camera=[1, 4])
@@ -129,7 +129,7 @@ def test_too_large_upload_gets_a_clear_message(page, live_server) -> None:
 
 
 def test_empty_gallery_gets_a_clear_message(page, start_server, tiny_onnx, sysu_root, tmp_path) -> None:
-    from serving.demo_hint import pick_query
+    from serving.indexing.demo_hint import pick_query
 
     query, _, _ = pick_query(sysu_root)
     with start_server(tiny_onnx, tmp_path / "empty-gallery", "--create-gallery") as server:
@@ -157,7 +157,7 @@ def test_gallery_overview_shows_the_stats(page, live_server) -> None:
 
 def test_a_track_grouped_by_person_shows_one_card_per_person_with_expandable_crops(page, live_server,
                                                                                    sysu_root) -> None:
-    from serving.demo_hint import pick_query
+    from serving.indexing.demo_hint import pick_query
 
     query, _, _ = pick_query(sysu_root)
     crops = sorted(query.parent.glob("*.jpg"))[:3]

@@ -1,4 +1,4 @@
-"""Hypothesis fuzzing of ``serving.imageio.decode_image`` with random and mutated JPEG/PNG/BMP bytes.
+"""Hypothesis fuzzing of ``serving.core.imageio.decode_image`` with random and mutated JPEG/PNG/BMP bytes.
 
 The contract under test (docs/contracts.md, "Embedders"): whatever the bytes, ``decode_image`` either
 returns ``uint8 [H, W, 3]`` or raises ``ImageDecodeError`` with an HTTP-ready 4xx status. Anything else
@@ -87,12 +87,13 @@ def check(data: bytes, limits) -> str:
     """Decode ``data``; return the outcome label, or raise AssertionError when the contract is broken."""
     import numpy as np
 
-    from serving.imageio import ImageDecodeError, decode_image
+    from serving.api.errors import status_for
+    from serving.core.imageio import ImageDecodeError, decode_image
 
     try:
         out = decode_image(data, HEIGHT, WIDTH, limits)
     except ImageDecodeError as exc:
-        assert exc.status_code in STATUSES and exc.error in ERRORS, (exc.status_code, exc.error)
+        assert status_for(exc) in STATUSES and exc.error in ERRORS, (status_for(exc), exc.error)
         assert isinstance(exc.detail, str) and exc.detail
         return exc.error
     assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (HEIGHT, WIDTH, 3), \
@@ -106,7 +107,7 @@ def campaign(examples: dict[str, int]) -> dict:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from serving.imageio import DEFAULT_LIMITS
+    from serving.core.imageio import DEFAULT_LIMITS
 
     seeds = _seeds()
     names = sorted(seeds)

@@ -282,7 +282,7 @@ def test_multipart_without_a_file(make_client) -> None:
 
 
 def test_16bit_png_with_alpha_is_accepted_and_decoded_correctly(make_client, ir_queries) -> None:
-    from serving.imageio import decode_image
+    from serving.core.imageio import decode_image
 
     client = make_client()
     bgr = cv2.imdecode(np.frombuffer(ir_queries[0].path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
@@ -308,7 +308,7 @@ def test_1x1_image_is_accepted_as_a_uniform_crop(make_client) -> None:
 
 
 def test_exif_orientation_is_applied(make_client, ir_queries) -> None:
-    from serving.imageio import decode_image
+    from serving.core.imageio import decode_image
 
     client = make_client()
     plain = ir_queries[0].path.read_bytes()

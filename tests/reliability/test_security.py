@@ -47,7 +47,7 @@ def fill(path: str, value: str = "0") -> str:
 def test_api_key_is_compared_with_hmac_compare_digest(make_client, gallery_copy, ir_queries, monkeypatch) -> None:
     import hmac
 
-    import serving.deps as deps
+    import serving.api.deps as deps
 
     source = inspect.getsource(deps.require_api_key)
     assert "compare_digest" in source and not re.search(r"(key|expected)[^\n]*[!=]=", source), \

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index import Gallery
-from serving.imageio import decode_image
+from serving.core.imageio import decode_image
 
 JPEG = "image/jpeg"
 
@@ -141,7 +141,7 @@ def test_a_big_upload_is_decoded_in_the_pool_first_on_both_search_routes(make_cl
     everyone else's), on /search and /search/batch alike; a broken big file is still a 400 naming it."""
     import cv2
 
-    from serving.state import BATCH_DECODE_BYTES
+    from serving.runtime.state import BATCH_DECODE_BYTES
 
     client = make_client()
     runtime = client.app.state.runtime
@@ -284,8 +284,8 @@ def test_body_limit_is_enforced_before_reading() -> None:
     """The middleware answers 413 from Content-Length without calling ``receive`` even once."""
     import asyncio
 
-    from serving.core.middleware import RequestContext
-    from serving.metrics import Metrics
+    from serving.api.middleware import RequestContext
+    from serving.runtime.metrics import Metrics
 
     async def app(scope, receive, send):  # pragma: no cover - must not be reached
         raise AssertionError("the app must not run")

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.batching import BatcherClosed, BatcherOverloaded, MicroBatcher
+from serving.runtime.batching import BatcherClosed, BatcherOverloaded, MicroBatcher
 
 H, W, DIM = 4, 2, 3
 

@@ -1,4 +1,4 @@
-"""Connection bounds (serving.core.connections) and the repeat filter (serving.core.logfilter), on a tiny app.
+"""Connection bounds (serving.api.connections) and the repeat filter (serving.core.logfilter), on a tiny app.
 
 A real uvicorn server runs in a thread with the bounded protocol over a trivial ASGI app, so the checks
 are about sockets and timers, not the model.
@@ -14,7 +14,7 @@ import time
 import pytest
 import uvicorn
 
-from serving.core import connections
+from serving.api import connections
 from serving.core.logfilter import RepeatFilter
 
 

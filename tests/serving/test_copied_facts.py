@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from serving.crawl import IMAGE_SUFFIXES as SERVING_SUFFIXES
+from serving.indexing.crawl import IMAGE_SUFFIXES as SERVING_SUFFIXES
 from training.data.sysu import IMAGE_SUFFIXES as TRAINING_SUFFIXES
 
 
@@ -18,7 +18,7 @@ def test_one_l2_normalisation_everywhere() -> None:
     import numpy as np
 
     from index.validate import normalized, unit_rows
-    from serving.ranking import normalise
+    from serving.runtime.ranking import normalise
     from training.features import l2_normalize
 
     assert normalise is unit_rows

@@ -166,7 +166,7 @@ def test_onnx_runtime_path_imports_neither_torch_nor_training(tiny_onnx: Path) -
     code = (
         "import sys, numpy as np\n"
         "from serving.embedders import load_embedder\n"
-        "import serving.imageio, serving.indexing, serving.crawl\n"
+        "import serving.core.imageio, serving.indexing, serving.indexing.crawl\n"
         f"e = load_embedder({str(tiny_onnx)!r})\n"
         "e.embed(np.zeros((1, e.height, e.width, 3), np.uint8))\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'torchvision'))\n"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from serving.api import fast_search
-from serving.api.fast_search import _parse_query, _single_image_part
+from serving.api.fast_search import _single_image_part
+from serving.api.raw_search import parse_query as _parse_query
 
 B = b"xyz123"
 

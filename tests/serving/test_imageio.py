@@ -1,4 +1,4 @@
-"""serving.imageio: formats, channel/depth conversion, parity with training's read_image, and refusals."""
+"""serving.core.imageio: formats, channel/depth conversion, parity with training's read_image, and refusals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.imageio import (DecodeLimits, ImageDecodeError, decode_image, decode_image_file, inspect_image,
+from serving.api.errors import status_for
+from serving.core.imageio import (DecodeLimits, ImageDecodeError, decode_image, decode_image_file, inspect_image,
                              sniff_format)
 
 H, W = 48, 24  # model input size used throughout (not the stored size, so every test also resizes)
@@ -156,7 +157,7 @@ def test_jpeg_thumbnail_inside_app1_is_not_mistaken_for_the_image(bgr: np.ndarra
     # The thumbnail's EOI must not hide truncation of the main image.
     with pytest.raises(ImageDecodeError) as err:
         decode_image(data[:-200], H, W)
-    assert (err.value.status_code, err.value.error) == (400, "truncated_image")
+    assert (status_for(err.value), err.value.error) == (400, "truncated_image")
 
 
 def _code(data: bytes, limits: DecodeLimits = DecodeLimits()) -> tuple[int, str]:
@@ -164,7 +165,7 @@ def _code(data: bytes, limits: DecodeLimits = DecodeLimits()) -> tuple[int, str]
         decode_image(data, H, W, limits)
     assert err.value.to_dict() == {"error": err.value.error, "detail": err.value.detail}
     assert err.value.detail
-    return err.value.status_code, err.value.error
+    return status_for(err.value), err.value.error
 
 
 def test_empty_file() -> None:
@@ -204,7 +205,7 @@ def test_too_large_is_413(bgr: np.ndarray, tmp_path: Path) -> None:
     path.write_bytes(data)
     with pytest.raises(ImageDecodeError) as err:
         decode_image_file(path, H, W, limits)
-    assert err.value.status_code == 413
+    assert status_for(err.value) == 413
     assert decode_image(data, H, W, DecodeLimits(max_bytes=len(data))).shape == (H, W, 3)
 
 
@@ -272,7 +273,7 @@ def test_damaged_files_only_ever_raise_image_decode_error(ext: str, cut: float, 
     try:
         out = decode_image(bytes(data), H, W)
     except ImageDecodeError as exc:
-        assert exc.status_code in {400, 413, 415, 422}
+        assert status_for(exc) in {400, 413, 415, 422}
     else:
         assert out.shape == (H, W, 3) and out.dtype == np.uint8
 

@@ -1,4 +1,4 @@
-"""serving.indexing / serving.crawl / serving.demo_hint: the batch gallery-indexing job end to end."""
+"""serving.indexing / serving.indexing.crawl / serving.indexing.demo_hint: the batch gallery-indexing job end to end."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.crawl import crawl_generic, crawl_sysu, read_manifest
-from serving.demo_hint import hint
-from serving.demo_hint import main as demo_hint_main
+from serving.indexing.crawl import crawl_generic, crawl_sysu, read_manifest
+from serving.indexing.demo_hint import hint
+from serving.indexing.demo_hint import main as demo_hint_main
 from serving.embedders import Embedder, load_embedder
 from xmreid.errors import UserError
 from serving.indexing import gallery_metadata, index_images, main
@@ -292,7 +292,7 @@ def test_recall_target_refusals(tiny_onnx, sysu_root, tmp_path) -> None:
 
 
 def test_gallery_tune_command(tiny_onnx, sysu_root, tmp_path, capsys) -> None:
-    from serving.gallery_cli import main as gallery_main
+    from serving.indexing.gallery_cli import main as gallery_main
 
     gallery_dir = tmp_path / "g"
     assert main(["--model", str(tiny_onnx), "--images", str(sysu_root), "--gallery", str(gallery_dir),

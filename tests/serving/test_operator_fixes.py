@@ -121,14 +121,15 @@ def test_opencv_backstop_refuses_what_the_header_check_let_through() -> None:
     code = """
 import os, sys
 os.environ["XMREID_MAX_PIXELS"] = "400"
-from serving.imageio import DecodeLimits, ImageDecodeError, decode_image
+from serving.core.imageio import DecodeLimits, ImageDecodeError, decode_image
+from serving.api.errors import status_for
 import cv2, numpy as np
 assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == "400", os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"]
 ok, png = cv2.imencode(".png", np.zeros((30, 30, 3), np.uint8))
 try:
     decode_image(png.tobytes(), 8, 8, DecodeLimits(max_bytes=10**6, max_pixels=10**6, max_side=10**4))
 except ImageDecodeError as exc:
-    print(exc.status_code, exc.error)
+    print(status_for(exc), exc.error)
 small = cv2.imencode(".png", np.zeros((10, 10, 3), np.uint8))[1].tobytes()
 print(decode_image(small, 8, 8).shape)
 """

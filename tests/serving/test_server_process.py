@@ -133,6 +133,6 @@ def test_json_log_format_is_one_object_per_line_with_request_ids(tiny_onnx, tiny
     records = [json.loads(line) for line in lines]  # raises on any line that is not one JSON object
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     loggers = {r["logger"] for r in records}
-    assert {"serving.state", "uvicorn.error", "uvicorn.access"} <= loggers, loggers
+    assert {"serving.runtime.state", "uvicorn.error", "uvicorn.access"} <= loggers, loggers
     access = [r for r in records if r["logger"] == "uvicorn.access" and "/search" in r["message"]]
     assert access and access[0]["request_id"] == "json-log-1", access

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from serving.paths import SourceNotFoundError, UnsafeSourceError, check_relative, resolve_source
+from serving.core.paths import SourceNotFoundError, UnsafeSourceError, check_relative, resolve_source
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -204,7 +204,7 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_followed(tmp_path: 
     import errno
 
     from serving.api.thumbnails import make_thumbnail
-    from serving.imageio import DecodeLimits
+    from serving.core.imageio import DecodeLimits
 
     write_jpeg(tmp_path / "outside.jpg")
     (tmp_path / "resolved.jpg").symlink_to(tmp_path / "outside.jpg")
@@ -331,7 +331,7 @@ def test_indexed_gallery_shows_thumbnails_without_image_root(tiny_gallery, sysu_
 
     manifest = _json.loads((tiny_gallery / "manifest.json").read_text())
     assert manifest["notes"]["image_root"] == str(sysu_root.resolve())
-    with caplog.at_level(logging.INFO, logger="serving.state"):
+    with caplog.at_level(logging.INFO, logger="serving.runtime.state"):
         client = make_client(image_roots=[])
     assert any("indexed from" in r.getMessage() and str(sysu_root.resolve()) in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from index import Gallery
-from serving.imageio import decode_image
+from serving.core.imageio import decode_image
 from tests.serving.test_app import JPEG, assert_error, post_search
 
 

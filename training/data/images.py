@@ -1,7 +1,7 @@
 """Image decoding shared by training, evaluation and (by contract) the serving decoder.
 
 ``read_image`` is the one definition of "pixels the model sees" offline: OpenCV decode, BGR -> RGB,
-``cv2.resize`` with ``INTER_LINEAR`` to (W, H). ``serving.imageio.decode_image`` does exactly the same
+``cv2.resize`` with ``INTER_LINEAR`` to (W, H). ``serving.core.imageio.decode_image`` does exactly the same
 for uploaded bytes, so offline evaluation and ``/search`` see identical pixels (docs/contracts.md).
 """
 

@@ -98,7 +98,7 @@ def _write_person(job: tuple) -> int:
     return count
 
 
-TRACKS_FILE = "tracks.csv"  # serving.crawl.TRACKS_FILE reads it back
+TRACKS_FILE = "tracks.csv"  # serving.indexing.crawl.TRACKS_FILE reads it back
 
 
 def track_id(pid: int, camid: int, n: int, track_length: int) -> int:

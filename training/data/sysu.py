@@ -18,7 +18,7 @@ from xmreid.errors import UserError
 log = logging.getLogger(__name__)
 
 CAMERAS: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-# The one list for training and export; serving.crawl keeps an equal copy (serving may not import training).
+# The one list for training and export; serving.indexing.crawl keeps an equal copy (serving may not import training).
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")
 
 

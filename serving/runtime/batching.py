@@ -47,7 +47,7 @@ computes in the calling thread (ONNX Runtime with one intra-op thread), a lower 
 
 
 class BatcherOverloaded(RuntimeError):
-    """The queue already holds ``max_queue`` images; the caller should answer 503 and retry later."""
+    """The queue already holds ``max_queue`` images; the caller should retry later."""
 
 
 class BatcherClosed(RuntimeError):

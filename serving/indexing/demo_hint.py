@@ -11,7 +11,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from serving.crawl import IMAGE_SUFFIXES
+from serving.indexing.crawl import IMAGE_SUFFIXES
 from xmreid.errors import UserError
 
 SYSU_IR_CAMERAS: tuple[int, ...] = (3, 6)

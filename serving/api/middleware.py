@@ -13,7 +13,7 @@ It is a plain ASGI class rather than Starlette's ``BaseHTTPMiddleware`` because 
 * **Body read timeout.** Each piece of a request body must arrive within ``body_timeout_s`` of the last one,
   or the request is answered 408: a client that stops sending mid-upload (or sends one byte a minute)
   cannot hold a request, its memory and its connection for ever. The request *head* has its own timeout
-  in the protocol (:mod:`serving.core.connections`), since no ASGI app runs before the head is complete.
+  in the protocol (:mod:`serving.api.connections`), since no ASGI app runs before the head is complete.
 * **Cancelled requests.** uvicorn cancels requests still running when the graceful-shutdown period ends;
   they are counted (``counters["cancelled"]``) so that the shutdown can say so and exit non-zero.
 * **500.** An exception nothing else handled is logged with its traceback and the request id, and answered
@@ -34,9 +34,9 @@ from collections.abc import Callable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.core.errors import ApiError
+from serving.api.errors import ApiError
 from serving.core.logs import request_id_var
-from serving.metrics import Metrics
+from serving.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

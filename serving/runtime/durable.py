@@ -1,20 +1,20 @@
 """The served gallery: searches, and changes that are on disk when acknowledged or did not happen.
 
-What a server holds between requests, and the rules that keep it honest (issue 17):
+What a server holds between requests, and the rules that keep it honest:
 
-* **A change and its save are one step.** ``POST /gallery`` / ``DELETE`` change the gallery inside
-  ``Gallery.transaction`` and save before answering; if the save fails, the change is undone in memory
-  too, so memory and disk agree and a retry cannot duplicate. A full disk (``ENOSPC``/``EDQUOT``) is a
-  507, anything else a 500 with the request id; both say nothing changed.
+* **A change and its save are one step.** An add or a removal changes the gallery inside
+  ``Gallery.transaction`` and saves before returning; if the save fails, the change is undone in memory
+  too, so memory and disk agree and a retry cannot duplicate. A full disk (``ENOSPC``/``EDQUOT``) raises
+  :class:`StorageFull`, anything else :class:`ChangeNotSaved`; both mean nothing changed.
 * **One writer per gallery directory.** The server takes the directory's write lock at its first saved
   change (at start with ``exclusive``) and keeps it until shutdown; a change that finds the lock taken
   by another process, or the directory saved by another writer since this server loaded it, is
-  refused with 409 and undone. ``reload`` brings the server up to date with the directory (or installs
+  refused (:class:`ChangeConflict`) and undone. ``reload`` brings the server up to date with the directory (or installs
   a staging copy, see :meth:`DurableGallery.reload`).
 * **Idempotent adds.** An ``Idempotency-Key`` is recorded with the items it created, in the same save;
   a retry with the same key gets the same ids back and adds nothing.
 * **Never serve a damaged gallery.** A search whose scores show damaged vectors (non-finite, or a
-  cosine past 1) marks the gallery damaged: the server answers 503 and reports not ready.
+  cosine past 1) marks the gallery damaged (:class:`GalleryDamaged`): the server reports not ready.
 
 Concurrency: a search is one ``Gallery.search_hits`` call, which reads the hits' metadata under the
 gallery's own lock (so a concurrent removal never leaves a hit without its row) and needs no lock here;
@@ -39,6 +39,7 @@ import numpy as np
 
 from index.manifest import MANIFEST
 from serving.core.config import Settings
+from serving.runtime.hits import hit_dict
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +47,42 @@ STORAGE_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class ChangeRefused(Exception):
-    """A gallery change that was not made, with the HTTP answer that says why (nothing changed).
+    """A gallery change (or reload) that was not made, and why; nothing changed. Subclasses say what kind.
 
     Attributes:
-        status: the HTTP status (409, 422, 503, 507).
-        error: the machine-readable code.
+        error: the machine-readable code, e.g. ``gallery_locked``.
         detail: one sentence.
     """
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(self, error: str, detail: str) -> None:
         super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
+        self.error, self.detail = error, detail
+
+
+class ChangeConflict(ChangeRefused):
+    """The gallery's state forbids the change now: read-only, written by another process, changed on disk,
+    holding unsaved changes, or a staging copy that is not a copy of it."""
+
+
+class ChangeInvalid(ChangeRefused):
+    """The request, or the gallery it would install, is unusable: a reused idempotency key, a damaged or
+    mismatched gallery."""
+
+
+class GalleryNotReady(ChangeRefused):
+    """The served gallery is damaged or diverged; it takes no changes until it is sound again."""
+
+
+class StorageFull(ChangeRefused):
+    """The gallery's disk is full (``ENOSPC`` / ``EDQUOT``); the change was undone."""
+
+
+class GalleryDiverged(ChangeRefused):
+    """A failed save could not be undone: memory no longer matches disk, so every further change is refused."""
 
 
 class ChangeNotSaved(Exception):
-    """A change whose save failed for a reason that is not the client's or the disk's space: a 500.
+    """A change whose save failed for a reason that is not the client's or the disk's space (a server fault).
 
     The change was undone; the cause (with its traceback) goes to the log under the request id.
     """
@@ -85,15 +107,6 @@ class AddResult:
     ids: list[int]
     size: int
     replayed: bool = False
-
-
-def hit_dict(rank: int, gallery_id: int, score: float, item: dict[str, Any]) -> dict[str, Any]:
-    """One search hit as the API answers it (``SearchHit``): rank, id, score and the item's metadata, every
-    field of the model in its order (``rerank_distance`` None until a re-ranking sets it), so that
-    ``POST /search`` can write the dicts as they are (:func:`serving.api.search.search_answer`)."""
-    return {"rank": rank, "gallery_id": gallery_id, "score": score, "camera": item.get("camera"),
-            "person_label": item.get("person_label"), "source": item.get("source"), "track_id": item.get("track_id"),
-            "rerank_distance": None}
 
 
 class DurableGallery:
@@ -190,9 +203,10 @@ class DurableGallery:
         """Add items and save them before returning (or change nothing and raise).
 
         Raises:
-            ChangeRefused: read-only, not ready, locked, stale, a full disk (507), a reused key (422).
-            ChangeNotSaved: the save failed otherwise (500); nothing changed.
-            index.errors.GalleryError: metadata the gallery refuses (422).
+            ChangeRefused: read-only, not ready, locked or stale (a subclass says which kind), a full disk,
+                a reused key.
+            ChangeNotSaved: the save failed otherwise; nothing changed.
+            index.errors.GalleryError: metadata the gallery refuses.
         """
         with self._mutation:
             self._check_can_change()
@@ -214,7 +228,7 @@ class DurableGallery:
         """Remove one item and save before returning; returns the gallery size.
 
         Raises:
-            index.errors.UnknownIdsError: no such item (404); and as :meth:`add`.
+            index.errors.UnknownIdsError: no such item; and as :meth:`add`.
         """
         with self._mutation:
             self._check_can_change()
@@ -228,11 +242,11 @@ class DurableGallery:
 
     def _check_can_change(self) -> None:
         if not self.writable:
-            raise ChangeRefused(409, "read_only", "this server opened the gallery read-only (--read-only); send "
-                                                  "changes to the server that writes it; nothing was changed")
+            raise ChangeConflict("read_only", "this server opened the gallery read-only (--read-only); send "
+                                             "changes to the server that writes it; nothing was changed")
         reason = self.not_ready_reason
         if reason:
-            raise ChangeRefused(503, "not_ready", f"{reason}; nothing was changed")
+            raise GalleryNotReady("not_ready", f"{reason}; nothing was changed")
 
     def _replay(self, key: str, digest: str) -> AddResult | None:
         found = self.gallery.find_request(key)
@@ -240,8 +254,8 @@ class DurableGallery:
             return None
         saved_digest, ids = found
         if saved_digest != digest:
-            raise ChangeRefused(422, "idempotency_key_reused", f"the Idempotency-Key {key!r} was already used for a "
-                                                               f"different request; nothing was changed")
+            raise ChangeInvalid("idempotency_key_reused", f"the Idempotency-Key {key!r} was already used for a "
+                                                         f"different request; nothing was changed")
         logger.info("replayed add for Idempotency-Key %r: ids %s (nothing added)", key, ids[:10])
         return AddResult(ids, len(self.gallery), replayed=True)
 
@@ -259,7 +273,7 @@ class DurableGallery:
         except UndoFailedError as exc:
             self.diverged = str(exc)
             logger.error("%s", exc)
-            raise ChangeRefused(500, "internal_error", f"{exc}; the server refuses further changes") from exc
+            raise GalleryDiverged("internal_error", f"{exc}; the server refuses further changes") from exc
         except _SaveFailed as failed:
             raise self._refusal(failed.cause) from failed.cause
         self.last_save_error = None
@@ -270,15 +284,15 @@ class DurableGallery:
         from index.errors import GalleryLockedError, StaleGalleryError
 
         if isinstance(exc, GalleryLockedError):
-            return ChangeRefused(409, "gallery_locked", f"{exc}; nothing was changed")
+            return ChangeConflict("gallery_locked", f"{exc}; nothing was changed")
         if isinstance(exc, StaleGalleryError):
-            return ChangeRefused(409, "gallery_stale", f"{exc} (POST /gallery/reload); nothing was changed")
+            return ChangeConflict("gallery_stale", f"{exc} (POST /gallery/reload); nothing was changed")
         if isinstance(exc, OSError):
             self.last_save_error = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
             if exc.errno in STORAGE_FULL:
-                return ChangeRefused(507, "insufficient_storage", f"the gallery could not be saved: "
-                                                                  f"{self.last_save_error}; nothing was changed: free "
-                                                                  f"space on the gallery's disk and retry")
+                return StorageFull("insufficient_storage", f"the gallery could not be saved: "
+                                                           f"{self.last_save_error}; nothing was changed: free "
+                                                           f"space on the gallery's disk and retry")
             return ChangeNotSaved(f"the gallery could not be saved ({self.last_save_error}); nothing was changed")
         self.last_save_error = f"{type(exc).__name__}: {exc}"
         return ChangeNotSaved(f"the gallery could not be saved ({type(exc).__name__}); nothing was changed")
@@ -308,8 +322,9 @@ class DurableGallery:
             ``{"source", "size", "previous_size", "sequence"}``.
 
         Raises:
-            ChangeRefused: 409 when there is nothing safe to do (see the messages), 422 for a damaged or
-                mismatched gallery, 507 when installing it does not fit on disk.
+            ChangeConflict: there is nothing safe to do (see the messages).
+            ChangeInvalid: the gallery to load is damaged or was built with another model.
+            StorageFull: installing the staging copy does not fit on disk.
         """
         from index import Gallery
         from index.errors import CorruptGalleryError, GalleryError, GalleryLockedError
@@ -318,26 +333,26 @@ class DurableGallery:
             previous, staging = self.gallery, self.settings.staging_gallery
             install = staging is not None and (Path(staging) / MANIFEST).is_file()
             if self.unsaved_changes:
-                raise ChangeRefused(409, "unsaved_changes", f"this server holds {self.unsaved_changes} change(s) "
-                                                            f"that are not saved (--no-save): a reload would drop "
-                                                            f"them; nothing was reloaded")
+                raise ChangeConflict("unsaved_changes", f"this server holds {self.unsaved_changes} change(s) "
+                                                       f"that are not saved (--no-save): a reload would drop "
+                                                       f"them; nothing was reloaded")
             try:
                 if install:
                     fresh = self._load_staging(Path(staging))
                 else:
                     if getattr(previous, "owns_directory", False):
-                        raise ChangeRefused(409, "nothing_to_reload", (
+                        raise ChangeConflict("nothing_to_reload", (
                             f"this server writes {self.settings.gallery} itself, so the disk holds nothing newer; to "
                             f"add a batch, copy it to the staging directory, index into that and reload"))
                     fresh = Gallery.load(self.settings.gallery, fingerprint=self.fingerprint, family=self.family,
                                          dim=self.dim,
                                          read_only=bool(self.settings.read_only))
             except GalleryLockedError as exc:
-                raise ChangeRefused(409, "gallery_locked", f"{exc}; nothing was reloaded") from None
+                raise ChangeConflict("gallery_locked", f"{exc}; nothing was reloaded") from None
             except CorruptGalleryError as exc:
-                raise ChangeRefused(422, "gallery_damaged", f"{exc}; the served gallery is unchanged") from None
+                raise ChangeInvalid("gallery_damaged", f"{exc}; the served gallery is unchanged") from None
             except GalleryError as exc:
-                raise ChangeRefused(422, "invalid_gallery", f"{exc}; the served gallery is unchanged") from None
+                raise ChangeInvalid("invalid_gallery", f"{exc}; the served gallery is unchanged") from None
             with self.rw.write():
                 self.gallery = fresh
             self.damaged = None
@@ -353,17 +368,17 @@ class DurableGallery:
 
         current = self.gallery
         if not self.settings.save_on_mutation:
-            raise ChangeRefused(409, "not_saving", "this server does not save the gallery (--no-save), so it cannot "
-                                                   "install the staging copy into it; nothing was reloaded")
+            raise ChangeConflict("not_saving", "this server does not save the gallery (--no-save), so it cannot "
+                                              "install the staging copy into it; nothing was reloaded")
         if not self.writable:
-            raise ChangeRefused(409, "read_only", "this server opened the gallery read-only; install the staging "
-                                                  "gallery through the server that writes it")
+            raise ChangeConflict("read_only", "this server opened the gallery read-only; install the staging "
+                                             "gallery through the server that writes it")
         fresh = Gallery.load(staging, fingerprint=self.fingerprint, family=self.family, dim=self.dim, claim=True)
         try:
             origin = fresh.origin or {}
             lineage = origin.get("uid") == current.uid and origin.get("sequence") == current.sequence
             if not lineage or current.unsaved_changes:
-                raise ChangeRefused(409, "staging_stale", (
+                raise ChangeConflict("staging_stale", (
                     f"the staging gallery {staging} is not a copy of the served gallery at its current save "
                     f"(copied from save {origin.get('sequence')!r} of gallery {origin.get('uid')!r}; serving save "
                     f"{current.sequence} of {current.uid}): installing it would lose the changes made since, or "
@@ -374,9 +389,9 @@ class DurableGallery:
                 fresh.save(self.settings.gallery)
             except OSError as exc:
                 if exc.errno in STORAGE_FULL:
-                    raise ChangeRefused(507, "insufficient_storage", f"the staging gallery could not be written into "
-                                                                     f"{self.settings.gallery}: {exc.strerror}; the "
-                                                                     f"served gallery is unchanged") from None
+                    raise StorageFull("insufficient_storage", f"the staging gallery could not be written into "
+                                                              f"{self.settings.gallery}: {exc.strerror}; the "
+                                                              f"served gallery is unchanged") from None
                 raise
         except BaseException:
             fresh.close()

@@ -5,7 +5,7 @@ shutdown, and reached by routes through ``deps.RuntimeDep``. All blocking work (
 FAISS search, SQLite, saving) runs in threads so the event loop only ever shuffles requests.
 
 The gallery's concurrency and durability rules (changes saved before they are acknowledged, undone when
-the save fails, one writer per directory) live in :mod:`serving.durable`, so routes need not think
+the save fails, one writer per directory) live in :mod:`serving.runtime.durable`, so routes need not think
 about them.
 """
 
@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from index.manifest import MANIFEST  # Gallery.save writes it; its presence means "a gallery lives here"
-from serving.batching import JobResult, MicroBatcher
+from serving.runtime.batching import JobResult, MicroBatcher
 from serving.core import heap
 from serving.core.config import Settings
-from serving.durable import AddResult, DurableGallery
+from serving.runtime.durable import AddResult, DurableGallery
 from xmreid.errors import EXIT_DAMAGED, UserError
-from serving.imageio import DecodeLimits, decode_image
-from serving.metrics import Metrics
+from serving.core.imageio import DecodeLimits, decode_image
+from serving.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -290,8 +290,8 @@ class Runtime:
             cameras: keep only these cameras, or None for all.
 
         Returns:
-            The batcher's :class:`~serving.batching.JobResult`; ``result`` is the hit list
-            (:meth:`serving.durable.DurableGallery.search` for one query) and ``decode_s`` the decoding time.
+            The batcher's :class:`~serving.runtime.batching.JobResult`; ``result`` is the hit list
+            (:meth:`serving.runtime.durable.DurableGallery.search` for one query) and ``decode_s`` the decoding time.
 
         Raises:
             ImageDecodeError: the upload is not a usable image.
@@ -308,7 +308,7 @@ class Runtime:
         """:meth:`search_image` for several uploads of one request, queued together (``POST /search/batch``).
 
         Returns:
-            Per upload, in order, its :class:`~serving.batching.JobResult` or the exception that failed it
+            Per upload, in order, its :class:`~serving.runtime.batching.JobResult` or the exception that failed it
             (e.g. ``ImageDecodeError``): the route answers the first failure in upload order.
 
         Raises:
@@ -349,7 +349,7 @@ class Runtime:
 
     async def add(self, vectors: np.ndarray, metadata: list[dict[str, Any]], key: str | None = None,
                   digest: str = "") -> AddResult:
-        """Add items and save them (see :meth:`serving.durable.DurableGallery.add`)."""
+        """Add items and save them (see :meth:`serving.runtime.durable.DurableGallery.add`)."""
         return await asyncio.to_thread(self._add_sync, vectors, metadata, key, digest)
 
     def _add_sync(self, vectors: np.ndarray, metadata: list[dict[str, Any]], key: str | None = None,

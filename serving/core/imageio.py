@@ -20,19 +20,20 @@ file header by the small parsers below (PNG ``IHDR``, JPEG ``SOFn``, BMP info he
 completeness (PNG up to ``IEND``, JPEG up to ``EOI``, BMP pixel array inside the file). A 30 KB PNG that
 claims 100000 x 100000 pixels (a decompression bomb) is rejected without allocating anything.
 
-Status codes carried by :class:`ImageDecodeError` (HTTP-ready; the server maps them 1:1):
+Refusals are :class:`ImageDecodeError` (a bad image) or one of its subclasses, each with a short code;
+``serving.api.errors`` decides what status each becomes:
 
-========  =====================  ==========================================================
-status    error                  meaning
-========  =====================  ==========================================================
-400       ``empty_file``         zero bytes
-400       ``not_an_image``       bytes are not a recognised image format
-400       ``truncated_image``    the file ends before the image data does
-400       ``corrupt_image``      header or data malformed; the codec could not decode it
-413       ``file_too_large``     more bytes than ``DecodeLimits.max_bytes``
-415       ``unsupported_format`` a real image format we do not accept (GIF, TIFF, WebP, ...)
-422       ``too_many_pixels``    width/height/pixel count over the limits (decompression bomb)
-========  =====================  ==========================================================
+=========================  =====================  ==========================================================
+exception                  error                  meaning
+=========================  =====================  ==========================================================
+``ImageDecodeError``       ``empty_file``         zero bytes
+``ImageDecodeError``       ``not_an_image``       bytes are not a recognised image format
+``ImageDecodeError``       ``truncated_image``    the file ends before the image data does
+``ImageDecodeError``       ``corrupt_image``      header or data malformed; the codec could not decode it
+``ImageTooLarge``          ``file_too_large``     more bytes than ``DecodeLimits.max_bytes``
+``UnsupportedImageFormat`` ``unsupported_format`` a real image format we do not accept (GIF, TIFF, WebP, ...)
+``TooManyPixels``          ``too_many_pixels``    width/height/pixel count over the limits (decompression bomb)
+=========================  =====================  ==========================================================
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ class DecodeLimits:
     """Upper bounds on an untrusted image, checked before decoding.
 
     Attributes:
-        max_bytes: largest encoded size accepted (413 above it).
-        max_pixels: largest width x height accepted (422 above it). The default, 36 MP, admits any
-            camera frame while keeping the decoded buffer under ~110 MB.
-        max_side: largest width or height accepted (422 above it); stops 1 x 10^8 strips that a pixel
-            budget alone would let through.
+        max_bytes: largest encoded size accepted (:class:`ImageTooLarge` above it).
+        max_pixels: largest width x height accepted (:class:`TooManyPixels` above it). The default, 36 MP,
+            admits any camera frame while keeping the decoded buffer under ~110 MB.
+        max_side: largest width or height accepted (:class:`TooManyPixels` above it); stops 1 x 10^8 strips
+            that a pixel budget alone would let through.
     """
 
     max_bytes: int = 10 * 1024 * 1024
@@ -80,23 +81,37 @@ DEFAULT_LIMITS = DecodeLimits()
 
 
 class ImageDecodeError(ValueError):
-    """An uploaded image was refused; carries the HTTP status and a JSON-ready ``{error, detail}``.
+    """An image was refused: it is empty, not an image, truncated or corrupt (subclasses: other reasons).
 
     Attributes:
-        status_code: HTTP status (400, 413, 415 or 422; see the module docstring).
-        error: short machine-readable code, e.g. ``truncated_image``.
+        error: short machine-readable code, e.g. ``truncated_image`` (see the module docstring).
         detail: one sentence for a human.
     """
 
-    def __init__(self, status_code: int, error: str, detail: str) -> None:
+    def __init__(self, error: str, detail: str) -> None:
         super().__init__(f"{error}: {detail}")
-        self.status_code = status_code
         self.error = error
         self.detail = detail
 
     def to_dict(self) -> dict[str, str]:
         """The JSON error body, ``{"error": ..., "detail": ...}``."""
         return {"error": self.error, "detail": self.detail}
+
+    def prefixed(self, prefix: str) -> "ImageDecodeError":
+        """The same refusal (same class and code) with ``prefix`` before its detail, e.g. ``image 2: ``."""
+        return type(self)(self.error, prefix + self.detail)
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The file has more bytes than the limit (``file_too_large``)."""
+
+
+class UnsupportedImageFormat(ImageDecodeError):
+    """A real image format that is not accepted: GIF, TIFF, WebP, ... (``unsupported_format``)."""
+
+
+class TooManyPixels(ImageDecodeError):
+    """The image's width, height or pixel count is over the limits, a decompression bomb (``too_many_pixels``)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +123,7 @@ class ImageHeader:
     height: int
 
 
-# Formats recognised only to be refused with 415 (rather than 400 "not an image").
+# Formats recognised only to be refused as unsupported (rather than "not an image").
 _UNSUPPORTED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"GIF87a", 0, "GIF"), (b"GIF89a", 0, "GIF"),
     (b"II*\x00", 0, "TIFF"), (b"MM\x00*", 0, "TIFF"),
@@ -136,10 +151,10 @@ def sniff_format(data: bytes) -> str:
         ``"jpeg"``, ``"png"`` or ``"bmp"``.
 
     Raises:
-        ImageDecodeError: 400 ``empty_file`` / ``not_an_image``, or 415 ``unsupported_format``.
+        ImageDecodeError: ``empty_file`` / ``not_an_image``; UnsupportedImageFormat: ``unsupported_format``.
     """
     if len(data) == 0:
-        raise ImageDecodeError(400, "empty_file", "the uploaded file is empty (0 bytes)")
+        raise ImageDecodeError("empty_file", "the uploaded file is empty (0 bytes)")
     head = bytes(data[:32])
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
@@ -149,19 +164,18 @@ def sniff_format(data: bytes) -> str:
         return "bmp"
     for magic, offset, name in _UNSUPPORTED_MAGIC:
         if head[offset:offset + len(magic)] == magic:
-            raise ImageDecodeError(415, "unsupported_format",
-                                   f"{name} images are not accepted; send JPEG, PNG or BMP")
+            raise UnsupportedImageFormat("unsupported_format", f"{name} images are not accepted; send JPEG, PNG or BMP")
     if _PNM_MAGIC.match(head):
-        raise ImageDecodeError(415, "unsupported_format", "PNM images are not accepted; send JPEG, PNG or BMP")
-    raise ImageDecodeError(400, "not_an_image", "the file is not an image (expected JPEG, PNG or BMP bytes)")
+        raise UnsupportedImageFormat("unsupported_format", "PNM images are not accepted; send JPEG, PNG or BMP")
+    raise ImageDecodeError("not_an_image", "the file is not an image (expected JPEG, PNG or BMP bytes)")
 
 
 def _truncated(fmt: str, what: str) -> ImageDecodeError:
-    return ImageDecodeError(400, "truncated_image", f"the {fmt} file is truncated: it ends {what}")
+    return ImageDecodeError("truncated_image", f"the {fmt} file is truncated: it ends {what}")
 
 
 def _corrupt(fmt: str, what: str) -> ImageDecodeError:
-    return ImageDecodeError(400, "corrupt_image", f"the {fmt} file is malformed: {what}")
+    return ImageDecodeError("corrupt_image", f"the {fmt} file is malformed: {what}")
 
 
 def _png_header(data: bytes) -> tuple[int, int, ImageDecodeError | None]:
@@ -300,14 +314,14 @@ def inspect_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHe
         ImageDecodeError: see the module docstring for the codes.
     """
     if len(data) > limits.max_bytes:
-        raise ImageDecodeError(413, "file_too_large",
-                               f"the file is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
+        raise ImageTooLarge("file_too_large",
+                            f"the file is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
     fmt = sniff_format(data)
     parse = {"jpeg": _jpeg_header, "png": _png_header, "bmp": _bmp_header}[fmt]
     width, height, problem = parse(data)
     if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
-        raise ImageDecodeError(422, "too_many_pixels",
-                               f"the image is {width}x{height} ({width * height} pixels); the limits are "
+        raise TooManyPixels("too_many_pixels",
+                            f"the image is {width}x{height} ({width * height} pixels); the limits are "
                                f"{limits.max_side} pixels per side and {limits.max_pixels} pixels in total")
     if width == 0 or height == 0:
         raise _corrupt(fmt.upper(), f"invalid size {width}x{height}")
@@ -345,8 +359,8 @@ def decode_image(data: bytes, height: int, width: int, limits: DecodeLimits = DE
     except cv2.error:
         # OpenCV's own size guard (OPENCV_IO_MAX_IMAGE_*, set from the same limits by serving.core.opencv_limits)
         # refused what the header check let through: the header under-stated the image.
-        raise ImageDecodeError(422, "too_many_pixels", f"the {header.format.upper()} image is larger than the "
-                                                       f"{limits.max_pixels} pixels this server accepts") from None
+        raise TooManyPixels("too_many_pixels", f"the {header.format.upper()} image is larger than the "
+                                                f"{limits.max_pixels} pixels this server accepts") from None
     if image is None:
         raise _corrupt(header.format.upper(), "the decoder could not read the image data")
     # The same pixels as training.data.images.read_image (docs/contracts.md, "Images"): decode to colour,
@@ -378,8 +392,8 @@ def decode_image_file(path: str | Path, height: int, width: int,
     """
     size = os.stat(path).st_size
     if size > limits.max_bytes:
-        raise ImageDecodeError(413, "file_too_large",
-                               f"the file is {size} bytes; the limit is {limits.max_bytes} bytes")
+        raise ImageTooLarge("file_too_large",
+                            f"the file is {size} bytes; the limit is {limits.max_bytes} bytes")
     with open(path, "rb") as fh:
         data = fh.read(limits.max_bytes + 1)
     return decode_image(data, height, width, limits)

@@ -17,8 +17,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from serving.core.config import Settings
-from serving.core.errors import ApiError
-from serving.state import Runtime
+from serving.api.errors import ApiError
+from serving.runtime.state import Runtime
 
 
 async def app_settings(request: Request) -> Settings:

@@ -11,14 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Camera = int
-"""A camera id as stored in the gallery: an integer (SYSU-MM01 numbers them 1, 2, 4, 5).
-
-The metadata store (``index.metadata``), the ``camera`` search filter and the per-camera counts all key
-cameras by integer, so the schema declares exactly that: it once said ``int | str``, and a client that sent
-a named camera as the schema allowed got a 422 from the store. A site that names its cameras maps the
-names to numbers and may keep the name in ``extra``. (The 64-bit range SQLite stores is checked by the
-route with its own message: a ``maximum`` of 2**63 - 1 does not survive JSON number handling intact.)"""
+from serving.runtime.hits import Camera, SearchHit  # noqa: F401  defined with the hits they describe
 
 
 class ErrorBody(BaseModel):
@@ -52,24 +45,6 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries for the given status codes, all with :class:`ErrorBody`."""
     return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in (*codes, 500)}
-
-
-class SearchHit(BaseModel):
-    """One ranked gallery match."""
-
-    rank: int = Field(description="1-based rank; 1 is the most similar", ge=1)
-    gallery_id: int = Field(description="the gallery item's id (use it with DELETE /gallery/{id})")
-    score: float = Field(description="cosine similarity between query and item descriptors, in [-1, 1]; "
-                                     "higher is more similar")
-    camera: Camera | None = Field(None, description="camera the gallery crop was taken by")
-    person_label: int | str | None = Field(None, description="identity label of the gallery crop, if known")
-    source: str | None = Field(None, description="where the gallery crop came from (a path relative to the "
-                                                 "image root it was indexed from)")
-    track_id: int | str | None = Field(None, description="the camera track the crop belongs to, if known (crops of "
-                                                         "one person in one pass past one camera share it)")
-    rerank_distance: float | None = Field(None, description="with `rerank=true`: the k-reciprocal re-ranked "
-                                                            "distance that ordered this hit (smaller is more "
-                                                            "similar); `score` stays the cosine similarity")
 
 
 class SearchGroup(BaseModel):

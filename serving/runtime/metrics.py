@@ -86,7 +86,7 @@ class Metrics:
         self._stage_children: dict[str, Any] = {}
 
     def watch_batcher(self, batcher: Any) -> None:
-        """Read the queue depth and bound of ``batcher`` (a :class:`serving.batching.MicroBatcher`) at scrape time."""
+        """Read the queue depth and bound of ``batcher`` (a :class:`serving.runtime.batching.MicroBatcher`) at scrape time."""
         self.queue_depth.set_function(lambda: batcher.queue_depth)
         self.queue_limit.set(batcher.max_queue)
 
@@ -107,7 +107,7 @@ class Metrics:
         children[1].observe(seconds)
 
     def observe_batch(self, size: int, seconds: float, cpu_seconds: float = 0.0) -> None:
-        """Record one model call (the :class:`serving.batching.MicroBatcher` observer)."""
+        """Record one model call (the :class:`serving.runtime.batching.MicroBatcher` observer)."""
         self.model_calls.inc()
         self.batch_size.observe(size)
         self.model_seconds.observe(seconds)

@@ -1,8 +1,8 @@
 """What a search does after the model: fuse a track, rank the gallery, group the ranking, re-rank it.
 
-The plain ``POST /search`` (one crop, no grouping, no re-ranking) keeps its own hot path
-(:func:`serving.state.Runtime.search_image`); everything else lands here, in a worker thread, under one
-shared hold of the gallery (:meth:`serving.durable.DurableGallery.reading`).
+A plain search (one crop, no grouping, no re-ranking) keeps its own hot path
+(:func:`serving.runtime.state.Runtime.search_image`); everything else lands here, in a worker thread, under one
+shared hold of the gallery (:meth:`serving.runtime.durable.DurableGallery.reading`).
 
 * **Track queries** (:func:`fuse`): the crops of one person seen by one camera are embedded together and
   fused into one descriptor. ``mean`` averages the L2-normalised descriptors and re-normalises (the usual
@@ -16,7 +16,7 @@ shared hold of the gallery (:meth:`serving.durable.DurableGallery.reading`).
   neighbourhood can appear in the answer, so ``rerank_n`` must be at least ``top_k``; with ``group_by``, the
   groups are those of the re-ranked neighbourhood (fewer than ``top_k`` when it holds fewer). It needs the
   gallery's stored vectors, so an approximate index (whose vectors are compressed or not kept) is
-  refused with a 422 rather than re-ranked on approximations (see :func:`check_rerank`).
+  refused rather than re-ranked on approximations (see :func:`check_rerank`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import numpy as np
 from index.grouping import Group, group_ranking, is_singleton, search_groups
 from index.reranking import rerank_neighbourhood
 from index.validate import unit_rows
-from serving.durable import DurableGallery, hit_dict
+from serving.runtime.durable import DurableGallery
+from serving.runtime.hits import hit_dict
 
 FUSIONS: tuple[str, ...] = ("mean", "max")
 #: The largest neighbourhood a query may re-rank: k-reciprocal encoding costs O(N²) memory and time
@@ -99,7 +100,7 @@ def fuse(vectors: np.ndarray, method: str = "mean") -> np.ndarray:
 
 
 def check_rerank(gallery: Any) -> str | None:
-    """Why ``gallery`` cannot be re-ranked (a sentence for the 422), or None when it can."""
+    """Why ``gallery`` cannot be re-ranked (one sentence for the client), or None when it can."""
     kind = getattr(gallery, "kind", None)
     if kind not in RERANK_KINDS or not hasattr(gallery, "vectors"):
         return (f"rerank=true needs an exact index ({', '.join(RERANK_KINDS)}) whose stored vectors are the "
@@ -206,9 +207,9 @@ def _grouped_body(groups: list[Group], group_by: str,
         best = dict(members[0], rank=rank)
         results.append(best)
         single = is_singleton(g.key)
-        body.append({"rank": rank, "key": group_label(g.key, group_by), "score": g.score, "count": g.count,
+        body.append({"rank": rank, "key": group_label(g.key, group_by),  # SearchGroup's fields, in its order
                      "person_label": None if single or group_by != "person" else g.key,
                      "camera": None if single or group_by != "camera_track" else g.key[0],
                      "track_id": None if single or group_by != "camera_track" else g.key[1],
-                     "best": best, "members": members})
+                     "score": g.score, "count": g.count, "best": best, "members": members})
     return results, body
