@@ -1,7 +1,9 @@
 """``GET /gallery/{id}/thumbnail``: a small JPEG of a gallery item, read only from the configured image roots.
 
 The item's ``source`` metadata names the file relative to the image root it was indexed from; it is never
-opened as given (:mod:`serving.core.paths` refuses absolute paths, ``..`` and symlinks out of the roots).
+opened as given (:mod:`serving.core.paths` refuses absolute paths, ``..`` and symlinks out of the roots), and
+the file is opened beneath its root with no link allowed on the way (:mod:`serving.core.beneath`), so a
+folder swapped for a link after the check cannot lead the read outside.
 
 Status codes, all with the API's ``{error, detail}`` body:
 
@@ -9,38 +11,40 @@ Status codes, all with the API's ``{error, detail}`` body:
   because the item exists and the refusal is deliberate; an operator seeing it knows the gallery holds a
   hand-made source to clean up, not a file that went missing. The body never names a server path.
 * 404 ``not_found`` (no such id), ``no_source`` (the item has none), ``no_image_roots`` (the server was
-  started without ``--image-root`` and the gallery's manifest records no image folder that exists here), ``source_not_found`` (the file is gone), ``unreadable_image`` (the file
-  is there but is not an image the decoder accepts).
+  started without ``--image-root`` and the gallery's manifest records no image folder that exists here),
+  ``source_not_found`` (the file is gone), ``unreadable_image`` (the file is there but is not an image the
+  decoder accepts, or any other file-system error while reading it).
 * 422 ``invalid_size``: ``size`` outside ``16..thumbnail_max_side``.
 
 Thumbnails are cached by the browser (``Cache-Control``) and revalidated with an ``ETag`` made from the
-file's identity (resolved path, size, mtime, inode) and the requested size, so a changed file gets a new
-tag and an unchanged one answers 304 without being decoded again.
+file's identity (resolved path, size, mtime, inode of the file actually opened) and the requested size, so a
+changed file gets a new tag and an unchanged one answers 304 without being decoded again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, BinaryIO
 
-from serving.core import opencv_limits  # noqa: F401,I001  sets OpenCV's decoder limits before cv2 loads
-
+# isort: off
+from serving.core import opencv_limits  # noqa: F401  sets OpenCV's decoder limits before cv2 loads
 import cv2
 import numpy as np
+# isort: on
 from fastapi import APIRouter, Header, Query, Response
 from fastapi import Path as PathParam
 
-from serving.api.errors import ApiError
 from serving.api.deps import RuntimeDep
-from serving.core.imageio import DecodeLimits, ImageDecodeError, TooManyPixels, inspect_image
-from serving.core.paths import SourceNotFoundError, UnsafeSourceError, resolve_source
+from serving.api.errors import ApiError
 from serving.api.schemas import ERROR_DESCRIPTIONS, ErrorBody
+from serving.core.beneath import EscapeError, open_beneath
+from serving.core.imageio import DecodeLimits, ImageDecodeError, TooManyPixels, inspect_image
+from serving.core.paths import SourceNotFoundError, UnsafeSourceError, locate_source
 from serving.runtime.state import Runtime
 
 logger = logging.getLogger(__name__)
@@ -91,11 +95,21 @@ class Thumbnail:
     body: bytes | None
 
 
-def make_thumbnail(path: str | Path, size: int, limits: DecodeLimits, quality: int = JPEG_QUALITY) -> bytes:
-    """Decode an image file and re-encode it as a JPEG whose longer side is at most ``size``.
+def open_source(root: Path, inside: PurePosixPath) -> BinaryIO:
+    """Open a located gallery file beneath its root (no link on the way); the caller closes it.
+
+    Raises:
+        EscapeError: a component became a symbolic link after the source was located.
+        OSError: the file cannot be opened (removed, replaced by a folder, no permission).
+    """
+    return os.fdopen(open_beneath(root, inside), "rb")
+
+
+def make_thumbnail(handle: BinaryIO, size: int, limits: DecodeLimits, quality: int = JPEG_QUALITY) -> bytes:
+    """Decode an open image file and re-encode it as a JPEG whose longer side is at most ``size``.
 
     Args:
-        path: the (already vetted) image file.
+        handle: the (already vetted and opened) image file.
         size: largest output side in pixels; smaller images keep their size.
         limits: byte and pixel bounds checked before decoding (a gallery folder can hold a bomb too).
         quality: JPEG quality, 0-100.
@@ -105,12 +119,9 @@ def make_thumbnail(path: str | Path, size: int, limits: DecodeLimits, quality: i
 
     Raises:
         ImageDecodeError: the file is too large, not an image, or cannot be decoded.
-        OSError: the file cannot be read, or its last component became a symlink after it was resolved.
+        OSError: the file cannot be read.
     """
-    # O_NOFOLLOW: ``path`` is already resolved, so a symlink here was swapped in after the check; refuse it.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(limits.max_bytes + 1)
+    data = handle.read(limits.max_bytes + 1)
     header = inspect_image(data, limits)
     flag = cv2.IMREAD_COLOR
     if header.format == "jpeg":
@@ -135,9 +146,8 @@ def make_thumbnail(path: str | Path, size: int, limits: DecodeLimits, quality: i
     return encoded.tobytes()
 
 
-def etag_for(path: Path, size: int) -> str:
-    """A strong ETag for the thumbnail of ``path`` at ``size``, from the file's identity, not its bytes."""
-    st = os.stat(path)
+def etag_for(path: Path, st: os.stat_result, size: int) -> str:
+    """A strong ETag for the thumbnail of the file opened at ``path`` (``st``: its ``fstat``) at ``size``."""
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{size}|{JPEG_QUALITY}|{_VERSION}"
     return '"' + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32] + '"'
 
@@ -168,27 +178,28 @@ def thumbnail_for(runtime: Runtime, item_id: int, size: int, if_none_match: str 
     if not source:
         raise ApiError(404, "no_source", f"gallery item {item_id} has no source, so there is no image to show")
     try:
-        path = resolve_source(str(source), roots)
+        root, inside = locate_source(str(source), roots)
     except UnsafeSourceError as exc:
         logger.warning("thumbnail of gallery item %d refused: %s", item_id, exc)
         raise ApiError(403, "source_outside_image_roots", f"gallery item {item_id}: {exc}") from None
     except SourceNotFoundError as exc:
         raise ApiError(404, "source_not_found", f"gallery item {item_id}: {exc}") from None
     try:
-        etag = etag_for(path, size)
-        if _matches(if_none_match, etag):
-            return Thumbnail(etag=etag, body=None)
-        return Thumbnail(etag=etag, body=make_thumbnail(path, size, file_limits(runtime.limits)))
+        with open_source(root, inside) as handle:
+            etag = etag_for(root / inside, os.fstat(handle.fileno()), size)
+            if _matches(if_none_match, etag):
+                return Thumbnail(etag=etag, body=None)
+            return Thumbnail(etag=etag, body=make_thumbnail(handle, size, file_limits(runtime.limits)))
     except ImageDecodeError as exc:
         raise ApiError(404, "unreadable_image", f"gallery item {item_id}'s file is not a usable image: "
                                                 f"{exc.detail}") from None
     except FileNotFoundError:  # deleted between the check and the read
         raise ApiError(404, "source_not_found", f"gallery item {item_id}: its file was removed") from None
+    except EscapeError:  # a component was swapped for a link after the source was located
+        logger.warning("thumbnail of gallery item %d refused: its path changed to a symlink", item_id)
+        raise ApiError(403, "source_outside_image_roots",
+                       f"gallery item {item_id}: its path was replaced by a symlink") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW: replaced by a symlink after it was checked
-            logger.warning("thumbnail of gallery item %d refused: its file became a symlink", item_id)
-            raise ApiError(403, "source_outside_image_roots",
-                           f"gallery item {item_id}: its file was replaced by a symlink") from None
         logger.warning("thumbnail of gallery item %d: cannot read its file: %s", item_id, exc.strerror)
         raise ApiError(404, "unreadable_image", f"gallery item {item_id}'s file cannot be read") from None
 

@@ -45,10 +45,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.core import opencv_limits  # noqa: F401,I001  sets OpenCV's decoder limits before cv2 loads
-
+# isort: off
+from serving.core import opencv_limits  # noqa: F401  sets OpenCV's decoder limits before cv2 loads
 import cv2
 import numpy as np
+# isort: on
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class ImageDecodeError(ValueError):
         """The JSON error body, ``{"error": ..., "detail": ...}``."""
         return {"error": self.error, "detail": self.detail}
 
-    def prefixed(self, prefix: str) -> "ImageDecodeError":
+    def prefixed(self, prefix: str) -> ImageDecodeError:
         """The same refusal (same class and code) with ``prefix`` before its detail, e.g. ``image 2: ``."""
         return type(self)(self.error, prefix + self.detail)
 

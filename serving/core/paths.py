@@ -70,15 +70,15 @@ def check_relative(source: str) -> PurePosixPath:
     return relative
 
 
-def resolve_source(source: str, roots: Iterable[str | Path]) -> Path:
-    """The real path of the file ``source`` names under the first image root that holds it.
+def locate_source(source: str, roots: Iterable[str | Path]) -> tuple[Path, PurePosixPath]:
+    """``(real root, path inside it)`` of the file ``source`` names under the first image root that holds it.
+
+    The path inside the root is the resolved one (no links left in it), so the file can then be opened with
+    :func:`serving.core.beneath.open_beneath`, which refuses any link that appears on the way afterwards.
 
     Args:
         source: the item's ``source`` metadata, relative to the root it was indexed from.
         roots: the configured image roots, tried in order (a gallery built from several folders).
-
-    Returns:
-        The fully resolved path of a regular file inside one of ``roots``.
 
     Raises:
         UnsafeSourceError: see :func:`check_relative`, or the path resolves outside its root (a symlink
@@ -97,8 +97,21 @@ def resolve_source(source: str, roots: Iterable[str | Path]) -> Path:
             escaped = True  # with no ".." and no absolute part, only a symlink can lead out of the root
             continue
         if os.path.isfile(candidate):
-            return Path(candidate)
+            return Path(real_root), PurePosixPath(Path(candidate).relative_to(real_root).as_posix())
     if escaped:
         logger.warning("refused source %r: it resolves outside the image roots (a symlink leaves them)", source)
         raise UnsafeSourceError("the item's source resolves outside the image roots (through a symlink)")
     raise SourceNotFoundError("no image root holds the item's source file; it may have been moved or deleted")
+
+
+def resolve_source(source: str, roots: Iterable[str | Path]) -> Path:
+    """The real path of the file ``source`` names under the first image root that holds it.
+
+    Returns:
+        The fully resolved path of a regular file inside one of ``roots``.
+
+    Raises:
+        UnsafeSourceError, SourceNotFoundError: as :func:`locate_source`.
+    """
+    root, inside = locate_source(source, roots)
+    return root.joinpath(*inside.parts)

@@ -202,14 +202,15 @@ def test_gallery_files_obey_the_pixel_limits_but_not_the_upload_byte_limit(craft
 
 def test_a_file_swapped_for_a_symlink_after_the_check_is_not_followed(tmp_path: Path) -> None:
     import errno
+    from pathlib import PurePosixPath
 
-    from serving.api.thumbnails import make_thumbnail
-    from serving.core.imageio import DecodeLimits
+    from serving.api.thumbnails import open_source
 
     write_jpeg(tmp_path / "outside.jpg")
-    (tmp_path / "resolved.jpg").symlink_to(tmp_path / "outside.jpg")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "resolved.jpg").symlink_to(tmp_path / "outside.jpg")
     with pytest.raises(OSError) as info:
-        make_thumbnail(tmp_path / "resolved.jpg", 64, DecodeLimits())
+        open_source(tmp_path / "root", PurePosixPath("resolved.jpg"))
     assert info.value.errno == errno.ELOOP
 
 
