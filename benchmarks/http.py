@@ -123,7 +123,7 @@ async def run_level(url: str, queries: Sequence[Query], concurrency: int, reques
         top_k: ``top_k`` of each search.
         timeout_s: per-request timeout (a timeout counts as an error).
         body: ``multipart`` (the ``image`` form field, what most clients send) or ``raw`` (the file as the
-            whole body with its image ``Content-Type``, :mod:`serving.api.fast_search`).
+            whole body with its image ``Content-Type``, :mod:`serving.api.raw_search`).
         client: ``aiohttp`` or ``httpx`` (see above).
         images_per_request: 1 posts ``/search``; more post ``/search/batch`` with that many ``images`` parts
             (consecutive crops of ``queries``; multipart only).
