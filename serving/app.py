@@ -15,14 +15,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from serving.api import api_router, docs, pages, thumbnails
-from serving.api.raw_search import RawImageSearch
-from serving.core.config import KIB, Settings, get_settings
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import RequestContext
-from xmreid.errors import EXIT_DAMAGED, UserError
+from serving.api.raw_search import RawImageSearch
+from serving.core.config import KIB, Settings, get_settings
 from serving.runtime.metrics import Metrics
 from serving.runtime.state import Runtime
 from xmreid.cli import package_version
+from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
 

@@ -96,7 +96,8 @@ def resolve_parser(parser: str) -> str:
         import httptools  # noqa: F401
     except ImportError:
         if parser == "httptools":
-            raise ValueError("--http httptools: the httptools package is not installed (pip install httptools)") from None
+            raise ValueError("--http httptools: the httptools package is not installed "
+                             "(pip install httptools)") from None
         return "h11"
     return "httptools"
 

@@ -14,8 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from serving.core.config import Settings
 from serving.api.errors import ApiError
+from serving.core.config import Settings
 from serving.runtime.state import Runtime
 
 

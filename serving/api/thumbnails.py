@@ -9,8 +9,9 @@ Status codes, all with the API's ``{error, detail}`` body:
   because the item exists and the refusal is deliberate; an operator seeing it knows the gallery holds a
   hand-made source to clean up, not a file that went missing. The body never names a server path.
 * 404 ``not_found`` (no such id), ``no_source`` (the item has none), ``no_image_roots`` (the server was
-  started without ``--image-root`` and the gallery's manifest records no image folder that exists here), ``source_not_found`` (the file is gone), ``unreadable_image`` (the file
-  is there but is not an image the decoder accepts).
+  started without ``--image-root`` and the gallery's manifest records no image folder that exists here),
+  ``source_not_found`` (the file is gone), ``unreadable_image`` (the file is there but is not an image the
+  decoder accepts).
 * 422 ``invalid_size``: ``size`` outside ``16..thumbnail_max_side``.
 
 Thumbnails are cached by the browser (``Cache-Control``) and revalidated with an ``ETag`` made from the
@@ -29,18 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from serving.core import opencv_limits  # noqa: F401,I001  sets OpenCV's decoder limits before cv2 loads
+# isort: off
+from serving.core import opencv_limits  # noqa: F401  sets OpenCV's decoder limits before cv2 loads
+# isort: on
 
 import cv2
 import numpy as np
 from fastapi import APIRouter, Header, Query, Response
 from fastapi import Path as PathParam
 
-from serving.api.errors import ApiError
 from serving.api.deps import RuntimeDep
+from serving.api.errors import ApiError
+from serving.api.schemas import ERROR_DESCRIPTIONS, ErrorBody
 from serving.core.imageio import DecodeLimits, ImageDecodeError, TooManyPixels, inspect_image
 from serving.core.paths import SourceNotFoundError, UnsafeSourceError, resolve_source
-from serving.api.schemas import ERROR_DESCRIPTIONS, ErrorBody
 from serving.runtime.state import Runtime
 
 logger = logging.getLogger(__name__)

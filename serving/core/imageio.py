@@ -45,7 +45,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.core import opencv_limits  # noqa: F401,I001  sets OpenCV's decoder limits before cv2 loads
+# isort: off
+from serving.core import opencv_limits  # noqa: F401  sets OpenCV's decoder limits before cv2 loads
+# isort: on
 
 import cv2
 import numpy as np

@@ -1,8 +1,9 @@
 """A ``/search`` body sent in one-byte pieces costs the server about its own size while it arrives.
 
 Each body is posted straight into the ASGI app (on the app's own event loop), one byte per ``http.request``
-message in its own loop iteration, as a client trickling TCP segments would; ``tracemalloc`` reads how much more memory Python holds
-at every piece. A server that kept every message until the upload ended (hundreds of bytes per byte) fails.
+message in its own loop iteration, as a client trickling TCP segments would; ``tracemalloc`` reads how much
+more memory Python holds at every piece. A server that kept every message until the upload ended (hundreds
+of bytes per byte) fails.
 """
 
 from __future__ import annotations
