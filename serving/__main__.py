@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-from xmreid.cli import run
 from serving.core import logs
+from xmreid.cli import run
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("serving.indexing", "crawl camera folders of RGB crops, embed them and add them to a gallery"),

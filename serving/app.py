@@ -15,15 +15,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from serving.api import api_router, docs, pages, thumbnails
-from serving.api.fast_search import SearchFastPath
-from serving.api.raw_search import RawImageSearch
-from serving.core.config import KIB, Settings, get_settings
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import RequestContext
-from xmreid.errors import EXIT_DAMAGED, UserError
+from serving.api.raw_search import RawImageSearch
+from serving.core.config import KIB, Settings, get_settings
 from serving.runtime.metrics import Metrics
 from serving.runtime.state import Runtime
 from xmreid.cli import package_version
+from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +93,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
         files = {"single": 1, "track": settings.max_track_crops}.get(kind, settings.max_images_per_request)
         return settings.body_limit(files)
 
-    # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to these too.
-    app.add_middleware(SearchFastPath, fastapi_app=app)
+    # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to it too.
     app.add_middleware(RawImageSearch, fastapi_app=app)
     app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit, body_timeout_s=settings.body_timeout_s,
                        counters=app.state.counters)

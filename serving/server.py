@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -107,9 +106,9 @@ def _serve(settings: Settings) -> int:
     """:func:`main` once the settings are valid and logging is set up."""
     import uvicorn
 
+    from serving.api.connections import fit_to_descriptors, protocol_class
     from serving.app import create_app
     from serving.core import heap, logfilter
-    from serving.api.connections import fit_to_descriptors, protocol_class
     from serving.runtime.state import load_components
 
     embedder, gallery = load_components(settings)

@@ -3,7 +3,7 @@
 uvicorn limits requests in flight (``limit_concurrency``: beyond it a request gets 503) and closes idle
 keep-alive connections (``timeout_keep_alive``), but a connection that never sends a request is kept for
 ever: with a few hundred of them the process runs out of file descriptors, ``accept`` fails, and new
-clients hang instead of being refused (issue 17). :func:`protocol_class` returns uvicorn's HTTP/1.1
+clients hang instead of being refused. :func:`protocol_class` returns uvicorn's HTTP/1.1
 protocol — ``httptools`` (the C parser behind Node.js's, the default when installed) or ``h11`` (pure
 Python) — with two additions:
 
@@ -18,10 +18,9 @@ Python) — with two additions:
 :func:`effective_connection_limit` keeps the cap under the process's ``RLIMIT_NOFILE`` with room for the
 files the server itself opens (model, gallery, logs, upload spools), so the cap, not the kernel, refuses.
 
-The event loop stays asyncio's by default: with uvloop, 1 of 4 runs of the descriptor-exhaustion test
-(tests/reliability/test_limits_and_shutdown.py, 300 idle connections under RLIMIT_NOFILE 256) had a new
-client's connection closed with no response instead of answered 200/503; with asyncio 6 of 6 passed
-(2026-12-01). ``--loop uvloop`` remains an opt-in for sites that never approach the descriptor limit.
+The event loop stays asyncio's by default: under descriptor exhaustion (tests/reliability/
+test_limits_and_shutdown.py) uvloop sometimes closed a new client's connection with no answer, where asyncio
+answers 200 or 503. ``--loop uvloop`` remains an opt-in for sites that never approach the descriptor limit.
 """
 
 from __future__ import annotations
@@ -86,8 +85,8 @@ PARSERS = ("auto", "httptools", "h11")
 def resolve_parser(parser: str) -> str:
     """``auto`` -> ``httptools`` when it is installed, else ``h11``; an explicit choice must be importable.
 
-    httptools parses a request head in C: issue 19 measured h11's pure-Python parsing among the largest
-    costs outside the model per ``/search``.
+    httptools parses a request head in C; h11's pure-Python parsing is among the largest costs outside the
+    model per ``/search`` (benchmarks/results/http.md).
     """
     if parser not in PARSERS:
         raise ValueError(f"unknown HTTP parser {parser!r}; valid: {', '.join(PARSERS)}")
@@ -97,7 +96,8 @@ def resolve_parser(parser: str) -> str:
         import httptools  # noqa: F401
     except ImportError:
         if parser == "httptools":
-            raise ValueError("--http httptools: the httptools package is not installed (pip install httptools)") from None
+            raise ValueError("--http httptools: the httptools package is not installed "
+                             "(pip install httptools)") from None
         return "h11"
     return "httptools"
 

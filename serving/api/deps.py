@@ -2,10 +2,8 @@
 
 ``SettingsDep`` resolves to the settings of the app the request belongs to (``app.state.settings``, set by
 ``create_app(settings)``, which takes them from :func:`serving.core.config.get_settings` when given none).
-It used to reach them through ``app.dependency_overrides[get_settings]``; but while an app has any
-override, FastAPI rebuilds the dependency tree of every route on every request (``solve_dependencies``
-calls ``get_dependant``, with ``inspect.signature`` and annotation evaluation, for each sub-dependency),
-which was a large share of a ``/search``'s own CPU (issue 19).
+Not through ``app.dependency_overrides[get_settings]``: while an app has any override, FastAPI rebuilds the
+dependency tree of every route on every request, a large share of a search's own CPU.
 """
 
 from __future__ import annotations
@@ -16,8 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from serving.core.config import Settings
 from serving.api.errors import ApiError
+from serving.core.config import Settings
 from serving.runtime.state import Runtime
 
 

@@ -20,8 +20,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.core.imageio import ImageDecodeError, ImageTooLarge, TooManyPixels, UnsupportedImageFormat
 from serving.embedders.base import ModelUnavailable
 from serving.runtime.batching import BatcherClosed, BatcherOverloaded
-from serving.runtime.durable import (ChangeConflict, ChangeInvalid, ChangeNotSaved, GalleryDamaged, GalleryDiverged,
-                                     GalleryNotReady, StorageFull)
+from serving.runtime.durable import (
+    ChangeConflict,
+    ChangeInvalid,
+    ChangeNotSaved,
+    GalleryDamaged,
+    GalleryDiverged,
+    GalleryNotReady,
+    StorageFull,
+)
 
 logger = logging.getLogger(__name__)
 

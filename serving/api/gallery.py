@@ -16,11 +16,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile
 from pydantic import TypeAdapter, ValidationError
 
-from serving.api.uploads import decode_uploads, read_uploads
-from serving.api.errors import ApiError
 from serving.api.deps import ApiKeyDep, RuntimeDep
-from serving.api.schemas import (GalleryAddResponse, GalleryDeleteResponse, GalleryItemMetadata, GalleryReloadResponse,
-                             GalleryStatsResponse, error_responses)
+from serving.api.errors import ApiError
+from serving.api.schemas import (
+    GalleryAddResponse,
+    GalleryDeleteResponse,
+    GalleryItemMetadata,
+    GalleryReloadResponse,
+    GalleryStatsResponse,
+    error_responses,
+)
+from serving.api.uploads import decode_uploads, read_uploads
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 

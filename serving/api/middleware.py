@@ -181,7 +181,7 @@ def _capped(receive: Receive, limit: int, timeout_s: float | None = None) -> Rec
             try:
                 if _HAS_TIMEOUT:
                     # asyncio.timeout (3.11+) arms a timer on the running task; wait_for (before 3.12) wraps
-                    # every receive in a task of its own, a measurable cost per request (issue 19).
+                    # every receive in a task of its own, a measurable cost per request.
                     async with asyncio.timeout(timeout_s):
                         message = await receive()
                 else:

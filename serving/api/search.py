@@ -16,11 +16,11 @@ import orjson
 from fastapi import APIRouter, File, Query, Response, UploadFile
 from pydantic import BaseModel
 
-from serving.runtime import ranking
-from serving.api.uploads import RAW_IMAGE_TYPES, decode_uploads, raise_first_failure, read_uploads
-from serving.api.errors import ApiError
 from serving.api.deps import RuntimeDep
+from serving.api.errors import ApiError
 from serving.api.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
+from serving.api.uploads import RAW_IMAGE_TYPES, decode_uploads, raise_first_failure, read_uploads
+from serving.runtime import ranking
 from serving.runtime.state import Runtime
 
 router = APIRouter(tags=["search"])

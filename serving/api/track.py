@@ -19,13 +19,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, UploadFile
 
-from serving.runtime import ranking
-from serving.api.search import (DEFAULT_TOP_K, Cameras, GroupBy, Rerank, RerankN, TopK, check_options,
-                                ranked_answers)
-from serving.api.uploads import decode_uploads
-from serving.api.errors import ApiError
 from serving.api.deps import RuntimeDep
+from serving.api.errors import ApiError
 from serving.api.schemas import SearchHit, Timings, TrackInfo, TrackSearchResponse, error_responses
+from serving.api.search import DEFAULT_TOP_K, Cameras, GroupBy, Rerank, RerankN, TopK, check_options, ranked_answers
+from serving.api.uploads import decode_uploads
+from serving.runtime import ranking
 
 router = APIRouter(tags=["search"])
 

@@ -1,11 +1,10 @@
 """The server process's garbage-collector policy: the heap it has built by the time it serves is frozen.
 
-Why (issue 19, measured on the tiny model at concurrency 32, one server core): the model, the gallery, the
-app and every imported module make a heap of objects that live as long as the process, and CPython's
-full (generation-2) collection walked all of them every ~5 s: 37-42 ms each, a pause of the event loop
-and the model thread alike, which shows in the p99. ``gc.freeze()`` moves them out of the collector's
-generations (they are still freed by reference counting); the full collections then took 1.2-1.3 ms
-and the collector's CPU per search fell from 0.035 to 0.020 ms.
+Why: the model, the gallery, the app and every imported module make a heap of objects that live as long
+as the process, and CPython's full (generation-2) collection walks all of them every few seconds, a pause
+of the event loop and the model thread alike that shows in the p99. ``gc.freeze()`` moves them out of the
+collector's generations (they are still freed by reference counting), so full collections walk only what
+serving allocates (benchmarks/results/gc_pause.md measures both).
 
 Only ``python -m serving serve`` freezes (:func:`freeze`, called once everything is loaded): an app
 created in someone else's process (tests, a notebook) leaves that process's collector alone. Frozen

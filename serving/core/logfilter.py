@@ -1,7 +1,7 @@
 """One line per interval for errors that repeat, instead of a flood.
 
-With its file descriptors exhausted, a server logged "Too many open files" with a traceback for every
-failed ``accept`` (~0.5 GB in three minutes, issue 17), and an overloaded one logs "Exceeded concurrency
+With its file descriptors exhausted, a server logs "Too many open files" with a traceback for every
+failed ``accept`` (half a gigabyte in minutes), and an overloaded one logs "Exceeded concurrency
 limit." for every refused request. A log that size hides everything else and fills the disk the gallery
 is saved to. :class:`RepeatFilter` lets the first record of a kind through (with its traceback), drops the
 rest for ``interval_s``, and then lets one through carrying the count of what it dropped.

@@ -69,7 +69,7 @@ def session_options(intra_op_threads: int | None = None, inter_op_threads: int =
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # ORT's pool threads busy-wait between runs by default. In a server the model is idle between
     # requests, and spinning threads steal the cores that decode, search and HTTP need: turning it off
-    # cut /search p50 several-fold at concurrency 1 (measured with benchmarks/end_to_end.py, issue 19).
+    # cut /search p50 several-fold at concurrency 1 (benchmarks/end_to_end.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options

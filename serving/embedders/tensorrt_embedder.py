@@ -20,8 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from export.artifact import (SIDECAR_FORMAT, ArtifactMetadata, cuda_runtime, file_sha256, read_sidecar, sidecar_path,
-                             tensorrt_unavailable_reason)
+from export.artifact import (
+    SIDECAR_FORMAT,
+    ArtifactMetadata,
+    cuda_runtime,
+    file_sha256,
+    read_sidecar,
+    sidecar_path,
+    tensorrt_unavailable_reason,
+)
 from serving.embedders.base import Embedder
 from xmreid.errors import UserError
 

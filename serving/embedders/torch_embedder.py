@@ -36,6 +36,7 @@ class TorchEmbedder(Embedder):
         super().__init__()
         try:
             import torch
+
             from training.model import load_checkpoint
         except ImportError as exc:
             raise UserError(f"backend 'torch' needs torch and the training package ({exc}); "

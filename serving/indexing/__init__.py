@@ -16,8 +16,7 @@ alike, and both produce the same gallery (same ids, same vectors up to float rou
 from __future__ import annotations
 
 from serving.indexing.cli import ENGINES, build_parser, main, parse_cameras
-from serving.indexing.common import (IndexSummary, crawl, gallery_metadata, gallery_sources, open_gallery,
-                                     save_gallery)
+from serving.indexing.common import IndexSummary, crawl, gallery_metadata, gallery_sources, open_gallery, save_gallery
 from serving.indexing.local import index_images
 
 __all__ = ["ENGINES", "IndexSummary", "build_parser", "crawl", "gallery_metadata", "gallery_sources",

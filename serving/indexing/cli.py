@@ -11,10 +11,10 @@ from pathlib import Path
 
 from index.errors import GalleryError
 from index.tuning import check_target
-from serving.indexing.crawl import SPLITS
 from serving.embedders import BACKENDS
-from xmreid.errors import UserError
+from serving.indexing.crawl import SPLITS
 from serving.indexing.local import index_images
+from xmreid.errors import UserError
 
 DESCRIPTION = "``python -m serving index``: crawl RGB crops, embed them in batches, add them to a gallery."
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving index", description=DESCRIPTION)
     parser.add_argument("--model", required=True, type=Path, help="exported model: model.onnx (or .plan, .pt)")
     parser.add_argument("--images", required=True, type=Path,
-                        help="image root: a SYSU-MM01 tree, <camera>/.../*.jpg folders, or the root of --manifest paths")
+                        help="image root: a SYSU-MM01 tree, <camera>/.../*.jpg folders, or the root of --manifest "
+                             "paths")
     parser.add_argument("--gallery", required=True, type=Path, help="gallery directory (created, or resumed)")
     crawl_group = parser.add_argument_group("what to index")
     crawl_group.add_argument("--cameras", default=None,
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--target-recall", type=float, default=None,
                            help="after indexing, tune an approximate --kind (ivf_flat, hnsw) to this held-out "
                                 "recall@10 (python -m serving gallery tune; stored in the manifest)")
-    run_group.add_argument("--save-every", type=int, default=20, help="save the gallery every N batches (0: at the end)")
+    run_group.add_argument("--save-every", type=int, default=20,
+                           help="save the gallery every N batches (0: at the end)")
     run_group.add_argument("--engine", default="local", choices=ENGINES,
                            help="local: this process (decode threads, one embedder); ray: Ray Data decode tasks "
                                 "and an actor pool of embedders (serving.indexing.ray)")

@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from serving.indexing.crawl import SPLITS, ImageItem, crawl_generic, crawl_sysu, is_sysu_tree, read_manifest
-from serving.embedders import Embedder
-from xmreid.errors import EXIT_DAMAGED, UserError
 from serving.core.imageio import DecodeLimits, ImageDecodeError, decode_image_file
+from serving.embedders import Embedder
+from serving.indexing.crawl import SPLITS, ImageItem, crawl_generic, crawl_sysu, is_sysu_tree, read_manifest
+from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class IndexSummary:
 
 
 def crawl(images: Path, cameras: Sequence[int] | None = None, split: str = "all",
-          manifest: Path | None = None, track_level: int | None = None) -> tuple[list[ImageItem], list[tuple[str, str]]]:
+          manifest: Path | None = None,
+          track_level: int | None = None) -> tuple[list[ImageItem], list[tuple[str, str]]]:
     """Pick the crawler: a CSV manifest when given, else SYSU-MM01 when ``exp/`` is present, else generic.
 
     Track ids (``track_id``, for ``group_by=camera_track``) come from the manifest's ``track_id`` column, a
@@ -120,7 +121,8 @@ def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **opti
 
     try:
         if (directory / MANIFEST).is_file():
-            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
+            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint,
+                                   family=getattr(embedder, "family", None),
                                    dim=embedder.dim, claim=True)
             if gallery.kind != kind:
                 logger.warning("%s is an existing %r gallery; --kind %s applies only to new galleries",
@@ -130,7 +132,8 @@ def open_gallery(directory: Path, embedder: Embedder, kind: str = "flat", **opti
         if options.get("backend") == "milvus":  # Milvus keeps its own data; its manifest is written on save
             return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint,
                                   family=getattr(embedder, "family", None), **options)
-        return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
+        return Gallery.create(embedder.dim, kind=kind, fingerprint=embedder.fingerprint,
+                              family=getattr(embedder, "family", None),
                               directory=directory,
                               **options)
     except GalleryLockedError as exc:

@@ -226,7 +226,8 @@ def read_manifest(manifest: Path, root: Path, cameras: Iterable[int] | None = No
         missing = [c for c in ("path", "camera") if c not in columns]
         if missing:
             raise UserError(f"{manifest}: header lacks column(s) {', '.join(missing)}; expected "
-                            f"{','.join(MANIFEST_COLUMNS)} (all but the first two optional), found {','.join(columns) or 'none'}")
+                            f"{','.join(MANIFEST_COLUMNS)} (all but the first two optional), "
+                            f"found {','.join(columns) or 'none'}")
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
             where = f"{manifest}:{line}"

@@ -33,12 +33,20 @@ from typing import Any
 
 import numpy as np
 
-from serving.indexing.crawl import ImageItem
-from serving.embedders import load_embedder
-from xmreid.errors import UserError
 from serving.core.imageio import DEFAULT_LIMITS, DecodeLimits
-from serving.indexing.common import (EmbeddedBatch, IndexSummary, crawl, load_item, open_gallery, pending_items,
-                                     record_image_root, run_batches)
+from serving.embedders import load_embedder
+from serving.indexing.common import (
+    EmbeddedBatch,
+    IndexSummary,
+    crawl,
+    load_item,
+    open_gallery,
+    pending_items,
+    record_image_root,
+    run_batches,
+)
+from serving.indexing.crawl import ImageItem
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from prometheus_client.process_collector import ProcessCollector
 
 from xmreid.cli import package_version
 
-
 # Request latency: sub-millisecond health checks up to multi-second batch uploads.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -86,7 +85,8 @@ class Metrics:
         self._stage_children: dict[str, Any] = {}
 
     def watch_batcher(self, batcher: Any) -> None:
-        """Read the queue depth and bound of ``batcher`` (a :class:`serving.runtime.batching.MicroBatcher`) at scrape time."""
+        """Read the queue depth and bound of ``batcher`` (a :class:`~serving.runtime.batching.MicroBatcher`) when
+        scraped."""
         self.queue_depth.set_function(lambda: batcher.queue_depth)
         self.queue_limit.set(batcher.max_queue)
 

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from index.manifest import MANIFEST  # Gallery.save writes it; its presence means "a gallery lives here"
-from serving.runtime.batching import JobResult, MicroBatcher
 from serving.core import heap
 from serving.core.config import Settings
-from serving.runtime.durable import AddResult, DurableGallery
-from xmreid.errors import EXIT_DAMAGED, UserError
 from serving.core.imageio import DecodeLimits, decode_image
+from serving.runtime.batching import JobResult, MicroBatcher
+from serving.runtime.durable import AddResult, DurableGallery
 from serving.runtime.metrics import Metrics
+from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +97,14 @@ def load_gallery(settings: Settings, embedder: Any) -> Any:
     claim = settings.exclusive and settings.save_on_mutation and not settings.read_only
     try:
         if (directory / MANIFEST).is_file():
-            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
+            gallery = Gallery.load(directory, fingerprint=embedder.fingerprint,
+                                   family=getattr(embedder, "family", None),
                                    dim=int(embedder.dim),
                                    read_only=settings.read_only, claim=claim)
         elif settings.create_gallery and not settings.read_only:
             logger.info("no gallery in %s; starting an empty one (it is written on the first change)", directory)
-            gallery = Gallery.create(int(embedder.dim), fingerprint=embedder.fingerprint, family=getattr(embedder, "family", None),
+            gallery = Gallery.create(int(embedder.dim), fingerprint=embedder.fingerprint,
+                                     family=getattr(embedder, "family", None),
                                      directory=directory if claim else None)
         else:
             raise UserError(f"no gallery in {directory} (no {MANIFEST}); build one with `python -m serving index`"
