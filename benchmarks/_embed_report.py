@@ -54,10 +54,10 @@ def _int8_table(ob: dict[str, Any], top: int = 12) -> str:
 
 def report(results: dict[str, Any]) -> str:
     """The Markdown body: one table per model, the target verdicts, and what limits the ratios."""
-    parts = [f"Host-to-host throughput with {results['threads']} CPU threads (all CPU backends get the same count); "
+    parts = [(f"Host-to-host throughput with {results['threads']} CPU threads (all CPU backends get the same count); "
              f"interleaved rounds on the same random uint8 images. Speed-up = images/s over `{BASELINE}` (and over "
              f"`{FP32_ORT}`) at the same batch and thread count. `cos_*` = cosine of the backend's descriptors "
-             f"against `{FP32_ORT}` on real held-out crops of both modalities (min / 1st percentile / median)."]
+             f"against `{FP32_ORT}` on real held-out crops of both modalities (min / 1st percentile / median).")]
     probe = results.get("int8_gemm")
     if probe:
         parts.append("ONNX Runtime's U8S8 integer GEMM on this CPU: " + (

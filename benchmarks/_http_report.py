@@ -189,17 +189,17 @@ def docs_block(data: dict[str, Any], link: str = "../benchmarks/results/http.md"
              "model thread's CPU during its calls." + (f" {model}" if model else "") + (
                  f" `before …` rows: the same servers from {results['before']['label']}, in the same run."
                  if results.get("before") else ""), "",
-             "| server | concurrency | req/s | p50 / p99 ms | mean micro-batch | server CPU ms/req | model | outside "
-             "the model |", "|---|---|---|---|---|---|---|---|"]
+             ("| server | concurrency | req/s | p50 / p99 ms | mean micro-batch | server CPU ms/req | model | outside "
+             "the model |"), "|---|---|---|---|---|---|---|---|"]
     for r in results.get("summary", []):
         lines.append(f"| {r['mode']} | {r['concurrency']} | {_fmt(r['requests_per_s'])} | {_fmt(r['p50_ms'])} / "
                      f"{_fmt(r['p99_ms'])} | {_fmt(r['mean_batch'])} | {_fmt(r['server_cpu_ms'])} | "
                      f"{_fmt(r['model_cpu_ms'])} | {_fmt(r['outside_model_cpu_ms'])} |")
     if off is not None:
         o = results["offline"][-1]
-        lines += ["", f"Offline batched embedding in the same run (batch {o['batch']}, cores {o.get('cores', 'all')}, "
+        lines += ["", (f"Offline batched embedding in the same run (batch {o['batch']}, cores {o.get('cores', 'all')}, "
                       f"{o.get('threads') or '?'} thread(s)): {off:.0f} images/s, the ceiling for micro-batched "
-                      "serving on those cores."]
+                      "serving on those cores.")]
     checks = results.get("issue_checks") or []
     if checks:
         lines += ["", "Aims: " + "; ".join(

@@ -31,7 +31,7 @@ class CpuTimes:
     total: float
     main_thread: float | None
 
-    def __sub__(self, other: "CpuTimes") -> "CpuTimes":
+    def __sub__(self, other: CpuTimes) -> CpuTimes:
         main = None if self.main_thread is None or other.main_thread is None else self.main_thread - other.main_thread
         return CpuTimes(self.total - other.total, main)
 

@@ -99,8 +99,8 @@ def fit_model_stats(model: str | Path, images: str | Path, batch: int = 64, seed
     Raises:
         FileNotFoundError / ValueError: no model file, or fewer than two identities with two crops.
     """
-    from serving.embedders import load_embedder
     from serving.core.imageio import decode_image_file
+    from serving.embedders import load_embedder
 
     embedder = load_embedder(model)
     by_person: dict[str, list[Path]] = defaultdict(list)

@@ -159,7 +159,7 @@ def profiled_launcher(path: Path, timer: str = "") -> list[str]:
     return ["-c", _PROFILED.format(path=str(path), timer=timer)]
 
 
-def profile_requests(server: "ServerProcess", path: Path, send: Any) -> Any:
+def profile_requests(server: ServerProcess, path: Path, send: Any) -> Any:
     """Switch the server's profiler on, call ``send()`` (the requests to profile), switch it off, wait for ``path``.
 
     Returns:
@@ -388,7 +388,7 @@ class ServerProcess:
         return ["serve", "--model", str(self.model), "--gallery", str(self.gallery),
                 "--host", self.host, "--port", str(self.port), "--log-level", "warning", *self.extra_args]
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """Start the server and wait until it is ready.
 
         Raises:
@@ -444,7 +444,7 @@ class ServerProcess:
             logger.warning("server exited with status %s; its log is %s", rc, self.log_path)
         return rc
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -39,8 +39,17 @@ import httpx
 import numpy as np
 
 from benchmarks import _machine
-from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, profile_requests, profile_summary,
-                                profiled_launcher, scrape, server_env)
+from benchmarks._server import (
+    VARIANTS,
+    Query,
+    ServerProcess,
+    load_queries,
+    profile_requests,
+    profile_summary,
+    profiled_launcher,
+    scrape,
+    server_env,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bare.close()
     results["bare"] = {k: _machine.summarize([v / 1e3 for v in vals]) for k, vals in bare.samples.items() if vals}
     bare_model = results["bare"]["model"]["p50_ms"]
-    for name, v in results["variants"].items():
+    for v in results["variants"].values():
         v["overhead_vs_bare_model"] = v["wall_p50_ms"] / bare_model - 1.0
         v["target_met"] = v["overhead_vs_bare_model"] <= TARGET_OVERHEAD
         v["largest_stage"] = max(STAGES, key=lambda k: v["ms"][k])
@@ -206,11 +215,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     bare = results["bare"]
-    parts = [f"Concurrency 1, {results['requests']} requests per server, top_k {results['top_k']}; bare stages and "
+    parts = [(f"Concurrency 1, {results['requests']} requests per server, top_k {results['top_k']}; bare stages and "
              f"servers interleaved in blocks of {results['block']}. Bare model (in-process `embedder.embed` on one "
              f"pre-decoded crop): p50 {bare['model']['p50_ms']:.2f} ms, p95 {bare['model']['p95_ms']:.2f} ms; bare "
              f"decode p50 {bare['decode']['p50_ms']:.2f} ms; bare search + metadata p50 "
-             f"{bare['search']['p50_ms']:.2f} ms."]
+             f"{bare['search']['p50_ms']:.2f} ms.")]
     rows = []
     for name, v in results["variants"].items():
         row = {"server": name, "p50_ms": v["wall_p50_ms"], "p95_ms": v["wall_p95_ms"], "mean_ms": v["wall_mean_ms"]}

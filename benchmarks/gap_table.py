@@ -49,7 +49,7 @@ def read_run(folder: Path) -> tuple[int, dict[str, float], dict]:
 
 def _stats(values: list[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v)),
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v),
             "values": [float(x) for x in v]}
 
 

@@ -65,11 +65,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     return "\n\n".join([
-        f"Full collections (`gc.collect()`) in a process holding what `serve` loads: model `{results['model']}`, "
+        (f"Full collections (`gc.collect()`) in a process holding what `serve` loads: model `{results['model']}`, "
         f"gallery `{results['gallery']}` ({results['gallery_size']} items), the FastAPI app; plus "
         f"{results['garbage']} short-lived containers per collection. Median and max of {results['rounds']} "
         "collections each; `tracked_objects`: what stays in the collector's generations (walked by every full "
-        "collection) once the churn is freed.",
+        "collection) once the churn is freed."),
         _machine.markdown_table(results["rows"], ["heap", "median_ms", "max_ms", "tracked_objects",
                                                   "frozen_objects"])])
 

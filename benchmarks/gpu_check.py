@@ -225,7 +225,8 @@ def check_train_step(ctx: Context) -> dict:
     finite = bool(np.isfinite(losses).all())
     first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
     passed = finite and last < first
-    return {"passed": passed, "reason": "" if passed else f"losses finite={finite}, first10 {first:.3f} last10 {last:.3f}",
+    return {"passed": passed, "reason": "" if passed else f"losses finite={finite}, first10 {first:.3f}, "
+                                                          f"last10 {last:.3f}",
             "steps": TRAIN_STEPS, "first10_mean": first, "last10_mean": last, "steps_per_s": TRAIN_STEPS / seconds,
             "amp": str(amp_dtype).removeprefix("torch."), "batch_pairs": 16}
 
@@ -265,8 +266,8 @@ def check_onnxruntime_cuda(ctx: Context) -> dict:
         ort.preload_dlls()
     _, path = ctx.model_and_onnx()
     session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        return {"passed": False, "reason": f"the CUDA provider did not load (session providers {session.get_providers()})"}
+    if (providers := session.get_providers())[0] != "CUDAExecutionProvider":
+        return {"passed": False, "reason": f"the CUDA provider did not load (session providers {providers})"}
     rows, ok = _parity_rows(lambda x: session.run(None, {"images": x})[0], ctx, FP32_MIN_COSINE)
     return {"passed": ok, "reason": "" if ok else "a batch fell below 0.9999 cosine", "rows": rows,
             "onnxruntime": ort.__version__}
@@ -409,17 +410,16 @@ def check_search_http(ctx: Context) -> dict:
     del embedder
     import cv2
 
-    ok_enc, jpeg = cv2.imencode(".jpg", np.random.default_rng(2).integers(0, 256, (384, 128, 3), dtype=np.uint8))
-    with ServerProcess(artifact, gallery_dir, ["--backend", backend]) as server:
-        with httpx.Client(timeout=60) as client:
-            samples = []
-            for i in range(60):
-                start = time.perf_counter()
-                r = client.post(f"{server.url}/search?top_k=10", files={"image": ("q.jpg", jpeg.tobytes(), "image/jpeg")})
-                r.raise_for_status()
-                if i >= 10:
-                    samples.append(time.perf_counter() - start)
-            model = r.json()["model"]
+    _ok_enc, jpeg = cv2.imencode(".jpg", np.random.default_rng(2).integers(0, 256, (384, 128, 3), dtype=np.uint8))
+    with ServerProcess(artifact, gallery_dir, ["--backend", backend]) as server, httpx.Client(timeout=60) as client:
+        samples = []
+        for i in range(60):
+            start = time.perf_counter()
+            r = client.post(f"{server.url}/search?top_k=10", files={"image": ("q.jpg", jpeg.tobytes(), "image/jpeg")})
+            r.raise_for_status()
+            if i >= 10:
+                samples.append(time.perf_counter() - start)
+        model = r.json()["model"]
     return {"passed": True, "reason": "", "p50_ms": 1000 * float(np.median(samples)), "backend": model.get("name"),
             "requests": len(samples)}
 

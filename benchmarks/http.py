@@ -41,10 +41,27 @@ import numpy as np
 from benchmarks import _machine, _proc
 from benchmarks._http_load import BODY_FORMS, parse_clients, run_level
 from benchmarks._http_report import DOCS_PAGE, plot, report, update_docs
-from benchmarks._http_rows import (BATCHED_RATIO, MIN_MEAN_BATCH, OUTSIDE_MODEL_CPU_MS, TARGET_RATIO, aim_checks,
-                                   level_row, summarize_runs, target_check)
-from benchmarks._server import (VARIANTS, Query, ServerProcess, load_queries, profile_requests, profile_summary,
-                                profiled_launcher, scrape, server_env)
+from benchmarks._http_rows import (
+    BATCHED_RATIO,
+    MIN_MEAN_BATCH,
+    OUTSIDE_MODEL_CPU_MS,
+    TARGET_RATIO,
+    aim_checks,
+    level_row,
+    summarize_runs,
+    target_check,
+)
+from benchmarks._server import (
+    VARIANTS,
+    Query,
+    ServerProcess,
+    load_queries,
+    profile_requests,
+    profile_summary,
+    profiled_launcher,
+    scrape,
+    server_env,
+)
 from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -59,8 +76,8 @@ def offline_reference(model: Path, queries: Sequence[Query], batch: int, *, roun
     runs on the server's cores (this thread is pinned to them while the model loads and runs, so ONNX
     Runtime sizes its pool to them, as it does in the server), i.e. with the same thread count.
     """
-    from serving.embedders import load_embedder
     from serving.core.imageio import decode_image
+    from serving.embedders import load_embedder
 
     previous = _proc.pin(cpus) if cpus else None
     try:

@@ -121,12 +121,12 @@ def report(results: dict[str, Any]) -> str:
     where = (f"client on core {pinning['client_cores']}, canned server on core {pinning['server_cores']}" if pinning
              else "client and server unpinned")
     return "\n\n".join([
-        f"`POST /search` at concurrency {results['concurrency']}, {results['requests']} requests per run, "
+        (f"`POST /search` at concurrency {results['concurrency']}, {results['requests']} requests per run, "
         f"{results['repeats']} runs per client (interleaved), {where}. The server is a canned uvicorn app "
         "(serving's protocol class, httptools) that reads each body and answers a fixed 10-hit search answer: "
         "no model, no gallery, so the rate is what the client can post. `client_cpu_ms`: this process's CPU "
         "per answered request; `client_busy`: its share of the wall time; `server_cpu_ms`: the canned server's "
-        "CPU per request (OS account). Medians:",
+        "CPU per request (OS account). Medians:"),
         _machine.markdown_table(results["summary"], ["client", "runs", "requests_per_s", "client_cpu_ms",
                                                      "client_busy", "server_cpu_ms", "p50_ms"]),
         "Every run:",

@@ -219,22 +219,22 @@ def _markdown(configs: list[dict], accuracy: dict, latency: dict, args: argparse
             "top-10 = offline": lat.get("top10_equals_offline", ""),
         })
     return "\n".join([
-        "Single-crop vs track queries (consecutive crops of one person from one IR camera), with and without "
+        ("Single-crop vs track queries (consecutive crops of one person from one IR camera), with and without "
         "k-reciprocal re-ranking of the top-N neighbourhood, on the synthetic SYSU-MM01 test split "
         f"({facts['test_ids']} identities; gallery: {facts['gallery']} RGB crops of cameras 1, 2, 4, 5; "
         f"{facts['queries_per_draw']} track queries per draw, one per identity and IR camera). "
         f"Mean ± std over {args.draws} draws of the track windows (seed {args.seed}); re-ranking N = {args.rerank_n}, "
-        "k1 = 20, k2 = 6, λ = 0.3.",
+        "k1 = 20, k2 = 6, λ = 0.3."),
         "",
-        "R1 is eval_sysu's rank-1 on the ranking reduced to unique identities (what `group_by=person` shows); "
+        ("R1 is eval_sysu's rank-1 on the ranking reduced to unique identities (what `group_by=person` shows); "
         "mAP and mINP are on the full ranking. Latency: sequential requests to `python -m serving serve` "
         f"({args.requests} per row after 3 warm-up requests), top_k=10; `top-10 = offline` counts answers whose "
-        "top 10 ids equal the offline ranking of the same query.",
+        "top 10 ids equal the offline ranking of the same query."),
         "",
         _machine.markdown_table(rows),
         "",
-        f"Model: `{facts['model']}` (fingerprint {facts['fingerprint'][:12]}, {facts['backend']}); data: "
-        f"`{facts['data_root']}`.",
+        (f"Model: `{facts['model']}` (fingerprint {facts['fingerprint'][:12]}, {facts['backend']}); data: "
+        f"`{facts['data_root']}`."),
     ])
 
 

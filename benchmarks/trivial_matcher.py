@@ -47,7 +47,7 @@ import numpy as np
 
 from benchmarks import _machine
 from training.data import build_dataset
-from training.data._identity import LOWERS, PATTERNS, BAGS, Identity, make_identity
+from training.data._identity import BAGS, LOWERS, PATTERNS, Identity, make_identity
 from training.data.images import read_image
 from training.data.synthetic import MARKER, generate
 from training.gap import GAP_SETTINGS, modality_gap
@@ -104,9 +104,9 @@ def _pattern_attrs(p: Identity) -> list[float]:
     for g in (p.upper_g, p.lower_g):
         plain = g.pattern == "plain"
         # Orientation is a line direction (period pi), so encode 2*theta; plain garments have none.
-        out += _one_hot(g.pattern, PATTERNS) + [0.0 if plain else float(np.log(g.freq)),
-                                                0.0 if plain else float(np.cos(2 * g.theta)),
-                                                0.0 if plain else float(np.sin(2 * g.theta))]
+        waves = (0.0, 0.0, 0.0) if plain else (float(np.log(g.freq)), float(np.cos(2 * g.theta)),
+                                                 float(np.sin(2 * g.theta)))
+        out += [*_one_hot(g.pattern, PATTERNS), *waves]
     return out
 
 
@@ -174,14 +174,14 @@ def evaluate_root(root: Path) -> dict:
 
 
 def _markdown(reports: list[dict]) -> str:
-    lines = ["Cosine similarity on each feature. Gap columns: rank-1 %, the splits of `training.gap` (4 images per "
+    lines = [("Cosine similarity on each feature. Gap columns: rank-1 %, the splits of `training.gap` (4 images per "
              "identity and camera); protocol: SYSU all-search single-shot with 10 gallery draws (R1 ± std, mAP), or "
-             "RegDB trial 1 thermal -> visible.", ""]
+             "RegDB trial 1 thermal -> visible."), ""]
     for rep in reports:
         chance = 100 * rep["chance_rank1"]
         people = rep["data"]["ids"] + (rep["data"].get("extra_train_ids") or 0)
-        lines += [f"### {rep['layout']} layout, {people} identities ({rep['test_ids']} test, "
-                  f"{rep['train_ids']} train; chance rank-1 {chance:.1f} %; protocol: {rep['protocol']})", "",
+        lines += [(f"### {rep['layout']} layout, {people} identities ({rep['test_ids']} test, "
+                  f"{rep['train_ids']} train; chance rank-1 {chance:.1f} %; protocol: {rep['protocol']})"), "",
                   "| matcher | " + " | ".join(GAP_SETTINGS)
                   + " | xm_auc | protocol R1 | protocol mAP | IR->RGB / chance |",
                   "|---|" + "---:|" * (len(GAP_SETTINGS) + 4)]
@@ -193,8 +193,8 @@ def _markdown(reports: list[dict]) -> str:
                          f"{gap['test_ir_to_rgb']['r1'] / rep['chance_rank1']:.2f}x |")
         worst = max(rep["results"][n]["gap"]["test_ir_to_rgb"]["r1"] / rep["chance_rank1"] for n in TRIVIAL)
         verdict = "holds" if worst <= TRIVIAL_BOUND else "BROKEN"
-        lines += ["", f"Contract (raw pixels and grey histogram IR->RGB rank-1 <= {TRIVIAL_BOUND:.0f}x chance): "
-                      f"{verdict} (worst {worst:.2f}x).", ""]
+        lines += ["", (f"Contract (raw pixels and grey histogram IR->RGB rank-1 <= {TRIVIAL_BOUND:.0f}x chance): "
+                      f"{verdict} (worst {worst:.2f}x)."), ""]
     return "\n".join(lines)
 
 

@@ -1,10 +1,10 @@
 """``python -m export tensorrt``: an ONNX model to a TensorRT engine, then verified against ONNX Runtime.
 
 Written against the TensorRT 11 Python API (the ``tensorrt-cu12-bindings`` 11.4 pin; TensorRT's libraries
-come from NVIDIA's index; NVIDIA's "Migrating from TensorRT 10.x to 11.x" and "Removed Python APIs and Replacements" pages) and still working on
-10.x: ``Builder`` -> network filled by the ``OnnxParser`` -> ``BuilderConfig`` (workspace memory-pool
-limit, a timing cache) with one optimization profile over the batch axis of ``images`` (min / opt /
-max) -> ``build_serialized_network`` -> written atomically, with the sidecar.
+come from NVIDIA's index; NVIDIA's "Migrating from TensorRT 10.x to 11.x" and "Removed Python APIs and
+Replacements" pages) and still working on 10.x: ``Builder`` -> network filled by the ``OnnxParser`` ->
+``BuilderConfig`` (workspace memory-pool limit, a timing cache) with one optimization profile over the batch
+axis of ``images`` (min / opt / max) -> ``build_serialized_network`` -> written atomically, with the sidecar.
 
 Precision:
 

@@ -211,7 +211,7 @@ class IvfLists:
                 vectors = np.frombuffer(codes, dtype=np.float32).reshape(size, self.dim)
                 inside = (internal >= 0) & (internal < len(ids))
                 shown = np.where(inside, ids[np.clip(internal, 0, max(len(ids) - 1, 0))], -1) if len(ids) else internal
-                check_in_blocks(path, size, lambda start, count: vectors[start:start + count], shown,
+                check_in_blocks(path, size, lambda start, count, v=vectors: v[start:start + count], shown,
                                 UNIT_TOLERANCE["fp32"], self.dim)
         internal = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
         if not np.array_equal(internal, np.arange(len(ids))):

@@ -395,7 +395,7 @@ class Gallery(DirectoryOwnership, Transactions, Queries, Saving):
                 "count": len(self._backend), "dim": self.dim, "kind": self.kind, "fingerprint": self._fingerprint,
                 "family": self._family, "mixed_precision": self._mixed_precision,
                 "options": self._backend.options,
-                "runtime": {k: v for k, v in self._runtime.items()},
+                "runtime": dict(self._runtime.items()),
                 "next_id": self._next_id, "cameras": self._store.camera_counts(),
                 "labelled": self._store.labelled_count(), "created": self._created, "saved": self._saved,
                 "directory": str(self._directory) if self._directory else None,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -167,10 +168,8 @@ class DirectoryLock:
             if held.refs > 0:
                 return
             del _HELD[key]
-        try:
+        with contextlib.suppress(OSError):
             os.ftruncate(held.fd, 0)  # the next reader sees no holder, not a stale one
-        except OSError:
-            pass
         try:
             if fcntl is not None:
                 fcntl.flock(held.fd, fcntl.LOCK_UN)

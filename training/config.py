@@ -58,7 +58,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     if known.config:
         values = load_yaml(known.config)
         values.pop("config", None)  # an args.yaml written by save_args names its own source; ignore it
-        dests = {a.dest for a in parser._actions if a.dest not in ("help", "config")}  # noqa: SLF001
+        dests = {a.dest for a in parser._actions if a.dest not in ("help", "config")}
         unknown = sorted(set(values) - dests)
         if unknown:
             raise UserError(f"config {known.config}: unknown keys {unknown}; valid keys: {', '.join(sorted(dests))}")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xmreid.errors import UserError
 from training.protocols import format_table
+from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> dict[str, "object"]:
+def run(args: argparse.Namespace) -> dict[str, object]:
     """Evaluate per the parsed arguments; returns ``{setting: ProtocolResult}``.
 
     With ``args.gap`` the modality-gap table of the same model is stored on ``args.gap_result``.
     """
     from training.data import build_dataset
+    from training.features import resolve_device
     from training.model import load_checkpoint
     from training.protocols import evaluate_regdb, evaluate_sysu
-    from training.features import resolve_device
 
     if args.trials < 1 or args.batch_size < 1:
         raise UserError(f"--trials and --batch-size must be >= 1, got {args.trials} and {args.batch_size}")

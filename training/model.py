@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torchvision import models
 
-from xmreid.errors import UserError
 from training.paper import PAPER
+from xmreid.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHS",
     "DFE",
-    "DFEOutput",
     "INPUT_META",
+    "DFEOutput",
     "dfe_resnet18",
     "dfe_resnet34",
     "dfe_resnet50",

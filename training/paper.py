@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["ModelConfig", "PAPER"]
+__all__ = ["PAPER", "ModelConfig"]
 
 
 class ModelConfig(NamedTuple):

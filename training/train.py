@@ -17,17 +17,18 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from xmreid.atomic import atomic_write
 from training.config import parse_with_config, plain, save_args
-from xmreid.errors import UserError
 from training.paper import PAPER
+from xmreid.atomic import atomic_write
+from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,8 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
             optimizer.step()
         values = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
         if not np.isfinite(values["loss"]):
-            raise FloatingPointError(f"loss became {values['loss']} at epoch {epoch} step {done}; lower the learning rates")
+            raise FloatingPointError(f"loss became {values['loss']} at epoch {epoch} step {done}; "
+                                     "lower the learning rates")
         for k in sums:
             sums[k] += values[k]
         done += 1
@@ -276,10 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import build_dataset
     from training.data.loader import build_train_loader
     from training.features import resolve_device
-    from training.protocols import format_table
     from training.gap import format_gap
     from training.losses import resolve_weights
     from training.model import DFE, param_groups
+    from training.protocols import format_table
 
     args = parse_args(argv)
     device = resolve_device(args.device)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.runtime.hits import Camera, SearchHit  # noqa: F401  defined with the hits they describe
+from serving.runtime.hits import Camera, SearchHit
 
 
 class ErrorBody(BaseModel):

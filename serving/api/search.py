@@ -135,7 +135,7 @@ def encode_answer(body: dict[str, Any], model: type[BaseModel]) -> bytes:
 
 _RAW_BODY = {"schema": {"type": "string", "format": "binary"}}
 # The raw-body form is answered by serving.api.raw_search before this route; documented here so clients see it.
-_RAW_IMAGE_BODY = {"requestBody": {"content": {t: _RAW_BODY for t in RAW_IMAGE_TYPES}}}
+_RAW_IMAGE_BODY = {"requestBody": {"content": dict.fromkeys(RAW_IMAGE_TYPES, _RAW_BODY)}}
 
 
 @router.post("/search", response_model=SearchResponse, summary="Search the gallery with one image",

@@ -152,7 +152,7 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
-    def _model_source(self) -> "Settings":
+    def _model_source(self) -> Settings:
         if self.backend == "triton" and not self.triton_url:
             raise ValueError("backend triton needs --triton-url (XMREID_TRITON_URL), e.g. localhost:8001")
         if self.backend != "triton" and self.model is None:

@@ -17,8 +17,15 @@ from serving.core.config import BACKENDS
 from serving.embedders.base import Embedder, ModelUnavailable
 from xmreid.errors import UserError
 
-__all__ = ["ArtifactMetadata", "Embedder", "BACKENDS", "ModelUnavailable", "file_sha256", "load_embedder",
-           "load_triton_embedder"]
+__all__ = [
+    "BACKENDS",
+    "ArtifactMetadata",
+    "Embedder",
+    "ModelUnavailable",
+    "file_sha256",
+    "load_embedder",
+    "load_triton_embedder",
+]
 
 logger = logging.getLogger(__name__)
 

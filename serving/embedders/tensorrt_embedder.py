@@ -14,6 +14,7 @@ only when an engine is loaded, and neither torch nor ``training`` is used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,5 @@ class TensorRTEmbedder(Embedder):
         self._context = self._engine = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: CUDA may already be gone
             self.close()
-        except Exception:  # interpreter shutdown: CUDA may already be gone
-            pass

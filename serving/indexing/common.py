@@ -19,10 +19,10 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -66,8 +66,8 @@ class IndexSummary:
 
     def format(self, max_skipped: int = 20) -> str:
         """A human-readable report, listing up to ``max_skipped`` skipped files with their reasons."""
-        lines = [f"indexed {self.indexed} image(s) in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) "
-                 f"into {self.gallery} (now {self.gallery_size} items)",
+        lines = [(f"indexed {self.indexed} image(s) in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s) "
+                 f"into {self.gallery} (now {self.gallery_size} items)"),
                  f"found {self.found}, already in the gallery {self.already_indexed}, skipped {len(self.skipped)}"]
         for source, reason in self.skipped[:max_skipped]:
             lines.append(f"  skipped {source}: {reason}")
@@ -207,7 +207,7 @@ def _last_good_save(gallery_dir: Path) -> str:
 
     try:
         manifest = read_manifest(gallery_dir)
-    except Exception:  # noqa: BLE001 - only describing what is there
+    except Exception:
         return "nothing was saved there yet"
     return f"the last good save is kept ({manifest['count']} items, saved {manifest.get('saved')})"
 

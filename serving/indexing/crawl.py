@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from xmreid.errors import UserError
 
@@ -181,8 +182,8 @@ def crawl_generic(root: Path, cameras: Iterable[int] | None = None,
         track: int | str | None = None
         if track_level is not None:
             if len(rel.parts) < track_level + 2:  # camera folder, the levels down to the track, the file
-                skipped.append((source, f"no track folder {track_level} level(s) below the camera folder "
-                                        f"(--track-level {track_level})"))
+                skipped.append((source, (f"no track folder {track_level} level(s) below the camera folder "
+                                        f"(--track-level {track_level})")))
                 continue
             track = _label_value(rel.parts[track_level])
         items.append(ImageItem(path=f, source=source, camera=camera, track_id=track))

@@ -57,7 +57,7 @@ def import_ray() -> Any:
     """``ray`` with Ray Data, or a :class:`UserError` that names the extra to install."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise UserError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}; "
                         "or use --engine local") from None

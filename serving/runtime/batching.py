@@ -26,6 +26,7 @@ event loop does nothing but HTTP. A decoding failure fails only its own request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -174,10 +175,8 @@ class MicroBatcher:
         """Stop the worker, fail every waiting request with :class:`BatcherClosed`, wait for in-flight calls."""
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
             self._worker = None
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)

@@ -185,7 +185,7 @@ class Runtime:
         return self.durable.gallery
 
     @classmethod
-    async def start(cls, settings: Settings, metrics: Metrics, embedder: Any = None, gallery: Any = None) -> "Runtime":
+    async def start(cls, settings: Settings, metrics: Metrics, embedder: Any = None, gallery: Any = None) -> Runtime:
         """Load what is not given, start the batcher, and return the ready runtime.
 
         Args:

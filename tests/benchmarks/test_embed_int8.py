@@ -45,8 +45,8 @@ def test_int8_verdict_against_fp32_onnxruntime() -> None:
              "cos_min": 0.99}, {"backend": INT8_BACKEND, "threads": 2, "batch": 1,
                                 "speedup_vs_onnxruntime_cpu": 3.0}]
     lines = _embed_report._int8_verdicts({"models": {"paper": {"rows": rows}}})
-    assert lines == ["- onnxruntime-int8-cpu on paper, 2 threads, batch 8: 1.20x fp32 ONNX Runtime "
-                     "(target 1.5x: not met; cosine vs fp32 min 0.9900)"]
+    assert lines == [("- onnxruntime-int8-cpu on paper, 2 threads, batch 8: 1.20x fp32 ONNX Runtime "
+                     "(target 1.5x: not met; cosine vs fp32 min 0.9900)")]
 
 
 def test_no_int8_flag_and_default_calibration(tmp_path: Path) -> None:

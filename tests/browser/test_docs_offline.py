@@ -6,14 +6,13 @@ Set ``XMREID_SCREENSHOT_DOCS=path.png`` to keep the Swagger UI screenshot.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import importlib.util
 
 import pytest
 

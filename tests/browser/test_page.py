@@ -51,7 +51,7 @@ def api_search(base: str, path: Path, **params) -> list[dict]:
 def test_search_shows_the_api_ranking_with_thumbnails(page, live_server, sysu_root, tmp_path) -> None:
     from serving.indexing.demo_hint import pick_query
 
-    query, pid, camera = pick_query(sysu_root)  # an infrared crop (cam 3/6) of a gallery identity
+    query, _pid, camera = pick_query(sysu_root)  # an infrared crop (cam 3/6) of a gallery identity
     assert camera in (3, 6)
     expected = api_search(live_server.base, query)
 
@@ -104,7 +104,7 @@ def test_camera_filter_restricts_the_results(page, live_server, sysu_root) -> No
     assert "cameras 1, 4" in page.inner_text("#results-sub")
 
 
-@pytest.mark.parametrize(("name", "mime", "content", "title", "detail"), [
+@pytest.mark.parametrize("name, mime, content, title, detail", [
     ("notes.txt", "text/plain", b"shift report: nothing to see", "Not an image", "content type 'text/plain'"),
     ("fake.jpg", "image/jpeg", b"this is not really a jpeg" * 4, "Not an image", "not an image"),
     ("empty.png", "image/png", b"", "The file is empty", "empty"),

@@ -117,9 +117,7 @@ def pip_command(requirements: Path, python_version: str, workdir: Path,
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--only-binary=:all:"]
     for tag in platforms:
         cmd += ["--platform", tag]
-    return cmd + ["--python-version", python_version, "--implementation", "cp", "--target", str(workdir / "target"),
-                  "--report", str(workdir / "report.json"), "--index-url", index_url(), "--quiet",
-                  "-r", str(requirements)]
+    return [*cmd, "--python-version", python_version, "--implementation", "cp", "--target", str(workdir / "target"), "--report", str(workdir / "report.json"), "--index-url", index_url(), "--quiet", "-r", str(requirements)]
 
 
 def resolve(requirements: Path, python_version: str, workdir: Path, timeout: float = 600,

@@ -15,9 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.stack import (GPU_REQUIREMENTS, IMAGE_PLATFORMS, REPO, ResolveError, cuda_majors, dockerfile_facts,
-                                option_lines, pip_command, read_requirements, registry_unreachable_reason, resolve,
-                                split_name)
+from tests.deploy.stack import (
+    GPU_REQUIREMENTS,
+    IMAGE_PLATFORMS,
+    REPO,
+    ResolveError,
+    cuda_majors,
+    dockerfile_facts,
+    option_lines,
+    pip_command,
+    read_requirements,
+    registry_unreachable_reason,
+    resolve,
+    split_name,
+)
 
 pytestmark = pytest.mark.deploy
 DOCKERFILE = REPO / "Dockerfile"

@@ -93,7 +93,7 @@ def test_exact_search_equals_brute_force(make: Factory) -> None:
     ref_s, ref_i = brute_force(x, q, 10)
     np.testing.assert_array_equal(found, ref_i)
     np.testing.assert_allclose(scores, ref_s, atol=1e-5)
-    one_s, one_i = gallery.search(q[0], 3)  # a single [dim] query is a batch of one
+    _one_s, one_i = gallery.search(q[0], 3)  # a single [dim] query is a batch of one
     np.testing.assert_array_equal(one_i, ref_i[:1, :3])
 
 

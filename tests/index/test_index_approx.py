@@ -52,7 +52,7 @@ def test_recall_at_10_above_floor(kind: str, data, galleries) -> None:
 @pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq", "hnsw"])
 @pytest.mark.parametrize("filter_mode", ["selector", "wider"])
 def test_filter_still_returns_k(kind: str, filter_mode: str, data, galleries) -> None:
-    x, q, cameras = data
+    _x, q, cameras = data
     gallery = galleries[kind]
     gallery._runtime["filter_mode"] = filter_mode  # same index, both filter paths
     try:
@@ -82,7 +82,7 @@ def test_ivf_stages_exactly_until_train_size_then_trains(data) -> None:
     gallery = Gallery.create(64, "ivf_flat", train_size=1500)
     gallery.add(x[:1000], meta(cameras[:1000]))
     assert not gallery.stats()["trained"]
-    scores, ids = gallery.search(q, 10)
+    _scores, ids = gallery.search(q, 10)
     np.testing.assert_array_equal(ids, brute_force(x[:1000], q, 10)[1])  # exact while staging
     gallery.add(x[1000:2000], meta(cameras[1000:2000]))
     stats = gallery.stats()

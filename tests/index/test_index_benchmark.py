@@ -76,7 +76,7 @@ def test_model_shaped_data_follows_the_fitted_covariances() -> None:
     mean = np.full(d, 10.0, dtype=np.float32)                  # far from the origin: norms ~ constant
     stats = _search_data.ModelStats(mean=mean, between=between, within=within, crops_per_identity=50.0,
                                     identities=4, images=200, source="hand-made")
-    x, q = _search_data.model_shaped(20_000, 32, seed=0, stats=stats)
+    x, _q = _search_data.model_shaped(20_000, 32, seed=0, stats=stats)
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     raw, _ = _search_data.model_shaped(20_000, 32, seed=0, stats=stats, normalise=False)
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), x, atol=1e-6)
@@ -95,7 +95,7 @@ def test_fit_model_stats_embeds_rgb_crops(tiny_onnx, sysu_root) -> None:
     stats = _search_data.fit_model_stats(tiny_onnx, sysu_root)
     assert stats.identities == 12 and stats.images == 12 * 4 * 4     # 4 RGB cameras x 4 images
     assert stats.between.shape == (12, len(stats.mean)) and stats.crops_per_identity == 16
-    x, q = _search_data.model_shaped(500, 5, seed=0, stats=stats)
+    x, _q = _search_data.model_shaped(500, 5, seed=0, stats=stats)
     assert x.shape == (500, len(stats.mean))
     with pytest.raises(ValueError, match="fewer than two identities"):
         _search_data.fit_model_stats(tiny_onnx, sysu_root / "exp")

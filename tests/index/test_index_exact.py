@@ -50,7 +50,7 @@ def test_k_larger_than_gallery_pads_with_minus_one(kind: str, data) -> None:
     x, q, cameras = data
     gallery = _gallery(kind, x[:5], cameras[:5])
     scores, ids = gallery.search(q, 8)
-    ref_s, ref_i = brute_force(x[:5], q, 8)
+    ref_s, _ref_i = brute_force(x[:5], q, 8)
     np.testing.assert_allclose(scores[:, :5], ref_s, atol=SCORE_TOL[kind])
     assert np.all(ids[:, 5:] == -1) and np.all(np.isneginf(scores[:, 5:]))
     assert sorted(ids[0, :5]) == [0, 1, 2, 3, 4]
@@ -94,7 +94,7 @@ def test_rare_camera_and_time_range(filter_mode: str, data) -> None:
     assert sorted(ids[0, :3]) == [3, 77, 400] and np.all(ids[:, 3:] == -1) and np.all(np.isneginf(scores[:, 3:]))
     # timestamps are 10 * id: [1000, 1500] selects ids 100..150 inclusive
     scores, ids = gallery.search(q, 10, time_range=(1000, 1500))
-    ref_s, ref_i = brute_force(x[100:151], q, 10, ids=np.arange(100, 151))
+    _ref_s, ref_i = brute_force(x[100:151], q, 10, ids=np.arange(100, 151))
     np.testing.assert_array_equal(ids, ref_i)
     scores, ids = gallery.search(q, 60, cameras=[1, 2], time_range=(None, 1500.0))
     expected = set(np.flatnonzero(np.isin(cameras, [1, 2]) & (np.arange(500) <= 150)).tolist())

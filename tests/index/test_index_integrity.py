@@ -150,7 +150,7 @@ def test_a_missing_items_table(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- manifest
-@pytest.mark.parametrize(("field", "value", "expected"), [
+@pytest.mark.parametrize("field, value, expected", [
     ("dim", "abc", "field 'dim' must be a positive integer, got 'abc'"),
     ("dim", True, "field 'dim' must be a positive integer"),
     ("count", None, "field 'count' must be a non-negative integer, got None"),
@@ -260,7 +260,7 @@ def test_damage_in_memory_is_never_answered(tmp_path: Path) -> None:
     assert np.isfinite(scores).all() and 0 not in ids
 
 
-@pytest.mark.parametrize(("kind", "options"), [("flat", {}), ("flat_fp16", {}), ("hnsw", {}),
+@pytest.mark.parametrize("kind, options", [("flat", {}), ("flat_fp16", {}), ("hnsw", {}),
                                                ("ivf_flat", {"train_size": 200}),
                                                ("ivf_pq", {"train_size": 300, "m": 4, "nbits": 4})])
 def test_scores_are_finite_cosines(kind: str, options: dict) -> None:

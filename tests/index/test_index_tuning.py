@@ -16,7 +16,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return clustered(3000, 32, seed=3, n_queries=100)
 
 
-@pytest.mark.parametrize(("kind", "options"), [("ivf_flat", {"train_size": 2000}), ("hnsw", {"ef_search": 16})])
+@pytest.mark.parametrize("kind, options", [("ivf_flat", {"train_size": 2000}), ("hnsw", {"ef_search": 16})])
 def test_tuned_parameter_meets_the_target_and_is_saved(kind: str, options: dict, data, tmp_path) -> None:
     x, q = data
     gallery = Gallery.create(32, kind, **options)

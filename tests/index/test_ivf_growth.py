@@ -33,7 +33,7 @@ def test_auto_nlist_rule() -> None:
 
 
 def test_train_with_expected_size_sizes_nlist_for_it(data) -> None:
-    x, q = data
+    x, _q = data
     gallery = Gallery.create(32, "ivf_flat")
     gallery.train(x[:4000], expected_size=250_000)
     assert _nlist(gallery) == min(round(2 * 250_000 ** 0.5), 4000 // 39) == 102

@@ -213,13 +213,13 @@ def test_100mb_chunked_upload_is_cut_off_at_the_route_limit(live: Server) -> Non
             try:
                 sock.settimeout(5)
                 sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
                 break  # the server stopped reading: it has answered
             sent += len(chunk)
             sock.settimeout(0.001)
             try:
                 peek = sock.recv(4096, socket.MSG_PEEK)
-            except (BlockingIOError, socket.timeout):
+            except (TimeoutError, BlockingIOError):
                 continue
             if peek:
                 break

@@ -58,7 +58,7 @@ def _read_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     while True:
         try:
             chunk = sock.recv(65536)
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             return data
         if not chunk:
             return data

@@ -23,7 +23,7 @@ from index import Gallery
 from index.persist import read_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "index"))
-from faults import COMMIT_STEP, SaveFaults  # noqa: E402  (tests/index/faults.py)
+from faults import COMMIT_STEP, SaveFaults
 
 JPEG = "image/jpeg"
 

@@ -13,8 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serving.api.errors import status_for
-from serving.core.imageio import (DecodeLimits, ImageDecodeError, decode_image, decode_image_file, inspect_image,
-                                  sniff_format)
+from serving.core.imageio import (
+    DecodeLimits,
+    ImageDecodeError,
+    decode_image,
+    decode_image_file,
+    inspect_image,
+    sniff_format,
+)
 
 H, W = 48, 24  # model input size used throughout (not the stored size, so every test also resizes)
 

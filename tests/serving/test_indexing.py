@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.embedders import Embedder, load_embedder
+from serving.indexing import gallery_metadata, index_images, main
 from serving.indexing.crawl import crawl_generic, crawl_sysu, read_manifest
 from serving.indexing.demo_hint import hint
 from serving.indexing.demo_hint import main as demo_hint_main
-from serving.embedders import Embedder, load_embedder
 from xmreid.errors import UserError
-from serving.indexing import gallery_metadata, index_images, main
 
 RGB_CAMERAS = (1, 2, 4, 5)
 
@@ -32,7 +32,7 @@ def embedder(tiny_onnx: Path) -> Embedder:
     return load_embedder(tiny_onnx)
 
 
-@pytest.fixture()
+@pytest.fixture
 def small_tree(sysu_root: Path, tmp_path: Path) -> Path:
     """Two test identities of the synthetic tree, cameras 1 and 2 and 3 (IR), plus a corrupt and an empty JPEG."""
     root = tmp_path / "sysu"

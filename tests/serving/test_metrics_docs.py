@@ -50,12 +50,12 @@ def test_metrics_expose_process_queue_inflight_and_batches(make_client, ir_queri
 def test_queue_depth_gauge_reads_the_batcher(make_client) -> None:
     client = make_client()
     runtime = client.app.state.runtime
-    runtime.batcher._queue.extend([object()] * 3)  # noqa: SLF001 - stand-ins: the gauge reads the live length
+    runtime.batcher._queue.extend([object()] * 3)
     try:
         samples = _samples(client.get("/metrics").text)
         assert samples["xmreid_batch_queue_depth"][0].value == 3
     finally:
-        runtime.batcher._queue.clear()  # noqa: SLF001
+        runtime.batcher._queue.clear()
 
 
 def test_docs_pages_reference_no_external_urls(make_client) -> None:
@@ -85,7 +85,7 @@ def test_grafana_dashboard_uses_only_exposed_metrics(make_client, ir_queries) ->
     client.post("/search", files={"image": ("q.jpg", ir_queries[0].path.read_bytes(), JPEG)})
     exposed = set(_samples(client.get("/metrics").text))
     functions = {"sum", "rate", "by", "le", "histogram_quantile", "label_values", "irate", "avg"}
-    for expr in exprs + [dashboard["templating"]["list"][1]["query"]]:
+    for expr in [*exprs, dashboard["templating"]["list"][1]["query"]]:
         # Metric names are the identifiers followed by a selector `{` (every query here selects by job).
         for name in re.findall(r"([a-z_:][a-z0-9_:]*)\{", expr):
             assert name in exposed or name in functions, f"{name} (in {expr}) is not exposed"

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from serving.core.config import Settings
-from xmreid.errors import UserError
 from serving.server import build_parser, settings_from_args
+from xmreid.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _settings_dests(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     dests: dict[str, list[str]] = {}
-    for action in parser._actions:  # noqa: SLF001 - the public API has no action listing
+    for action in parser._actions:
         if action.option_strings:
             dests.setdefault(action.dest, []).extend(action.option_strings)
     return dests
@@ -43,7 +43,7 @@ def test_every_settings_field_is_a_flag() -> None:
 
 def test_help_shows_each_default_and_variable() -> None:
     text = build_parser().format_help()
-    for name, field in Settings.model_fields.items():
+    for name in Settings.model_fields:
         assert f"XMREID_{name.upper()}" in text, name
     flat = " ".join(text.split())
     assert "(default: 1024; env XMREID_MAX_QUEUE)" in flat
@@ -70,14 +70,14 @@ def test_env_is_honoured_and_a_flag_wins(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("XMREID_MAX_QUEUE", "11")
     monkeypatch.setenv("XMREID_DECODE_THREADS", "4")
     base = ["--model", str(tmp_path / "m.onnx"), "--gallery", str(tmp_path)]
-    settings = settings_from_args(build_parser().parse_args(base + ["--max-queue", "3"]))
+    settings = settings_from_args(build_parser().parse_args([*base, "--max-queue", "3"]))
     assert settings.max_queue == 3 and settings.decode_threads == 4
 
 
 def test_bad_values_are_one_sentence(tmp_path) -> None:
     base = ["--model", str(tmp_path / "m.onnx"), "--gallery", str(tmp_path)]
     with pytest.raises(UserError, match=r"--max-queue: Input should be greater than or equal to 1"):
-        settings_from_args(build_parser().parse_args(base + ["--max-queue", "0"]))
+        settings_from_args(build_parser().parse_args([*base, "--max-queue", "0"]))
     with pytest.raises(UserError, match=r"--model is required \(or set XMREID_MODEL\), except with --backend triton"):
         settings_from_args(build_parser().parse_args(["--gallery", str(tmp_path)]))
     with pytest.raises(UserError, match=r"backend triton needs --triton-url"):
@@ -111,8 +111,8 @@ def test_opencv_defaults_match_the_settings() -> None:
     from serving.core import opencv_limits
 
     fields = Settings.model_fields
-    assert opencv_limits.DEFAULT_MAX_PIXELS == fields["max_pixels"].default
-    assert opencv_limits.DEFAULT_MAX_SIDE == fields["max_side"].default
+    assert fields["max_pixels"].default == opencv_limits.DEFAULT_MAX_PIXELS
+    assert fields["max_side"].default == opencv_limits.DEFAULT_MAX_SIDE
 
 
 def test_opencv_backstop_refuses_what_the_header_check_let_through() -> None:

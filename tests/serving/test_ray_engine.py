@@ -19,8 +19,8 @@ from ci_policy import require
 
 from index import Gallery
 from index.persist import INDEX_FILE, read_manifest
-from xmreid.errors import UserError
 from serving.indexing import main as index_main
+from xmreid.errors import UserError
 
 # ONNX Runtime may pick different kernels for different batch compositions and thread counts; the
 # descriptors are compared after the gallery's L2 normalisation, where 1e-4 is far below any
@@ -28,7 +28,7 @@ from serving.indexing import main as index_main
 VECTOR_ATOL = 1e-4
 
 
-@pytest.fixture()
+@pytest.fixture
 def tree(sysu_root: Path, tmp_path: Path) -> Path:
     """Three test identities, RGB cameras 1 and 2 (24 crops), plus a truncated JPEG in camera 2."""
     root = tmp_path / "sysu"

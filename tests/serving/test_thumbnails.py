@@ -245,7 +245,7 @@ def test_hostile_sources_in_metadata_are_refused_with_403(crafted, name: str) ->
     assert JPEG_MAGIC not in r.content and b"root:" not in r.content
 
 
-@pytest.mark.parametrize(("name", "error"), [("missing", "source_not_found"), ("notimage", "unreadable_image"),
+@pytest.mark.parametrize("name, error", [("missing", "source_not_found"), ("notimage", "unreadable_image"),
                                              ("none", "no_source")])
 def test_unusable_items_are_404_json(crafted, name: str, error: str) -> None:
     client = crafted["client"]()

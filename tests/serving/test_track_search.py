@@ -39,7 +39,7 @@ def _track(ir_queries, n: int):
 def test_track_query_equals_offline_fusion_and_search(make_client, serving_embedder, tiny_gallery, ir_queries,
                                                       fusion: str) -> None:
     client = make_client()
-    q, crops = _track(ir_queries, 3)
+    _q, crops = _track(ir_queries, 3)
     response = client.post("/search/track", files=_files(crops), params={"top_k": 8, "fusion": fusion})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -79,7 +79,7 @@ def test_bad_tracks_get_clear_4xx(make_client, ir_queries, tiny_gallery, serving
     assert "at least one crop" in body["detail"]
     body = assert_error(client.post("/search/track", files=_files(crops)), 422, "too_many_crops")
     assert "4 crops" in body["detail"] and "at most 3" in body["detail"]
-    mixed = _files(crops[:1]) + [("images", ("broken.jpg", crops[1].read_bytes()[:200], JPEG))] + _files(crops[2:3])
+    mixed = [*_files(crops[:1]), ("images", ("broken.jpg", crops[1].read_bytes()[:200], JPEG)), *_files(crops[2:3])]
     body = assert_error(client.post("/search/track", files=mixed), 400, "truncated_image")
     assert body["detail"].startswith("image 1 (broken.jpg)"), body
     assert_error(client.post("/search/track", files=_files(crops[:2]), params={"fusion": "median"}),

@@ -18,7 +18,7 @@ import pytest
 from ci_policy import require
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "triton_fixture"))
-from server import TritonServer, find_triton, python_backend_repository  # noqa: E402
+from server import TritonServer, find_triton, python_backend_repository
 
 require("tritonclient.grpc", reason="tritonclient[grpc] is not installed (requirements.txt has it)")
 
@@ -127,7 +127,7 @@ def test_user_errors_are_one_sentence(tmp_path) -> None:
     good = {"max_batch_size": 8, "input": [{"name": "images", "data_type": "TYPE_UINT8", "dims": ["3", "96", "32"]}],
             "output": [{"name": "descriptors", "data_type": "TYPE_FP32", "dims": ["1536"]}],
             "parameters": {"fingerprint": {"string_value": "a" * 64}, "parts": {"string_value": "6"}}}
-    meta, fingerprint, max_batch = metadata_from_config(good, "m")
+    meta, _fingerprint, max_batch = metadata_from_config(good, "m")
     assert (meta.height, meta.width, meta.descriptor_dim, meta.parts, max_batch) == (96, 32, 1536, 6, 8)
     with pytest.raises(UserError, match="no 'fingerprint' parameter"):
         metadata_from_config({**good, "parameters": {}}, "m")

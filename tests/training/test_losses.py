@@ -245,7 +245,7 @@ def test_dfe_loss_skips_terms_with_zero_weight(monkeypatch: pytest.MonkeyPatch) 
 H, W = 96, 32  # ResNet-18: a 6x2 map, one row per part
 
 
-@pytest.fixture()
+@pytest.fixture
 def two_stream_batch() -> tuple[DFE, torch.Tensor, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     net = DFE(4, arch="resnet18", height=H, width=W).train()

@@ -11,8 +11,8 @@ import torch
 from torchvision import models
 
 from training import model as model_mod
+from training.model import DFE, INPUT_META, DFEOutput, load_checkpoint, param_groups
 from xmreid.errors import UserError
-from training.model import DFE, DFEOutput, INPUT_META, load_checkpoint, param_groups
 
 # ResNet-18 at 96x32 gives a 6x2 map: the smallest input that still has one row per part (K=6).
 H, W = 96, 32
@@ -23,7 +23,7 @@ def _images(b: int, h: int = H, w: int = W, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, generator=g)
 
 
-@pytest.fixture()
+@pytest.fixture
 def small() -> DFE:
     torch.manual_seed(0)
     return DFE(7, arch="resnet18", height=H, width=W)

@@ -11,8 +11,14 @@ from torch import nn
 
 from training.data import build_dataset
 from training.data.records import Record
-from training.protocols import (draw_sysu_gallery, evaluate_regdb, evaluate_sysu, evaluate_sysu_features,
-                                split_sysu, sysu_galleries)
+from training.protocols import (
+    draw_sysu_gallery,
+    evaluate_regdb,
+    evaluate_sysu,
+    evaluate_sysu_features,
+    split_sysu,
+    sysu_galleries,
+)
 
 
 class CountingModel(nn.Module):
@@ -100,7 +106,7 @@ def test_perfect_features_score_one_with_zero_spread(sysu_test):
     m = res.metrics
     assert (m["r1"], m["mAP"], m["mINP"], m["r1_std"], m["trials"]) == (1.0, 1.0, 1.0, 0.0, 3)
     assert len(res.per_trial) == 3 and len(m["cmc"]) == 20
-    dist, q, g = res.example
+    dist, _q, g = res.example
     assert dist.shape == (len(queries), len(galleries[0])) and len(g) == len(galleries[0])
 
 
@@ -172,7 +178,7 @@ def _community_single_shot(root, mode: str, trial: int) -> list[str]:
     pyrandom.seed(trial)
     cameras = ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else ["cam1", "cam2"]
     with open(os.path.join(root, "exp/test_id.txt")) as fh:
-        ids = ["%04d" % int(y) for y in fh.read().splitlines()[0].split(",")]
+        ids = [f"{int(y):04d}" for y in fh.read().splitlines()[0].split(",")]
     files = []
     for pid in sorted(ids):
         for cam in cameras:
@@ -182,7 +188,7 @@ def _community_single_shot(root, mode: str, trial: int) -> list[str]:
     return files
 
 
-@pytest.fixture()
+@pytest.fixture
 def uneven_sysu_tree(tmp_path):
     """Test ids 7, 12, 3 (unsorted in the file); uneven file counts; a missing camera folder."""
     import cv2

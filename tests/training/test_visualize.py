@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from xmreid.errors import UserError
 from training.visualize import (
     BORDER,
     GREEN,
@@ -22,6 +21,7 @@ from training.visualize import (
     plot_ranking_list,
     ranking_list_size,
 )
+from xmreid.errors import UserError
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -47,7 +47,7 @@ def test_plot_cmc_rejects_bad_curves(tmp_path: Path) -> None:
         plot_cmc({"a": np.zeros((2, 3))}, tmp_path / "x.png")
 
 
-@pytest.fixture()
+@pytest.fixture
 def images(tmp_path: Path) -> list[Path]:
     rng = np.random.default_rng(0)
     paths = []

@@ -90,7 +90,7 @@ class TritonServer:
         shutil.copy(self.dist.stub, backends / "triton_python_backend_stub")
         return backends.parent
 
-    def start(self, timeout_s: float = 90.0) -> "TritonServer":
+    def start(self, timeout_s: float = 90.0) -> TritonServer:
         """Start and wait until every model is ready.
 
         Raises:
