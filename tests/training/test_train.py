@@ -172,11 +172,50 @@ def test_gap_options_train_and_record_curves(repo_root, sysu_root, tmp_path, cap
     assert torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4)
 
 
+def test_throughput_and_probe_options_train(repo_root, sysu_root, tmp_path):
+    """The images decoded once, bfloat16 autocast, one thread, the spread form of L_d and the per-step probe
+    run together; probe.csv holds the curves that show what the alignment losses act on."""
+    run = tmp_path / "probe"
+    rc = train_main(_tiny(repo_root, sysu_root, run, "--cache-images", "on", "--amp", "bf16", "--threads", "1",
+                          "--ld-form", "spread", "--probe-every", "1", "--no-eval"))
+    assert rc == 0
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["ld_form"] == "spread" and args["amp"] == "bf16" and args["cache_images"] == "on"
+    rows = list(csv.DictReader((run / "probe.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and [int(r["epoch"]) for r in rows] == [1, 1, 2, 2]
+    first = rows[0]
+    assert float(first["feat_norm"]) > 0 and float(first["bn_weight"]) == pytest.approx(1.0, abs=0.05)
+    # The paper's L_d is the sum of its two terms; at BatchNorm's initial unit scale the spread form is close.
+    ld_paper = float(first["ld_mean"]) + float(first["ld_sigma"])
+    assert 0 < ld_paper and 0.5 < float(first["ld_spread"]) / ld_paper < 2
+    assert 0 <= float(first["batch_auc"]) <= 1
+    metrics = list(csv.DictReader((run / "metrics.csv").open()))
+    assert float(metrics[0]["dist"]) == pytest.approx(
+        sum(float(r["ld_spread"]) for r in rows[:2]) / 2, rel=0.05)  # the loss trained is the spread form
+
+
+def test_amp_modes(repo_root, sysu_root, tmp_path, capsys):
+    from training.train import OPTIMIZERS, parse_args
+    from training.train_options import OPTIMIZER_NAMES
+
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES  # the parser's choices and the builders agree
+    base = _tiny(repo_root, sysu_root, tmp_path / "run")
+    assert parse_args(base).amp == "auto" and parse_args([*base, "--no-amp"]).amp == "off"
+    assert parse_args([*base, "--amp"]).amp == "auto" and parse_args([*base, "--amp", "bf16"]).amp == "bf16"
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text((repo_root / "configs" / "tiny.yaml").read_text() + "amp: false\n")  # an older args.yaml
+    assert parse_args(["--config", str(cfg), "--data-root", str(sysu_root), "--output-dir", str(tmp_path)]).amp == "off"
+    assert cli(["train", *base, "--amp", "fp16", "--device", "cpu"]) == 1
+    assert "--amp fp16 needs a CUDA device" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--channel-aug", "1.5"], "--channel-aug is a probability"),
     (["--pairs-per-id", "3"], "--pairs-per-id 3 must divide --batch-pairs 8"),
     (["--optimizer", "lbfgs"], "invalid choice"),
     (["--classifier-std", "0"], "--classifier-std must be > 0"),
+    (["--ld-form", "cosine"], "invalid choice"),
+    (["--time-budget-s", "-5"], "--time-budget-s must be >= 0"),
 ])
 def test_gap_option_mistakes(repo_root, sysu_root, tmp_path, capsys, extra, message):
     argv = ["train", *_tiny(repo_root, sysu_root, tmp_path / "run"), *extra]
