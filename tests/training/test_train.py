@@ -125,7 +125,7 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     results = json.loads((out / "ablation.json").read_text())["results"]
     assert set(results) == {"sysu", "regdb"}
     table = results["sysu"]["settings"]["sysu_all_single"]
-    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe"] and table["dfe"]["seeds"] == [0, 1]
+    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe", "dfe_spread"] and table["dfe"]["seeds"] == [0, 1]
     assert set(results["regdb"]["settings"]) == {"visible_to_thermal", "thermal_to_visible"}
     # Paired differences are per seed: variant minus baseline of the same seed.
     d = results["sysu"]["paired"]["sysu_all_single"]["dfe"]["r1"]
@@ -144,6 +144,25 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     # RegDB runs use RegDB's 1:11:2 weights.
     args = yaml.safe_load((out / "regdb" / "dfe_seed0" / "args.yaml").read_text())
     assert args["dataset"] == "regdb" and args["loss_preset"] == "regdb" and args["data_root"] == str(regdb_root)
+    # "dfe" is the paper's L_d, "dfe_spread" the scale-invariant form; both are also paired against w/o L_d.
+    assert args["ld_form"] == "paper"
+    assert yaml.safe_load((out / "sysu" / "dfe_spread_seed1" / "args.yaml").read_text())["ld_form"] == "spread"
+    vs_no_ld = results["sysu"]["paired_vs"]["no_ld"]["sysu_all_single"]["dfe_spread"]["r1"]["per_seed"]
+    assert vs_no_ld == pytest.approx([table["dfe_spread"]["r1_per_seed"][i] - table["no_ld"]["r1_per_seed"][i]
+                                      for i in range(2)])
+    assert "Paired difference against DFE w/o L_d" in md and "| DFE (spread L_d) |" in md
+
+
+def test_ablation_regdb_fallback_weights_and_forbidden_options(repo_root, sysu_root, regdb_root, tmp_path, capsys):
+    out = tmp_path / "ablation111"
+    base = ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
+            "--regdb-root", str(regdb_root), "--output-dir", str(out), "--seeds", "0", "--epochs", "1",
+            "--max-steps-per-epoch", "1", "--eval-trials", "1", "--no-progress"]
+    assert cli([*base, "--variants", "dfe_unit", "--regdb-preset", "sysu"]) == 0
+    args = yaml.safe_load((out / "regdb" / "dfe_unit_seed0" / "args.yaml").read_text())
+    assert args["loss_preset"] == "sysu" and args["ld_form"] == "unit" and args["variant"] == "dfe"
+    assert cli([*base, "--ld-form", "spread"]) == 1
+    assert "--ld-form is set by the ablation itself" in capsys.readouterr().err
 
 
 def test_gap_options_train_and_record_curves(repo_root, sysu_root, tmp_path, capsys):
