@@ -95,8 +95,8 @@ def collect(out: Path) -> dict[str, Any]:
     return {"probe": _read_csv(out / "probe.csv"), "gap_curve": _read_csv(out / "gap.csv"),
             "final": {"protocol_r1": float(np.mean([v["r1"] for v in protocol.values()])),
                       "protocol_mAP": float(np.mean([v["mAP"] for v in protocol.values()])),
-                      "test_ir_to_rgb_r1": gap["test_ir_to_rgb"]["r1"], "test_rgb_to_rgb_r1": gap["test_rgb_to_rgb"]["r1"],
-                      "test_ir_to_ir_r1": gap["test_ir_to_ir"]["r1"], "train_ir_to_rgb_r1": gap["train_ir_to_rgb"]["r1"],
+                      **{f"{name}_r1": gap[name]["r1"] for name in ("test_ir_to_rgb", "test_rgb_to_rgb",
+                                                                    "test_ir_to_ir", "train_ir_to_rgb")},
                       "xm_auc": gap["alignment"]["xm_auc"], "mmd": gap["alignment"]["mmd"]}}
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from training.budget import StepPlan, warmup_factor
 from training.config import plain, save_args
-from training.train_options import AMP_MODES, CACHE_LIMIT_MB, OPTIMIZER_NAMES, build_parser, parse_args
+from training.train_options import AMP_MODES, CACHE_LIMIT_MB, build_parser, parse_args
 from xmreid.atomic import atomic_write
 from xmreid.errors import UserError
 
@@ -153,7 +153,8 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
             optimizer.step()
         values = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
         if not np.isfinite(values["loss"]):
-            raise FloatingPointError(f"loss became {values['loss']} at epoch {epoch} step {done}; lower the learning rates")
+            raise FloatingPointError(f"loss became {values['loss']} at epoch {epoch} step {done}; "
+                                     "lower the learning rates")
         for k in sums:
             sums[k] += values[k]
         done += 1
