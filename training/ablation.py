@@ -1,18 +1,22 @@
-"""``python -m training ablation``: baseline, DFE w/o L_c, DFE w/o L_d and DFE on the same data and seeds.
+"""``python -m training ablation``: baseline, DFE w/o L_c, DFE w/o L_d and DFE (the paper's L_d and a
+scale-invariant form) on the same data and seeds.
 
     python -m training ablation --config configs/X.yaml --data-root DIR --output-dir DIR \\
-        --seeds 0,1,2 [--regdb-root DIR [--regdb-config configs/Y.yaml]] [--publish] [any other train option]
+        --seeds 0,1,2 [--regdb-root DIR [--regdb-config configs/Y.yaml] [--regdb-preset sysu]] [--publish] \\
+        [any other train option]
 
 Like the paper's Figure 6: each variant is trained and evaluated with ``python -m training train``
 (every unknown option is passed through to it) once per seed, into ``DIR/<dataset>/<variant>_seed<s>/``.
+The variants are those of :data:`VARIANTS`: the paper's four, whose L_d is always eq. 14 (``--ld-form
+paper``), and ``dfe_<form>``, full DFE with L_d in another form of ``training.losses.LD_FORMS``.
 ``--data-root`` is trained with the config's dataset and loss preset (SYSU-MM01: 1:1:1); with
 ``--regdb-root`` the same variants and seeds also run on a RegDB-layout tree with RegDB's 1:11:2
-weights (``--regdb-config`` may give that layout its own schedule), so one command produces both
-layouts' tables. Per layout the report has:
+weights (``--regdb-preset sysu``: the paper's fallback 1:1:1; ``--regdb-config`` may give that layout its
+own schedule), so one command produces both layouts' tables. Per layout the report has:
 
 * R1, mAP and mINP of each evaluation setting, mean ± sample standard deviation over the seeds;
-* the paired difference of each variant against the baseline (same seed, same data: the pairing
-  removes the seed-to-seed spread they share), mean ± sample std;
+* the paired difference of each variant against the baseline, and against DFE w/o L_d (same seed, same
+  data: the pairing removes the seed-to-seed spread they share), mean ± sample std;
 * the modality-gap table of ``training.gap`` per variant (test IR->RGB, RGB->RGB, IR->IR, train
   IR->RGB rank-1; the cross-modal AUC and the modality distance ``mmd``), mean ± std.
 
@@ -38,9 +42,16 @@ from xmreid.errors import UserError
 
 log = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("baseline", "no_lc", "no_ld", "dfe")
+#: ablation variant -> (``--variant``, ``--ld-form``) of the train command.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "baseline": ("baseline", "paper"), "no_lc": ("no_lc", "paper"), "no_ld": ("no_ld", "paper"),
+    "dfe": ("dfe", "paper"), "dfe_spread": ("dfe", "spread"), "dfe_unit": ("dfe", "unit")}
+#: What ``--variants`` defaults to: the paper's four and DFE with the spread form of L_d.
+DEFAULT_VARIANTS: tuple[str, ...] = ("baseline", "no_lc", "no_ld", "dfe", "dfe_spread")
 LABELS: dict[str, str] = {"baseline": "baseline (L_id)", "no_lc": "DFE w/o L_c", "no_ld": "DFE w/o L_d",
-                          "dfe": "DFE"}
+                          "dfe": "DFE (paper L_d)", "dfe_spread": "DFE (spread L_d)", "dfe_unit": "DFE (unit L_d)"}
+#: Paired differences are reported against each of these that ran (variant minus reference, same seed).
+REFERENCES: tuple[str, ...] = ("baseline", "no_ld")
 METRICS: tuple[tuple[str, str], ...] = (("r1", "R1"), ("mAP", "mAP"), ("mINP", "mINP"))
 GAP_COLUMNS: tuple[tuple[str, str, str], ...] = (  # (gap setting or "alignment", key, label)
     ("test_ir_to_rgb", "r1", "test IR->RGB"), ("test_rgb_to_rgb", "r1", "test RGB->RGB"),
@@ -56,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 allow_abbrev=False)  # else --seed / --variant would match --seeds / --variants
     p.add_argument("--output-dir", required=True, type=Path, help="one sub-folder per run, plus the tables")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list out of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list out of {', '.join(VARIANTS)}")
     p.add_argument("--regdb-root", type=Path, default=None,
                    help="also run every variant and seed on this RegDB-layout tree with RegDB's 1:11:2 weights")
     p.add_argument("--regdb-config", type=Path, default=None,
                    help="config for the RegDB runs (default: --config); its dataset is forced to regdb")
+    p.add_argument("--regdb-preset", default="regdb", choices=("regdb", "sysu"),
+                   help="loss weights of the RegDB runs: regdb (1:11:2, the paper's) or sysu (1:1:1, its fallback)")
     p.add_argument("--force", action="store_true", help="retrain runs that already have final_metrics.json")
     p.add_argument("--publish", action="store_true", help="copy ablation.md/json to benchmarks/results/")
     p.add_argument("--publish-name", default="ablation", help="file stem of the published tables")
@@ -85,7 +98,9 @@ def run_one(variant: str, seed: int, out: Path, train_argv: list[str], force: bo
     if metrics_file.is_file() and not force:
         log.info("reusing %s", metrics_file)
     else:
-        argv = [*train_argv, "--variant", variant, "--seed", str(seed), "--output-dir", str(out), "--eval"]
+        train_variant, ld_form = VARIANTS[variant]
+        argv = [*train_argv, "--variant", train_variant, "--ld-form", ld_form, "--seed", str(seed), "--output-dir",
+                str(out), "--eval"]
         log.info("ablation run %s seed %d: python -m training train %s", variant, seed, shlex.join(argv))
         tic = time.perf_counter()
         rc = train_main(argv)
@@ -110,7 +125,7 @@ def summarize(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
         seed; only when the baseline ran), ``"gap": {variant: {label: {mean, std, per_seed}}}``.
     """
     table: dict[str, dict[str, dict]] = {}
-    paired: dict[str, dict[str, dict]] = {}
+    paired_vs: dict[str, dict[str, dict[str, dict]]] = {ref: {} for ref in REFERENCES if ref in runs}
     gap: dict[str, dict[str, dict]] = {}
     for variant, by_seed in runs.items():
         seeds = sorted(by_seed)
@@ -121,16 +136,16 @@ def summarize(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
                 s = _stats([by_seed[s][setting][key] for s in seeds])
                 row[key], row[f"{key}_std"], row[f"{key}_per_seed"] = s["mean"], s["std"], s["per_seed"]
             table.setdefault(setting, {})[variant] = row
-            base = runs.get("baseline", {})
-            common = [s for s in seeds if s in base]
-            if variant != "baseline" and common:
-                paired.setdefault(setting, {})[variant] = {
-                    key: _stats([by_seed[s][setting][key] - base[s][setting][key] for s in common])
-                    for key, _ in METRICS}
+            for ref, paired in paired_vs.items():
+                common = [s for s in seeds if s in runs[ref]]
+                if variant != ref and common:
+                    paired.setdefault(setting, {})[variant] = {
+                        key: _stats([by_seed[s][setting][key] - runs[ref][s][setting][key] for s in common])
+                        for key, _ in METRICS}
         if all(GAP_KEY in by_seed[s] for s in seeds):
             gap[variant] = {label: _stats([by_seed[s][GAP_KEY][name][key] for s in seeds])
                             for name, key, label in GAP_COLUMNS}
-    return {"settings": table, "paired": paired, "gap": gap}
+    return {"settings": table, "paired": paired_vs.get("baseline", {}), "paired_vs": paired_vs, "gap": gap}
 
 
 def _pct(s: dict, scale: float = 100.0, digits: int = 1) -> str:
@@ -149,10 +164,12 @@ def to_markdown(tables: dict[str, dict], command: str) -> str:
             for variant, row in rows.items():
                 cells = [f"{100 * row[k]:.2f} ± {100 * row[k + '_std']:.2f}" for k, _ in METRICS]
                 lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
-            diffs = summary["paired"].get(setting, {})
-            if diffs:
-                lines += ["", "Paired difference against the baseline (same seed), points:", "",
-                          "| variant − baseline | " + " | ".join(label for _, label in METRICS) + " |",
+            for ref, paired in summary.get("paired_vs", {"baseline": summary["paired"]}).items():
+                diffs = paired.get(setting, {})
+                if not diffs:
+                    continue
+                lines += ["", f"Paired difference against {LABELS[ref]} (same seed), points:", "",
+                          f"| variant − {ref} | " + " | ".join(label for _, label in METRICS) + " |",
                           "|---|" + "---:|" * len(METRICS)]
                 for variant, d in diffs.items():
                     lines.append(f"| {LABELS[variant]} | " + " | ".join(
@@ -180,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         raise UserError(f"--variants {args.variants!r}: valid variants are {', '.join(VARIANTS)}")
-    for forbidden in ("--variant", "--seed", "--output-dir", "--resume"):
+    for forbidden in ("--variant", "--ld-form", "--seed", "--output-dir", "--resume"):
         if forbidden in train_argv:
             raise UserError(f"{forbidden} is set by the ablation itself; remove it from the command line")
     layouts: dict[str, list[str]] = {}
@@ -196,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         regdb_argv = _replace_option(train_argv, "--data-root", str(args.regdb_root))
         if args.regdb_config is not None:
             regdb_argv = _replace_option(regdb_argv, "--config", str(args.regdb_config))
-        layouts["regdb"] = [*regdb_argv, "--dataset", "regdb", "--loss-preset", "regdb"]
+        layouts["regdb"] = [*regdb_argv, "--dataset", "regdb", "--loss-preset", args.regdb_preset]
     args.output_dir.mkdir(parents=True, exist_ok=True)
     tables = {}
     for layout, layout_argv in layouts.items():

@@ -104,7 +104,7 @@ def _rank1_map(sim: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, valid: n
     return float(match[:, 0].mean()), float(ap.mean())
 
 
-def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC AUC of scores ``pos`` against ``neg`` (Mann-Whitney U with mid-ranks for ties)."""
     if pos.size == 0 or neg.size == 0:
         return float("nan")
@@ -157,8 +157,8 @@ def alignment(feats: np.ndarray, records: Sequence[Record]) -> dict[str, float]:
     rr_diff = (pids[rgb][:, None] != pids[rgb][None, :]) & other_cam
     gap = x[rgb].mean(axis=0) - x[ir].mean(axis=0)
     xm_pos, xm_neg = float(pos.mean()) if pos.size else float("nan"), float(neg.mean())
-    return {"xm_pos": xm_pos, "xm_neg": xm_neg, "xm_margin": xm_pos - xm_neg, "xm_auc": _auc(pos, neg),
-            "rgb_auc": _auc(rr[rr_same], rr[rr_diff]), "mmd": float(gap @ gap)}
+    return {"xm_pos": xm_pos, "xm_neg": xm_neg, "xm_margin": xm_pos - xm_neg, "xm_auc": roc_auc(pos, neg),
+            "rgb_auc": roc_auc(rr[rr_same], rr[rr_diff]), "mmd": float(gap @ gap)}
 
 
 def modality_gap(embed: Callable[[list[str]], np.ndarray], train: Sequence[Record],

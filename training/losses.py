@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "EPS",
+    "LD_FORMS",
     "PRESETS",
     "VARIANTS",
     "LossWeights",
@@ -30,6 +31,7 @@ __all__ = [
     "cross_modal_triplet_loss",
     "dfe_loss",
     "distribution_loss",
+    "distribution_terms",
     "identity_loss",
     "resolve_weights",
 ]
@@ -83,7 +85,65 @@ def _part_moments(parts: Tensor) -> tuple[Tensor, Tensor]:
     return mu, torch.sqrt(var + EPS)
 
 
-def distribution_loss(parts_v: Tensor, parts_i: Tensor) -> Tensor:
+def _unit_parts(parts: Tensor) -> Tensor:
+    """Each part vector scaled to norm sqrt(D): the norm of a unit-variance (BN-output) vector."""
+    return parts * torch.rsqrt(parts.pow(2).mean(dim=-1, keepdim=True) + EPS)
+
+
+def _spread(parts_v: Tensor, parts_i: Tensor) -> Tensor:
+    """Mean over the D dimensions of the population variance of all 2·N·K part vectors of the batch."""
+    pooled = torch.cat([parts_v, parts_i]).flatten(0, 1)  # [2NK, D]
+    return (pooled - pooled.mean(dim=0)).pow(2).mean(dim=0).mean()
+
+
+def _form_inputs(parts_v: Tensor, parts_i: Tensor, form: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The part tensors a form compares, and the scale its terms are divided by (None: none)."""
+    if form == "paper":
+        return parts_v, parts_i, None
+    if form == "unit":
+        return _unit_parts(parts_v), _unit_parts(parts_i), None
+    if form == "spread":
+        return parts_v, parts_i, _spread(parts_v, parts_i) + EPS
+    raise ValueError(f"unknown distribution loss form {form!r}; valid forms: {', '.join(LD_FORMS)}")
+
+
+#: Forms of L_d (``--ld-form``). ``paper`` is eq. 14 as printed, on the raw post-BN part embeddings: shrinking
+#: every feature by a factor c lowers it by c², so it can be met by collapsing the descriptor's scale instead of by
+#: aligning the modalities. The other two are unchanged by a global rescaling of the features:
+#: ``unit`` applies eq. 14 to each part vector scaled to norm sqrt(D) (direction only; a shared offset, such as the
+#: BatchNorm bias, can still dominate a shrunken feature); ``spread`` divides eq. 14 by the batch's per-dimension
+#: feature variance (pooled over people, parts and modalities), so it measures the modality difference relative to
+#: the differences between people and is unchanged by any rescaling and any shared offset. Both equal the paper's
+#: value for features at the scale BatchNorm initialises them to (unit variance), so the paper's trade-off weights
+#: keep their meaning.
+LD_FORMS: tuple[str, ...] = ("paper", "unit", "spread")
+
+
+def distribution_terms(parts_v: Tensor, parts_i: Tensor, form: str = "paper") -> tuple[Tensor, Tensor]:
+    """The two terms of L_d (eq. 14) in one of the :data:`LD_FORMS`: the mean term and the sigma term.
+
+    Args:
+        parts_v: ``[N, K, D]`` visible part embeddings.
+        parts_i: ``[N, K, D]`` infrared part embeddings of the same N people, in the same order.
+        form: ``"paper"`` (eq. 14 as printed), ``"unit"`` or ``"spread"`` (see :data:`LD_FORMS`).
+
+    Returns:
+        ``(1/(2N) sum_j ||mu_j^V - mu_j^I||^2, 1/(2N) sum_j ||sigma_j^V - sigma_j^I||^2)``, both divided by the
+        batch's feature spread for ``"spread"``; their sum is the loss.
+    """
+    _check_pair(parts_v, parts_i, 3, "parts_v and parts_i", "[N, K, D]")
+    pv, pi, scale = _form_inputs(_at_least_float32(parts_v), _at_least_float32(parts_i), form)
+    mu_v, sigma_v = _part_moments(pv)
+    mu_i, sigma_i = _part_moments(pi)
+    n = parts_v.shape[0]
+    mean_term = (mu_v - mu_i).pow(2).sum() / (2 * n)
+    sigma_term = (sigma_v - sigma_i).pow(2).sum() / (2 * n)
+    if scale is not None:
+        mean_term, sigma_term = mean_term / scale, sigma_term / scale
+    return mean_term, sigma_term
+
+
+def distribution_loss(parts_v: Tensor, parts_i: Tensor, form: str = "paper") -> Tensor:
     """Intra-class distribution loss L_d (eq. 6-8, 14).
 
     Each image's K part embeddings are treated as K samples of a diagonal Gaussian; the loss pulls
@@ -93,16 +153,14 @@ def distribution_loss(parts_v: Tensor, parts_i: Tensor) -> Tensor:
     Args:
         parts_v: ``[N, K, D]`` visible part embeddings.
         parts_i: ``[N, K, D]`` infrared part embeddings of the same N people, in the same order.
+        form: ``"paper"`` (default: eq. 14 exactly), or a scale-invariant form of :data:`LD_FORMS`.
 
     Returns:
         Scalar ``1/(2N) * sum_j (||mu_j^V - mu_j^I||^2 + ||sigma_j^V - sigma_j^I||^2)`` (eq. 14; its
-        printed sum index is a typo for j = 1..N).
+        printed sum index is a typo for j = 1..N), in the chosen form.
     """
-    _check_pair(parts_v, parts_i, 3, "parts_v and parts_i", "[N, K, D]")
-    mu_v, sigma_v = _part_moments(_at_least_float32(parts_v))
-    mu_i, sigma_i = _part_moments(_at_least_float32(parts_i))
-    n = parts_v.shape[0]
-    return ((mu_v - mu_i).pow(2).sum() + (sigma_v - sigma_i).pow(2).sum()) / (2 * n)
+    mean_term, sigma_term = distribution_terms(parts_v, parts_i, form)
+    return mean_term + sigma_term
 
 
 def _pearson_matrix(feats: Tensor) -> Tensor:
@@ -181,17 +239,19 @@ def cross_modal_triplet_loss(feats_v: Tensor, feats_i: Tensor, labels: Tensor, m
 @dataclass(frozen=True)
 class LossWeights:
     """Trade-off factors of eq. 15, ``L = alpha*L_id + beta*L_d + gamma*L_c``, plus an optional
-    cross-modal triplet term ``delta*L_tri`` (0 in the paper's recipe) and its margin."""
+    cross-modal triplet term ``delta*L_tri`` (0 in the paper's recipe), its margin, and the form of L_d
+    (one of :data:`LD_FORMS`; ``"paper"`` is eq. 14)."""
 
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 1.0
     delta: float = 0.0
     margin: float = 0.3
+    ld_form: str = "paper"
 
     def scaled(self, align: float) -> LossWeights:
         """These weights with beta and gamma multiplied by ``align`` (a warm-up factor in [0, 1])."""
-        return LossWeights(self.alpha, self.beta * align, self.gamma * align, self.delta, self.margin)
+        return LossWeights(self.alpha, self.beta * align, self.gamma * align, self.delta, self.margin, self.ld_form)
 
 
 # §4.2 "Trade-off factors": 1:1:1 for SYSU-MM01; 1:11:2 for RegDB, found by the authors' cross-validation.
@@ -209,7 +269,8 @@ VARIANTS: dict[str, tuple[bool, bool]] = {  # name -> (keep L_d, keep L_c)
 }
 
 
-def resolve_weights(preset: str, variant: str = "dfe", triplet: float = 0.0, margin: float = 0.3) -> LossWeights:
+def resolve_weights(preset: str, variant: str = "dfe", triplet: float = 0.0, margin: float = 0.3,
+                    ld_form: str = "paper") -> LossWeights:
     """Weights for a dataset preset and an ablation variant.
 
     Args:
@@ -218,6 +279,7 @@ def resolve_weights(preset: str, variant: str = "dfe", triplet: float = 0.0, mar
             ``"no_ld"`` (L_id + L_c).
         triplet: Weight of the cross-modal triplet term (0 = off, the paper's recipe).
         margin: Its margin.
+        ld_form: The form of L_d, one of :data:`LD_FORMS` (``"paper"``: eq. 14).
 
     Returns:
         The preset's weights with the dropped terms set to 0.
@@ -228,9 +290,12 @@ def resolve_weights(preset: str, variant: str = "dfe", triplet: float = 0.0, mar
         raise ValueError(f"unknown loss preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown loss variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+    if ld_form not in LD_FORMS:
+        raise ValueError(f"unknown distribution loss form {ld_form!r}; valid forms: {', '.join(LD_FORMS)}")
     base = PRESETS[preset]
     keep_d, keep_c = VARIANTS[variant]
-    return LossWeights(base.alpha, base.beta if keep_d else 0.0, base.gamma if keep_c else 0.0, triplet, margin)
+    return LossWeights(base.alpha, base.beta if keep_d else 0.0, base.gamma if keep_c else 0.0, triplet, margin,
+                       ld_form)
 
 
 def dfe_loss(out_v: DFEOutput, out_i: DFEOutput, labels: Tensor,
@@ -259,7 +324,7 @@ def dfe_loss(out_v: DFEOutput, out_i: DFEOutput, labels: Tensor,
         total = total + weights.alpha * l_id
         terms["id"] = l_id.detach()
     if weights.beta:
-        l_d = distribution_loss(parts_v, parts_i)
+        l_d = distribution_loss(parts_v, parts_i, weights.ld_form)
         total = total + weights.beta * l_d
         terms["dist"] = l_d.detach()
     if weights.gamma:

@@ -2,11 +2,12 @@
 
     python -m training train --config configs/sysu.yaml --data-root DIR --output-dir DIR [overrides]
 
-The YAML sets the parser's defaults and explicit flags override it (timm's scheme); the resolved
-arguments are saved as ``args.yaml`` beside the checkpoint. Every epoch writes ``last.pt`` atomically
-(model, optimizer, scheduler, epoch, config, model_config, plus AMP scaler and RNG states so that
-``--resume`` continues exactly), appends a row to ``metrics.csv``; the end evaluates on the test
-split (SYSU-MM01 all-search single-shot, or RegDB both directions) into ``final_metrics.json``.
+The options are in :mod:`training.train_options`; the resolved arguments are saved as ``args.yaml`` beside
+the checkpoint. Every epoch writes ``last.pt`` atomically (model, optimizer, scheduler, epoch, config,
+model_config, plus AMP scaler, RNG states and the time budget used so that ``--resume`` continues exactly),
+appends a row to ``metrics.csv``; the end evaluates on the test split (SYSU-MM01 all-search single-shot, or
+RegDB both directions) into ``final_metrics.json``. With ``--time-budget-s`` the number of steps per epoch
+follows :class:`training.budget.StepPlan`.
 """
 
 from __future__ import annotations
@@ -25,109 +26,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.config import parse_with_config, plain, save_args
-from training.paper import PAPER
+from training.budget import StepPlan, warmup_factor
+from training.config import plain, save_args
+from training.train_options import AMP_MODES, CACHE_LIMIT_MB, build_parser, parse_args
 from xmreid.atomic import atomic_write
 from xmreid.errors import UserError
+
+__all__ = ["AMP_MODES", "OPTIMIZERS", "build_optimizer", "build_parser", "main", "parse_args", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ("epoch", "steps", "lr_backbone", "lr_head", "loss", "id", "dist", "corr", "tri", "seconds",
               "steps_per_s")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training train", description="Train a DFE model.")
-    p.add_argument("--config", default=None, help="YAML file whose keys (option names with _) set the defaults")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="sysu", choices=("sysu", "regdb"), help="dataset layout of --data-root")
-    g.add_argument("--data-root", required=True, type=Path, help="dataset root folder")
-    g.add_argument("--trial", type=int, default=1, help="RegDB split 1..10 (ignored for SYSU-MM01)")
-    g.add_argument("--height", type=int, default=PAPER.height, help="input height")
-    g.add_argument("--width", type=int, default=PAPER.width, help="input width")
-    g.add_argument("--batch-pairs", type=int, default=32, help="N visible-infrared pairs per batch")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="flip + pad-and-crop")
-    g.add_argument("--channel-aug", type=float, default=0.0,
-                   help="probability of channel augmentation of a visible image (CAJ, ICCV 2021): one random "
-                        "R/G/B channel or the luma replicated; 0 = off (the paper)")
-    g.add_argument("--random-erasing", type=float, default=0.0,
-                   help="probability of random erasing of each image (Zhong et al., AAAI 2020); 0 = off (the paper)")
-    g.add_argument("--grey-remap", type=float, default=0.0,
-                   help="probability of a random grey-level curve on each grey image (infrared, channel-augmented "
-                        "visible); 0 = off (the paper)")
-    g.add_argument("--aug-warmup-epochs", type=float, default=0.0,
-                   help="ramp the channel-aug / grey-remap / erasing probabilities up over this many epochs")
-    g.add_argument("--pairs-per-id", type=int, default=1,
-                   help="K: identity-balanced batches of batch-pairs/K people with K pairs each (AGW's PK "
-                        "sampler); 1 = the paper's walk")
-    g.add_argument("--workers", type=int, default=0, help="data loading processes")
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", default=PAPER.arch, help="resnet18 | resnet34 | resnet50")
-    g.add_argument("--parts", type=int, default=PAPER.parts, help="K horizontal stripes")
-    g.add_argument("--embed-dim", type=int, default=PAPER.embed_dim, help="D, width of each part embedding")
-    g.add_argument("--pretrained", default="imagenet", help="imagenet | none | path to a ResNet state dict")
-    g.add_argument("--classifier-std", type=float, default=None,
-                   help="re-initialise the part classifiers with this weight std (default: the model's 0.001, "
-                        "PCB's value for a pretrained trunk; from scratch a larger value such as 0.01 lets the "
-                        "identity loss reach the trunk from the first steps)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
-    g.add_argument("--head-lr", type=float, default=0.1, help="learning rate of the new layers")
-    g.add_argument("--optimizer", default="sgd", choices=tuple(OPTIMIZERS),
-                   help="sgd (the paper: momentum SGD) or adam (Adam with L2 weight decay, the optimiser of the "
-                        "strong re-ID baselines, e.g. Luo et al.'s BoT; converges faster from scratch)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--step-size", type=int, default=5, help="epochs between learning-rate decays")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="learning-rate decay factor")
-    g.add_argument("--warmup-epochs", type=float, default=0.0,
-                   help="linear learning-rate warm-up from 1%% over this many epochs of steps (the cross-modal "
-                        "baselines AGW/CAJ warm up for 10 epochs; 0 = none, the paper)")
-    g.add_argument("--loss-preset", default=None, choices=("sysu", "regdb"),
-                   help="alpha:beta:gamma 1:1:1 (sysu) or 1:11:2 (regdb); default: the dataset's")
-    g.add_argument("--variant", default="dfe", choices=("dfe", "baseline", "no_lc", "no_ld"), help="loss variant")
-    g.add_argument("--triplet", type=float, default=0.0,
-                   help="weight of a cross-modal batch-hard triplet term (not in the paper; 0 = off)")
-    g.add_argument("--triplet-margin", type=float, default=0.3, help="its margin, on distances of unit vectors")
-    g.add_argument("--align-warmup-epochs", type=float, default=0.0,
-                   help="ramp the alignment weights beta and gamma linearly from 0 over this many epochs "
-                        "(0 = full weight from the first step, the paper)")
-    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cut epochs short (quick runs)")
-    g = p.add_argument_group("run")
-    g.add_argument("--output-dir", required=True, type=Path, help="where last.pt, args.yaml, metrics.csv go")
-    g.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA")
-    g.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True, help="evaluate at the end")
-    g.add_argument("--eval-trials", type=int, default=10, help="SYSU-MM01 gallery draws at the end")
-    g.add_argument("--eval-batch-size", type=int, default=64)
-    g.add_argument("--gap-every", type=int, default=0,
-                   help="measure the modality-gap table every N epochs into gap.csv (learning curves); "
-                        "0 = only at the end")
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    args = parse_with_config(build_parser(), argv)
-    checks = {"epochs": 1, "batch_pairs": 2, "step_size": 1, "height": 16, "width": 16, "workers": 0,
-              "eval_trials": 1, "eval_batch_size": 1, "pairs_per_id": 1, "triplet": 0, "triplet_margin": 0,
-              "align_warmup_epochs": 0, "gap_every": 0, "aug_warmup_epochs": 0, "warmup_epochs": 0}
-    for name, lo in checks.items():
-        if getattr(args, name) < lo:
-            raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
-    for name in ("channel_aug", "random_erasing", "grey_remap"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise UserError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {getattr(args, name)}")
-    if args.batch_pairs % args.pairs_per_id:
-        raise UserError(f"--pairs-per-id {args.pairs_per_id} must divide --batch-pairs {args.batch_pairs}")
-    if args.max_steps_per_epoch is not None and args.max_steps_per_epoch < 1:
-        raise UserError(f"--max-steps-per-epoch must be >= 1, got {args.max_steps_per_epoch}")
-    if args.loss_preset is None:
-        args.loss_preset = args.dataset
-    return args
 
 
 #: Optimiser name -> builder(param groups, momentum). Adam keeps the L2 weight decay of the groups (torch's
@@ -186,7 +96,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epoch: int, scaler=None,
                     max_steps: int | None = None, progress: bool = True,
                     align: Callable[[int], float] | None = None,
-                    lr_scale: Callable[[int], float] | None = None) -> dict[str, float]:
+                    lr_scale: Callable[[int], float] | None = None, plan: StepPlan | None = None,
+                    amp_dtype: torch.dtype | None = None, probe: Callable[..., None] | None = None,
+                    first_step: int = 0) -> dict[str, float]:
     """One pass over the paired loader.
 
     Both modalities go through the shared model in ONE forward of the concatenated batch, so the
@@ -196,6 +108,10 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
 
     ``align(step)``, when given, scales beta and gamma at the epoch's ``step`` (the warm-up);
     ``lr_scale(step)`` scales every group's learning rate of this epoch (the learning-rate warm-up).
+    ``plan`` (a started :class:`StepPlan` whose ``begin_epoch`` ran) sets how many steps the epoch takes,
+    instead of ``max_steps``. ``amp_dtype`` runs the forward under autocast to that dtype (with ``scaler``
+    for float16). ``probe(global_step, epoch, model, out_v, out_i, labels, id_loss)`` is called after each
+    step, ``first_step`` being the number of steps before this epoch.
 
     Returns:
         Mean losses ``{"loss", "id", "dist", "corr", "tri"}`` over the epoch, plus ``"steps"``.
@@ -204,19 +120,22 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
     from training.model import DFEOutput
 
     model.train()
-    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    if plan is not None:
+        planned = plan.steps
+    else:
+        fixed = len(loader) if max_steps is None else min(len(loader), max_steps)
+        planned = lambda: fixed  # noqa: E731
     sums = dict.fromkeys(("loss", "id", "dist", "corr", "tri"), 0.0)
-    use_amp = scaler is not None
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=planned(), desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
     done = 0
     epoch_lrs = [g["lr"] for g in optimizer.param_groups]
     for rgb, ir, labels in loader:
-        if done >= steps:
+        if done >= planned():
             break
         rgb, ir = torch.as_tensor(rgb).to(device, non_blocking=True), torch.as_tensor(ir).to(device, non_blocking=True)
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         n = rgb.shape[0]
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = model(torch.cat([rgb, ir]))
             out_v = DFEOutput(out.parts[:n], [lg[:n] for lg in out.logits])
             out_i = DFEOutput(out.parts[n:], [lg[n:] for lg in out.logits])
@@ -226,7 +145,7 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
             for group, lr in zip(optimizer.param_groups, epoch_lrs):
                 group["lr"] = lr * lr_scale(done)
         optimizer.zero_grad(set_to_none=True)
-        if use_amp:
+        if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -240,6 +159,10 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
         for k in sums:
             sums[k] += values[k]
         done += 1
+        if probe is not None:
+            probe(first_step + done, epoch, model, out_v, out_i, labels, values["id"])
+        if plan is not None:
+            plan.step_done()
         bar.set_postfix(id=f"{values['id']:.3f}", dist=f"{values['dist']:.3f}", corr=f"{values['corr']:.3f}")
         bar.update()
     bar.close()
@@ -281,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.gap import format_gap
     from training.losses import resolve_weights
     from training.model import DFE, param_groups
+    from training.probe import StepProbe
     from training.protocols import format_table
 
     args = parse_args(argv)
@@ -292,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None and not args.resume.is_file():
         raise UserError(f"--resume checkpoint not found: {args.resume}")
     try:
-        weights = resolve_weights(args.loss_preset, args.variant, args.triplet, args.triplet_margin)
+        weights = resolve_weights(args.loss_preset, args.variant, args.triplet, args.triplet_margin, args.ld_form)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    amp_dtype, scaler = _amp(args.amp, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     save_args(args, args.output_dir / "args.yaml")
 
@@ -304,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                                 mode=args.dataset, seed=args.seed, augment=args.augment, num_workers=args.workers,
                                 pin_memory=device.type == "cuda", pairs_per_id=args.pairs_per_id,
                                 channel_aug=args.channel_aug, erasing=args.random_erasing, remap=args.grey_remap,
-                                aug_warmup_epochs=args.aug_warmup_epochs)
+                                aug_warmup_epochs=args.aug_warmup_epochs,
+                                cache_images=_cache_images(args.cache_images, len(dataset.train), args.height,
+                                                           args.width))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     pretrained = None if str(args.pretrained).lower() in ("none", "", "false") else args.pretrained
@@ -321,45 +250,58 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = build_optimizer(args.optimizer, param_groups(model, args.lr, args.head_lr, args.weight_decay),
                                 args.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.lr_gamma)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and args.amp else None
-    start_epoch, resumed_from = 0, None
+    start_epoch, resumed_from, used_s, steps_done = 0, None, 0.0, 0
     if args.resume is not None:
-        start_epoch = resumed_from = _resume(args.resume, model, optimizer, scheduler, scaler)
-    log.info("training %s (%s, %d classes) on %s for epochs %d..%d, %d steps/epoch, weights %s",
-             args.arch, args.variant, loader.num_classes, device, start_epoch + 1, args.epochs,
-             len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch), weights)
+        start_epoch, used_s, steps_done = _resume(args.resume, model, optimizer, scheduler, scaler)
+        resumed_from = start_epoch
+    steps_per_epoch = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
+    log.info("training %s (%s, %d classes) on %s for epochs %d..%d, %d steps/epoch, %d threads, amp %s, weights %s",
+             args.arch, args.variant, loader.num_classes, device, start_epoch + 1, args.epochs, steps_per_epoch,
+             torch.get_num_threads(), args.amp, weights)
+    probe = StepProbe(args.output_dir / "probe.csv", args.probe_every, resumed_from) if args.probe_every else None
 
     ckpt_path = args.output_dir / "last.pt"
-    steps_per_epoch = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
+    plan = StepPlan(args.epochs, steps_per_epoch, args.time_budget_s, clock=_clock, elapsed_s=used_s)
+    plan.start()
     for epoch in range(start_epoch, args.epochs):
+        if plan.begin_epoch(epoch) == 0:
+            log.info("time budget spent: stopping before epoch %d of %d", epoch + 1, args.epochs)
+            break
         loader.set_epoch(epoch)
         lrs = [g["lr"] for g in optimizer.param_groups]
         tic = time.perf_counter()
         stats = train_one_epoch(model, loader, optimizer, weights, device, epoch + 1, scaler,
-                                args.max_steps_per_epoch, progress=not args.no_progress,
-                                align=_warmup(args.align_warmup_epochs, epoch, steps_per_epoch),
-                                lr_scale=_warmup(args.warmup_epochs, epoch, steps_per_epoch, start=0.01))
+                                progress=not args.no_progress,
+                                align=_warmup(args.align_warmup_epochs, epoch, plan),
+                                lr_scale=_warmup(args.warmup_epochs, epoch, plan, start=0.01), plan=plan,
+                                amp_dtype=amp_dtype, probe=probe, first_step=steps_done)
+        plan.end_epoch()
         seconds = time.perf_counter() - tic
+        steps_done += stats["steps"]
         scheduler.step()
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch + 1, "config": plain(vars(args)), "model_config": model.model_config(),
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+            "budget_used_s": plan.elapsed(), "steps_done": steps_done,
         })
         row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": round(seconds, 3),
                "steps_per_s": round(stats["steps"] / max(seconds, 1e-9), 4), **stats}
         _write_csv_row(args.output_dir / "metrics.csv", row, resumed_from)
         resumed_from = None
-        log.info("epoch %d/%d: loss %.4f (id %.4f, dist %.4f, corr %.4f, tri %.4f), %.1f s, %.2f steps/s", epoch + 1,
-                 args.epochs, stats["loss"], stats["id"], stats["dist"], stats["corr"], stats["tri"], seconds,
-                 row["steps_per_s"])
-        last = epoch + 1 == args.epochs
+        log.info("epoch %d/%d: loss %.4f (id %.4f, dist %.4f, corr %.4f, tri %.4f), %d steps, %.1f s, %.2f steps/s",
+                 epoch + 1, args.epochs, stats["loss"], stats["id"], stats["dist"], stats["corr"], stats["tri"],
+                 stats["steps"], seconds, row["steps_per_s"])
+        last = epoch + 1 == args.epochs or plan.exhausted
         if args.gap_every and ((epoch + 1) % args.gap_every == 0 or last) and not (last and args.eval):
-            _log_gap(model, args, dataset, epoch + 1, (epoch + 1) * steps_per_epoch)
+            _log_gap(model, args, dataset, epoch + 1, steps_done)
+    if plan.budget is not None:
+        log.info("training loop: %d steps in %.0f s of a %.0f s budget%s", steps_done, plan.elapsed(), plan.budget,
+                 " (cut by the budget)" if plan.exhausted or plan.limited else "")
 
     if args.eval:
         results = evaluate(model, args, dataset)
-        gap = _log_gap(model, args, dataset, args.epochs, args.epochs * steps_per_epoch)
+        gap = _log_gap(model, args, dataset, args.epochs, steps_done)
         (args.output_dir / "final_metrics.json").write_text(json.dumps({**results, GAP_KEY: gap}, indent=2) + "\n")
         print(format_table(results))
         print(format_gap(gap))
@@ -368,15 +310,43 @@ def main(argv: list[str] | None = None) -> int:
 
 #: Key of the modality-gap table in ``final_metrics.json`` (beside the protocol settings).
 GAP_KEY = "modality_gap"
+#: The time budget's clock (a module attribute so tests can replace it with a fake one).
+_clock: Callable[[], float] = time.monotonic
 
 
-def _warmup(epochs: float, epoch: int, steps_per_epoch: int, start: float = 0.0) -> Callable[[int], float] | None:
-    """A linear warm-up factor for each step of ``epoch``: from ``start`` to 1 over ``epochs`` epochs of steps
-    (None when there is no warm-up)."""
+def _warmup(epochs: float, epoch: int, plan: StepPlan, start: float = 0.0) -> Callable[[int], float] | None:
+    """A linear warm-up factor for each step of ``epoch``, from ``start`` to 1 over ``epochs`` epochs (None when
+    there is no warm-up); measured in epochs, so a budget-shortened epoch advances it as much as a full one."""
     if epochs <= 0:
         return None
-    total = epochs * steps_per_epoch
-    return lambda step: min(1.0, start + (1.0 - start) * (epoch * steps_per_epoch + step) / total)
+    return lambda step: warmup_factor(epochs, epoch, step, max(plan.steps(), 1), start)
+
+
+def _amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """``--amp`` -> (autocast dtype or None, GradScaler or None)."""
+    if mode == "auto":
+        mode = "fp16" if device.type == "cuda" else "off"
+    if mode == "off":
+        return None, None
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise UserError("--amp fp16 needs a CUDA device; on a CPU use --amp bf16 or off")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        log.warning("--amp bf16: this CPU has no native bfloat16 (AVX512-BF16); autocast will emulate it, "
+                    "usually slower than float32")
+    return torch.bfloat16, None  # bfloat16 has float32's range: no loss scaling
+
+
+def _cache_images(mode: str, count: int, height: int, width: int) -> bool:
+    """``--cache-images``: whether to decode the training set once into memory."""
+    if mode != "auto":
+        return mode == "on"
+    size_mb = count * height * width * 3 / 2**20
+    if size_mb > CACHE_LIMIT_MB:
+        log.info("not caching %d training images (%.0f MB > %d MB); decoding them at every step", count, size_mb,
+                 CACHE_LIMIT_MB)
+    return size_mb <= CACHE_LIMIT_MB
 
 
 def _log_gap(model, args: argparse.Namespace, dataset, epoch: int, steps: int) -> dict:
@@ -402,8 +372,8 @@ def _log_gap(model, args: argparse.Namespace, dataset, epoch: int, steps: int) -
     return gap
 
 
-def _resume(path: Path, model, optimizer, scheduler, scaler) -> int:
-    """Load a checkpoint's states into the run; returns the number of epochs already done."""
+def _resume(path: Path, model, optimizer, scheduler, scaler) -> tuple[int, float, int]:
+    """Load a checkpoint's states into the run; returns (epochs done, time budget used, steps done)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
@@ -417,4 +387,4 @@ def _resume(path: Path, model, optimizer, scheduler, scaler) -> int:
     if ckpt.get("rng"):
         set_rng_state(ckpt["rng"])
     log.info("resumed from %s after epoch %d", path, ckpt["epoch"])
-    return int(ckpt["epoch"])
+    return int(ckpt["epoch"]), float(ckpt.get("budget_used_s", 0.0)), int(ckpt.get("steps_done", 0))

@@ -138,6 +138,16 @@ def test_loader_is_deterministic(sysu_root: Path) -> None:
     loader = build_train_loader(train, seed=1, **kw)
     loader.set_epoch(1)
     assert not torch.equal(_batches(loader)[0][0], a[0][0])
+    # Decoded once into memory, with every augmentation on: the same batches as decoding at every use.
+    aug = dict(kw, channel_aug=0.5, remap=0.5, erasing=0.5)
+    cached = _batches(build_train_loader(train, seed=1, cache_images=True, **aug))
+    decoded = _batches(build_train_loader(train, seed=1, **aug))
+    assert all(torch.equal(x, y) for ba, bb in zip(cached, decoded) for x, y in zip(ba, bb))
+    # ... and the cache is never written to by the augmentations.
+    cached_loader = build_train_loader(train, seed=1, cache_images=True, **aug)
+    before = cached_loader.loader.dataset.images.copy()
+    _batches(cached_loader)
+    assert np.array_equal(cached_loader.loader.dataset.images, before)
 
 
 def _people(n_ids: int = 6, n_rgb: int = 5, n_ir: int = 3) -> list[Record]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.data.records import Record
-from training.gap import _auc, alignment, flat_gap, format_gap, gap_subset, modality_gap, setting_metrics
+from training.gap import alignment, flat_gap, format_gap, gap_subset, modality_gap, roc_auc, setting_metrics
 
 
 def _records(pids=range(6), per_cam: int = 4) -> list[Record]:
@@ -81,7 +81,7 @@ def test_auc_is_the_pairwise_win_rate() -> None:
     rng = np.random.default_rng(2)
     pos, neg = rng.integers(0, 5, 30).astype(float), rng.integers(0, 5, 40).astype(float)  # many ties
     wins = sum((p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg))
-    assert _auc(pos, neg) == pytest.approx(wins / (30 * 40))
+    assert roc_auc(pos, neg) == pytest.approx(wins / (30 * 40))
 
 
 def test_subset_and_full_table() -> None:

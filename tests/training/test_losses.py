@@ -10,10 +10,12 @@ import torch
 
 from training import losses as losses_mod
 from training.losses import (
+    LD_FORMS,
     LossWeights,
     correlation_loss,
     dfe_loss,
     distribution_loss,
+    distribution_terms,
     identity_loss,
     resolve_weights,
 )
@@ -142,6 +144,77 @@ def test_distribution_loss_rejects_mismatched_pairs() -> None:
         distribution_loss(torch.zeros(2, 24), torch.zeros(2, 24))
 
 
+def test_distribution_terms_split_the_paper_loss() -> None:
+    # The hand-worked pair above: mean term (0 + 1) / 2 = 0.5, sigma term (1 + 4) / 2 = 2.5.
+    pv = torch.tensor([[[0.0, 0.0], [2.0, 4.0]]])
+    pi = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    mean_term, sigma_term = distribution_terms(pv, pi)
+    assert mean_term.item() == pytest.approx(0.5, abs=1e-5) and sigma_term.item() == pytest.approx(2.5, abs=1e-5)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(4, 6, 8, generator=g), torch.randn(4, 6, 8, generator=g)
+    for form in LD_FORMS:
+        torch.testing.assert_close(sum(distribution_terms(a, b, form)), distribution_loss(a, b, form))
+
+
+def test_spread_form_hand_worked() -> None:
+    # The same pair. Pooled over its 4 part vectors: dim 0 holds 0, 2, 1, 1 (mean 1, population variance
+    # (1 + 1 + 0 + 0) / 4 = 0.5); dim 1 holds 0, 4, 1, 1 (mean 1.5, variance (2.25 + 6.25 + 0.25 + 0.25) / 4
+    # = 2.25). Spread = (0.5 + 2.25) / 2 = 1.375, so L_d = 3 / 1.375 = 2.1818...
+    pv = torch.tensor([[[0.0, 0.0], [2.0, 4.0]]])
+    pi = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    assert distribution_loss(pv, pi, "spread").item() == pytest.approx(3 / 1.375, abs=1e-5)
+
+
+def test_unit_form_hand_worked() -> None:
+    # Each part vector is scaled to norm sqrt(D) = sqrt(2), i.e. divided by its root mean square:
+    # visible (0,0) stays (0,0); (2,4) has RMS sqrt(10) -> (2,4)/sqrt(10); infrared (1,1) has RMS 1 -> unchanged.
+    # mu_v = sigma_v = (1,2)/sqrt(10); mu_i = (1,1), sigma_i = 0.
+    # mean term = ((1 - 1/sqrt10)^2 + (1 - 2/sqrt10)^2) / 2; sigma term = (1/10 + 4/10) / 2 = 0.25.
+    pv = torch.tensor([[[0.0, 0.0], [2.0, 4.0]]])
+    pi = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    r = math.sqrt(10)
+    expected = ((1 - 1 / r) ** 2 + (1 - 2 / r) ** 2) / 2 + 0.25
+    assert distribution_loss(pv, pi, "unit").item() == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("form", LD_FORMS)
+def test_only_the_paper_form_is_lowered_by_scaling_all_features_down(form: str) -> None:
+    """Eq. 14 on raw features scales with c²: shrinking the descriptor lowers it without aligning anything.
+    The other forms keep their value, and their gradient has no component along the global scale."""
+    g = torch.Generator().manual_seed(7)
+    pv, pi = torch.randn(8, 6, 16, generator=g), torch.randn(8, 6, 16, generator=g) * 1.5 + 0.3
+    full = distribution_loss(pv, pi, form).item()
+    c = torch.tensor(1.0, requires_grad=True)
+    scaled = distribution_loss(c * pv, c * pi, form)
+    scaled.backward()
+    for shrink in (0.5, 0.1, 0.01):
+        small = distribution_loss(shrink * pv, shrink * pi, form).item()
+        if form == "paper":
+            assert small == pytest.approx(shrink**2 * full, rel=1e-4) and small < full
+        else:
+            assert small == pytest.approx(full, rel=1e-4)
+    if form == "paper":
+        assert c.grad.item() == pytest.approx(2 * full, rel=1e-4)  # d(c² L)/dc at c = 1: descent shrinks c
+    else:
+        assert abs(c.grad.item()) < 1e-4 * full
+
+
+def test_spread_form_also_ignores_a_shared_offset_which_unit_does_not() -> None:
+    """A shrunken feature plus a shared offset (what a BatchNorm with a small weight and a bias gives) looks
+    aligned to the per-part-normalised form, not to the spread form."""
+    g = torch.Generator().manual_seed(8)
+    pv, pi = torch.randn(8, 6, 16, generator=g), torch.randn(8, 6, 16, generator=g) * 1.5
+    offset = torch.randn(16, generator=g) * 2
+    for_shrunk = {f: distribution_loss(0.05 * pv + offset, 0.05 * pi + offset, f).item() for f in ("unit", "spread")}
+    assert for_shrunk["spread"] == pytest.approx(distribution_loss(pv, pi, "spread").item(), rel=1e-3)
+    assert for_shrunk["unit"] < 0.05 * distribution_loss(pv, pi, "unit").item()
+
+
+def test_distribution_loss_rejects_an_unknown_form() -> None:
+    with pytest.raises(ValueError, match="paper, unit, spread"):
+        distribution_loss(torch.zeros(2, 6, 4), torch.zeros(2, 6, 4), "cosine")
+
+
 # ------------------------------------------------------------------------------- correlation loss
 
 
@@ -201,6 +274,10 @@ def test_resolve_weights_presets_and_variants() -> None:
         resolve_weights("market")
     with pytest.raises(ValueError, match="dfe, baseline, no_lc, no_ld"):
         resolve_weights("sysu", "full")
+    assert resolve_weights("regdb", ld_form="spread") == LossWeights(1.0, 11.0, 2.0, ld_form="spread")
+    assert resolve_weights("sysu").ld_form == "paper"  # eq. 14 unless asked otherwise
+    with pytest.raises(ValueError, match="valid forms: paper, unit, spread"):
+        resolve_weights("sysu", ld_form="cosine")
 
 
 def _random_outputs(n: int = 3, k: int = 6, d: int = 4, c: int = 5, seed: int = 0) -> tuple:
@@ -225,6 +302,10 @@ def test_dfe_loss_is_the_weighted_sum_of_eq_15() -> None:
     torch.testing.assert_close(terms["dist"], l_d)
     torch.testing.assert_close(terms["corr"], l_c)
     assert all(not t.requires_grad for t in terms.values())
+    # The form of L_d is part of the weights; the other terms do not change with it.
+    total_s, terms_s = dfe_loss(ov, oi, labels, LossWeights(0.5, 11.0, 2.0, ld_form="spread"))
+    torch.testing.assert_close(terms_s["dist"], distribution_loss(ov.parts, oi.parts, "spread"))
+    torch.testing.assert_close(total_s, 0.5 * l_id + 11.0 * terms_s["dist"] + 2.0 * l_c)
 
 
 def test_dfe_loss_skips_terms_with_zero_weight(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,6 +355,26 @@ def test_alignment_losses_train_embeddings_not_classifiers(two_stream_batch: tup
     assert all(fc.weight.grad is None for fc in net.classifiers)  # §3.5: the K FC layers are untouched
     assert net.embeddings[0][0].weight.grad.abs().sum() > 0
     assert net.backbone.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("ld_form", LD_FORMS)
+def test_classifiers_get_the_same_gradient_with_and_without_the_alignment_terms(two_stream_batch: tuple,
+                                                                                ld_form: str) -> None:
+    """§3.5: L_d and L_c update the embeddings and the trunk, never the K classifiers. In the full eq. 15 loss
+    (RegDB's 1:11:2) each classifier's gradient is exactly the identity loss's."""
+    net, rgb, ir, labels = two_stream_batch
+
+    def grads(weights: LossWeights) -> tuple[list[torch.Tensor], torch.Tensor]:
+        net.zero_grad(set_to_none=True)
+        total, _ = dfe_loss(*_forward_pairs(net, rgb, ir), labels, weights)
+        total.backward()
+        return [fc.weight.grad.clone() for fc in net.classifiers], net.embeddings[0][1].weight.grad.clone()
+
+    full, emb_full = grads(resolve_weights("regdb", ld_form=ld_form))
+    id_only, emb_id = grads(resolve_weights("regdb", "baseline"))
+    for a, b in zip(full, id_only):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(emb_full, emb_id)  # while the embedding's BatchNorm does get their gradient
 
 
 def test_one_sgd_step_reduces_dfe_loss(two_stream_batch: tuple) -> None:

@@ -2,11 +2,15 @@
 
 Images stay uint8 all the way to the model (normalisation is inside it, docs/contracts.md).
 Augmentation randomness comes from a seed the sampler attaches to each pair, so a fixed seed gives
-identical batches whatever ``num_workers`` is.
+identical batches whatever ``num_workers`` is. A small training set can be decoded once into one uint8
+array (``cache_images``): the pixels are those :func:`read_image` returns, so the batches are identical too,
+without a JPEG decode and resize per image per step.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -17,6 +21,19 @@ from training.data.images import read_image
 from training.data.records import Record
 from training.data.sampler import Pair, PairedBatchSampler
 from training.data.transforms import TrainTransform, channel_augment, grey_remap, random_erasing
+
+log = logging.getLogger(__name__)
+
+
+def decode_all(records: Sequence[Record], height: int, width: int) -> np.ndarray:
+    """Every record's image as :func:`read_image` gives it, in one ``[N, height, width, 3]`` uint8 array."""
+    tic = time.perf_counter()
+    out = np.empty((len(records), height, width, 3), dtype=np.uint8)
+    for i, r in enumerate(records):
+        out[i] = read_image(r.path, height, width)
+    log.info("decoded %d training images into memory (%.0f MB) in %.1f s", len(records), out.nbytes / 2**20,
+             time.perf_counter() - tic)
+    return out
 
 
 class PairDataset(Dataset):
@@ -32,14 +49,18 @@ class PairDataset(Dataset):
         erasing: Probability of random erasing, drawn independently for each image.
         remap: Probability of random grey-level remapping of each grey image (infrared, or visible
             after channel augmentation; ``grey_remap``).
+        images: The records' decoded images (:func:`decode_all`), or None to read each from disk when used.
 
     ``strength`` (set per epoch through :meth:`TrainLoader.set_epoch`) scales the three
     probabilities, for a warm-up of the augmentation.
     """
 
     def __init__(self, records: Sequence[Record], pid_to_label: dict[int, int], height: int, width: int,
-                 augment: bool, channel_aug: float = 0.0, erasing: float = 0.0, remap: float = 0.0) -> None:
-        self.records, self.pid_to_label = list(records), pid_to_label
+                 augment: bool, channel_aug: float = 0.0, erasing: float = 0.0, remap: float = 0.0,
+                 images: np.ndarray | None = None) -> None:
+        if images is not None and images.shape != (len(records), height, width, 3):
+            raise ValueError(f"images must be [{len(records)}, {height}, {width}, 3], got {images.shape}")
+        self.records, self.pid_to_label, self.images = list(records), pid_to_label, images
         self.height, self.width = height, width
         self.transform = TrainTransform(height, width) if augment else None
         self.channel_aug, self.erasing, self.remap = float(channel_aug), float(erasing), float(remap)
@@ -49,7 +70,10 @@ class PairDataset(Dataset):
         return len(self.records)
 
     def _load(self, index: int, rng: np.random.Generator, visible: bool) -> torch.Tensor:
-        img = read_image(self.records[index].path, self.height, self.width)
+        if self.images is not None:
+            img = self.images[index]
+        else:
+            img = read_image(self.records[index].path, self.height, self.width)
         if self.transform is not None:
             img = self.transform(img, rng)
         k = self.strength
@@ -103,7 +127,8 @@ class TrainLoader:
 def build_train_loader(records: Sequence[Record], *, height: int, width: int, batch_pairs: int, mode: str,
                        seed: int, augment: bool = True, num_workers: int = 0, drop_last: bool = False,
                        pin_memory: bool = False, pairs_per_id: int = 1, channel_aug: float = 0.0,
-                       erasing: float = 0.0, remap: float = 0.0, aug_warmup_epochs: float = 0.0) -> TrainLoader:
+                       erasing: float = 0.0, remap: float = 0.0, aug_warmup_epochs: float = 0.0,
+                       cache_images: bool = False) -> TrainLoader:
     """Build the two-stream training loader.
 
     Args:
@@ -123,12 +148,15 @@ def build_train_loader(records: Sequence[Record], *, height: int, width: int, ba
         erasing: Probability of random erasing of each image.
         remap: Probability of random grey-level remapping of each grey image.
         aug_warmup_epochs: Ramp the three augmentation probabilities up over this many epochs.
+        cache_images: Decode the records once into memory (``N * height * width * 3`` bytes) instead of
+            at every use.
 
     Returns:
         A :class:`TrainLoader` with ``num_classes``, ``set_epoch(epoch)`` and ``len()`` = batches per epoch.
     """
     sampler = PairedBatchSampler(records, batch_pairs, mode, seed=seed, drop_last=drop_last, pairs_per_id=pairs_per_id)
-    dataset = PairDataset(records, sampler.pid_to_label, height, width, augment, channel_aug, erasing, remap)
+    images = decode_all(records, height, width) if cache_images else None
+    dataset = PairDataset(records, sampler.pid_to_label, height, width, augment, channel_aug, erasing, remap, images)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                         persistent_workers=False)
     return TrainLoader(loader, sampler, aug_warmup_epochs)

@@ -1,0 +1,229 @@
+"""What the distribution loss L_d minimises: per-step curves of the feature scale and of L_d's terms, per variant.
+
+    python -m benchmarks.ld_mechanism --sysu-root data/synthetic_sysu --regdb-root data/synthetic_regdb \\
+        --runs-dir runs/ld_mechanism --steps 400 --seeds 0 [--only regdb/dfe,regdb/baseline] [--threads 1]
+
+Each run is ``python -m training train`` on the demo recipe (``configs/synthetic.yaml``, and
+``configs/synthetic_regdb.yaml`` for the RegDB layout) shortened to ``--steps`` steps in 8 epochs (learning-rate
+and alignment warm-ups over the first epoch, the x0.1 decay after the sixth, as the demo's 2 of 16 and 12 of 16),
+with ``--probe-every`` (``training.probe``: part-feature norm, BatchNorm weights, L_d's mean and sigma terms,
+the scale-invariant forms of L_d, a batch retrieval AUC) and ``--gap-every 2`` (the test modality-gap table
+and cross-modal AUC every other epoch). :data:`RUNS` lists the variants: the baseline, DFE without L_d, DFE with the
+paper's L_d, DFE with each scale-invariant form, on both layouts and, on RegDB, also the paper's fallback
+weights 1:1:1 beside its 1:11:2. Runs whose ``final_metrics.json`` exists are reused, so the command can be
+stopped and re-run; the report (JSON, Markdown, PNG in ``benchmarks/results/``) covers every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from benchmarks import _machine
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {"sysu": REPO / "configs" / "synthetic.yaml", "regdb": REPO / "configs" / "synthetic_regdb.yaml"}
+
+
+class Run(NamedTuple):
+    """One training variant: loss variant, L_d form and loss preset (alpha:beta:gamma)."""
+
+    layout: str
+    variant: str
+    ld_form: str = "paper"
+    preset: str | None = None  # None: the layout's own (SYSU 1:1:1, RegDB 1:11:2)
+
+    @property
+    def name(self) -> str:
+        form = "" if self.ld_form == "paper" or self.variant in ("baseline", "no_ld") else f"_{self.ld_form}"
+        preset = "" if self.preset in (None, self.layout) else "_w111"
+        return f"{self.variant}{form}{preset}"
+
+    @property
+    def weights(self) -> str:
+        preset = self.preset or self.layout
+        return {"sysu": "1:1:1", "regdb": "1:11:2"}[preset]
+
+
+RUNS: tuple[Run, ...] = (
+    Run("sysu", "baseline"), Run("sysu", "no_ld"), Run("sysu", "dfe"), Run("sysu", "dfe", "spread"),
+    Run("sysu", "dfe", "unit"),
+    Run("regdb", "baseline"), Run("regdb", "no_ld"), Run("regdb", "dfe"), Run("regdb", "dfe", "spread"),
+    Run("regdb", "dfe", "unit"), Run("regdb", "dfe", "paper", "sysu"), Run("regdb", "dfe", "spread", "sysu"),
+)
+EPOCHS = 8
+PROBE_KEYS: tuple[str, ...] = ("feat_norm", "feat_std", "bn_weight", "bn_bias", "ld_mean", "ld_sigma", "ld_spread",
+                               "ld_unit", "lc", "id", "batch_auc")
+
+
+def train_argv(run: Run, root: Path, steps: int, seed: int, out: Path, threads: int) -> list[str]:
+    """The ``python -m training train`` arguments of one run."""
+    per_epoch = max(1, steps // EPOCHS)
+    argv = ["--config", str(CONFIGS[run.layout]), "--data-root", str(root), "--output-dir", str(out),
+            "--variant", run.variant, "--ld-form", run.ld_form, "--seed", str(seed), "--epochs", str(EPOCHS),
+            "--max-steps-per-epoch", str(per_epoch), "--step-size", "6", "--warmup-epochs", "1",
+            "--align-warmup-epochs", "1", "--probe-every", str(max(1, steps // 80)), "--gap-every", "2",
+            "--no-progress", "--eval"]
+    if run.preset:
+        argv += ["--loss-preset", run.preset]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return argv
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+def collect(out: Path) -> dict[str, Any]:
+    """A finished run folder's curves and final numbers."""
+    final = json.loads((out / "final_metrics.json").read_text())
+    gap = final["modality_gap"]
+    protocol = {k: v for k, v in final.items() if k != "modality_gap"}
+    return {"probe": _read_csv(out / "probe.csv"), "gap_curve": _read_csv(out / "gap.csv"),
+            "final": {"protocol_r1": float(np.mean([v["r1"] for v in protocol.values()])),
+                      "protocol_mAP": float(np.mean([v["mAP"] for v in protocol.values()])),
+                      **{f"{name}_r1": gap[name]["r1"] for name in ("test_ir_to_rgb", "test_rgb_to_rgb",
+                                                                    "test_ir_to_ir", "train_ir_to_rgb")},
+                      "xm_auc": gap["alignment"]["xm_auc"], "mmd": gap["alignment"]["mmd"]}}
+
+
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Train the missing runs, then gather every finished one."""
+    from training.train import main as train_main
+    from xmreid.errors import UserError
+
+    roots = {"sysu": args.sysu_root, "regdb": args.regdb_root}
+    only = {s.strip() for s in args.only.split(",") if s.strip()} if args.only else None
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    results: dict[str, Any] = {"steps": args.steps, "seeds": seeds, "runs": {}}
+    for run in RUNS:
+        key = f"{run.layout}/{run.name}"
+        if roots[run.layout] is None or (only is not None and key not in only):
+            continue
+        for seed in seeds:
+            out = args.runs_dir / run.layout / f"{run.name}_seed{seed}"
+            if not (out / "final_metrics.json").is_file():
+                if args.report_only:
+                    continue
+                argv = train_argv(run, roots[run.layout], args.steps, seed, out, args.threads)
+                log.warning("training %s seed %d", key, seed)
+                if train_main(argv) != 0:
+                    raise UserError(f"training {key} seed {seed} failed")
+            entry = results["runs"].setdefault(key, {"layout": run.layout, "variant": run.variant,
+                                                     "ld_form": run.ld_form, "weights": run.weights, "seeds": {}})
+            entry["seeds"][str(seed)] = collect(out)
+    if not results["runs"]:
+        raise UserError("no finished runs: give --sysu-root / --regdb-root (and drop --report-only)")
+    return results
+
+
+def _at(rows: list[dict[str, float]], frac: float) -> dict[str, float]:
+    """The probe row nearest to ``frac`` of the run."""
+    return rows[min(len(rows) - 1, max(0, round(frac * (len(rows) - 1))))] if rows else {}
+
+
+def report(results: dict[str, Any]) -> str:
+    """Markdown: final numbers per run, and the probe values at the start, after the warm-up and at the end."""
+    lines = [(f"Runs of {results['steps']} steps (8 epochs; warm-ups over the first, x0.1 after the sixth), "
+             f"seeds {results['seeds']}; means over the seeds. Protocol R1: SYSU all-search single-shot, or the mean "
+             "of RegDB's two directions. `feat_norm`: mean L2 norm of a part embedding (256-d); `bn_weight`: mean "
+             "|weight| of the part BatchNorms; `L_d paper` = `ld_mean` + `ld_sigma` (eq. 14 on this batch); "
+             "`L_d spread`: the same divided by the features' spread across people (scale-invariant); "
+             "`batch_auc`: same- vs different-person RGB-IR cosine AUC within the batch."), ""]
+    final_rows, probe_rows = [], []
+    for key, entry in results["runs"].items():
+        seeds = list(entry["seeds"].values())
+        final = {k: float(np.mean([s["final"][k] for s in seeds])) for k in seeds[0]["final"]}
+        final_rows.append({"run": key, "weights": entry["weights"], "L_d form": entry["ld_form"]
+                           if entry["variant"] in ("dfe", "no_lc") else "-",
+                           "protocol R1": 100 * final["protocol_r1"], "test IR->RGB": 100 * final["test_ir_to_rgb_r1"],
+                           "test RGB->RGB": 100 * final["test_rgb_to_rgb_r1"],
+                           "train IR->RGB": 100 * final["train_ir_to_rgb_r1"], "xm_auc": final["xm_auc"],
+                           "mmd": final["mmd"]})
+        for label, frac in (("start", 0.0), ("warm-up end", 1 / EPOCHS), ("end", 1.0)):
+            vals = [_at(s["probe"], frac) for s in seeds if s["probe"]]
+            if not vals:
+                continue
+            row = {"run": key, "at": f"{label} (step {int(np.mean([v['step'] for v in vals]))})"}
+            for k in ("feat_norm", "feat_std", "bn_weight", "bn_bias", "ld_mean", "ld_sigma", "ld_spread",
+                      "batch_auc"):
+                row[k] = float(np.mean([v[k] for v in vals]))
+            probe_rows.append(row)
+    lines += ["## Final numbers (%, AUC, mmd)", "", _machine.markdown_table(final_rows), "",
+              "## The probe: feature scale and L_d's terms through training", "",
+              _machine.markdown_table(probe_rows, digits=3), ""]
+    return "\n".join(lines)
+
+
+PANELS: tuple[tuple[str, str, bool], ...] = (  # (key, title, log scale)
+    ("feat_norm", "part-feature L2 norm", True), ("bn_weight", "part BN |weight|", True),
+    ("ld_paper", "L_d paper (mean + sigma terms)", True), ("ld_spread", "L_d / feature spread", True),
+    ("batch_auc", "batch RGB-IR AUC (smoothed)", False), ("xm_auc", "test cross-modal AUC", False))
+
+
+def plot(results: dict[str, Any]) -> Any:
+    """One row of panels per layout, one line per run (the first seed)."""
+    plt = _machine.pyplot()
+    layouts = sorted({e["layout"] for e in results["runs"].values()}, key=["sysu", "regdb"].index)
+    fig, axes = plt.subplots(len(layouts), len(PANELS), figsize=(4 * len(PANELS), 3.4 * len(layouts)), squeeze=False)
+    for row, layout in zip(axes, layouts):
+        for key, entry in results["runs"].items():
+            if entry["layout"] != layout:
+                continue
+            first = next(iter(entry["seeds"].values()))
+            probe, curve = first["probe"], first["gap_curve"]
+            label = key.split("/", 1)[1] + f" ({entry['weights']})"
+            for ax, (panel, title, log_scale) in zip(row, PANELS):
+                if panel == "xm_auc":
+                    xs, ys = [r["steps"] for r in curve], [r["xm_auc"] for r in curve]
+                elif panel == "ld_paper":
+                    xs, ys = [r["step"] for r in probe], [r["ld_mean"] + r["ld_sigma"] for r in probe]
+                elif panel == "batch_auc":
+                    xs = [r["step"] for r in probe]
+                    raw = np.array([r["batch_auc"] for r in probe])
+                    ys = np.convolve(raw, np.ones(5) / 5, mode="same") if raw.size >= 5 else raw
+                else:
+                    xs, ys = [r["step"] for r in probe], [r[panel] for r in probe]
+                ax.plot(xs, ys, label=label)
+                ax.set_title(f"{layout}: {title}", fontsize=9)
+                if log_scale:
+                    ax.set_yscale("log")
+                ax.set_xlabel("step", fontsize=8)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ld_mechanism", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sysu-root", type=Path, default=None, help="synthetic SYSU-MM01-layout tree")
+    p.add_argument("--regdb-root", type=Path, default=None, help="synthetic RegDB-layout tree")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs/ld_mechanism"), help="one folder per run")
+    p.add_argument("--steps", type=int, default=400, help="training steps per run (8 epochs)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (paired: the same seeds for every run)")
+    p.add_argument("--only", default=None, help="comma list of layout/run names, e.g. regdb/dfe,regdb/baseline")
+    p.add_argument("--threads", type=int, default=0, help="compute threads per run (0: torch's default)")
+    p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
+    p.add_argument("--name", default="ld_mechanism", help="results file stem")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = p.parse_args(argv)
+    if args.steps < EPOCHS:
+        p.error(f"--steps must be >= {EPOCHS}")
+    return _machine.run_and_write(args, run_all, report, plot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

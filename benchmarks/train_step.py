@@ -1,0 +1,201 @@
+"""Where a training step's time goes, and the step rate of each loader / precision / thread setting, side by side.
+
+    python -m benchmarks.train_step --config configs/synthetic.yaml --data-root data/synthetic_sysu \\
+        [--settings before,cache,cache_1thread] [--steps 20] [--rounds 3] [--profile]
+
+Each setting builds the demo's loader and model (same seed) and runs ``--steps`` timed steps after
+``--warmup`` untimed ones, exactly as ``training.train.train_one_epoch`` does a step (one forward of the
+concatenated two-stream batch, the eq. 15 loss, backward, SGD), with a timer around each phase: ``data`` (the
+loader's next batch: decode, augmentation, collation), ``forward``, ``loss``, ``backward``, ``optimizer``.
+The settings run interleaved, ``--rounds`` times each (round 1 of every setting, then round 2, ...), so a
+change in the machine's load during the run hits all of them alike; the report gives each setting's median
+over the rounds and its ratio to the first setting. ``--profile`` adds ``torch.profiler``'s top operators for
+the first setting. :data:`SETTINGS` lists the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _machine
+
+#: name -> (train options it stands for, cache the decoded images, compute threads (0: default), autocast dtype)
+SETTINGS: dict[str, tuple[str, bool, int, str | None]] = {
+    "before": ("--cache-images off (decode every image at every step)", False, 0, None),
+    "cache": ("--cache-images on", True, 0, None),
+    "cache_1thread": ("--cache-images on --threads 1", True, 1, None),
+    "cache_bf16": ("--cache-images on --amp bf16", True, 0, "bfloat16"),
+}
+PHASES: tuple[str, ...] = ("data", "forward", "loss", "backward", "optimizer")
+
+
+class Bench:
+    """The demo's dataset, loaders (decoded and cached) and a model builder, built once."""
+
+    def __init__(self, config: Path, data_root: Path, steps: int, warmup: int) -> None:
+        from training.config import load_yaml
+        from training.data import build_dataset
+
+        self.cfg = load_yaml(config)
+        self.records = build_dataset(self.cfg.get("dataset", "sysu"), data_root).train
+        self.steps, self.warmup = steps, warmup
+        self.loaders: dict[bool, Any] = {}
+        self.cache_seconds = 0.0
+
+    def loader(self, cache: bool) -> Any:
+        from training.data.loader import build_train_loader
+
+        if cache not in self.loaders:
+            c = self.cfg
+            tic = time.perf_counter()
+            self.loaders[cache] = build_train_loader(
+                self.records, height=c["height"], width=c["width"], batch_pairs=c["batch_pairs"],
+                mode=c.get("dataset", "sysu"), seed=0, augment=c.get("augment", True),
+                channel_aug=c.get("channel_aug", 0.0), remap=c.get("grey_remap", 0.0), cache_images=cache)
+            if cache:
+                self.cache_seconds = time.perf_counter() - tic
+        return self.loaders[cache]
+
+    def measure(self, name: str, profile: bool = False) -> dict[str, Any]:
+        """Seconds per phase per step (means over the timed steps) of one setting."""
+        import torch
+
+        from training.losses import dfe_loss, resolve_weights
+        from training.model import DFE, DFEOutput, param_groups
+
+        _, cache, threads, dtype = SETTINGS[name]
+        default_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            c = self.cfg
+            loader = self.loader(cache)
+            loader.set_epoch(0)
+            torch.manual_seed(0)
+            model = DFE(loader.num_classes, arch=c["arch"], height=c["height"], width=c["width"]).train()
+            opt = torch.optim.SGD(param_groups(model, c["lr"], c["head_lr"], c["weight_decay"]), momentum=0.9)
+            weights = resolve_weights(c.get("loss_preset", "sysu"))
+            amp = getattr(torch, dtype) if dtype else None
+            sums = dict.fromkeys(PHASES, 0.0)
+            batches = iter(loader)
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
+            for i in range(self.warmup + self.steps):
+                if i == self.warmup and prof is not None:
+                    prof.__enter__()
+                t0 = time.perf_counter()
+                try:
+                    rgb, ir, labels = next(batches)
+                except StopIteration:
+                    batches = iter(loader)
+                    rgb, ir, labels = next(batches)
+                t1 = time.perf_counter()
+                n = rgb.shape[0]
+                with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                    out = model(torch.cat([rgb, ir]))
+                    t2 = time.perf_counter()
+                    loss, _ = dfe_loss(DFEOutput(out.parts[:n], [g[:n] for g in out.logits]),
+                                       DFEOutput(out.parts[n:], [g[n:] for g in out.logits]), labels, weights)
+                t3 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                t4 = time.perf_counter()
+                opt.step()
+                loss.item()
+                t5 = time.perf_counter()
+                if i >= self.warmup:
+                    for phase, (a, b) in zip(PHASES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
+                        sums[phase] += b - a
+            table = None
+            if prof is not None:
+                prof.__exit__(None, None, None)
+                table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+            per_step = {p: s / self.steps for p, s in sums.items()}
+            total = sum(per_step.values())
+            return {"seconds": per_step, "step_s": total, "steps_per_s": 1 / total, "threads": torch.get_num_threads(),
+                    "profile": table}
+        finally:
+            torch.set_num_threads(default_threads)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from xmreid.errors import UserError
+
+    names = [s.strip() for s in args.settings.split(",") if s.strip()]
+    bad = [n for n in names if n not in SETTINGS]
+    if bad or not names:
+        raise UserError(f"--settings {args.settings!r}: valid settings are {', '.join(SETTINGS)}")
+    bench = Bench(args.config, args.data_root, args.steps, args.warmup)
+    rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    profile = None
+    for r in range(args.rounds):
+        for name in names:
+            m = bench.measure(name, profile=args.profile and r == 0 and name == names[0])
+            profile = profile or m.pop("profile")
+            m.pop("profile", None)
+            rounds[name].append(m)
+    base = statistics.median(m["step_s"] for m in rounds[names[0]])
+    summary = {}
+    for name, ms in rounds.items():
+        step_s = statistics.median(m["step_s"] for m in ms)
+        summary[name] = {"options": SETTINGS[name][0], "threads": ms[0]["threads"],
+                         "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s, "speedup_vs_first": base / step_s,
+                         "phase_ms": {p: 1e3 * statistics.median(m["seconds"][p] for m in ms) for p in PHASES},
+                         "rounds_step_ms": [1e3 * m["step_s"] for m in ms]}
+    return {"config": str(args.config), "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+            "cache_decode_seconds": bench.cache_seconds, "images": len(bench.records), "settings": summary,
+            "profile_first_setting": profile}
+
+
+def report(results: dict[str, Any]) -> str:
+    rows = []
+    for name, s in results["settings"].items():
+        rows.append({"setting": name, "options": s["options"], "threads": s["threads"], "step ms": s["step_ms"],
+                     "steps/s": s["steps_per_s"], "vs first": s["speedup_vs_first"],
+                     **{f"{p} ms": s["phase_ms"][p] for p in PHASES}})
+    text = [(f"{results['steps']} timed steps (after {results['warmup']} untimed) per setting and round, "
+            f"{results['rounds']} interleaved rounds, medians; config `{results['config']}`. "
+            f"Decoding the {results['images']} training images once took {results['cache_decode_seconds']:.1f} s."),
+            "", _machine.markdown_table(rows, digits=3), ""]
+    if results.get("profile_first_setting"):
+        text += ["## torch.profiler, first setting, top operators by self CPU time", "", "```",
+                 results["profile_first_setting"].rstrip(), "```", ""]
+    return "\n".join(text)
+
+
+def plot(results: dict[str, Any]) -> Any:
+    plt = _machine.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = list(results["settings"])
+    left = [0.0] * len(names)
+    for phase in PHASES:
+        vals = [results["settings"][n]["phase_ms"][phase] for n in names]
+        ax.barh(names, vals, left=left, label=phase)
+        left = [a + b for a, b in zip(left, vals)]
+    ax.set_xlabel("ms per training step (median over rounds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, default=Path("configs/synthetic.yaml"))
+    p.add_argument("--data-root", type=Path, default=Path("data/synthetic_sysu"))
+    p.add_argument("--settings", default="before,cache,cache_1thread", help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per setting and round")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--profile", action="store_true", help="add torch.profiler's operator table (first setting)")
+    p.add_argument("--name", default="train_step", help="results file stem")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = p.parse_args(argv)
+    return _machine.run_and_write(args, run, report, plot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
