@@ -15,9 +15,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from serving.api import api_router, docs, pages, thumbnails
+from serving.api.access import AccessControl, AccessPolicy
+from serving.api.audit import Auditor
 from serving.api.errors import install_error_handlers
+from serving.api.keys import KeyRing
 from serving.api.middleware import RequestContext
 from serving.api.raw_search import RawImageSearch
+from serving.core.audit_log import AuditError
 from serving.core.config import KIB, Settings, get_settings
 from serving.runtime.metrics import Metrics
 from serving.runtime.state import Runtime
@@ -53,6 +57,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     """
     settings = settings if settings is not None else get_settings()
     metrics = Metrics()
+    policy = access_policy(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,8 +73,14 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
             return
         app.state.runtime = runtime
         try:
+            app.state.auditor = Auditor.open(settings)
+        except AuditError as exc:
+            await runtime.close()
+            raise UserError(str(exc)) from None
+        try:
             yield
         finally:
+            app.state.auditor.close()
             app.state.runtime = None
             app.state.shutdown_report = {"unsaved_changes": runtime.durable.unsaved_changes,
                                          "diverged": runtime.durable.diverged}
@@ -81,6 +92,8 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None
+    app.state.auditor = None
+    app.state.access = policy
     app.state.startup_error = None
     app.state.shutdown_report = {}
     app.state.counters = {"cancelled": 0}
@@ -95,6 +108,7 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
 
     # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to it too.
     app.add_middleware(RawImageSearch, fastapi_app=app)
+    app.add_middleware(AccessControl, policy=policy)  # from the headers alone, before any body is read
     app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit, body_timeout_s=settings.body_timeout_s,
                        counters=app.state.counters)
     install_error_handlers(app)
@@ -103,3 +117,11 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     pages.install(app)  # HTML pages at / and /gallery, their assets under /static
     docs.install(app)  # /docs and /redoc, their assets under /docs-assets
     return app
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    """The keys and open routes the settings ask for (:class:`UserError` for a bad keys file or a contradiction)."""
+    legacy = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    keys = KeyRing.load(settings.api_keys_file, legacy)
+    return AccessPolicy(keys, open_search=settings.open_search,
+                        unauthenticated_changes=settings.allow_unauthenticated_changes)

@@ -114,9 +114,14 @@ def _serve(settings: Settings) -> int:
     embedder, gallery = load_components(settings)
     app = create_app(settings, embedder=embedder, gallery=gallery)
     heap.freeze()  # the model, gallery and modules live as long as the process (serving.core.heap)
+    access = app.state.access
+    logger.info("access: %s", access.describe())
+    if access.search_is_open:
+        logger.warning("searches need no API key: anyone who reaches %s:%d can search the gallery%s",
+                       settings.host, settings.port,
+                       " (--open-search)" if access.keys else "; configure keys with --api-keys-file")
     if settings.host not in {"127.0.0.1", "localhost", "::1"}:
-        logger.warning("listening on %s: the API is reachable from other machines%s", settings.host,
-                       "" if settings.api_key else " and gallery changes need no API key")
+        logger.warning("listening on %s: the API is reachable from other machines", settings.host)
     limit, backlog = fit_to_descriptors(settings.limit_concurrency, settings.backlog)
     try:
         protocol = protocol_class(settings.header_timeout_s, limit, parser=settings.http_parser)

@@ -13,9 +13,10 @@ import json
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Path, Request, Response, UploadFile
 from pydantic import TypeAdapter, ValidationError
 
+from serving.api.audit import auditor
 from serving.api.deps import ApiKeyDep, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.schemas import (
@@ -100,7 +101,7 @@ def parse_metadata(text: str, count: int) -> list[dict[str, Any]]:
              responses={200: {"model": GalleryAddResponse, "description": "a retry of an add already made with this "
                                                                           "Idempotency-Key: its ids, nothing added"},
                         **error_responses(400, 401, 403, 408, 409, 413, 415, 422, 503, 507)})
-async def add_items(runtime: RuntimeDep, response: Response,
+async def add_items(runtime: RuntimeDep, request: Request, response: Response,
                     images: Annotated[list[UploadFile], File(description="the crops to add (repeat the `images` "
                                                                          "field), at most max_images_per_request")],
                     metadata: Annotated[str, Form(description="JSON list, one object per image in upload order: "
@@ -137,12 +138,14 @@ async def add_items(runtime: RuntimeDep, response: Response,
     if result.replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
+    else:
+        await auditor(request).record(request, images=datas, committed=True, added=list(result.ids))
     return GalleryAddResponse(ids=result.ids, size=result.size)
 
 
 @router.delete("/{item_id}", response_model=GalleryDeleteResponse, dependencies=[ApiKeyDep],
                summary="Remove one gallery item", responses=error_responses(401, 403, 404, 409, 422, 503, 507))
-async def delete_item(runtime: RuntimeDep,
+async def delete_item(runtime: RuntimeDep, request: Request,
                       item_id: Annotated[int, Path(ge=0, le=2**63 - 1,  # ids are int64 (an id past it was a 500)
                                                    description="the gallery id (as returned by search or add)")]
                       ) -> GalleryDeleteResponse:
@@ -153,22 +156,26 @@ async def delete_item(runtime: RuntimeDep,
         size = await runtime.remove(item_id)
     except UnknownIdsError:
         raise ApiError(404, "not_found", f"gallery id {item_id} does not exist") from None
+    await auditor(request).record(request, committed=True, removed=[item_id])
     return GalleryDeleteResponse(deleted=item_id, size=size)
 
 
 @router.post("/reload", response_model=GalleryReloadResponse, dependencies=[ApiKeyDep],
              summary="Reload the gallery from disk, or install the staging copy",
              responses=error_responses(401, 403, 409, 422, 503, 507))
-async def reload_gallery(runtime: RuntimeDep) -> GalleryReloadResponse:
+async def reload_gallery(runtime: RuntimeDep, request: Request) -> GalleryReloadResponse:
     """With a staging gallery configured (``--staging-gallery``) that holds a copy of this gallery at its
     current save with crops indexed into it, install it: it is checked like any load, saved into the
     served directory as its next version, and swapped in for searches at once. Otherwise re-read the
     served directory (a read-only replica, or a server whose directory an indexer extended)."""
-    return GalleryReloadResponse(**await runtime.reload())
+    answer = await runtime.reload()
+    await auditor(request).record(request, committed=True, reloaded=answer)
+    return GalleryReloadResponse(**answer)
 
 
 @router.get("/stats", response_model=GalleryStatsResponse, summary="Gallery size, cameras and index",
-            responses=error_responses(503))
+            dependencies=[ApiKeyDep],
+            responses=error_responses(401, 403, 503))
 async def stats(runtime: RuntimeDep) -> GalleryStatsResponse:
     """Counts per camera, descriptor size, the model fingerprint and what the index is."""
     raw = await runtime.stats()

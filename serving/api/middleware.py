@@ -114,7 +114,7 @@ class RequestContext:
             declared = _content_length(scope)
             if declared is not None and declared > limit:
                 # Refuse before reading: the body may be gigabytes and is not ours to spool.
-                await _send_json(send_with_id, 413, {
+                await send_json(send_with_id, 413, {
                     "error": "request_too_large",
                     "detail": f"the request body is {declared} bytes; this endpoint accepts at most {limit} bytes"})
                 return
@@ -129,11 +129,11 @@ class RequestContext:
                 logger.exception("request %s failed after its response started", request_id)
                 raise
             if isinstance(exc, ApiError):  # ours, raised outside FastAPI's handlers (bad Content-Length)
-                await _send_json(send_with_id, exc.status_code, exc.detail)  # type: ignore[arg-type]
+                await send_json(send_with_id, exc.status_code, exc.detail)  # type: ignore[arg-type]
                 return
             logger.exception("internal error in %s %s (request_id=%s)", scope["method"], scope["path"],
                              request_id)
-            await _send_json(send_with_id, 500, {
+            await send_json(send_with_id, 500, {
                 "error": "internal_error", "request_id": request_id,
                 "detail": f"the server failed to handle this request; quote request id {request_id} "
                           f"when reporting it"})
@@ -200,9 +200,10 @@ def _capped(receive: Receive, limit: int, timeout_s: float | None = None) -> Rec
     return wrapped
 
 
-async def _send_json(send: Send, status: int, body: dict) -> None:
+async def send_json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer ``status`` with the JSON ``body`` (and extra ``headers``) straight through ASGI."""
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
+                            (b"content-length", str(len(payload)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": payload})

@@ -69,7 +69,7 @@ class RawImageSearch:
             if body is None:
                 return  # the client went away: nothing to answer
             options = check_options(runtime, top_k, cameras)
-            payload = await search_answer(runtime, body, options, started)
+            payload = await search_answer(runtime, body, options, started, request)
         except Exception as exc:
             await answer_error(self.fastapi_app, exc, request, send)
             return

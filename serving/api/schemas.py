@@ -26,8 +26,9 @@ class ErrorBody(BaseModel):
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "the upload is not a usable image: empty, not an image, truncated or corrupt",
-    401: "the server has an API key and the X-API-Key header is missing",
-    403: "the X-API-Key header does not match the server's API key",
+    401: "this endpoint needs an API key and the X-API-Key header is missing",
+    403: "the X-API-Key header matches no key, or the key's role does not allow this endpoint (or, with no key "
+         "configured, gallery changes are refused)",
     404: "no gallery item has this id",
     408: "the request head or body did not arrive in time",
     409: "search: the gallery is empty; gallery changes: the gallery is read-only here, written by another "

@@ -13,10 +13,11 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from pydantic import BaseModel
 
-from serving.api.deps import RuntimeDep
+from serving.api.audit import auditor
+from serving.api.deps import ApiKeyDep, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.schemas import BatchItem, BatchSearchResponse, SearchHit, SearchResponse, Timings, error_responses
 from serving.api.uploads import RAW_IMAGE_TYPES, decode_uploads, raise_first_failure, read_uploads
@@ -115,6 +116,15 @@ async def ranked_answers(runtime: Runtime, decoded: list[Any], options: ranking.
     return answers, timings
 
 
+async def reread(uploads: list[UploadFile]) -> list[bytes]:
+    """The bytes of uploads already decoded (for their audit hashes): each spooled file read again."""
+    datas = []
+    for upload in uploads:
+        await upload.seek(0)
+        datas.append(await upload.read())
+    return datas
+
+
 def _ms(seconds: float) -> float:
     return round(1000.0 * seconds, 3)
 
@@ -139,8 +149,9 @@ _RAW_IMAGE_BODY = {"requestBody": {"content": dict.fromkeys(RAW_IMAGE_TYPES, _RA
 
 
 @router.post("/search", response_model=SearchResponse, summary="Search the gallery with one image",
-             responses=error_responses(400, 409, 413, 415, 422, 503), openapi_extra=_RAW_IMAGE_BODY)
-async def search(runtime: RuntimeDep,
+             dependencies=[ApiKeyDep],
+             responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503), openapi_extra=_RAW_IMAGE_BODY)
+async def search(runtime: RuntimeDep, request: Request,
                  image: Annotated[UploadFile, File(description="the query crop (infrared or RGB): JPEG, PNG or "
                                                                "BMP, 1, 3 or 4 channels, 8 or 16 bits")],
                  top_k: TopK = DEFAULT_TOP_K, camera: Cameras = None, group_by: GroupBy = "none",
@@ -154,10 +165,17 @@ async def search(runtime: RuntimeDep,
     started = time.perf_counter()
     options = check_options(runtime, top_k, camera, group_by, rerank, rerank_n)
     (data,) = await read_uploads(runtime, [image])
-    return Response(await search_answer(runtime, data, options, started), media_type="application/json")
+    return Response(await search_answer(runtime, data, options, started, request), media_type="application/json")
 
 
-async def search_answer(runtime: Runtime, data: bytes, options: ranking.QueryOptions, started: float) -> bytes:
+def audit_params(options: ranking.QueryOptions, **extra: Any) -> dict[str, Any]:
+    """A search's parameters as the audit trail records them."""
+    return {"top_k": options.top_k, "cameras": None if options.cameras is None else list(options.cameras),
+            "group_by": options.group_by, "rerank": options.rerank, **extra}
+
+
+async def search_answer(runtime: Runtime, data: bytes, options: ranking.QueryOptions, started: float,
+                        request: Request) -> bytes:
     """The ``SearchResponse`` JSON of ``POST /search`` for one checked upload, however the request came.
 
     A plain search (no grouping, no re-ranking) is decoded, embedded and searched in the model thread with
@@ -169,6 +187,7 @@ async def search_answer(runtime: Runtime, data: bytes, options: ranking.QueryOpt
         data: the uploaded file (type and size already checked).
         options: the checked request (:func:`check_options`).
         started: ``time.perf_counter()`` when the request began (``timings_ms.total`` counts from it).
+        request: the request, for its audit record (written before the answer is returned).
 
     Raises:
         ImageDecodeError, BatcherOverloaded, BatcherClosed, GalleryDamaged: for the app's exception handlers.
@@ -178,6 +197,8 @@ async def search_answer(runtime: Runtime, data: bytes, options: ranking.QueryOpt
         (result,), timings = await ranked_answers(runtime, decoded, options, started)
         body = {"results": result.hits, "timings_ms": timings, "model": runtime.model_info(),
                 "groups": result.groups}
+        await auditor(request).record(request, images=[data], params=audit_params(options),
+                                      results=[result.hits])
         return encode_answer(body, SearchResponse)
     read_at = time.perf_counter()
     cameras = None if options.cameras is None else list(options.cameras)
@@ -190,13 +211,15 @@ async def search_answer(runtime: Runtime, data: bytes, options: ranking.QueryOpt
     search_s = done - job.embedded_at
     runtime.metrics.observe_stages(decode=decode, embed=embed, search=search_s)
     timings = {"decode": _ms(decode), "embed": _ms(embed), "search": _ms(search_s), "total": _ms(done - started)}
+    await auditor(request).record(request, images=[data], params=audit_params(options), results=[job.result])
     return encode_answer({"results": job.result, "timings_ms": timings, "model": runtime.model_info()},
                          SearchResponse)
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, summary="Search the gallery with several images",
-             responses=error_responses(400, 409, 413, 415, 422, 503))
-async def search_batch(runtime: RuntimeDep,
+             dependencies=[ApiKeyDep],
+             responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503))
+async def search_batch(runtime: RuntimeDep, request: Request,
                        images: Annotated[list[UploadFile], File(description="query crops (repeat the `images` "
                                                                             "field), at most max_images_per_request")],
                        top_k: TopK = DEFAULT_TOP_K, camera: Cameras = None, group_by: GroupBy = "none",
@@ -212,6 +235,9 @@ async def search_batch(runtime: RuntimeDep,
     if group_by != "none" or rerank:
         decoded = await decode_uploads(runtime, images)
         answers, timings = await ranked_answers(runtime, decoded, options, started)
+        if auditor(request).enabled:
+            await auditor(request).record(request, images=await reread(images), params=audit_params(options),
+                                          results=[a.hits for a in answers])
         return BatchSearchResponse(
             items=[BatchItem(index=i, filename=upload.filename, results=[SearchHit(**h) for h in a.hits],
                              groups=a.groups) for i, (upload, a) in enumerate(zip(images, answers))],
@@ -226,6 +252,8 @@ async def search_batch(runtime: RuntimeDep,
     # The stages partition `total` as /search's do, taking the slowest crop's decoding and the last embedding.
     decode_s = max(job.decode_s for job in jobs)
     embedded_at = max(job.embedded_at for job in jobs)
+    await auditor(request).record(request, images=datas, params=audit_params(options),
+                                  results=[job.result for job in jobs])
     return BatchSearchResponse(
         items=[BatchItem(index=i, filename=upload.filename, results=[SearchHit(**h) for h in job.result])
                for i, (upload, job) in enumerate(zip(images, jobs))],

@@ -36,10 +36,11 @@ from serving.core import opencv_limits  # noqa: F401  sets OpenCV's decoder limi
 import cv2
 import numpy as np
 # isort: on
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi import Path as PathParam
 
-from serving.api.deps import RuntimeDep
+from serving.api.audit import auditor
+from serving.api.deps import ApiKeyDep, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.schemas import ERROR_DESCRIPTIONS, ErrorBody
 from serving.core.beneath import EscapeError, open_beneath
@@ -67,7 +68,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}}, "description": "a JPEG whose longer side is at most `size` pixels "
                                                          "(smaller images are not enlarged)"},
     304: {"description": "the client's cached copy (If-None-Match) is current"},
-    403: {"model": ErrorBody, "description": "the item's stored source leads outside the image roots"},
+    401: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[401]},
+    403: {"model": ErrorBody, "description": "the item's stored source leads outside the image roots, or the "
+                                             "API key does not allow thumbnails"},
     404: {"model": ErrorBody, "description": "no such item, no image roots configured, or the item's file is "
                                              "missing or not an image"},
     422: {"model": ErrorBody, "description": "size out of range"},
@@ -204,9 +207,9 @@ def thumbnail_for(runtime: Runtime, item_id: int, size: int, if_none_match: str 
         raise ApiError(404, "unreadable_image", f"gallery item {item_id}'s file cannot be read") from None
 
 
-@router.get("/{item_id}/thumbnail", response_class=Response, responses=_RESPONSES,
+@router.get("/{item_id}/thumbnail", response_class=Response, responses=_RESPONSES, dependencies=[ApiKeyDep],
             summary="A small JPEG of one gallery item")
-async def thumbnail(runtime: RuntimeDep,
+async def thumbnail(runtime: RuntimeDep, request: Request,
                     item_id: Annotated[int, PathParam(ge=0, le=2**63 - 1, description="the gallery id")],
                     size: Annotated[int | None, Query(description="largest side in pixels, 16..thumbnail_max_side "
                                                                   "(a server setting, 256 by default); the "
@@ -220,6 +223,7 @@ async def thumbnail(runtime: RuntimeDep,
     if not MIN_SIDE <= size <= max_side:
         raise ApiError(422, "invalid_size", f"size must be between {MIN_SIDE} and {max_side}, got {size}")
     result = await asyncio.to_thread(thumbnail_for, runtime, item_id, size, if_none_match)
+    await auditor(request).record(request, thumbnail=item_id, size=size, cached=result.body is None)
     headers = {"ETag": result.etag, "Cache-Control": CACHE_CONTROL}
     if result.body is None:
         return Response(status_code=304, headers=headers)

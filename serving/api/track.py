@@ -17,12 +17,24 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from serving.api.deps import RuntimeDep
+from serving.api.audit import auditor
+from serving.api.deps import ApiKeyDep, RuntimeDep
 from serving.api.errors import ApiError
 from serving.api.schemas import SearchHit, Timings, TrackInfo, TrackSearchResponse, error_responses
-from serving.api.search import DEFAULT_TOP_K, Cameras, GroupBy, Rerank, RerankN, TopK, check_options, ranked_answers
+from serving.api.search import (
+    DEFAULT_TOP_K,
+    Cameras,
+    GroupBy,
+    Rerank,
+    RerankN,
+    TopK,
+    audit_params,
+    check_options,
+    ranked_answers,
+    reread,
+)
 from serving.api.uploads import decode_uploads
 from serving.runtime import ranking
 
@@ -34,8 +46,9 @@ Fusion = Annotated[Literal["mean", "max"], Query(
 
 
 @router.post("/search/track", response_model=TrackSearchResponse, summary="Search the gallery with a track of crops",
-             responses=error_responses(400, 409, 413, 415, 422, 503))
-async def search_track(runtime: RuntimeDep,
+             dependencies=[ApiKeyDep],
+             responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503))
+async def search_track(runtime: RuntimeDep, request: Request,
                        images: Annotated[list[UploadFile] | None, File(
                            description="the track's crops, all of one person (repeat the `images` field), "
                                        "1..max_track_crops (50 by default)")] = None,
@@ -54,6 +67,9 @@ async def search_track(runtime: RuntimeDep,
     options = check_options(runtime, top_k, camera, group_by, rerank, rerank_n)
     decoded = await decode_uploads(runtime, images)
     (result,), timings = await ranked_answers(runtime, decoded, options, started, fusion=fusion)
+    if auditor(request).enabled:
+        await auditor(request).record(request, images=await reread(images), params=audit_params(options, fusion=fusion),
+                                      results=[result.hits])
     return TrackSearchResponse(results=[SearchHit(**h) for h in result.hits], timings_ms=Timings(**timings),
                                model=runtime.model_info(), groups=result.groups,
                                track=TrackInfo(crops=len(images), fusion=fusion))

@@ -46,8 +46,24 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address; loopback by default so nothing is exposed "
                                                "until an operator asks for it")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
-    api_key: SecretStr | None = Field(None, description="when set, gallery mutations need this value in the "
-                                                        "X-API-Key header")
+    api_key: SecretStr | None = Field(None, description="one admin key, sent by clients in the X-API-Key header "
+                                                        "(the keys file holds named keys with roles)")
+    api_keys_file: Path | None = Field(None, description="API keys, one per line: name:role:sha256-hex-of-the-key "
+                                                         "(roles: search, admin); with any key configured, searches "
+                                                         "need a search or admin key and changes an admin key")
+    open_search: bool = Field(False, description="let searches, thumbnails and stats through without a key even "
+                                                 "when keys are configured (a kiosk); warned about at start")
+    allow_unauthenticated_changes: bool = Field(False, description="with no API key configured, accept gallery "
+                                                                   "changes from anyone who reaches the port "
+                                                                   "(refused otherwise)")
+    audit_log: Path | None = Field(None, description="append-only, hash-chained JSON-lines record of every search, "
+                                                     "thumbnail view and gallery change (python -m serving audit "
+                                                     "verify|show)")
+    audit_max_bytes: int = Field(64 * MIB, ge=4 * KIB, description="rotate the audit log to a numbered file at "
+                                                                  "this size")
+    audit_failure: Literal["refuse", "serve"] = Field("refuse", description="when the audit record cannot be "
+                                                                           "written: refuse the request (503) or "
+                                                                           "answer anyway and log the error")
     max_batch_size: int = Field(16, ge=1, le=1024, description="largest micro-batch given to the model; "
                                                               "1 disables micro-batching")
     # 0 by default: requests that arrive while the model is busy queue up and form the next batch anyway
@@ -174,7 +190,7 @@ class Settings(BaseSettings):
             return [value]
         return value
 
-    @field_validator("staging_gallery", mode="before")
+    @field_validator("staging_gallery", "api_keys_file", "audit_log", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -11,13 +11,29 @@ shares with the server only the embedders, the image decoder and ``index``. One 
 
 Both engines feed the same loop, so resuming, skipping bad files, periodic saves and the Ctrl-C save behave
 alike, and both produce the same gallery (same ids, same vectors up to float rounding).
+
+The names below are imported on first use (PEP 562), so the light commands of this package
+(``gallery``, ``audit``) start without loading FAISS or a model runtime.
 """
 
 from __future__ import annotations
 
-from serving.indexing.cli import ENGINES, build_parser, main, parse_cameras
-from serving.indexing.common import IndexSummary, crawl, gallery_metadata, gallery_sources, open_gallery, save_gallery
-from serving.indexing.local import index_images
+import importlib
+from typing import Any
+
+_LAZY = {"ENGINES": "serving.indexing.cli", "build_parser": "serving.indexing.cli", "main": "serving.indexing.cli",
+         "parse_cameras": "serving.indexing.cli", "IndexSummary": "serving.indexing.common",
+         "crawl": "serving.indexing.common", "gallery_metadata": "serving.indexing.common",
+         "gallery_sources": "serving.indexing.common", "open_gallery": "serving.indexing.common",
+         "save_gallery": "serving.indexing.common", "index_images": "serving.indexing.local"}
 
 __all__ = ["ENGINES", "IndexSummary", "build_parser", "crawl", "gallery_metadata", "gallery_sources",
            "index_images", "main", "open_gallery", "parse_cameras", "save_gallery"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'serving.indexing' has no attribute {name!r}")

@@ -177,7 +177,7 @@ def test_kill_9_server_during_post_bursts_loses_no_acknowledged_item(tiny_onnx, 
 
     for round_ in range(2):
         server = start_server(tiny_onnx, gallery, tmp_path / f"server-{round_}.log", args=["--log-level", "warning"],
-                              env={"XMREID_API_KEY": API_KEY})
+                              env={"XMREID_API_KEY": API_KEY, "XMREID_OPEN_SEARCH": "true"})
         sent = asyncio.run(burst(server.base, server, round_, kill_after=10 + 7 * round_))
         assert server.proc.returncode == -signal.SIGKILL
         loaded = load_and_check(gallery, serving_embedder.fingerprint)
@@ -194,7 +194,7 @@ def test_kill_9_server_during_post_bursts_loses_no_acknowledged_item(tiny_onnx, 
 
     # Restart on what the last kill left: ready, same size, searchable, and new ids are never reused.
     server = start_server(tiny_onnx, gallery, tmp_path / "server-final.log", args=["--log-level", "warning"],
-                          env={"XMREID_API_KEY": API_KEY})
+                          env={"XMREID_API_KEY": API_KEY, "XMREID_OPEN_SEARCH": "true"})
     try:
         assert httpx.get(f"{server.base}/readyz").json()["gallery_size"] == len(stored)
         resp = httpx.post(f"{server.base}/gallery", headers=key, data={"metadata": json.dumps([{"camera": 1}])},

@@ -101,7 +101,7 @@ def test_concurrent_adds_and_deletes_while_searching(tiny_onnx, tiny_gallery, tm
     source_of: dict[int, str | None] = {int(i): m["source"] for i, m in zip(initial.ids(), initial.get(initial.ids()))}
     initial_ids = set(source_of)
     server = start_server(tiny_onnx, gallery_dir, tmp_path / "server.log",
-                          args=["--log-level", "warning", "--max-top-k", "1000"], env={"XMREID_API_KEY": API_KEY})
+                          args=["--log-level", "warning", "--max-top-k", "1000"], env={"XMREID_API_KEY": API_KEY, "XMREID_OPEN_SEARCH": "true"})
     images = [q.path.read_bytes() for q in ir_queries]
     key = {"X-API-Key": API_KEY}
     added: dict[int, str] = {}

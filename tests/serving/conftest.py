@@ -58,7 +58,9 @@ def make_client(tiny_onnx: Path, tiny_gallery: Path) -> Iterator[Callable[..., A
     """Factory: ``make_client(**settings)`` -> an entered ``TestClient`` (lifespan run, model loaded).
 
     Defaults: the tiny model, the shared gallery, saving disabled (the shared gallery is read-only by
-    convention); pass ``gallery=`` a copy and ``save_on_mutation=True`` to test persistence.
+    convention); pass ``gallery=`` a copy and ``save_on_mutation=True`` to test persistence. Gallery changes
+    are allowed without a key (``allow_unauthenticated_changes``) unless a test configures keys or turns it off:
+    most tests exercise the API, the access tests its rules.
     """
     from fastapi.testclient import TestClient
 
@@ -67,7 +69,8 @@ def make_client(tiny_onnx: Path, tiny_gallery: Path) -> Iterator[Callable[..., A
 
     with ExitStack() as stack:
         def make(*, embedder: Any = None, gallery_obj: Any = None, **overrides: Any) -> TestClient:
-            values = {"model": tiny_onnx, "gallery": tiny_gallery, "save_on_mutation": False, **overrides}
+            values = {"model": tiny_onnx, "gallery": tiny_gallery, "save_on_mutation": False,
+                      "allow_unauthenticated_changes": True, **overrides}
             app = create_app(Settings(**values), embedder=embedder, gallery=gallery_obj)
             return stack.enter_context(TestClient(app))
 

@@ -168,7 +168,7 @@ def test_a_big_upload_is_decoded_in_the_pool_first_on_both_search_routes(make_cl
 
 
 def test_gallery_add_then_delete_changes_results(make_client, gallery_copy, serving_embedder, ir_queries) -> None:
-    client = make_client(gallery=gallery_copy, save_on_mutation=True, api_key="s3cret")
+    client = make_client(gallery=gallery_copy, save_on_mutation=True, api_key="s3cret", open_search=True)
     key = {"X-API-Key": "s3cret"}
     q = ir_queries[0]
     data = q.path.read_bytes()
@@ -346,7 +346,11 @@ def test_api_key_is_enforced_and_never_logged(make_client, gallery_copy, ir_quer
     assert_error(client.delete(f"/gallery/{new_id}"), 401, "missing_api_key")
     assert_error(client.delete(f"/gallery/{new_id}", headers={"X-API-Key": "nope"}), 403, "invalid_api_key")
     assert client.delete(f"/gallery/{new_id}", headers={"X-API-Key": "s3cret-key"}).status_code == 200
-    assert post_search(client, jpeg).status_code == 200  # searching needs no key
+    # With a key configured, searching needs one too (the legacy key is an admin key, which may search).
+    assert_error(post_search(client, jpeg), 401, "missing_api_key")
+    assert_error(client.get("/gallery/stats"), 401, "missing_api_key")
+    assert client.post("/search", files={"image": ("q.jpg", jpeg, JPEG)},
+                       headers={"X-API-Key": "s3cret-key"}).status_code == 200
     assert "s3cret-key" not in caplog.text
 
 

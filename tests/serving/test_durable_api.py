@@ -173,7 +173,7 @@ def test_damage_in_memory_stops_serving(make_client, gallery_copy, ir_queries) -
 
 
 def test_reload_picks_up_what_another_writer_saved(make_client, gallery_copy, serving_embedder, ir_queries) -> None:
-    client = make_client(gallery=gallery_copy, save_on_mutation=True, api_key="k")
+    client = make_client(gallery=gallery_copy, save_on_mutation=True, api_key="k", open_search=True)
     key = {"X-API-Key": "k"}
     # Another writer (here: this process, as an indexer would from outside) extends the directory.
     other = Gallery.load(gallery_copy, claim=True)
