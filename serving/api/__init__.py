@@ -1,4 +1,5 @@
-"""The HTTP routes, one router per resource (FastAPI template layout)."""
+"""The HTTP layer: one router per resource (FastAPI template layout), plus the error-to-status table
+(:mod:`serving.api.errors`), middleware, connection limits, uploads, schemas and pages."""
 
 from __future__ import annotations
 
