@@ -1,5 +1,5 @@
 """The offline jobs: ``python -m serving index`` (crawl RGB crops, embed them, fill a gallery), ``gallery``
-(check, repair, copy, tune a gallery directory) and ``demo-hint``.
+(check, repair, copy, tune a gallery directory), ``audit`` (verify or show the audit trail) and ``demo-hint``.
 
 Kept apart from the live server: the server never imports this package, and this package shares with the
 server only the embedders, the image decoder and ``index``. One indexing pipeline, two engines:
@@ -10,7 +10,7 @@ server only the embedders, the image decoder and ``index``. One indexing pipelin
 * :mod:`serving.indexing.local` -- this process: decode threads and one embedder;
 * :mod:`serving.indexing.ray` -- Ray Data decode tasks and an actor pool of embedders (an optional extra);
 * :mod:`serving.indexing.cli` -- the command line, every option of ``python -m serving index``;
-* :mod:`serving.indexing.gallery_cli` and :mod:`serving.indexing.demo_hint` -- the other two commands.
+* :mod:`serving.indexing.gallery_cli`, :mod:`serving.indexing.audit_cli`, :mod:`serving.indexing.demo_hint` -- the others.
 
 Both engines feed the same loop, so resuming, skipping bad files, periodic saves and the Ctrl-C save behave
 alike, and both produce the same gallery (same ids, same vectors up to float rounding).
