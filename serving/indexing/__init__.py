@@ -10,7 +10,8 @@ server only the embedders, the image decoder and ``index``. One indexing pipelin
 * :mod:`serving.indexing.local` -- this process: decode threads and one embedder;
 * :mod:`serving.indexing.ray` -- Ray Data decode tasks and an actor pool of embedders (an optional extra);
 * :mod:`serving.indexing.cli` -- the command line, every option of ``python -m serving index``;
-* :mod:`serving.indexing.gallery_cli`, :mod:`serving.indexing.audit_cli`, :mod:`serving.indexing.demo_hint` -- the others.
+* :mod:`serving.indexing.gallery_cli`, :mod:`serving.indexing.audit_cli`, :mod:`serving.indexing.demo_hint`:
+  the other commands.
 
 Both engines feed the same loop, so resuming, skipping bad files, periodic saves and the Ctrl-C save behave
 alike, and both produce the same gallery (same ids, same vectors up to float rounding).
