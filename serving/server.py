@@ -111,6 +111,7 @@ def _serve(settings: Settings) -> int:
     from serving.core import heap, logfilter
     from serving.runtime.state import load_components
 
+    tls = tls_options(settings)  # a bad certificate is one sentence before the model loads
     embedder, gallery = load_components(settings)
     app = create_app(settings, embedder=embedder, gallery=gallery)
     heap.freeze()  # the model, gallery and modules live as long as the process (serving.core.heap)
@@ -147,7 +148,7 @@ def _serve(settings: Settings) -> int:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1,
                     timeout_graceful_shutdown=settings.graceful_shutdown_s, limit_concurrency=limit,
                     backlog=backlog, timeout_keep_alive=settings.keep_alive_s,
-                    http=protocol, loop=settings.event_loop,
+                    http=protocol, loop=settings.event_loop, **tls,
                     log_config=log_config(settings.log_repeat_s, settings.log_format))
         if stopped_by:
             logger.info("stopped by %s after a graceful shutdown", signal.Signals(stopped_by[0]).name)
@@ -194,3 +195,22 @@ def shutdown_status(app: Any, settings: Settings) -> int:
         return 0
     logger.error("shutdown was not clean: %s", "; ".join(problems))
     return EXIT_UNCLEAN
+
+
+def tls_options(settings: Settings) -> dict[str, str]:
+    """uvicorn's HTTPS arguments for the settings (none for plain HTTP).
+
+    Raises:
+        UserError: a certificate or key file that cannot be read, or that does not load as a pair.
+    """
+    if settings.ssl_certfile is None or settings.ssl_keyfile is None:
+        return {}
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"cannot use --ssl-certfile {settings.ssl_certfile} with --ssl-keyfile "
+                        f"{settings.ssl_keyfile}: {exc}") from None
+    return {"ssl_certfile": str(settings.ssl_certfile), "ssl_keyfile": str(settings.ssl_keyfile)}

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address; loopback by default so nothing is exposed "
                                                "until an operator asks for it")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    ssl_certfile: Path | None = Field(None, description="serve HTTPS with this PEM certificate (chain) file; "
+                                                        "needs --ssl-keyfile too")
+    ssl_keyfile: Path | None = Field(None, description="the PEM private key of --ssl-certfile")
     api_key: SecretStr | None = Field(None, description="one admin key, sent by clients in the X-API-Key header "
                                                         "(the keys file holds named keys with roles)")
     api_keys_file: Path | None = Field(None, description="API keys, one per line: name:role:sha256-hex-of-the-key "
@@ -168,6 +171,12 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+        return self
+
+    @model_validator(mode="after")
     def _model_source(self) -> Settings:
         if self.backend == "triton" and not self.triton_url:
             raise ValueError("backend triton needs --triton-url (XMREID_TRITON_URL), e.g. localhost:8001")
@@ -190,7 +199,7 @@ class Settings(BaseSettings):
             return [value]
         return value
 
-    @field_validator("staging_gallery", "api_keys_file", "audit_log", mode="before")
+    @field_validator("staging_gallery", "api_keys_file", "audit_log", "ssl_certfile", "ssl_keyfile", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
