@@ -96,10 +96,28 @@ def _spread(parts_v: Tensor, parts_i: Tensor) -> Tensor:
     return (pooled - pooled.mean(dim=0)).pow(2).mean(dim=0).mean()
 
 
+#: The ``standard`` form adds this fraction of the mean variance to each (part, dimension)'s variance: BatchNorm's
+#: 1e-5, taken relative to the features' own scale so that rescaling all of them changes nothing, while a
+#: (part, dimension) that hardly varies over the batch is still not blown up into noise.
+STANDARD_EPS = 1e-5
+
+
+def _standardised(parts_v: Tensor, parts_i: Tensor) -> tuple[Tensor, Tensor]:
+    """Both streams standardised per (part, dimension) over the batch's 2N images, as BatchNorm's training-mode
+    normalisation does, without its learned weight and bias."""
+    both = torch.cat([parts_v, parts_i])  # [2N, K, D]
+    mean = both.mean(dim=0, keepdim=True)
+    var = (both - mean).pow(2).mean(dim=0, keepdim=True)
+    z = (both - mean) * torch.rsqrt(var + STANDARD_EPS * var.mean() + EPS)
+    return z[: parts_v.shape[0]], z[parts_v.shape[0]:]
+
+
 def _form_inputs(parts_v: Tensor, parts_i: Tensor, form: str) -> tuple[Tensor, Tensor, Tensor | None]:
     """The part tensors a form compares, and the scale its terms are divided by (None: none)."""
     if form == "paper":
         return parts_v, parts_i, None
+    if form == "standard":
+        return (*_standardised(parts_v, parts_i), None)
     if form == "unit":
         return _unit_parts(parts_v), _unit_parts(parts_i), None
     if form == "spread":
@@ -108,15 +126,22 @@ def _form_inputs(parts_v: Tensor, parts_i: Tensor, form: str) -> tuple[Tensor, T
 
 
 #: Forms of L_d (``--ld-form``). ``paper`` is eq. 14 as printed, on the raw post-BN part embeddings: shrinking
-#: every feature by a factor c lowers it by c², so it can be met by collapsing the descriptor's scale instead of by
-#: aligning the modalities. The other two are unchanged by a global rescaling of the features:
-#: ``unit`` applies eq. 14 to each part vector scaled to norm sqrt(D) (direction only; a shared offset, such as the
-#: BatchNorm bias, can still dominate a shrunken feature); ``spread`` divides eq. 14 by the batch's per-dimension
-#: feature variance (pooled over people, parts and modalities), so it measures the modality difference relative to
-#: the differences between people and is unchanged by any rescaling and any shared offset. Both equal the paper's
-#: value for features at the scale BatchNorm initialises them to (unit variance), so the paper's trade-off weights
-#: keep their meaning.
-LD_FORMS: tuple[str, ...] = ("paper", "unit", "spread")
+#: every feature by a factor c lowers it by c², and adding a different offset to each part (growing the part
+#: BatchNorms' biases apart) makes every image's sigma over its parts large and alike, so it can be met by
+#: collapsing the descriptor instead of by aligning the modalities. The other forms are unchanged by rescaling:
+#:
+#: * ``standard``: eq. 14 on the part embeddings standardised per part and dimension over the batch (BatchNorm's
+#:   normalisation without its weight and bias). Unchanged by any scale and offset of any (part, dimension), so
+#:   it can only be lowered by making the visible and infrared images of a person differ less than people do.
+#: * ``unit``: eq. 14 on each part vector scaled to norm sqrt(D) (direction only). A shared offset, such as the
+#:   BatchNorm bias, can still dominate a shrunken feature and meet it.
+#: * ``spread``: eq. 14 divided by the batch's feature variance pooled over people, parts and modalities. Unchanged
+#:   by one scale and one offset for all parts, but part-specific offsets inflate the divisor and flatten the
+#:   sigma differences, so it can still be lowered without aligning anything.
+#:
+#: At the unit variance BatchNorm initialises features to, all three are close to the paper's value, so the
+#: paper's trade-off weights keep their meaning.
+LD_FORMS: tuple[str, ...] = ("paper", "standard", "unit", "spread")
 
 
 def distribution_terms(parts_v: Tensor, parts_i: Tensor, form: str = "paper") -> tuple[Tensor, Tensor]:
@@ -125,7 +150,7 @@ def distribution_terms(parts_v: Tensor, parts_i: Tensor, form: str = "paper") ->
     Args:
         parts_v: ``[N, K, D]`` visible part embeddings.
         parts_i: ``[N, K, D]`` infrared part embeddings of the same N people, in the same order.
-        form: ``"paper"`` (eq. 14 as printed), ``"unit"`` or ``"spread"`` (see :data:`LD_FORMS`).
+        form: ``"paper"`` (eq. 14 as printed), ``"standard"``, ``"unit"`` or ``"spread"`` (see :data:`LD_FORMS`).
 
     Returns:
         ``(1/(2N) sum_j ||mu_j^V - mu_j^I||^2, 1/(2N) sum_j ||sigma_j^V - sigma_j^I||^2)``, both divided by the

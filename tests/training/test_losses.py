@@ -165,6 +165,21 @@ def test_spread_form_hand_worked() -> None:
     assert distribution_loss(pv, pi, "spread").item() == pytest.approx(3 / 1.375, abs=1e-5)
 
 
+def test_standard_form_hand_worked() -> None:
+    # Two pairs, K=2 parts, D=1. Over the 4 images, part 0 holds v: 0, 2 and i: 1, 3 (mean 1.5, population
+    # variance 1.25) and part 1 holds v: 2, 2 and i: 1, 1 (mean 1.5, variance 0.25). Standardised:
+    # part 0 -> v: -3/sqrt5, 1/sqrt5; i: -1/sqrt5, 3/sqrt5; part 1 -> v: 1, 1; i: -1, -1.
+    # Pair 1: mu_v = (1 - 3/sqrt5)/2, mu_i = (-1 - 1/sqrt5)/2 -> difference 1 - 1/sqrt5;
+    #         sigma_v = (1 + 3/sqrt5)/2, sigma_i = (1 - 1/sqrt5)/2 -> difference 2/sqrt5. Pair 2 mirrors pair 1.
+    # L_d = (2 (1 - 1/sqrt5)^2 + 2 * 4/5) / (2 * 2) = 1 - 1/sqrt5 = 0.5528 (up to the relative eps 1e-5).
+    pv = torch.tensor([[[0.0], [2.0]], [[2.0], [2.0]]])
+    pi = torch.tensor([[[1.0], [1.0]], [[3.0], [1.0]]])
+    mean_term, sigma_term = distribution_terms(pv, pi, "standard")
+    assert mean_term.item() == pytest.approx((1 - 1 / math.sqrt(5)) ** 2 / 2, abs=1e-4)
+    assert sigma_term.item() == pytest.approx(0.4, abs=1e-4)
+    assert distribution_loss(pv, pi, "standard").item() == pytest.approx(1 - 1 / math.sqrt(5), abs=1e-4)
+
+
 def test_unit_form_hand_worked() -> None:
     # Each part vector is scaled to norm sqrt(D) = sqrt(2), i.e. divided by its root mean square:
     # visible (0,0) stays (0,0); (2,4) has RMS sqrt(10) -> (2,4)/sqrt(10); infrared (1,1) has RMS 1 -> unchanged.
@@ -210,8 +225,22 @@ def test_spread_form_also_ignores_a_shared_offset_which_unit_does_not() -> None:
     assert for_shrunk["unit"] < 0.05 * distribution_loss(pv, pi, "unit").item()
 
 
+def test_only_the_standard_form_ignores_a_scale_and_offset_per_part_and_dimension() -> None:
+    """Shrinking the features while each part gets its own offset (small BatchNorm weights, biases grown apart)
+    lowers the paper's form and the spread form; the standardised form keeps its value, as it does under any
+    positive scale and any offset of each (part, dimension)."""
+    g = torch.Generator().manual_seed(9)
+    pv, pi = torch.randn(8, 6, 16, generator=g), torch.randn(8, 6, 16, generator=g) * 1.5 + 0.2
+    scale = 0.05 * torch.rand(1, 6, 16, generator=g) + 0.01
+    offset = torch.randn(1, 6, 16, generator=g) * 3
+    before = {f: distribution_loss(pv, pi, f).item() for f in LD_FORMS}
+    after = {f: distribution_loss(scale * pv + offset, scale * pi + offset, f).item() for f in LD_FORMS}
+    assert after["standard"] == pytest.approx(before["standard"], rel=1e-3)
+    assert after["paper"] < 0.01 * before["paper"] and after["spread"] < 0.1 * before["spread"]
+
+
 def test_distribution_loss_rejects_an_unknown_form() -> None:
-    with pytest.raises(ValueError, match="paper, unit, spread"):
+    with pytest.raises(ValueError, match="paper, standard, unit, spread"):
         distribution_loss(torch.zeros(2, 6, 4), torch.zeros(2, 6, 4), "cosine")
 
 
@@ -276,7 +305,7 @@ def test_resolve_weights_presets_and_variants() -> None:
         resolve_weights("sysu", "full")
     assert resolve_weights("regdb", ld_form="spread") == LossWeights(1.0, 11.0, 2.0, ld_form="spread")
     assert resolve_weights("sysu").ld_form == "paper"  # eq. 14 unless asked otherwise
-    with pytest.raises(ValueError, match="valid forms: paper, unit, spread"):
+    with pytest.raises(ValueError, match="valid forms: paper, standard, unit, spread"):
         resolve_weights("sysu", ld_form="cosine")
 
 

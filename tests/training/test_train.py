@@ -125,7 +125,7 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     results = json.loads((out / "ablation.json").read_text())["results"]
     assert set(results) == {"sysu", "regdb"}
     table = results["sysu"]["settings"]["sysu_all_single"]
-    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe", "dfe_spread"] and table["dfe"]["seeds"] == [0, 1]
+    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe", "dfe_standard"] and table["dfe"]["seeds"] == [0, 1]
     assert set(results["regdb"]["settings"]) == {"visible_to_thermal", "thermal_to_visible"}
     # Paired differences are per seed: variant minus baseline of the same seed.
     d = results["sysu"]["paired"]["sysu_all_single"]["dfe"]["r1"]
@@ -144,13 +144,13 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     # RegDB runs use RegDB's 1:11:2 weights.
     args = yaml.safe_load((out / "regdb" / "dfe_seed0" / "args.yaml").read_text())
     assert args["dataset"] == "regdb" and args["loss_preset"] == "regdb" and args["data_root"] == str(regdb_root)
-    # "dfe" is the paper's L_d, "dfe_spread" the scale-invariant form; both are also paired against w/o L_d.
+    # "dfe" is the paper's L_d, "dfe_standard" the standardised form; both are also paired against w/o L_d.
     assert args["ld_form"] == "paper"
-    assert yaml.safe_load((out / "sysu" / "dfe_spread_seed1" / "args.yaml").read_text())["ld_form"] == "spread"
-    vs_no_ld = results["sysu"]["paired_vs"]["no_ld"]["sysu_all_single"]["dfe_spread"]["r1"]["per_seed"]
-    assert vs_no_ld == pytest.approx([table["dfe_spread"]["r1_per_seed"][i] - table["no_ld"]["r1_per_seed"][i]
+    assert yaml.safe_load((out / "sysu" / "dfe_standard_seed1" / "args.yaml").read_text())["ld_form"] == "standard"
+    vs_no_ld = results["sysu"]["paired_vs"]["no_ld"]["sysu_all_single"]["dfe_standard"]["r1"]["per_seed"]
+    assert vs_no_ld == pytest.approx([table["dfe_standard"]["r1_per_seed"][i] - table["no_ld"]["r1_per_seed"][i]
                                       for i in range(2)])
-    assert "Paired difference against DFE w/o L_d" in md and "| DFE (spread L_d) |" in md
+    assert "Paired difference against DFE w/o L_d" in md and "| DFE (standardised L_d) |" in md
 
 
 def test_ablation_regdb_fallback_weights_and_forbidden_options(repo_root, sysu_root, regdb_root, tmp_path, capsys):
@@ -196,21 +196,21 @@ def test_throughput_and_probe_options_train(repo_root, sysu_root, tmp_path):
     run together; probe.csv holds the curves that show what the alignment losses act on."""
     run = tmp_path / "probe"
     rc = train_main(_tiny(repo_root, sysu_root, run, "--cache-images", "on", "--amp", "bf16", "--threads", "1",
-                          "--ld-form", "spread", "--probe-every", "1", "--no-eval"))
+                          "--ld-form", "standard", "--probe-every", "1", "--no-eval"))
     assert rc == 0
     args = yaml.safe_load((run / "args.yaml").read_text())
-    assert args["ld_form"] == "spread" and args["amp"] == "bf16" and args["cache_images"] == "on"
+    assert args["ld_form"] == "standard" and args["amp"] == "bf16" and args["cache_images"] == "on"
     rows = list(csv.DictReader((run / "probe.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and [int(r["epoch"]) for r in rows] == [1, 1, 2, 2]
     first = rows[0]
     assert float(first["feat_norm"]) > 0 and float(first["bn_weight"]) == pytest.approx(1.0, abs=0.05)
-    # The paper's L_d is the sum of its two terms; at BatchNorm's initial unit scale the spread form is close.
+    # The paper's L_d is the sum of its two terms; at BatchNorm's initial unit scale the other forms are close.
     ld_paper = float(first["ld_mean"]) + float(first["ld_sigma"])
-    assert ld_paper > 0 and 0.5 < float(first["ld_spread"]) / ld_paper < 2
+    assert ld_paper > 0 and all(0.5 < float(first[f"ld_{f}"]) / ld_paper < 2 for f in ("standard", "spread"))
     assert 0 <= float(first["batch_auc"]) <= 1
     metrics = list(csv.DictReader((run / "metrics.csv").open()))
     assert float(metrics[0]["dist"]) == pytest.approx(
-        sum(float(r["ld_spread"]) for r in rows[:2]) / 2, rel=0.05)  # the loss trained is the spread form
+        sum(float(r["ld_standard"]) for r in rows[:2]) / 2, rel=0.05)  # the loss trained is the standard form
 
 
 def test_amp_modes(repo_root, sysu_root, tmp_path, capsys):
