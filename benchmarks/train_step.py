@@ -138,7 +138,8 @@ class Bench:
 
 def _measure_in_process(args: argparse.Namespace, name: str, competitors: int, profile: bool) -> dict[str, Any]:
     """One measurement in a fresh process with the setting's environment, beside ``competitors`` busy loops."""
-    env = {**os.environ, **SETTINGS[name].env}
+    # The setting alone decides the wait policy (not whatever the caller's shell exported).
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}, **SETTINGS[name].env}
     cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", name, "--config", str(args.config),
            "--data-root", str(args.data_root), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if profile:
