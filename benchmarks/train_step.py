@@ -161,6 +161,8 @@ def _measure_in_process(args: argparse.Namespace, name: str, competitors: int, p
 
 def _worker(args: argparse.Namespace) -> int:
     """``--worker NAME``: measure one setting here and print its JSON (the parent reads the last line)."""
+    import training.data.loader  # noqa: F401 - imports torch, which is not the loader's cost
+
     bench = Bench(args.config, args.data_root, args.steps, args.warmup)
     tic = time.perf_counter()
     bench.loader(SETTINGS[args.worker].cache)
@@ -214,8 +216,8 @@ def report(results: dict[str, Any]) -> str:
     text = [f"{results['steps']} timed steps (after {results['warmup']} untimed) per measurement, one fresh process "
             f"each, {results['rounds']} interleaved rounds, medians; config `{results['config']}`; busy competitors: "
             "Python busy loops running during the measurement. `vs first`: step-time ratio to the first setting "
-            "with the same competitors. `loader build s`: building the loader (with the one-time decode when "
-            "cached).", "", _machine.markdown_table(rows, digits=3), ""]
+            "with the same competitors. `loader build s`: building the loader, with the one-time decode of "
+            "the training images when cached.", "", _machine.markdown_table(rows, digits=3), ""]
     if results.get("profile_first_setting"):
         text += ["## torch.profiler, first setting, top operators by self CPU time", "", "```",
                  results["profile_first_setting"].rstrip(), "```", ""]
