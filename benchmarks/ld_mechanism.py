@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="ld_mechanism", help="results file stem")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = p.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `python -m training` does, before torch loads
     if args.steps < EPOCHS:
         p.error(f"--steps must be >= {EPOCHS}")
     return _machine.run_and_write(args, run_all, report, plot)

@@ -1,35 +1,54 @@
 """Where a training step's time goes, and the step rate of each loader / precision / thread setting, side by side.
 
     python -m benchmarks.train_step --config configs/synthetic.yaml --data-root data/synthetic_sysu \\
-        [--settings before,cache,cache_1thread] [--steps 20] [--rounds 3] [--profile]
+        [--settings before,cache,cache_passive] [--competitors 0,1] [--steps 20] [--rounds 3] [--profile]
 
-Each setting builds the demo's loader and model (same seed) and runs ``--steps`` timed steps after
-``--warmup`` untimed ones, exactly as ``training.train.train_one_epoch`` does a step (one forward of the
-concatenated two-stream batch, the eq. 15 loss, backward, SGD), with a timer around each phase: ``data`` (the
-loader's next batch: decode, augmentation, collation), ``forward``, ``loss``, ``backward``, ``optimizer``.
-The settings run interleaved, ``--rounds`` times each (round 1 of every setting, then round 2, ...), so a
-change in the machine's load during the run hits all of them alike; the report gives each setting's median
-over the rounds and its ratio to the first setting. ``--profile`` adds ``torch.profiler``'s top operators for
-the first setting. :data:`SETTINGS` lists the settings.
+Each measurement is a fresh process that builds the demo's loader and model (same seed) and runs ``--steps``
+timed steps after ``--warmup`` untimed ones, exactly as ``training.train.train_one_epoch`` does a step (one
+forward of the concatenated two-stream batch, the eq. 15 loss, backward, SGD), with a timer around each phase:
+``data`` (the loader's next batch: decode, augmentation, collation), ``forward``, ``loss``, ``backward``,
+``optimizer``. A fresh process per measurement lets a setting change the environment the thread pools start
+with (``OMP_WAIT_POLICY``). ``--competitors 0,1`` measures every setting alone and beside one busy process (a
+Python busy loop, started before and stopped after the measurement). The measurements run interleaved,
+``--rounds`` times each (round 1 of every setting and competitor count, then round 2, ...), so a change in the
+machine's load during the run hits all of them alike; the report gives each one's median over the rounds and
+its ratio to the first setting with the same competitors. ``--profile`` adds ``torch.profiler``'s top
+operators for the first setting. :data:`SETTINGS` lists the settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks import _machine
 
-#: name -> (train options it stands for, cache the decoded images, compute threads (0: default), autocast dtype)
-SETTINGS: dict[str, tuple[str, bool, int, str | None]] = {
-    "before": ("--cache-images off (decode every image at every step)", False, 0, None),
-    "cache": ("--cache-images on", True, 0, None),
-    "cache_1thread": ("--cache-images on --threads 1", True, 1, None),
-    "cache_bf16": ("--cache-images on --amp bf16", True, 0, "bfloat16"),
+
+class Setting(NamedTuple):
+    """One way of running the demo's training step."""
+
+    options: str  # the train options it stands for
+    cache: bool  # images decoded once into memory
+    threads: int  # compute threads (0: torch's default, one per core)
+    amp: str | None  # autocast dtype name
+    env: dict[str, str]  # environment the process starts with
+
+
+SETTINGS: dict[str, Setting] = {
+    "before": Setting("--cache-images off, OMP_WAIT_POLICY unset (decode every image at every step)", False, 0,
+                      None, {}),
+    "cache": Setting("--cache-images on, OMP_WAIT_POLICY unset", True, 0, None, {}),
+    "cache_passive": Setting("--cache-images on, OMP_WAIT_POLICY=PASSIVE", True, 0, None,
+                             {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "cache_1thread": Setting("--cache-images on --threads 1", True, 1, None, {}),
+    "cache_bf16": Setting("--cache-images on --amp bf16", True, 0, "bfloat16", {}),
 }
 PHASES: tuple[str, ...] = ("data", "forward", "loss", "backward", "optimizer")
 
@@ -45,20 +64,16 @@ class Bench:
         self.records = build_dataset(self.cfg.get("dataset", "sysu"), data_root).train
         self.steps, self.warmup = steps, warmup
         self.loaders: dict[bool, Any] = {}
-        self.cache_seconds = 0.0
 
     def loader(self, cache: bool) -> Any:
         from training.data.loader import build_train_loader
 
         if cache not in self.loaders:
             c = self.cfg
-            tic = time.perf_counter()
             self.loaders[cache] = build_train_loader(
                 self.records, height=c["height"], width=c["width"], batch_pairs=c["batch_pairs"],
                 mode=c.get("dataset", "sysu"), seed=0, augment=c.get("augment", True),
                 channel_aug=c.get("channel_aug", 0.0), remap=c.get("grey_remap", 0.0), cache_images=cache)
-            if cache:
-                self.cache_seconds = time.perf_counter() - tic
         return self.loaders[cache]
 
     def measure(self, name: str, profile: bool = False) -> dict[str, Any]:
@@ -68,7 +83,7 @@ class Bench:
         from training.losses import dfe_loss, resolve_weights
         from training.model import DFE, DFEOutput, param_groups
 
-        _, cache, threads, dtype = SETTINGS[name]
+        _, cache, threads, dtype, _ = SETTINGS[name]
         default_threads = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
@@ -122,6 +137,42 @@ class Bench:
             torch.set_num_threads(default_threads)
 
 
+def _measure_in_process(args: argparse.Namespace, name: str, competitors: int, profile: bool) -> dict[str, Any]:
+    """One measurement in a fresh process with the setting's environment, beside ``competitors`` busy loops."""
+    # The setting alone decides the wait policy (not whatever the caller's shell exported).
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}, **SETTINGS[name].env}
+    cmd = [sys.executable, "-m", "benchmarks.train_step", "--worker", name, "--config", str(args.config),
+           "--data-root", str(args.data_root), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if profile:
+        cmd.append("--profile")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(competitors)]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    if out.returncode != 0:
+        from xmreid.errors import UserError
+
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
+        raise UserError(f"measuring {name} failed: {last}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """``--worker NAME``: measure one setting here and print its JSON (the parent reads the last line)."""
+    import training.data.loader  # noqa: F401 - imports torch, which is not the loader's cost
+
+    bench = Bench(args.config, args.data_root, args.steps, args.warmup)
+    tic = time.perf_counter()
+    bench.loader(SETTINGS[args.worker].cache)
+    result = bench.measure(args.worker, profile=args.profile)
+    result["loader_build_s"] = time.perf_counter() - tic
+    print(json.dumps(result))
+    return 0
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from xmreid.errors import UserError
 
@@ -129,38 +180,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bad = [n for n in names if n not in SETTINGS]
     if bad or not names:
         raise UserError(f"--settings {args.settings!r}: valid settings are {', '.join(SETTINGS)}")
-    bench = Bench(args.config, args.data_root, args.steps, args.warmup)
-    rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    counts = [int(c) for c in args.competitors.split(",") if c.strip()]
+    rounds: dict[tuple[int, str], list[dict[str, Any]]] = {(c, n): [] for c in counts for n in names}
     profile = None
     for r in range(args.rounds):
+        for c in counts:
+            for name in names:
+                m = _measure_in_process(args, name, c, args.profile and r == 0 and c == counts[0] and name == names[0])
+                profile = profile or m.pop("profile", None)
+                m.pop("profile", None)
+                rounds[(c, name)].append(m)
+    summary: dict[str, dict[str, Any]] = {}
+    for c in counts:
+        base = statistics.median(m["step_s"] for m in rounds[(c, names[0])])
         for name in names:
-            m = bench.measure(name, profile=args.profile and r == 0 and name == names[0])
-            profile = profile or m.pop("profile")
-            m.pop("profile", None)
-            rounds[name].append(m)
-    base = statistics.median(m["step_s"] for m in rounds[names[0]])
-    summary = {}
-    for name, ms in rounds.items():
-        step_s = statistics.median(m["step_s"] for m in ms)
-        summary[name] = {"options": SETTINGS[name][0], "threads": ms[0]["threads"],
-                         "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s, "speedup_vs_first": base / step_s,
-                         "phase_ms": {p: 1e3 * statistics.median(m["seconds"][p] for m in ms) for p in PHASES},
-                         "rounds_step_ms": [1e3 * m["step_s"] for m in ms]}
+            ms = rounds[(c, name)]
+            step_s = statistics.median(m["step_s"] for m in ms)
+            summary[f"{name}+{c}busy"] = {
+                "setting": name, "competitors": c, "options": SETTINGS[name].options, "threads": ms[0]["threads"],
+                "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s, "speedup_vs_first": base / step_s,
+                "phase_ms": {p: 1e3 * statistics.median(m["seconds"][p] for m in ms) for p in PHASES},
+                "rounds_step_ms": [1e3 * m["step_s"] for m in ms],
+                "loader_build_s": statistics.median(m["loader_build_s"] for m in ms)}
     return {"config": str(args.config), "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-            "cache_decode_seconds": bench.cache_seconds, "images": len(bench.records), "settings": summary,
-            "profile_first_setting": profile}
+            "competitors": counts, "settings": summary, "profile_first_setting": profile}
 
 
 def report(results: dict[str, Any]) -> str:
     rows = []
-    for name, s in results["settings"].items():
-        rows.append({"setting": name, "options": s["options"], "threads": s["threads"], "step ms": s["step_ms"],
-                     "steps/s": s["steps_per_s"], "vs first": s["speedup_vs_first"],
-                     **{f"{p} ms": s["phase_ms"][p] for p in PHASES}})
-    text = [(f"{results['steps']} timed steps (after {results['warmup']} untimed) per setting and round, "
-            f"{results['rounds']} interleaved rounds, medians; config `{results['config']}`. "
-            f"Decoding the {results['images']} training images once took {results['cache_decode_seconds']:.1f} s."),
-            "", _machine.markdown_table(rows, digits=3), ""]
+    for s in results["settings"].values():
+        rows.append({"setting": s["setting"], "busy competitors": s["competitors"], "options": s["options"],
+                     "threads": s["threads"], "step ms": s["step_ms"], "steps/s": s["steps_per_s"],
+                     "vs first": s["speedup_vs_first"], **{f"{p} ms": s["phase_ms"][p] for p in PHASES},
+                     "rounds (step ms)": " / ".join(f"{v:.0f}" for v in s["rounds_step_ms"]),
+                     "loader build s": s["loader_build_s"]})
+    text = [(f"{results['steps']} timed steps (after {results['warmup']} untimed) per measurement, one fresh process "
+            f"each, {results['rounds']} interleaved rounds, medians; config `{results['config']}`; busy competitors: "
+            "Python busy loops running during the measurement. `vs first`: step-time ratio to the first setting "
+            "with the same competitors. `loader build s`: building the loader, with the one-time decode of "
+            "the training images when cached."), "", _machine.markdown_table(rows, digits=3), ""]
     if results.get("profile_first_setting"):
         text += ["## torch.profiler, first setting, top operators by self CPU time", "", "```",
                  results["profile_first_setting"].rstrip(), "```", ""]
@@ -169,7 +227,7 @@ def report(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any]) -> Any:
     plt = _machine.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(results["settings"]) + 1.5))
     names = list(results["settings"])
     left = [0.0] * len(names)
     for phase in PHASES:
@@ -177,6 +235,7 @@ def plot(results: dict[str, Any]) -> Any:
         ax.barh(names, vals, left=left, label=phase)
         left = [a + b for a, b in zip(left, vals)]
     ax.set_xlabel("ms per training step (median over rounds)")
+    ax.invert_yaxis()
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -186,14 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=Path("configs/synthetic.yaml"))
     p.add_argument("--data-root", type=Path, default=Path("data/synthetic_sysu"))
-    p.add_argument("--settings", default="before,cache,cache_1thread", help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument("--settings", default="before,cache,cache_passive", help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument("--competitors", default="0", help="comma list of busy competing processes, e.g. 0,1")
     p.add_argument("--steps", type=int, default=20, help="timed steps per setting and round")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--profile", action="store_true", help="add torch.profiler's operator table (first setting)")
     p.add_argument("--name", default="train_step", help="results file stem")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: measure one setting, print JSON
     args = p.parse_args(argv)
+    if args.worker:
+        return _worker(args)
     return _machine.run_and_write(args, run, report, plot)
 
 

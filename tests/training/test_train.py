@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,6 +229,26 @@ def test_amp_modes(repo_root, sysu_root, tmp_path, capsys):
     assert parse_args(["--config", str(cfg), "--data-root", str(sysu_root), "--output-dir", str(tmp_path)]).amp == "off"
     assert cli(["train", *base, "--amp", "fp16", "--device", "cpu"]) == 1
     assert "--amp fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_sleeping_openmp_threads_change_no_number(repo_root, sysu_root, tmp_path, monkeypatch):
+    """``python -m training`` makes idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) unless the environment
+    says otherwise; the trained weights are bit for bit those of a run whose threads spin."""
+    from training.__main__ import main as training_main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert training_main(["--version"]) == 0 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert training_main(["--version"]) == 0 and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # explicit wins
+    states = []
+    for policy in ("ACTIVE", "PASSIVE"):
+        out = tmp_path / policy
+        env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(repo_root)}
+        subprocess.run([sys.executable, "-m", "training", "train", *_tiny(repo_root, sysu_root, out, "--no-eval",
+                                                                        "--threads", "2")],
+                       env=env, cwd=repo_root, check=True, capture_output=True)
+        states.append(torch.load(out / "last.pt", weights_only=True)["model"])
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
 
 
 @pytest.mark.parametrize("extra,message", [
