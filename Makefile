@@ -40,10 +40,11 @@ help:
 	@echo "make docker-check - requirements-gpu.txt resolves binary-only from the package registry to one CUDA major; the Dockerfile agrees"
 	@echo "make triton-server - unpack nvidia-pytriton's tritonserver into .triton/ (the Triton tests use it)"
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -r requirements-nodeps.txt
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
