@@ -23,7 +23,7 @@ import numpy as np
 from index.manifest import MANIFEST  # Gallery.save writes it; its presence means "a gallery lives here"
 from serving.core import heap
 from serving.core.config import Settings
-from serving.core.imageio import DecodeLimits, decode_image
+from serving.core.imageio import DecodeLimits, ImageDecodeError, decode_image, inspect_image
 from serving.runtime.batching import JobResult, MicroBatcher
 from serving.runtime.durable import AddResult, DurableGallery
 from serving.runtime.metrics import Metrics
@@ -31,10 +31,28 @@ from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
 
-# Uploads up to this size are decoded in the model thread with their micro-batch (a crop decodes in well
-# under a millisecond there, and the request needs no hand-off of its own); bigger ones, which could hold
-# up the whole batch, are decoded in the decode pool first.
+# Uploads up to this size whose header claims up to this many pixels are decoded in the model thread with
+# their micro-batch (a crop decodes in well under a millisecond there, and the request needs no hand-off of
+# its own). Anything else could hold up the whole batch, and every search waiting on it, and is decoded in
+# the decode pool first: a big file, or a small one that decompresses to many pixels (a 25 KB PNG can hold
+# 30 megapixels of one colour). The pixel count comes from the header (no pixel is decoded to learn it).
 BATCH_DECODE_BYTES = 256 * 1024
+BATCH_DECODE_PIXELS = 512 * 512
+
+
+def decode_in_pool(data: bytes, limits: DecodeLimits) -> bool:
+    """True when ``data`` must be decoded in the decode pool rather than in the model thread (see above).
+
+    A file whose header cannot be read goes to the model thread: its decoding fails there at the same header
+    check, before any pixel is touched.
+    """
+    if len(data) > BATCH_DECODE_BYTES:
+        return True
+    try:
+        header = inspect_image(data, limits)
+    except ImageDecodeError:
+        return False
+    return header.width * header.height > BATCH_DECODE_PIXELS
 
 
 def load_components(settings: Settings) -> tuple[Any, Any]:
@@ -299,9 +317,9 @@ class Runtime:
             ImageDecodeError: the upload is not a usable image.
             BatcherOverloaded, BatcherClosed: the model queue is full or stopped.
         """
-        if len(data) <= BATCH_DECODE_BYTES:  # nearly every crop: straight to the batcher (the hot path)
+        if not decode_in_pool(data, self.limits):  # nearly every crop: straight to the batcher (the hot path)
             return await self.batcher.submit_job(data, (k, cameras))
-        (outcome,) = await self.search_images([data], k, cameras)  # a big file: the pool-decode rule lives there
+        (outcome,) = await self.search_images([data], k, cameras)  # a big image: decoded in the pool there
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -318,8 +336,8 @@ class Runtime:
         """
         outcomes: list[Any] = list(datas)
         decode_s = [0.0] * len(datas)
-        large = [i for i, data in enumerate(datas) if len(data) > BATCH_DECODE_BYTES]
-        if large:  # big files, which could hold up a whole batch, are decoded in the pool first
+        large = [i for i, data in enumerate(datas) if decode_in_pool(data, self.limits)]
+        if large:  # big images, which could hold up a whole batch, are decoded in the pool first
             started = time.perf_counter()
             decoded = await asyncio.gather(*(self.decode(datas[i]) for i in large), return_exceptions=True)
             for i, image in zip(large, decoded):
