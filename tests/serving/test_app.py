@@ -390,7 +390,7 @@ def test_health_readiness_and_metrics(make_client, tiny_onnx, tiny_gallery, ir_q
     from serving.core.config import Settings
 
     # Before the lifespan has run (nothing loaded): alive but not ready, and searches answer 503.
-    cold = TestClient(create_app(Settings(model=tiny_onnx, gallery=tiny_gallery)))
+    cold = TestClient(create_app(Settings(model=tiny_onnx, gallery=tiny_gallery)), base_url="http://localhost")
     assert cold.get("/healthz").json() == {"status": "ok"}
     assert_error(cold.get("/readyz"), 503, "not_ready")
     assert_error(post_search(cold, ir_queries[0].path.read_bytes()), 503, "not_ready")
