@@ -80,7 +80,8 @@ def describe_tuning(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one gallery command; returns the exit status (0 sound/done, 1 usage or locked, 2 damaged)."""
+    """Run one gallery command; returns the exit status (0 sound/done, 1 usage or locked, 2 damaged; ``expire``:
+    2 also while another process writes the gallery)."""
     from index import repair as tools
     from index.errors import CorruptGalleryError, GalleryError, GalleryLockedError
 
