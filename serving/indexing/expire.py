@@ -135,7 +135,7 @@ def expire_gallery(directory: Path, older_than_s: float, *, now: float | None = 
         logger.info("expired %s: %s (items stamped before %s)", directory, report.summary(), iso(cutoff))
         if trail is not None:
             fields = report.audit_fields("gallery expire", LOCAL_KEY, os_user=_os_user(),
-                                         gallery=str(directory), older_than=label or f"{older_than_s:g}s",
+                                         gallery=str(directory), older_than=label or f"{older_than_s:g} s",
                                          now=iso(now))
             try:
                 trail.append(fields)
