@@ -25,6 +25,7 @@ from serving.api.middleware import RequestContext
 from serving.api.raw_search import RawImageSearch
 from serving.core.audit_log import AuditError
 from serving.core.config import KIB, Settings, get_settings
+from serving.runtime.expiry import ScheduledExpiry
 from serving.runtime.metrics import Metrics
 from serving.runtime.state import Runtime
 from xmreid.cli import package_version
@@ -79,9 +80,12 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
         except AuditError as exc:
             await runtime.close()
             raise UserError(str(exc)) from None
+        retention = ScheduledExpiry.from_settings(settings, runtime, app.state.auditor.writer)  # None when off
         try:
             yield
         finally:
+            if retention is not None:
+                await retention.stop()
             app.state.auditor.close()
             app.state.runtime = None
             app.state.shutdown_report = {"unsaved_changes": runtime.durable.unsaved_changes,

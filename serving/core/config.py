@@ -150,6 +150,33 @@ class Settings(BaseSettings):
                                                    "installed; under file-descriptor exhaustion it dropped 1 in 4 "
                                                    "connections that asyncio answers 503, see serving.api.connections)")
 
+    # Retention (serving.runtime.expiry): items stamped before now minus this age are removed on a schedule,
+    # through the same durable delete as DELETE /gallery; items without a timestamp are kept.
+    expire_older_than: str | None = Field(None, description="remove gallery items whose timestamp is older than "
+                                                            "this age (30d, 12h, 90m) at start and then every "
+                                                            "--expire-every; off when unset")
+    expire_every: str = Field("1h", description="how often the server expires items (with --expire-older-than)")
+
+    @field_validator("expire_older_than", mode="before")
+    @classmethod
+    def _retention_off_when_blank(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("expire_older_than", "expire_every")
+    @classmethod
+    def _retention_age(cls, value: str | None) -> str | None:
+        from serving.core.ages import parse_age  # here, to keep the retention settings in one block
+
+        if value is not None:
+            parse_age(value)  # ValueError: one sentence naming the accepted form
+        return None if value is None else value.strip()
+
+    @model_validator(mode="after")
+    def _retention_needs_writer(self) -> Settings:
+        if self.expire_older_than is not None and self.read_only:
+            raise ValueError("--expire-older-than removes items, so it needs a writable gallery, not --read-only")
+        return self
+
     @field_validator("http_parser")
     @classmethod
     def _known_parser(cls, value: str) -> str:
