@@ -16,7 +16,7 @@ from xmreid.cli import run
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("serving.indexing", "crawl camera folders of RGB crops, embed them and add them to a gallery"),
     "serve": ("serving.server", "run the FastAPI retrieval server"),
-    "gallery": ("serving.indexing.gallery_cli", "check, repair, copy or tune a gallery directory (offline)"),
+    "gallery": ("serving.indexing.gallery_cli", "check, repair, copy, tune or expire a gallery directory (offline)"),
     "audit": ("serving.indexing.audit_cli", "verify the audit trail's hash chain, or show its records"),
     "demo-hint": ("serving.indexing.demo_hint", "print a ready-to-paste curl that posts an IR crop to /search"),
 }

@@ -89,19 +89,14 @@ def expire_served(durable: DurableGallery, cutoff: float) -> ExpiryReport:
         ChangeRefused: the server is read-only, not ready, or lost the gallery's lock or sequence (nothing removed).
         ChangeNotSaved: the save failed otherwise (nothing removed).
     """
-    # DurableGallery's mutation lock and change path are this package's; retention is one more kind of change.
-    with durable._mutation:
-        durable._check_can_change()
-        report = select_expired(durable.gallery, cutoff)
-        if not report.removed:
-            return report
+    reports: list[ExpiryReport] = []
 
-        def change() -> None:
-            with durable.rw.write():
-                durable.gallery.remove(report.removed)
+    def select(gallery: Any) -> list[int]:
+        reports.append(select_expired(gallery, cutoff))
+        return list(reports[-1].removed)
 
-        durable._change_and_save(change)
-        return report
+    durable.remove_selected(select)
+    return reports[-1]
 
 
 class ScheduledExpiry:
@@ -194,4 +189,4 @@ class ScheduledExpiry:
         try:
             return expire_served(self.runtime.durable, cutoff)
         finally:
-            self.runtime._refresh_cameras()  # the served counts (/readyz, the size metric) follow the change
+            self.runtime.refresh_cameras()  # the served counts (/readyz, the size metric) follow the change

@@ -221,7 +221,7 @@ class Runtime:
         if gallery is None:
             gallery = await asyncio.to_thread(load_gallery, settings, embedder)
         runtime = cls(settings, embedder, gallery, metrics, owns_embedder=owns_embedder, owns_gallery=owns_gallery)
-        await asyncio.to_thread(runtime._refresh_cameras)
+        await asyncio.to_thread(runtime.refresh_cameras)
         await runtime.batcher.start()
         metrics.watch_batcher(runtime.batcher)
         metrics.set_model(runtime.model_info())
@@ -284,7 +284,8 @@ class Runtime:
         """Items in the gallery, cached so the event loop never waits on the gallery's lock to read it."""
         return self._size
 
-    def _refresh_cameras(self) -> None:
+    def refresh_cameras(self) -> None:
+        """Re-read the served size and per-camera counts (``/readyz``, the size metric) after a change."""
         stats = self.durable.stats()
         self._cameras = {int(k): int(v) for k, v in dict(stats.get("cameras", {})).items()}
         self._size = int(stats.get("count", len(self.gallery)))
@@ -377,7 +378,7 @@ class Runtime:
         try:
             return self.durable.add(vectors, metadata, key, digest)
         finally:
-            self._refresh_cameras()
+            self.refresh_cameras()
 
     async def find_request(self, key: str) -> tuple[str, list[int]] | None:
         """``(digest, ids)`` of a saved add made with this idempotency key, or None."""
@@ -392,7 +393,7 @@ class Runtime:
         try:
             return self.durable.remove(item_id)
         finally:
-            self._refresh_cameras()
+            self.refresh_cameras()
 
     async def reload(self) -> dict[str, Any]:
         """Reload the gallery from disk, or install the staging copy (:meth:`DurableGallery.reload`)."""
@@ -400,7 +401,7 @@ class Runtime:
             try:
                 return self.durable.reload()
             finally:
-                self._refresh_cameras()
+                self.refresh_cameras()
                 heap.refreeze()  # the replaced gallery is garbage in a reference cycle (serving.core.heap)
         return await asyncio.to_thread(_reload)
 

@@ -146,7 +146,7 @@ def test_server_and_cli_share_one_audit_chain(tiny_onnx: Path, serving_embedder,
     def serve(**extra: Any) -> TestClient:
         settings = Settings(model=tiny_onnx, gallery=tmp_path / "g",
                             audit_log=audit, allow_unauthenticated_changes=True, **extra)
-        return TestClient(create_app(settings))
+        return TestClient(create_app(settings), base_url="http://localhost")
 
     with serve(expire_older_than="30d") as client:
         search(client)
