@@ -53,8 +53,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any, str]]:
     add("host_rebind", "Host rebind.attacker.example on /gallery/stats: status", ("status",),
         None if host is None else host == 400)
     declared = _get(attacks, "gallery_without_key", "after", "declared_body")
-    add("gallery_without_key", "POST /gallery, 10 MB declared, 64 KB sent: status within 5 s", ("declared_body", "status"),
-        None if declared is None else declared["status"] == 403)
+    add("gallery_without_key", "POST /gallery, 10 MB declared, 64 KB sent: status within 5 s",
+        ("declared_body", "status"), None if declared is None else declared["status"] == 403)
     add("gallery_without_key", "… answered before the body was read", ("declared_body", "answered_before_body"))
     add("gallery_without_key", "… seconds to the answer (or the 5 s wait)", ("declared_body", "seconds"))
     full = _get(attacks, "gallery_without_key", "after", "full_body")
@@ -117,23 +117,24 @@ def _p50_p99_max(d: Any) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    """The Markdown body: setup, the side-by-side table, the targets."""
-    lines = [
-        "Hostile uploads and open reads against the real server, the same client code against both: **before** "
-        f"(commit {results.get('before_commit') or '—'}) and **after** (commit {results.get('after_commit')}), "
-        f"each with default settings, the model `{results['model']}` and a {results.get('gallery_items')}-item "
-        "gallery copy, one server at a time (a fresh one for each memory attack), each with its own TMPDIR.",
-        "",
-    ]
+    """The Markdown body: setup, the side-by-side table, what the after server did not meet, the targets."""
+    intro = ("Hostile uploads and open reads against the real server, the same client code against both: "
+             f"**before** (commit {results.get('before_commit') or '—'}) and **after** (commit "
+             f"{results.get('after_commit')}), each with default settings, the model `{results['model']}` and a "
+             f"{results.get('gallery_items')}-item gallery copy, one server at a time (a fresh one for each memory "
+             "attack), each with its own TMPDIR.")
+    shared = ("Timings are from a shared 2-core machine running other jobs; the counts and bytes are the findings. "
+              "`met` is the after server against the target (blank: context).")
+    table = rows(results)
+    lines = [intro, ""]
     if results.get("model_note"):
         lines += [results["model_note"], ""]
-    lines += ["Timings are from a shared 2-core machine running other jobs; the counts and bytes are the "
-              "findings. `met` is the after server against the target (blank: context).", "",
-              "| attack | measure | before | after | met |", "|---|---|---|---|---|"]
-    for attack, measure, before, after, met in rows(results):
-        lines.append(f"| {attack} | {measure} | {before} | {after} | {met} |".replace("\n", " "))
+    lines += [shared, "", "| attack | measure | before | after | met |", "|---|---|---|---|---|"]
+    lines += [f"| {a} | {m} | {b} | {c} | {ok} |".replace("\n", " ") for a, m, b, c, ok in table]
+    missed = [f"- {a}: {m}: {c}" for a, m, _, c, ok in table if ok == "**no**"]
+    lines += ["", "Not met by the after server:" if missed else "Every target was met.", "", *missed]
     lines += ["", "Targets:", ""]
     lines += [f"- **{name}**: {data['target']}" for name, data in results["attacks"].items()]
-    lines += ["", "Rules behind `met`: memory growth counts as within the bytes in flight with 16 MiB of allowance "
-              "for the allocator and warm-up; uploads within the 512 MiB default budget (+16 MiB)."]
-    return "\n".join(lines)
+    rule = ("Rules behind `met`: memory growth counts as within the bytes in flight with 16 MiB of allowance for "
+            "the allocator and warm-up; uploads within the 512 MiB default budget (+16 MiB).")
+    return "\n".join([*lines, "", rule])

@@ -353,10 +353,10 @@ def flood_latency(url: str, *, floods: int = 4, seconds: float = 10.0, idle_s: f
     """``GET /healthz`` back to back, alone and while ``floods`` processes push headers: p50 and p99 of each."""
 
     def probe(duration: float) -> list[float]:
-        samples = []
-        end = time.monotonic() + duration
+        samples: list[float] = []
         with httpx.Client(base_url=url, timeout=30.0) as http:
-            while time.monotonic() < end:
+            end = time.monotonic() + duration
+            while not samples or time.monotonic() < end:
                 started = time.perf_counter()
                 http.get("/healthz")
                 samples.append(time.perf_counter() - started)
