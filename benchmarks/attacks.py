@@ -261,9 +261,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def portable_command(json_path: Path) -> None:
+    """Record the command in ``json_path`` as the Markdown shows it: no folder of the machine it ran on (the
+    model, gallery and before-checkout are temporary copies whose paths mean nothing elsewhere)."""
+    import json
+
+    data = json.loads(json_path.read_text())
+    data["machine"]["command"] = _machine.shown_command(data["machine"]["command"])
+    json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return _machine.run_and_write(args, run, _attacks_report.report, lambda results: None)
+    status = _machine.run_and_write(args, run, _attacks_report.report, lambda results: None)
+    if status == 0:
+        portable_command(args.out / f"{args.name}.json")
+    return status
 
 
 if __name__ == "__main__":
