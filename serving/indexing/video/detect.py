@@ -1,0 +1,186 @@
+"""Find people in a frame: the :class:`Detector` interface and its default, background subtraction.
+
+Fixed surveillance cameras see a static scene, so what moves is (mostly) people. :class:`BackgroundDetector`
+needs no weights and works alike on RGB and thermal video: OpenCV's MOG2 (or KNN) subtractor on a grey,
+downscaled frame, shadows off, a morphological opening against noise and a closing that joins a body's parts,
+then connected components kept when they are person-shaped (tall, not tiny). A blob as wide as two or more
+people side by side (people walking together, one occluding another) is cut at the emptiest columns near the
+widths a person would have. Each box gets a confidence that ByteTrack's two stages use: a well-shaped box may
+start a track, an oddly shaped one (cut by the frame edge, half hidden) only continues one.
+
+A user's own model plugs in as another :class:`Detector` (:mod:`serving.indexing.video.onnx_detect` runs a
+YOLO export); :func:`serving.indexing.video.setup.build_detector` picks one from the command line's
+``--detector``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from serving.core import opencv_limits  # noqa: F401  (OpenCV's decoder limits, before cv2 loads)
+from xmreid.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+#: The background subtractors ``--detector`` names (anything else is an ONNX file).
+SUBTRACTORS: tuple[str, ...] = ("mog2", "knn")
+#: Confidence of a person-shaped box (may start a track) and of a doubtful one (may only continue one).
+SURE, DOUBTFUL = 0.9, 0.45
+
+
+@dataclass
+class Boxes:
+    """Detections of one frame.
+
+    Attributes:
+        xyxy: float32 ``[N, 4]`` boxes ``(left, top, right, bottom)`` in frame pixels.
+        confidence: float32 ``[N]`` in [0, 1].
+    """
+
+    xyxy: np.ndarray
+    confidence: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Boxes:
+        """No detections."""
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.xyxy)
+
+
+class Detector(Protocol):
+    """Finds people in BGR frames of one camera (a detector may keep state across frames: one per video)."""
+
+    name: str
+
+    def detect(self, frame: np.ndarray) -> Boxes:
+        """The people in ``frame`` (uint8 BGR ``[H, W, 3]``)."""
+        ...
+
+
+class BackgroundDetector:
+    """Background subtraction: moving, person-shaped blobs (module docstring).
+
+    Args:
+        method: ``mog2`` or ``knn`` (OpenCV's subtractors).
+        scale: the frame is subtracted at this fraction of its size (0.5: a quarter of the pixels).
+        min_height: smallest person, as a fraction of the frame height.
+        aspect: ``(min, max)`` height / width of a whole person.
+        person_aspect: the typical height / width, for cutting wide blobs into people.
+        history: frames the background model remembers (a person standing still longer becomes background).
+    """
+
+    def __init__(self, method: str = "mog2", *, scale: float = 0.5, min_height: float = 0.08,
+                 aspect: tuple[float, float] = (1.3, 5.0), person_aspect: float = 2.6, history: int = 500) -> None:
+        import cv2
+
+        if method not in SUBTRACTORS:
+            raise UserError(f"unknown background subtractor {method!r}; valid: {', '.join(SUBTRACTORS)}")
+        if not 0.1 <= scale <= 1.0:
+            raise UserError(f"the detector's scale must be in [0.1, 1], got {scale}")
+        self.name = method
+        self.scale, self.min_height, self.aspect, self.person_aspect = scale, min_height, aspect, person_aspect
+        if method == "mog2":
+            self._subtractor = cv2.createBackgroundSubtractorMOG2(history=history, varThreshold=16,
+                                                                  detectShadows=False)
+        else:
+            self._subtractor = cv2.createBackgroundSubtractorKNN(history=history, dist2Threshold=400.0,
+                                                                 detectShadows=False)
+        self._rate = -1.0  # OpenCV's automatic rate until :meth:`prime` gives a background to start from
+        self._frames = 0
+        self._open = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 9))
+
+    def _grey(self, frame: np.ndarray) -> np.ndarray:
+        import cv2
+
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        if self.scale != 1.0:
+            grey = cv2.resize(grey, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+        return grey
+
+    def prime(self, background: np.ndarray) -> None:
+        """Start from a known empty scene (e.g. the median of frames sampled over a clip).
+
+        Without it the model learns the first frames as background, so a person already in view at the start
+        leaves a ghost and is missed until it has moved away; primed, it learns at the steady rate
+        ``1 / history`` from the first frame on.
+        """
+        self._subtractor.apply(self._grey(background), learningRate=1.0)
+        self._rate = 1.0 / self._subtractor.getHistory()
+        self._frames = 1
+
+    def foreground(self, frame: np.ndarray) -> np.ndarray:
+        """The cleaned foreground mask (uint8 0/255) at the working scale."""
+        import cv2
+
+        mask = self._subtractor.apply(self._grey(frame), learningRate=self._rate)
+        self._frames += 1
+        if self._frames == 1:  # an unprimed model's first frame is all foreground: nothing is known yet
+            mask[:] = 0
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
+        return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
+
+    def detect(self, frame: np.ndarray) -> Boxes:
+        """Person-shaped foreground blobs of ``frame`` in frame pixels."""
+        import cv2
+
+        mask = self.foreground(frame)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        min_h = self.min_height * mask.shape[0]
+        boxes: list[tuple[float, float, float, float, float]] = []
+        for label in range(1, n):
+            x, y, w, h, area = (int(v) for v in stats[label])
+            if h < min_h or area < 0.25 * min_h * min_h / self.person_aspect:
+                continue
+            blob = labels[y:y + h, x:x + w] == label
+            boxes += self._people(blob, x, y, mask.shape)
+        if not boxes:
+            return Boxes.empty()
+        arr = np.asarray(boxes, np.float32)
+        arr[:, :4] /= self.scale
+        return Boxes(arr[:, :4], arr[:, 4])
+
+    def _people(self, blob: np.ndarray, x: int, y: int,
+                shape: tuple[int, ...]) -> list[tuple[float, float, float, float, float]]:
+        """The people in one blob: itself, or its parts when it is as wide as several people side by side."""
+        h, w = blob.shape
+        parts = round(w * self.person_aspect / h) if h / w < self.aspect[0] else 1
+        if parts < 2:
+            return [self._box(blob, x, y, shape, split=False)]
+        columns = blob.sum(axis=0).astype(np.float32)
+        cuts, step = [0], w / parts
+        for i in range(1, parts):
+            # Cut at the emptiest column near where an evenly spaced cut would fall (the gap between people).
+            a, b = int(i * step - step / 3), int(i * step + step / 3) + 1
+            cuts.append(a + int(np.argmin(columns[a:b])))
+        cuts.append(w)
+        out = []
+        for a, b in itertools.pairwise(cuts):
+            part = blob[:, a:b]
+            if part.any():
+                out.append(self._box(part, x + a, y, shape, split=True))
+        return out
+
+    def _box(self, blob: np.ndarray, x: int, y: int, shape: tuple[int, ...],
+             split: bool) -> tuple[float, float, float, float, float]:
+        """A blob's tight box and confidence: sure when person-shaped and clear of the frame edge."""
+        rows = np.flatnonzero(blob.any(axis=1))
+        cols = np.flatnonzero(blob.any(axis=0))
+        top, bottom = y + int(rows[0]), y + int(rows[-1]) + 1
+        left, right = x + int(cols[0]), x + int(cols[-1]) + 1
+        h, w = bottom - top, right - left
+        lo, hi = self.aspect
+        edge = left <= 0 or top <= 0 or right >= shape[1] or bottom >= shape[0]
+        shaped = lo <= h / max(w, 1) <= hi
+        confidence = SURE if shaped and not edge else DOUBTFUL
+        if split and confidence == SURE:
+            confidence = 0.75  # a cut is a guess: it may continue and start tracks, but ranks below whole blobs
+        return float(left), float(top), float(right), float(bottom), confidence
+
