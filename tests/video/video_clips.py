@@ -97,6 +97,6 @@ def write_gt(path: Path, rows: list[tuple[int, int, int, int, int, int]]) -> Pat
 
 
 def two_walkers(frames: int = 60, width: int = 320) -> list[Walker]:
-    """Two people crossing a 320x240 scene in opposite directions at different heights (no overlap)."""
-    return [Walker(1, 0, frames - 1, (20, 40), (width - 80, 50), 110),
-            Walker(2, 5, frames - 1, (width - 70, 110), (30, 100), 100)]
+    """Two people crossing a 320x240 scene in opposite directions, one above the other (they never overlap)."""
+    return [Walker(1, 0, frames - 1, (20, 10), (width - 80, 14), 96),
+            Walker(2, 5, frames - 1, (width - 70, 128), (30, 124), 100)]

@@ -1,12 +1,14 @@
 """Find people in a frame: the :class:`Detector` interface and its default, background subtraction.
 
 Fixed surveillance cameras see a static scene, so what moves is (mostly) people. :class:`BackgroundDetector`
-needs no weights and works alike on RGB and thermal video: OpenCV's MOG2 (or KNN) subtractor on a grey,
-downscaled frame, shadows off, a morphological opening against noise and a closing that joins a body's parts,
-then connected components kept when they are person-shaped (tall, not tiny). A blob as wide as two or more
-people side by side (people walking together, one occluding another) is cut at the emptiest columns near the
-widths a person would have. Each box gets a confidence that ByteTrack's two stages use: a well-shaped box may
-start a track, an oddly shaped one (cut by the frame edge, half hidden) only continues one.
+needs no weights and works alike on RGB and thermal video: OpenCV's MOG2 (or KNN) subtractor on a downscaled
+frame, shadows off, a morphological opening against noise and a closing that joins a body's parts, then
+connected components kept when they are person-shaped (tall, not tiny). The subtraction runs on colour where
+there is colour: a garment and the floor often share a grey level, which would cut a body in two. A blob as
+wide as two or more people side by side (people walking together, one occluding another) is cut at the
+emptiest columns near the widths a person would have. Each box gets a confidence that ByteTrack's two stages
+use: a well-shaped box may start a track, an oddly shaped one (cut by the frame edge, half hidden) only
+continues one.
 
 A user's own model plugs in as another :class:`Detector` (:mod:`serving.indexing.video.onnx_detect` runs a
 YOLO export); :func:`serving.indexing.video.setup.build_detector` picks one from the command line's
@@ -97,22 +99,25 @@ class BackgroundDetector:
         self._open = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 9))
 
-    def _grey(self, frame: np.ndarray) -> np.ndarray:
+    def _small(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at the working scale; colour stays (a garment and the floor may share a grey level)."""
         import cv2
 
-        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-        if self.scale != 1.0:
-            grey = cv2.resize(grey, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
-        return grey
+        if self.scale == 1.0:
+            return frame
+        return cv2.resize(frame, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
 
-    def prime(self, background: np.ndarray) -> None:
+    def prime(self, background: np.ndarray, repeats: int = 10) -> None:
         """Start from a known empty scene (e.g. the median of frames sampled over a clip).
 
         Without it the model learns the first frames as background, so a person already in view at the start
         leaves a ghost and is missed until it has moved away; primed, it learns at the steady rate
-        ``1 / history`` from the first frame on.
+        ``1 / history`` from the first frame on. (The scene is shown ``repeats`` times: KNN needs several
+        samples of each pixel before it calls anything background.)
         """
-        self._subtractor.apply(self._grey(background), learningRate=1.0)
+        small = self._small(background)
+        for _ in range(repeats):
+            self._subtractor.apply(small, learningRate=-1.0)
         self._rate = 1.0 / self._subtractor.getHistory()
         self._frames = 1
 
@@ -120,7 +125,7 @@ class BackgroundDetector:
         """The cleaned foreground mask (uint8 0/255) at the working scale."""
         import cv2
 
-        mask = self._subtractor.apply(self._grey(frame), learningRate=self._rate)
+        mask = self._subtractor.apply(self._small(frame), learningRate=self._rate)
         self._frames += 1
         if self._frames == 1:  # an unprimed model's first frame is all foreground: nothing is known yet
             mask[:] = 0
@@ -151,7 +156,7 @@ class BackgroundDetector:
                 shape: tuple[int, ...]) -> list[tuple[float, float, float, float, float]]:
         """The people in one blob: itself, or its parts when it is as wide as several people side by side."""
         h, w = blob.shape
-        parts = round(w * self.person_aspect / h) if h / w < self.aspect[0] else 1
+        parts = round(w * self.person_aspect / h)
         if parts < 2:
             return [self._box(blob, x, y, shape, split=False)]
         columns = blob.sum(axis=0).astype(np.float32)
@@ -161,6 +166,9 @@ class BackgroundDetector:
             a, b = int(i * step - step / 3), int(i * step + step / 3) + 1
             cuts.append(a + int(np.argmin(columns[a:b])))
         cuts.append(w)
+        # Too wide for one person: cut. Merely broad (arms out, a coat): cut only where the columns thin out.
+        if h / w >= self.aspect[0] and min(columns[c] for c in cuts[1:-1]) >= 0.5 * float(np.median(columns)):
+            return [self._box(blob, x, y, shape, split=False)]
         out = []
         for a, b in itertools.pairwise(cuts):
             part = blob[:, a:b]
@@ -183,4 +191,5 @@ class BackgroundDetector:
         if split and confidence == SURE:
             confidence = 0.75  # a cut is a guess: it may continue and start tracks, but ranks below whole blobs
         return float(left), float(top), float(right), float(bottom), confidence
+
 
