@@ -198,10 +198,17 @@ class _Run:
             if len(self.pending) >= self.batch_size:
                 self.flush()
 
-        with open(mot_out, "w") if mot_out is not None else nullcontext() as mot:
-            stats = run_tracks(source, tracks, on_track, height=self.embedder.height, width=self.embedder.width,
-                               k=self.k, mot_out=mot, show_progress=show_progress, label=Path(video).name)
-            self.flush()
+        try:
+            with open(mot_out, "w") if mot_out is not None else nullcontext() as mot:
+                stats = run_tracks(source, tracks, on_track, height=self.embedder.height,
+                                   width=self.embedder.width, k=self.k, mot_out=mot, show_progress=show_progress,
+                                   label=Path(video).name)
+                self.flush()
+        except KeyboardInterrupt:
+            logger.warning("interrupted: saving the %d crop(s) indexed from %s so far; rerun the same command to "
+                           "resume", len(self.store) - added_before, video)
+            self.save()
+            raise
         crops = len(self.store) - added_before
         self.done[identity] = {"video": video, "camera": self.camera, "tracks": stats.tracks, "crops": crops}
         if not is_stream(video) and hasattr(self.store, "set_note"):
