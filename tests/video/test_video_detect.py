@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.indexing.video.decode import VideoSource, median_background
-from serving.indexing.video.detect import DOUBTFUL, SURE, BackgroundDetector
+from serving.indexing.video.detect import DOUBTFUL, GUESS, SURE, BackgroundDetector
 from serving.indexing.video.mot import read_mot
 from serving.indexing.video.setup import build_detector
 from xmreid.errors import UserError
@@ -77,12 +77,14 @@ def test_people_side_by_side_are_cut_apart_and_edge_boxes_are_doubtful() -> None
     frame[50:170, 100:148] = 220  # two people shoulder to shoulder: one blob 100 wide, 120 tall
     frame[50:170, 152:200] = 220
     frame[100:200, 0:30] = 220  # someone entering at the left edge
+    frame[200:230, 200:300] = 220  # something flat: no row of people
     boxes = detector.detect(frame)
     order = np.argsort(boxes.xyxy[:, 0])
     xyxy, conf = boxes.xyxy[order], boxes.confidence[order]
-    assert len(xyxy) == 3
-    assert conf[0] == DOUBTFUL  # touches the frame edge: may continue a track, not start one
-    assert all(0.5 < c < SURE + 1e-6 for c in conf[1:])
+    assert len(xyxy) == 4 and conf[3] == DOUBTFUL
+    xyxy, conf = xyxy[:3], conf[:3]
+    assert conf[0] == SURE  # half in view at the edge, but person-shaped
+    assert all(c == GUESS for c in conf[1:])  # a cut is a guess
     assert abs(xyxy[1, 2] - 150) <= 4 and abs(xyxy[2, 0] - 150) <= 4  # cut at the gap between them
 
 

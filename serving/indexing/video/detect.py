@@ -6,9 +6,10 @@ frame, shadows off, a morphological opening against noise and a closing that joi
 connected components kept when they are person-shaped (tall, not tiny). The subtraction runs on colour where
 there is colour: a garment and the floor often share a grey level, which would cut a body in two. A blob as
 wide as two or more people side by side (people walking together, one occluding another) is cut at the
-emptiest columns near the widths a person would have. Each box gets a confidence that ByteTrack's two stages
-use: a well-shaped box may start a track, an oddly shaped one (cut by the frame edge, half hidden) only
-continues one.
+emptiest columns near the widths a person would have, and one as tall as two people above one another (a near
+and a far one) at the narrowest rows. Each box gets a confidence that ByteTrack's two stages
+use: a person-shaped box (or a slice of a person entering at the side) may start a track, an oddly shaped one
+only continue one.
 
 A user's own model plugs in as another :class:`Detector` (:mod:`serving.indexing.video.onnx_detect` runs a
 YOLO export); :func:`serving.indexing.video.setup.build_detector` picks one from the command line's
@@ -31,8 +32,11 @@ logger = logging.getLogger(__name__)
 
 #: The background subtractors ``--detector`` names (anything else is an ONNX file).
 SUBTRACTORS: tuple[str, ...] = ("mog2", "knn")
-#: Confidence of a person-shaped box (may start a track) and of a doubtful one (may only continue one).
-SURE, DOUBTFUL = 0.9, 0.45
+#: Confidence of a person-shaped box, of a guess (a blob cut into people, a person half in view at the side;
+#: both may start a track, ranked below sure boxes), and of a doubtful box (may only continue a track).
+SURE, GUESS, DOUBTFUL = 0.9, 0.75, 0.45
+#: A blob flatter than this (height / width) is no group of people side by side.
+FLAT = 0.6
 
 
 @dataclass
@@ -156,8 +160,14 @@ class BackgroundDetector:
                 shape: tuple[int, ...]) -> list[tuple[float, float, float, float, float]]:
         """The people in one blob: itself, or its parts when it is as wide as several people side by side."""
         h, w = blob.shape
-        parts = round(w * self.person_aspect / h)
-        if parts < 2:
+        side = x <= 0 or x + w >= shape[1]  # someone entering or leaving shows a thin slice: not two people
+        if h / w > self.aspect[1] and not side:  # taller than a person: one above the other (near and far)
+            return self._stacked(blob, x, y, shape)
+        # As many people as the blob is wide, counting a blob 1.4 people wide as two (a walker with legs apart is
+        # at most about 1.3 people wide; two people overlapping by half are 1.5). Flatter than four people in a
+        # row, it is no group of people (a car, a shadow): left whole, and doubtful.
+        parts = int(w * self.person_aspect / h + 0.6)
+        if parts < 2 or h / w < FLAT:
             return [self._box(blob, x, y, shape, split=False)]
         columns = blob.sum(axis=0).astype(np.float32)
         cuts, step = [0], w / parts
@@ -166,15 +176,27 @@ class BackgroundDetector:
             a, b = int(i * step - step / 3), int(i * step + step / 3) + 1
             cuts.append(a + int(np.argmin(columns[a:b])))
         cuts.append(w)
-        # Too wide for one person: cut. Merely broad (arms out, a coat): cut only where the columns thin out.
-        if h / w >= self.aspect[0] and min(columns[c] for c in cuts[1:-1]) >= 0.5 * float(np.median(columns)):
-            return [self._box(blob, x, y, shape, split=False)]
         out = []
         for a, b in itertools.pairwise(cuts):
             part = blob[:, a:b]
             if part.any():
                 out.append(self._box(part, x + a, y, shape, split=True))
         return out
+
+    def _stacked(self, blob: np.ndarray, x: int, y: int,
+                 shape: tuple[int, ...]) -> list[tuple[float, float, float, float, float]]:
+        """A blob too tall for one person cut into people at its narrowest rows (a head meeting the feet above)."""
+        h, w = blob.shape
+        parts = max(2, round(h / (w * self.person_aspect)))
+        rows = blob.sum(axis=1).astype(np.float32)
+        cuts, step = [0], h / parts
+        for i in range(1, parts):
+            a, b = int(i * step - step / 3), int(i * step + step / 3) + 1
+            cuts.append(a + int(np.argmin(rows[a:b])))
+        cuts.append(h)
+        min_h = self.min_height * shape[0]
+        return [self._box(blob[a:b], x, y + a, shape, split=True)
+                for a, b in itertools.pairwise(cuts) if b - a >= min_h and blob[a:b].any()]
 
     def _box(self, blob: np.ndarray, x: int, y: int, shape: tuple[int, ...],
              split: bool) -> tuple[float, float, float, float, float]:
@@ -185,11 +207,14 @@ class BackgroundDetector:
         left, right = x + int(cols[0]), x + int(cols[-1]) + 1
         h, w = bottom - top, right - left
         lo, hi = self.aspect
-        edge = left <= 0 or top <= 0 or right >= shape[1] or bottom >= shape[0]
-        shaped = lo <= h / max(w, 1) <= hi
-        confidence = SURE if shaped and not edge else DOUBTFUL
-        if split and confidence == SURE:
-            confidence = 0.75  # a cut is a guess: it may continue and start tracks, but ranks below whole blobs
+        aspect = h / max(w, 1)
+        side = left <= 0 or right >= shape[1]
+        if lo <= aspect <= hi:
+            confidence = GUESS if split else SURE
+        elif side and aspect > hi:
+            confidence = GUESS  # a person half in view at the side: may start the track that follows them in
+        else:
+            confidence = DOUBTFUL
         return float(left), float(top), float(right), float(bottom), confidence
 
 
