@@ -130,3 +130,22 @@ def test_crop_geometry_edges_and_overlaps() -> None:
                                                                                    (240, 320))
     covered = overlaps(np.array([[0, 0, 10, 10], [5, 0, 15, 10], [50, 50, 60, 60]], np.float32))
     np.testing.assert_allclose(covered, [0.5, 0.5, 0.0])
+
+
+def test_appearance_guard_cuts_a_track_that_passes_to_someone_else() -> None:
+    from serving.indexing.video.appearance import AppearanceGuard
+
+    guard = AppearanceGuard()
+    red, blue = np.zeros((240, 320, 3), np.uint8), np.zeros((240, 320, 3), np.uint8)
+    red[50:170, 100:140] = (0, 0, 255)
+    blue[50:170, 100:140] = (255, 0, 0)
+    box, wide = np.array([[100, 50, 140, 170]], np.float32), np.array([[100, 50, 190, 170]], np.float32)
+    clear, covered = np.zeros(1, np.float32), np.full(1, 0.5, np.float32)
+    ids = [int(guard.ids(red, np.array([3]), box, clear)[0]) for _ in range(10)]
+    # Merged with someone (a wide blob) or half hidden: whatever it looks like, the track stays.
+    ids += [int(guard.ids(blue, np.array([3]), wide, clear)[0]) for _ in range(10)]
+    ids += [int(guard.ids(blue, np.array([3]), box, covered)[0]) for _ in range(10)]
+    assert len(set(ids)) == 1 and guard.cuts == 0
+    # A whole, clear person of other colours for five frames: someone else, so a new id from then on.
+    after = [int(guard.ids(blue, np.array([3]), box, clear)[0]) for _ in range(8)]
+    assert after[:4] == [ids[0]] * 4 and len(set(after[4:])) == 1 and after[4] != ids[0] and guard.cuts == 1

@@ -4,8 +4,10 @@ The linking is the ``trackers`` library's ByteTrack (Zhang et al., ECCV 2022) on
 boxes above ``high`` confidence are matched to the Kalman-predicted tracks first, the doubtful ones
 (:data:`serving.indexing.video.detect.DOUBTFUL`) only continue a track in a second pass, and only sure boxes
 start one; a track must be seen ``confirm`` frames in a row before it gets an id, and survives ``lost_s``
-seconds unseen (a person passing behind another). Both sources say after how many unseen frames a track is
-over (:meth:`TrackSource.over`), so the caller can finish it and free its memory while the video goes on.
+seconds unseen (a person passing behind another). Where a track passes from one person to another (motion
+cannot tell them apart when they meet), :mod:`~serving.indexing.video.appearance` cuts it in two. Both
+sources say after how many unseen frames a track is over (:meth:`TrackSource.over`), so the caller can finish
+it and free its memory while the video goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.indexing.video.appearance import AppearanceGuard
+from serving.indexing.video.crops import overlaps
 from serving.indexing.video.detect import Boxes, Detector
 
 
@@ -50,13 +54,15 @@ class TrackSource(Protocol):
 class TrackerSettings:
     """ByteTrack's knobs (module docstring): ``lost_s`` seconds a lost track is kept, ``confirm`` frames before
     an id is given, ``min_iou`` to match a box to a track, ``high`` / ``start`` confidence of the first pass
-    and of a box that may start a track."""
+    and of a box that may start a track; ``appearance``: cut a track where it passes to someone else
+    (:class:`~serving.indexing.video.appearance.AppearanceGuard`)."""
 
     lost_s: float = 1.5
     confirm: int = 3
     min_iou: float = 0.2
     high: float = 0.6
     start: float = 0.7
+    appearance: bool = True
 
 
 class ByteTrackSource:
@@ -79,6 +85,7 @@ class ByteTrackSource:
                                          minimum_consecutive_frames=settings.confirm,
                                          minimum_iou_threshold=settings.min_iou,
                                          high_conf_det_threshold=settings.high)
+        self.guard = AppearanceGuard() if settings.appearance else None
         # One frame more than ByteTrack keeps a lost track, so a track it may still revive is never finished early.
         self.patience = round(settings.lost_s * fps) + 2
 
@@ -101,8 +108,10 @@ class ByteTrackSource:
         ids = np.asarray(tracked.tracker_id if tracked.tracker_id is not None else [], dtype=np.int64)
         keep = ids >= 0
         confidence = tracked.confidence if tracked.confidence is not None else np.ones(len(ids), np.float32)
-        return Tracked(ids[keep], np.asarray(tracked.xyxy, np.float32).reshape(-1, 4)[keep],
-                       np.asarray(confidence, np.float32)[keep])
+        ids, xyxy = ids[keep], np.asarray(tracked.xyxy, np.float32).reshape(-1, 4)[keep]
+        if self.guard is not None and len(ids):
+            ids = self.guard.ids(frame, ids, xyxy, overlaps(xyxy))
+        return Tracked(ids, xyxy, np.asarray(confidence, np.float32)[keep])
 
 
 class GivenTracks:
