@@ -136,3 +136,19 @@ def test_bad_detectors_are_one_sentence(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(UserError, match="not an ONNX model"):
         build_detector(tmp_path / "junk.onnx")
+
+
+def test_a_body_cut_by_a_garment_of_the_floors_colour_is_joined_but_two_people_stacked_are_not() -> None:
+    detector = BackgroundDetector(scale=1.0)
+    empty = np.full((240, 320, 3), 90, np.uint8)
+    detector.prime(empty)
+    frame = empty.copy()
+    frame[20:70, 40:70] = 220  # head and torso
+    frame[100:130, 42:50] = 220  # two legs below a skirt the colour of the floor
+    frame[100:130, 60:68] = 220
+    frame[10:90, 200:232] = 220  # a far person
+    frame[100:200, 195:235] = 220  # a near one, right below
+    boxes = detector.detect(frame)
+    order = np.argsort((boxes.xyxy[:, 0] > 150) * 1000 + boxes.xyxy[:, 1])  # the left one, then top to bottom
+    np.testing.assert_allclose(boxes.xyxy[order], [[40, 20, 70, 130], [195, 10, 235, 90], [195, 100, 235, 200]],
+                               atol=4)

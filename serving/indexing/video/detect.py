@@ -4,7 +4,8 @@ Fixed surveillance cameras see a static scene, so what moves is (mostly) people.
 needs no weights and works alike on RGB and thermal video: OpenCV's MOG2 (or KNN) subtractor on a downscaled
 frame, shadows off, a morphological opening against noise and a closing that joins a body's parts, then
 connected components kept when they are person-shaped (tall, not tiny). The subtraction runs on colour where
-there is colour: a garment and the floor often share a grey level, which would cut a body in two. A blob as
+there is colour; still, a garment of the floor's colour (or, in thermal video, its temperature) cuts a body into
+pieces, so pieces stacked in one column are joined while the whole stays person-shaped. A blob as
 wide as two or more people side by side (people walking together, one occluding another) is cut at the
 emptiest columns near the widths a person would have, and one as tall as two people above one another (a near
 and a far one) at the narrowest rows. Each box gets a confidence that ByteTrack's two stages
@@ -37,6 +38,11 @@ SUBTRACTORS: tuple[str, ...] = ("mog2", "knn")
 SURE, GUESS, DOUBTFUL = 0.9, 0.75, 0.45
 #: A blob flatter than this (height / width) is no group of people side by side.
 FLAT = 0.6
+#: Pieces stacked in one column are joined into one person while the whole stays at most this tall for its
+#: width (a person is about 2.5; two people one above the other are 5 or more).
+MOST_ASPECT = 3.8
+#: More foreground pieces than this in one frame are noise, not people in pieces: they are not joined.
+MAX_PIECES = 64
 
 
 @dataclass
@@ -141,14 +147,16 @@ class BackgroundDetector:
         import cv2
 
         mask = self.foreground(frame)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         min_h = self.min_height * mask.shape[0]
         boxes: list[tuple[float, float, float, float, float]] = []
-        for label in range(1, n):
-            x, y, w, h, area = (int(v) for v in stats[label])
-            if h < min_h or area < 0.25 * min_h * min_h / self.person_aspect:
+        for members in _pieces_of_people(stats, min_area=0.02 * min_h * min_h, most_aspect=MOST_ASPECT):
+            x, y = (int(stats[members, i].min()) for i in (0, 1))
+            w = int((stats[members, 0] + stats[members, 2]).max()) - x
+            h = int((stats[members, 1] + stats[members, 3]).max()) - y
+            if h < min_h or int(stats[members, 4].sum()) < 0.25 * min_h * min_h / self.person_aspect:
                 continue
-            blob = labels[y:y + h, x:x + w] == label
+            blob = np.isin(labels[y:y + h, x:x + w], members)
             boxes += self._people(blob, x, y, mask.shape)
         if not boxes:
             return Boxes.empty()
@@ -218,3 +226,31 @@ class BackgroundDetector:
         return float(left), float(top), float(right), float(bottom), confidence
 
 
+
+
+def _pieces_of_people(stats: np.ndarray, min_area: float, most_aspect: float) -> list[list[int]]:
+    """Connected-component labels (rows of OpenCV's ``x, y, w, h, area`` stats, 0 = background) grouped into
+    people: two groups join when one's columns overlap the other's by half the narrower one, the gap between them
+    is under a third of the joint height, and the joint box is still person-shaped (height / width at most
+    ``most_aspect``, at least 1). Specks under ``min_area`` join nothing."""
+    groups = [[label] for label in range(1, len(stats)) if stats[label, 4] >= min_area]
+
+    def box(group: list[int]) -> tuple[int, int, int, int]:
+        rows = stats[group]
+        return (int(rows[:, 0].min()), int(rows[:, 1].min()), int((rows[:, 0] + rows[:, 2]).max()),
+                int((rows[:, 1] + rows[:, 3]).max()))
+
+    joined = len(groups) <= MAX_PIECES  # a frame of noise (a camera shaken, a light switched): no joining
+    while joined:
+        joined = False
+        for i, j in itertools.combinations(range(len(groups)), 2):
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = box(groups[i]), box(groups[j])
+            overlap = min(ax1, bx1) - max(ax0, bx0)
+            x0, y0, x1, y1 = min(ax0, bx0), min(ay0, by0), max(ax1, bx1), max(ay1, by1)
+            gap = max(ay0, by0) - min(ay1, by1)
+            if overlap >= 0.5 * min(ax1 - ax0, bx1 - bx0) and gap <= 0.35 * (y1 - y0) \
+                    and 1.0 <= (y1 - y0) / (x1 - x0) <= most_aspect:
+                groups[i] += groups.pop(j)
+                joined = True
+                break
+    return groups
