@@ -59,7 +59,7 @@ class TrackerSettings:
 
     lost_s: float = 1.5
     confirm: int = 3
-    min_iou: float = 0.2
+    min_iou: float = 0.1
     high: float = 0.6
     start: float = 0.7
     appearance: bool = True
