@@ -181,6 +181,7 @@ class _Run:
             logger.error("skipping %s: %s", video, exc)
             return {**entry, "status": f"failed: {exc}"}
         t0 = setup.start_time(start_time, video)
+        begun = time.perf_counter()  # the video's time includes learning its background
         tracks = setup.track_source(detector, tracks_from, source, self.threads)
         added_before = len(self.store)
 
@@ -214,6 +215,7 @@ class _Run:
         if not is_stream(video) and hasattr(self.store, "set_note"):
             self.store.set_note(DONE_NOTE, json.dumps(self.done, sort_keys=True))
         self.save()
+        stats.seconds = time.perf_counter() - begun
         entry.update(_entry(stats, crops, t0), status="ingested")
         logger.info("%s", summary_line(entry))
         return entry

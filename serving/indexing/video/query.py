@@ -85,9 +85,9 @@ def query_video(video: str | Path, camera: int, *, model: Any, gallery: Any, det
     name = str(video) if is_stream(video) else str(Path(video).resolve())
     source = VideoSource(name, reconnect=reconnect, **({"opener": opener} if opener else {}))
     identity = video_identity(name)
+    started = time.perf_counter()
     tracks = setup.track_source(detector, tracks_from, source, threads)
     finished: list[FinishedTrack] = []
-    started = time.perf_counter()
     with open(mot_out, "w") if mot_out is not None else nullcontext() as mot:
         stats = run_tracks(source, tracks, finished.append, height=embedder.height, width=embedder.width, k=k,
                            mot_out=mot, show_progress=show_progress, label=Path(name).name)
