@@ -144,3 +144,55 @@ def test_bad_input_is_one_sentence(clip_dir: Path, video_embedder: Any, tmp_path
         ingest_video(clip_dir, 1, model=video_embedder, gallery=tmp_path / "g", tracks_from=clip_dir / "cam1.txt")
     with pytest.raises(UserError, match="ISO-8601"):
         ingest_video(clip_dir / "cam1.mp4", 1, model=video_embedder, gallery=tmp_path / "g", start_time="noon")
+
+
+def test_a_stream_that_drops_is_reopened_and_each_run_is_a_new_recording(clip_dir: Path, video_embedder: Any,
+                                                                          tmp_path: Path) -> None:
+    import cv2
+
+    from serving.indexing.video.decode import Reconnect
+
+    class Camera:
+        """A camera behind a URL: its frames come from a clip; the connection drops once, after 25 frames."""
+
+        def __init__(self) -> None:
+            self.clip = cv2.VideoCapture(str(clip_dir / "cam1.mp4"))
+            self.delivered, self.opens = 0, 0
+
+        def open(self, url: str) -> Any:
+            self.opens += 1
+            camera = self
+
+            class Connection:
+                def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+                    return True
+
+                def read(self) -> tuple[bool, Any]:
+                    if camera.delivered == 25 and camera.opens == 1:
+                        return False, None  # the drop
+                    ok, frame = camera.clip.read()
+                    camera.delivered += ok
+                    return ok, frame
+
+                def get(self, prop: int) -> float:
+                    return 25.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+                def release(self) -> None:
+                    pass
+
+            return Connection()
+
+    reports = []
+    for start in (1000.0, 2000.0):
+        camera = Camera()
+        reports.append(ingest_video("rtsp://gate7.local/live", 7, model=video_embedder, gallery=tmp_path / "g",
+                                    start_time=start, opener=camera.open,
+                                    reconnect=Reconnect(retries=2, first_wait_s=0.01)))
+        assert camera.opens == 4  # the first connection, the reopening after the drop, two tries after the end
+    first, second = reports
+    assert first["frames"] == 60 and first["videos"][0]["reconnects"] >= 1 and first["tracks"] == 2
+    items = _items(tmp_path / "g")
+    assert len(items) == first["crops"] + second["crops"] == 16
+    assert len({m["source"] for m in items}) == 16 and len({m["track_id"] for m in items}) == 4
+    assert all(m["track_id"].startswith("live-") and m["source"].startswith("rtsp://gate7.local/live@")
+               for m in items)

@@ -181,18 +181,22 @@ class _Run:
             logger.error("skipping %s: %s", video, exc)
             return {**entry, "status": f"failed: {exc}"}
         t0 = setup.start_time(start_time, video)
+        # A stream is a new recording each run: its name carries the run's start, so its track ids and sources
+        # never meet those of an earlier run (a file is named by its content, so a rerun meets its own).
+        name = f"{video}@{t0:.3f}" if is_stream(video) else video
+        identity = entry["video_id"] = video_identity(name)
         begun = time.perf_counter()  # the video's time includes learning its background
         tracks = setup.track_source(detector, tracks_from, source, self.threads)
         added_before = len(self.store)
 
         def on_track(track: FinishedTrack) -> None:
-            name = track_name(video, identity, track.track)
+            track_id = track_name(video, identity, track.track)
             life = {"first_frame": track.first, "last_frame": track.last, "fps": source.fps,
                     "first_seen": t0 + track.first / source.fps, "last_seen": t0 + track.last / source.fps,
-                    "video": video, "video_id": identity}
+                    "video": name, "video_id": identity}
             for crop in track.crops:
-                meta = {"camera": self.camera, "person_label": None, "track_id": name,
-                        "source": crop_source(video, crop.frame, crop.box),
+                meta = {"camera": self.camera, "person_label": None, "track_id": track_id,
+                        "source": crop_source(name, crop.frame, crop.box),
                         "timestamp": t0 + crop.frame / source.fps,
                         "extra": {**life, "frame": crop.frame, "box": list(crop.box)}}
                 self.pending.append((crop.pixels, meta))
