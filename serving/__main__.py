@@ -15,6 +15,8 @@ from xmreid.cli import run
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("serving.indexing", "crawl camera folders of RGB crops, embed them and add them to a gallery"),
+    "ingest": ("serving.indexing.video.ingest_cli", "detect and track people in camera video, index their crops"),
+    "query": ("serving.indexing.video.query_cli", "answer each person tracked in a clip with the gallery's tracks"),
     "serve": ("serving.server", "run the FastAPI retrieval server"),
     "gallery": ("serving.indexing.gallery_cli", "check, repair, copy, tune or expire a gallery directory (offline)"),
     "audit": ("serving.indexing.audit_cli", "verify the audit trail's hash chain, or show its records"),
