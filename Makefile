@@ -34,6 +34,7 @@ help:
 	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT)"
 	@echo "make data | train | export | index | serve - one stage of the demo"
 	@echo "make bench   - run the benchmark scripts (writes benchmarks/results/)"
+	@echo "make video-demo - synthetic camera clips -> ingest RGB cameras 1, 2, 4, 5 -> answer infrared camera 3 with ranked RGB tracks (docs/video.md)"
 	@echo "make train-reference - the reference run (~30 min): 376 training people, 9600 steps"
 	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE x 3 seeds on the SYSU and RegDB layouts (~1.5 h; ABLATION_STEPS=150: ~2.5 h)"
 	@echo "make gpu-check    - check the GPU path on this machine (skips what cannot run, with reasons)"
