@@ -134,7 +134,7 @@ def person_pose(cam: CameraProfile, pose_rng: np.random.Generator, difficulty: f
 
 
 def person_labels(p: Identity, height: int, width: int, cx: float, y0: float, ph: float, pose: dict) -> np.ndarray:
-    """Label map ``[height, width]`` (0 = background) of ``p`` with its top centre at ``(cx, y0)``, ``ph`` pixels tall."""
+    """Label map ``[height, width]`` (0 = background) of ``p``, top centre at ``(cx, y0)``, ``ph`` pixels tall."""
     return _labels(p, height, width, cx, y0, ph, pose)
 
 
