@@ -72,12 +72,12 @@ def detection_scores(gt: np.ndarray, pred: np.ndarray, threshold: float = IOU) -
 
     Returns:
         ``det_recall`` (matched / ground-truth boxes), ``det_precision`` (matched / predicted boxes; None
-        without predictions), and the counts ``tp``, ``fp``, ``fn``.
+        without predictions), and the counts ``tp``, ``fp``, ``fn``, ``gt`` and ``pred`` (boxes).
     """
     tp = sum(len(match(g[:, 2:6], p[:, 2:6], threshold)) for _, g, p in _frames(gt, pred))
     n_gt, n_pred = len(gt), len(pred)
     return {"det_recall": tp / n_gt if n_gt else None, "det_precision": tp / n_pred if n_pred else None,
-            "tp": tp, "fp": n_pred - tp, "fn": n_gt - tp}
+            "tp": tp, "fp": n_pred - tp, "fn": n_gt - tp, "gt": n_gt, "pred": n_pred}
 
 
 def _accumulator(gt: np.ndarray, pred: np.ndarray, threshold: float):

@@ -74,24 +74,16 @@ def camera_rows(cameras: list[Camera], clip_fps: float, tracking: dict[str, dict
     return rows
 
 
-def _one_sequence(clips: list[np.ndarray]) -> np.ndarray:
-    """Several clips' MOT rows as one, each clip's frames after the last one's (frames of two cameras never meet)."""
-    out, start = [], 0
-    for rows in clips:
-        shifted = rows.copy()
-        shifted[:, 0] += start
-        out.append(shifted)
-        start += int(rows[:, 0].max()) if len(rows) else 0
-    return np.concatenate(out) if out else np.zeros((0, 6))
-
-
 def summarize(meta: dict[str, Any], cameras: list[Camera]) -> dict[str, Any]:
     """The benchmark's results: headline figures, per-camera rows and both retrieval paths in full."""
     clip_fps = float(meta["fps"])
     scored = [c for c in cameras if c.pred is not None]
     per_camera = tracking_scores({str(c.camid): (c.gt, c.pred) for c in scored}) if scored else {}
     tracking = per_camera.get("overall", {})
-    det = detection_scores(_one_sequence([c.gt for c in scored]), _one_sequence([c.pred for c in scored]))
+    per_det = [detection_scores(c.gt, c.pred) for c in scored]
+    tp, n_gt, n_pred = (sum(d[k] for d in per_det) for k in ("tp", "gt", "pred"))
+    det = {"det_recall": tp / n_gt if n_gt else None, "det_precision": tp / n_pred if n_pred else None,
+           "tp": tp, "fp": n_pred - tp, "fn": n_gt - tp}
     found = retrieval(cameras, "detector")
     truth = retrieval(cameras, "gt")
     fps = {str(c.camid): c.ingest["detector"]["frames"] / c.wall_s for c in cameras if c.wall_s}

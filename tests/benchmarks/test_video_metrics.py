@@ -43,7 +43,7 @@ def test_detection_recall_and_precision() -> None:
     # Frame 1: both found; frame 2: A found, B missed, one box on nothing.
     pred = rows((1, 7, A), (1, 8, B), (2, 7, (1, 1, 10, 10)), (2, 9, FAR))
     scores = vm.detection_scores(gt, pred)
-    assert scores == {"det_recall": 0.75, "det_precision": 0.75, "tp": 3, "fp": 1, "fn": 1}
+    assert scores == {"det_recall": 0.75, "det_precision": 0.75, "tp": 3, "fp": 1, "fn": 1, "gt": 4, "pred": 4}
     assert vm.detection_scores(gt, rows())["det_precision"] is None
     assert vm.detection_scores(gt, rows())["det_recall"] == 0
 
