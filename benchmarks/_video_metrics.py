@@ -23,20 +23,21 @@ _TRACKING = {"idf1": "idf1", "mota": "mota", "motp_iou": "motp", "id_switches": 
              "gt_tracks": "num_unique_objects", "mostly_tracked": "mostly_tracked", "idp": "idp", "idr": "idr"}
 
 
-def read_mot(path: str | Path) -> np.ndarray:
-    """The rows of a MOTChallenge text file as float64 ``[n, 6]`` (frame, id, left, top, width, height).
+def read_mot(path: str | Path, columns: int = MOT_COLUMNS) -> np.ndarray:
+    """The rows of a MOTChallenge text file as float64 ``[n, columns]`` (frame, id, left, top, width, height, ...;
+    9 columns for a ground-truth file's visibility).
 
-    An empty file is zero rows; a row with fewer than six numbers is a ``ValueError`` naming the file and line.
+    An empty file is zero rows; a row with fewer numbers is a ``ValueError`` naming the file and line.
     """
     rows = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         values = line.replace(" ", "").split(",")
-        if len(values) < MOT_COLUMNS:
-            raise ValueError(f"{path}:{n}: a MOT row needs at least {MOT_COLUMNS} comma-separated numbers")
-        rows.append([float(v) for v in values[:MOT_COLUMNS]])
-    return np.array(rows, np.float64).reshape(-1, MOT_COLUMNS)
+        if len(values) < columns:
+            raise ValueError(f"{path}:{n}: a MOT row needs at least {columns} comma-separated numbers")
+        rows.append([float(v) for v in values[:columns]])
+    return np.array(rows, np.float64).reshape(-1, columns)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -67,6 +68,17 @@ def _frames(gt: np.ndarray, pred: np.ndarray):
         yield int(f), gt[gt[:, 0] == f], pred[pred[:, 0] == f]
 
 
+def matched_gt(gt: np.ndarray, pred: np.ndarray, threshold: float = IOU) -> np.ndarray:
+    """Whether each ground-truth row (in ``gt``'s order) is matched by a predicted box of its frame."""
+    hit = np.zeros(len(gt), bool)
+    for f in np.unique(gt[:, 0]):
+        rows = np.flatnonzero(gt[:, 0] == f)
+        p = pred[pred[:, 0] == f]
+        for gi, _ in match(gt[rows, 2:6], p[:, 2:6], threshold):
+            hit[rows[gi]] = True
+    return hit
+
+
 def detection_scores(gt: np.ndarray, pred: np.ndarray, threshold: float = IOU) -> dict[str, float | int | None]:
     """Box recall and precision at IoU >= ``threshold``, identities ignored.
 
@@ -74,7 +86,7 @@ def detection_scores(gt: np.ndarray, pred: np.ndarray, threshold: float = IOU) -
         ``det_recall`` (matched / ground-truth boxes), ``det_precision`` (matched / predicted boxes; None
         without predictions), and the counts ``tp``, ``fp``, ``fn``, ``gt`` and ``pred`` (boxes).
     """
-    tp = sum(len(match(g[:, 2:6], p[:, 2:6], threshold)) for _, g, p in _frames(gt, pred))
+    tp = int(matched_gt(gt, pred, threshold).sum())
     n_gt, n_pred = len(gt), len(pred)
     return {"det_recall": tp / n_gt if n_gt else None, "det_precision": tp / n_pred if n_pred else None,
             "tp": tp, "fp": n_pred - tp, "fn": n_gt - tp, "gt": n_gt, "pred": n_pred}

@@ -33,7 +33,8 @@ class Camera:
     modality: str
     video: Path
     gt_path: Path
-    gt: np.ndarray
+    gt: np.ndarray  # MOT rows (6 columns)
+    visibility: np.ndarray  # per ground-truth row, the visible fraction of the person
     frames: int = 0
     pred: np.ndarray | None = None  # the tracker's boxes (MOT rows) on the detector path
     ingest: dict[str, Any] = field(default_factory=dict)  # path -> ingest report (RGB cameras)
@@ -56,7 +57,12 @@ def load_clip_set(root: Path) -> tuple[dict[str, Any], list[Camera]]:
         video, gt = Path(root) / entry["video"], Path(root) / entry["gt"]
         if not video.is_file() or not gt.is_file():
             raise UserError(f"--data {root}: camera {cam} lacks {entry['video']} or {entry['gt']}")
-        cameras.append(Camera(int(cam), entry["modality"], video, gt, read_mot(gt), frames=int(meta["frames"])))
+        try:
+            rows = read_mot(gt, columns=9)
+        except ValueError as exc:
+            raise UserError(f"--data {root}: {exc}") from None
+        cameras.append(Camera(int(cam), entry["modality"], video, gt, rows[:, :6], rows[:, 8],
+                              frames=int(meta["frames"])))
     return meta, cameras
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._video_metrics import detection_scores, retrieval_scores, track_people, tracking_scores
+from benchmarks._video_metrics import detection_scores, matched_gt, retrieval_scores, track_people, tracking_scores
 from benchmarks._video_run import Camera
+
+VISIBLE = 0.5  # recall is also reported apart for boxes at least this visible and for the rest
 
 
 def tracker_id(track_id: Any) -> int | None:
@@ -84,6 +86,12 @@ def summarize(meta: dict[str, Any], cameras: list[Camera]) -> dict[str, Any]:
     tp, n_gt, n_pred = (sum(d[k] for d in per_det) for k in ("tp", "gt", "pred"))
     det = {"det_recall": tp / n_gt if n_gt else None, "det_precision": tp / n_pred if n_pred else None,
            "tp": tp, "fp": n_pred - tp, "fn": n_gt - tp}
+    if scored:  # which boxes the detector misses: mostly the occluded and the cut ones
+        hit = np.concatenate([matched_gt(c.gt, c.pred) for c in scored])
+        vis = np.concatenate([c.visibility for c in scored])
+        det["recall_visible"] = float(hit[vis >= VISIBLE].mean()) if (vis >= VISIBLE).any() else None
+        det["recall_occluded"] = float(hit[vis < VISIBLE].mean()) if (vis < VISIBLE).any() else None
+        det["occluded_share"] = float((vis < VISIBLE).mean())
     found = retrieval(cameras, "detector")
     truth = retrieval(cameras, "gt")
     fps = {str(c.camid): c.ingest["detector"]["frames"] / c.wall_s for c in cameras if c.wall_s}

@@ -81,6 +81,7 @@ def report(r: dict[str, Any]) -> str:
     columns = ["camera", "modality", "gt_people", "gt_boxes", "tracks", "det_recall", "det_precision", "idf1",
                "mota", "id_switches", "crops", "ingest_fps", "realtime"]
     gap = None if r["track_rank1"] is None or r["track_rank1_gt"] is None else r["track_rank1"] - r["track_rank1_gt"]
+    det = r["detection"]
     speeds = ", ".join(f"camera {c} {_f(v)}" for c, v in r["fps_per_camera"].items())
     lines = [
         (f"IR-track -> RGB-track retrieval from camera video: synthetic clip set `{r['data_dir']}` (seed "
@@ -92,7 +93,9 @@ def report(r: dict[str, Any]) -> str:
          "and tracking cost)."),
         "## Detection and tracking (all six cameras, IoU 0.5)",
         (f"IDF1 {_f(r['idf1'])}, MOTA {_f(r['mota'])}, {r['id_switches']} ID switches; detection recall "
-         f"{_f(r['det_recall'])}, precision {_f(r['det_precision'])}."),
+         f"{_f(r['det_recall'])}, precision {_f(r['det_precision'])}. Recall of the boxes of people at least half "
+         f"visible {_f(det.get('recall_visible'))}, of the others (occluded or cut by the frame edge, "
+         f"{_f(100 * (det.get('occluded_share') or 0), 2)} % of the boxes) {_f(det.get('recall_occluded'))}."),
         _machine.markdown_table(r["cameras"], columns),
         "## Ingestion speed",
         (f"Frames per wall second of `ingest_video` per RGB camera with one thread (decoding, detection, tracking, "

@@ -30,14 +30,15 @@ def answer(*tracks: tuple) -> dict:
 def cameras() -> list[Camera]:
     """Two RGB cameras and one IR camera, 2 frames each; people 1 (box A) and 2 (box B)."""
     gt = rows((1, 1, A), (1, 2, B), (2, 1, A), (2, 2, B))
-    cam1 = Camera(1, "rgb", Path("cam1.mp4"), Path("gt1"), gt, frames=2,
+    vis = np.array([1.0, 0.3, 1.0, 0.3])  # person 2 is mostly hidden
+    cam1 = Camera(1, "rgb", Path("cam1.mp4"), Path("gt1"), gt, vis, frames=2,
                   pred=rows((1, 11, A), (1, 12, B), (2, 11, A), (2, 12, B)), wall_s=0.5,
                   ingest={"detector": {"frames": 2, "crops": 4}})
     # Camera 2: only person 2 is seen, and a false track 22 on nothing.
-    cam2 = Camera(2, "rgb", Path("cam2.mp4"), Path("gt2"), gt, frames=2,
+    cam2 = Camera(2, "rgb", Path("cam2.mp4"), Path("gt2"), gt, vis, frames=2,
                   pred=rows((1, 21, B), (2, 21, B), (2, 22, (300, 300, 10, 10))), wall_s=0.1,
                   ingest={"detector": {"frames": 2, "crops": 2}})
-    ir = Camera(3, "ir", Path("cam3.mp4"), Path("gt3"), gt, frames=2, pred=rows((1, 31, A), (2, 31, A), (1, 32, B)))
+    ir = Camera(3, "ir", Path("cam3.mp4"), Path("gt3"), gt, vis, frames=2, pred=rows((1, 31, A), (2, 31, A), (1, 32, B)))
     ir.answers["detector"] = answer(
         ("cam3-abc-31", [(2, "cam2-x-22"), (1, "cam1-y-11")]),  # person 1: a false track first -> wrong
         ("cam3-abc-32", [(2, "cam2-x-21"), (1, "cam1-y-12"), (1, "cam1-y-11")]),  # person 2: right
@@ -76,6 +77,10 @@ def test_summarize_headline_figures() -> None:
     r = summarize({"fps": 25, "frames": 2, "seed": 1, "ids": 2}, cameras())
     # Boxes over the three cameras: 12 ground truth; found 4 + 2 + 3 = 9 of them, 1 false box.
     assert r["det_recall"] == pytest.approx(9 / 12) and r["det_precision"] == pytest.approx(9 / 10)
+    # Person 1 (visible): found 2 + 0 + 2 of 6 boxes; person 2 (hidden): 2 + 2 + 1 of 6.
+    det = r["detection"]
+    assert det["recall_visible"] == pytest.approx(4 / 6) and det["recall_occluded"] == pytest.approx(5 / 6)
+    assert det["occluded_share"] == pytest.approx(0.5)
     assert r["fps_per_camera"] == {"1": pytest.approx(4.0), "2": pytest.approx(20.0)}
     assert r["fps_min"] == pytest.approx(4.0) and r["realtime_min"] == pytest.approx(4.0 / 25)
     assert r["track_rank1"] == pytest.approx(0.5) and r["track_rank1_gt"] == pytest.approx(0.5)

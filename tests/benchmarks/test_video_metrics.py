@@ -31,6 +31,7 @@ def test_read_mot(tmp_path: Path) -> None:
     path = tmp_path / "gt.txt"
     path.write_text("1,3,10,20,30,40,1,1,0.5\n\n2,3,11,20,30,40,1,1,1.0\n")
     assert vm.read_mot(path).tolist() == [[1, 3, 10, 20, 30, 40], [2, 3, 11, 20, 30, 40]]
+    assert vm.read_mot(path, columns=9)[:, 8].tolist() == [0.5, 1.0]
     path.write_text("")
     assert vm.read_mot(path).shape == (0, 6)
     path.write_text("1,2,3\n")
@@ -44,6 +45,7 @@ def test_detection_recall_and_precision() -> None:
     pred = rows((1, 7, A), (1, 8, B), (2, 7, (1, 1, 10, 10)), (2, 9, FAR))
     scores = vm.detection_scores(gt, pred)
     assert scores == {"det_recall": 0.75, "det_precision": 0.75, "tp": 3, "fp": 1, "fn": 1, "gt": 4, "pred": 4}
+    assert vm.matched_gt(gt, pred).tolist() == [True, True, True, False]
     assert vm.detection_scores(gt, rows())["det_precision"] is None
     assert vm.detection_scores(gt, rows())["det_recall"] == 0
 
