@@ -107,6 +107,12 @@ def test_same_seed_same_clips_other_seed_differs(clips: Path, tmp_path: Path) ->
         assert (again / gt).read_bytes() == (clips / gt).read_bytes()
         assert _first_frame(again / video).tobytes() == _first_frame(clips / video).tobytes()
         assert (other / gt).read_bytes() != (clips / gt).read_bytes()
+    # Cameras rendered in worker processes: the same bytes.
+    pooled = generate_video(tmp_path / "pooled", seed=3, workers=2, **SMALL)
+    for camid in range(1, 7):
+        gt = f"cam{camid}/gt/gt.txt"
+        assert (pooled / gt).read_bytes() == (clips / gt).read_bytes()
+    assert _first_frame(pooled / "cam6/cam6.mp4").tobytes() == _first_frame(clips / "cam6/cam6.mp4").tobytes()
     # Regenerating over an earlier clip set replaces it.
     generate_video(again, seed=3, **{**SMALL, "ids": 2})
     assert json.loads((again / "meta.json").read_text())["ids"] == 2

@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
         generate_video(args.out, ids=args.ids, seed=args.seed, seconds=args.seconds, fps=args.fps,
                        width=args.width, height=args.height, difficulty=args.difficulty,
-                       show_progress=not args.no_progress)
+                       show_progress=not args.no_progress, workers=args.workers)
         return 0
     root = generate(args.out, layout=args.layout, ids=args.ids, seed=args.seed,
                     images_per_camera=args.images_per_camera, height=args.height, width=args.width,

@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -122,9 +124,29 @@ def _check(ids: int, seconds: float, fps: float, width: int, height: int, diffic
     return frames
 
 
+def _write_camera(job: tuple) -> int:
+    """Worker: render camera ``camid``'s clip and write its MP4 and ``gt.txt``. Returns the frames written."""
+    out, seed, ids, camid, walks, frames, fps, height, width, difficulty = job
+    paths = camera_paths(camid)
+    (out / paths["gt"]).parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(out / paths["video"]), cv2.VideoWriter_fourcc(*FOURCC), float(fps), (width, height))
+    if not writer.isOpened():
+        raise UserError(f"OpenCV cannot write {FOURCC} video to {out / paths['video']}")
+    lines = []
+    try:
+        for t, (img, rows) in enumerate(render_camera(seed, camid, walks, people(seed, ids), frames, fps, height,
+                                                      width, difficulty)):
+            writer.write(np.ascontiguousarray(img[:, :, ::-1]))
+            lines += [f"{t + 1},{pid},{x},{y},{w},{h},1,1,{vis:.4f}" for pid, x, y, w, h, vis in rows]
+    finally:
+        writer.release()
+    (out / paths["gt"]).write_text("\n".join(lines) + ("\n" if lines else ""))
+    return frames
+
+
 def generate_video(out_dir: str | Path, ids: int = 12, seed: int = 0, seconds: float = 30.0, fps: float = 25.0,
-                   width: int = 640, height: int = 480, difficulty: float = 1.0,
-                   show_progress: bool = True) -> Path:
+                   width: int = 640, height: int = 480, difficulty: float = 1.0, show_progress: bool = True,
+                   workers: int = 1) -> Path:
     """Write a synthetic clip set: one MP4 and one MOTChallenge ``gt.txt`` per camera, and ``meta.json``.
 
     Args:
@@ -136,38 +158,35 @@ def generate_video(out_dir: str | Path, ids: int = 12, seed: int = 0, seconds: f
         width: Frame width.
         height: Frame height.
         difficulty: Nuisance scale of the cameras and poses, as for the still images.
-        show_progress: Show a tqdm bar.
+        show_progress: Show a tqdm bar (one step per camera).
+        workers: Processes rendering cameras side by side (1 = in this process); the bytes are the same.
 
     Returns:
         The clip-set root.
     """
     frames = _check(ids, seconds, fps, width, height, difficulty)
+    if int(workers) != workers or workers < 1:
+        raise UserError(f"workers must be an integer >= 1, got {workers!r}")
     out = Path(out_dir)
     _prepare(out)
-    persons = people(seed, ids)
-    passes = plan(seed, ids, frames, fps, width, height, {pid: p.height for pid, p in persons.items()})
-    cameras = {}
-    bar = tqdm(total=frames * len(CAMERAS), desc="synth video", unit="frame", disable=not show_progress)
-    for camid in CAMERAS:
-        paths = camera_paths(camid)
-        (out / paths["gt"]).parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(out / paths["video"]), cv2.VideoWriter_fourcc(*FOURCC), float(fps),
-                                 (width, height))
-        if not writer.isOpened():
-            raise UserError(f"OpenCV cannot write {FOURCC} video to {out / paths['video']}")
-        lines = []
-        try:
-            for t, (img, rows) in enumerate(render_camera(seed, camid, passes[camid], persons, frames, fps,
-                                                          height, width, difficulty)):
-                writer.write(np.ascontiguousarray(img[:, :, ::-1]))
-                lines += [f"{t + 1},{pid},{x},{y},{w},{h},1,1,{vis:.4f}" for pid, x, y, w, h, vis in rows]
+    statures = {pid: p.height for pid, p in people(seed, ids).items()}
+    passes = plan(seed, ids, frames, fps, width, height, statures)
+    jobs = [(out, seed, ids, c, passes[c], frames, fps, height, width, difficulty) for c in CAMERAS]
+    bar = tqdm(total=len(CAMERAS), desc="synth video", unit="camera", disable=not show_progress)
+    if workers == 1:
+        for job in jobs:
+            _write_camera(job)
+            bar.update()
+    else:
+        methods = multiprocessing.get_all_start_methods()
+        # Never fork: the caller may have OpenCV threads running (forking those can deadlock).
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            for _ in pool.map(_write_camera, jobs):
                 bar.update()
-        finally:
-            writer.release()
-        (out / paths["gt"]).write_text("\n".join(lines) + ("\n" if lines else ""))
-        cameras[str(camid)] = {"modality": sysu_modality(camid), **paths,
-                               "people": sorted(w.pid for w in passes[camid])}
     bar.close()
+    cameras = {str(c): {"modality": sysu_modality(c), **camera_paths(c), "people": sorted(w.pid for w in passes[c])}
+               for c in CAMERAS}
     meta = {"layout": "video", "seed": seed, "ids": ids, "fps": int(fps) if float(fps).is_integer() else fps,
             "width": width, "height": height,
             "frames": frames, "seconds": frames / fps, "difficulty": difficulty,
