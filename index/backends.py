@@ -162,6 +162,10 @@ class MetadataReader(Protocol):
 
     def labelled_count(self) -> int: ...
 
+    def stamped_before(self, cutoff: float) -> np.ndarray: ...
+
+    def unstamped_count(self) -> int: ...
+
 
 def checked_search_params(params: dict[str, Any], valid: set[str], what: str) -> dict[str, int]:
     """``params`` as ints, refusing names outside ``valid`` (those of ``what``, e.g. ``kind 'hnsw'``) and values < 1."""

@@ -309,6 +309,19 @@ class MetadataStore:
                 keep &= stamps <= hi
         return ids[keep]
 
+    def stamped_before(self, cutoff: float) -> np.ndarray:
+        """Ids whose timestamp is strictly before ``cutoff`` (Unix seconds), sorted int64 (what retention expires).
+
+        An item stamped exactly at ``cutoff`` is not before it; items without a timestamp never match.
+        """
+        ids, _, stamps = self._column_cache()
+        with np.errstate(invalid="ignore"):
+            return ids[stamps < float(cutoff)]  # NaN (no timestamp) compares False
+
+    def unstamped_count(self) -> int:
+        """How many items have no timestamp."""
+        return int(np.isnan(self._column_cache()[2]).sum())
+
     def _column_cache(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Filtering in SQL costs ~10 ms per query on 1e5 rows (row tuples to Python); numpy columns
         # cost well under 1 ms. They are rebuilt lazily after each mutation, never kept in sync by

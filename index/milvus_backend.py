@@ -262,6 +262,19 @@ class MilvusBackend(VectorBackend):
             found.extend(int(r["id"]) for r in rows)
         return np.sort(np.asarray(found, dtype=np.int64))
 
+    def stamped_before(self, cutoff: float) -> np.ndarray:
+        """Ids whose timestamp is strictly before ``cutoff``, sorted: a scan in id windows, as :meth:`ids`."""
+        found: list[int] = []
+        for lo in range(0, self.next_id(), MAX_TOPK):
+            rows = self._client.query(self.collection, output_fields=["id"],
+                                      filter=f"id >= {lo} and id < {lo + MAX_TOPK} and timestamp < {float(cutoff)!r}")
+            found.extend(int(r["id"]) for r in rows)
+        return np.sort(np.asarray(found, dtype=np.int64))
+
+    def unstamped_count(self) -> int:
+        """How many items have no timestamp."""
+        return self.count("timestamp is null")
+
     def present(self, ids: np.ndarray) -> np.ndarray:
         """Bool mask: which of ``ids`` are stored."""
         stored: set[int] = set()

@@ -9,6 +9,7 @@ score ``-inf``.
 
 from __future__ import annotations
 
+import math
 import numbers
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,25 @@ class Queries:
         """Every id in the gallery, sorted (int64)."""
         with self._lock.read():
             return self._store.ids().copy()
+
+    def stamped_before(self, cutoff: float) -> np.ndarray:
+        """Ids of the items stamped strictly before ``cutoff`` (Unix seconds), sorted int64.
+
+        What retention removes (``python -m serving gallery expire``): an item stamped exactly at the cut-off
+        is kept, and items without a timestamp are never selected (:meth:`unstamped_count` counts them).
+
+        Raises:
+            GalleryError: ``cutoff`` is not a finite number.
+        """
+        if isinstance(cutoff, bool) or not isinstance(cutoff, numbers.Real) or not math.isfinite(cutoff):
+            raise GalleryError(f"cutoff must be a finite number of Unix seconds, got {cutoff!r}")
+        with self._lock.read():
+            return self._store.stamped_before(float(cutoff)).copy()
+
+    def unstamped_count(self) -> int:
+        """How many items have no timestamp (retention keeps them)."""
+        with self._lock.read():
+            return int(self._store.unstamped_count())
 
     def find_sources(self, sources: Any) -> dict[str, int]:
         """``{source: id}`` for those of ``sources`` already in the gallery.

@@ -15,8 +15,10 @@ from xmreid.cli import run
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("serving.indexing", "crawl camera folders of RGB crops, embed them and add them to a gallery"),
+    "ingest": ("serving.indexing.video.ingest_cli", "detect and track people in camera video, index their crops"),
+    "query": ("serving.indexing.video.query_cli", "answer each person tracked in a clip with the gallery's tracks"),
     "serve": ("serving.server", "run the FastAPI retrieval server"),
-    "gallery": ("serving.indexing.gallery_cli", "check, repair, copy or tune a gallery directory (offline)"),
+    "gallery": ("serving.indexing.gallery_cli", "check, repair, copy, tune or expire a gallery directory (offline)"),
     "audit": ("serving.indexing.audit_cli", "verify the audit trail's hash chain, or show its records"),
     "demo-hint": ("serving.indexing.demo_hint", "print a ready-to-paste curl that posts an IR crop to /search"),
 }

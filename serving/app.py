@@ -17,12 +17,15 @@ from fastapi import FastAPI
 from serving.api import api_router, docs, pages, thumbnails
 from serving.api.access import AccessControl, AccessPolicy
 from serving.api.audit import Auditor
+from serving.api.budget import UploadBudget, UploadBudgetGate
 from serving.api.errors import install_error_handlers
+from serving.api.hosts import HostAllowList, HostCheck
 from serving.api.keys import KeyRing
 from serving.api.middleware import RequestContext
 from serving.api.raw_search import RawImageSearch
 from serving.core.audit_log import AuditError
 from serving.core.config import KIB, Settings, get_settings
+from serving.runtime.expiry import ScheduledExpiry
 from serving.runtime.metrics import Metrics
 from serving.runtime.state import Runtime
 from xmreid.cli import package_version
@@ -77,9 +80,12 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
         except AuditError as exc:
             await runtime.close()
             raise UserError(str(exc)) from None
+        retention = ScheduledExpiry.from_settings(settings, runtime, app.state.auditor.writer)  # None when off
         try:
             yield
         finally:
+            if retention is not None:
+                await retention.stop()
             app.state.auditor.close()
             app.state.runtime = None
             app.state.shutdown_report = {"unsaved_changes": runtime.durable.unsaved_changes,
@@ -97,6 +103,8 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
     app.state.startup_error = None
     app.state.shutdown_report = {}
     app.state.counters = {"cancelled": 0}
+    app.state.upload_budget = budget = UploadBudget(settings.upload_budget_bytes)
+    app.state.hosts = hosts = HostAllowList(settings.allowed_hosts, settings.host)
     # Routes read these through serving.api.deps.app_settings; no dependency_overrides (see serving/api/deps.py).
 
     def body_limit(method: str, path: str) -> int:
@@ -106,11 +114,15 @@ def create_app(settings: Settings | None = None, *, embedder: Any = None, galler
         files = {"single": 1, "track": settings.max_track_crops}.get(kind, settings.max_images_per_request)
         return settings.body_limit(files)
 
-    # Inside RequestContext (added last, so outermost): request ids, body caps and metrics apply to it too.
+    # Added innermost first; RequestContext (added last) is outermost, so request ids, body caps, the minimum
+    # body rate and metrics apply to everything inside. The Host check and the key check answer from the
+    # headers alone, before the upload budget counts a byte of the body.
     app.add_middleware(RawImageSearch, fastapi_app=app)
-    app.add_middleware(AccessControl, policy=policy)  # from the headers alone, before any body is read
+    app.add_middleware(UploadBudgetGate, budget=budget)
+    app.add_middleware(AccessControl, policy=policy)
+    app.add_middleware(HostCheck, hosts=hosts)
     app.add_middleware(RequestContext, metrics=metrics, body_limit=body_limit, body_timeout_s=settings.body_timeout_s,
-                       counters=app.state.counters)
+                       min_body_rate=settings.min_body_rate or None, counters=app.state.counters)
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(thumbnails.router)

@@ -125,7 +125,8 @@ def _serve(settings: Settings) -> int:
         logger.warning("listening on %s: the API is reachable from other machines", settings.host)
     limit, backlog = fit_to_descriptors(settings.limit_concurrency, settings.backlog)
     try:
-        protocol = protocol_class(settings.header_timeout_s, limit, parser=settings.http_parser)
+        protocol = protocol_class(settings.header_timeout_s, limit, parser=settings.http_parser,
+                                  max_header_bytes=settings.max_header_bytes)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if settings.event_loop == "uvloop":

@@ -9,6 +9,9 @@ Python) — with two additions:
 
 * **header timeout**: a connection that has not completed a request head ``header_timeout_s`` after it
   opened (or after its previous response) is answered ``408`` and closed;
+* **header size cap**: a connection whose request head (request line and headers) grows past
+  ``max_header_bytes`` before it is complete is answered ``431`` and closed, so a client cannot make the parser
+  chew on megabytes of headers (httptools sets no limit of its own);
 * **early shedding**: a connection accepted while ``max_connections`` are already open is answered 503
   at once (before its request arrives: a client reads it as the answer to what it sends), its sending
   side is closed, and it is dropped ``shed_after_s`` later (reading, not parsing, whatever the client
@@ -40,6 +43,9 @@ LINGER_SLOTS = 8  # shed connections kept open for a moment so the client reads 
 _408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
         b"content-length: %d\r\n\r\n%s")
 _408_BODY = b'{"error": "request_timeout", "detail": "the request head did not arrive in time"}'
+_431_BODY = b'{"error": "request_head_too_large", "detail": "the request line and headers are larger than %d bytes"}'
+_431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s")
 _503_BODY = (b'{"error": "overloaded", "detail": "the server holds as many connections as it accepts; '
              b'retry shortly"}')
 _503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
@@ -111,7 +117,7 @@ def _base_protocol(parser: str) -> type:
 
 
 def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: float = 0.25,
-                   parser: str = "auto") -> type:
+                   parser: str = "auto", max_header_bytes: int = 64 * 1024) -> type:
     """uvicorn's HTTP protocol with a header timeout and early shedding (see the module docstring).
 
     Args:
@@ -122,13 +128,17 @@ def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: 
             reserve is for the server's own files.
         parser: ``auto``, ``httptools`` or ``h11`` (:func:`resolve_parser`); both uvicorn protocols keep
             ``cycle``, ``connections`` and ``on_response_complete``, which is all the additions use.
+        max_header_bytes: the largest request head; bytes received while a head is incomplete count against it.
     """
+    body_431 = _431_BODY % max_header_bytes
+    answer_431 = _431 % (len(body_431), body_431)
     base = _base_protocol(parser)
 
     class BoundedProtocol(base):  # type: ignore[valid-type, misc]
         """uvicorn's protocol that closes connections which do not send a request head in time."""
 
         _shedding = False
+        _head_bytes = 0
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -150,9 +160,23 @@ def protocol_class(header_timeout_s: float, max_connections: int, shed_after_s: 
         def data_received(self, data: bytes) -> None:
             if self._shedding:
                 return  # answered already; read and drop what the client sends until it is closed
+            waiting_for_head = not self._busy()
             super().data_received(data)
+            if not waiting_for_head or self.transport.is_closing():
+                return
+            if self._busy():  # the head completed in this piece (what followed it is body)
+                self._head_bytes = 0
+                return
+            self._head_bytes += len(data)
+            if self._head_bytes > max_header_bytes:
+                logger.warning("closing a connection whose request head passed %d bytes", max_header_bytes)
+                self._shedding = True
+                self._cancel_head_timer()
+                self.transport.write(answer_431)
+                self.transport.close()
 
         def on_response_complete(self) -> None:
+            self._head_bytes = 0
             super().on_response_complete()  # may start the next (pipelined) request at once
             if not self.transport.is_closing() and not self._busy():
                 self._arm_head_timer(header_timeout_s)  # the next request on this connection

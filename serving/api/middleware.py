@@ -10,9 +10,11 @@ It is a plain ASGI class rather than Starlette's ``BaseHTTPMiddleware`` because 
   moment it passes the limit, so a client cannot make the server spool an unbounded upload to disk.
 * **Metrics.** Every answer is counted by route *template* (``/gallery/{item_id}``, not the id) so label
   cardinality stays bounded; unmatched paths share one ``unmatched`` label.
-* **Body read timeout.** Each piece of a request body must arrive within ``body_timeout_s`` of the last one,
-  or the request is answered 408: a client that stops sending mid-upload (or sends one byte a minute)
-  cannot hold a request, its memory and its connection for ever. The request *head* has its own timeout
+* **Body read timeout and minimum rate.** Each piece of a request body must arrive within ``body_timeout_s``
+  of the last one, and the whole body within ``body_timeout_s + bytes received / min_body_rate`` seconds of
+  its start (Apache's ``mod_reqtimeout`` rule), or the request is answered 408: a client that stops sending
+  mid-upload, or drip-feeds a byte every few seconds, cannot hold a request, its memory and its connection
+  for ever. The request *head* has its own timeout
   in the protocol (:mod:`serving.api.connections`), since no ASGI app runs before the head is complete.
 * **Cancelled requests.** uvicorn cancels requests still running when the graceful-shutdown period ends;
   they are counted (``counters["cancelled"]``) so that the shutdown can say so and exit non-zero.
@@ -64,6 +66,14 @@ class BodyTimeout(ApiError):
                                                  f"{timeout_s:g} s")
 
 
+class BodyTooSlow(ApiError):
+    """Raised from ``receive`` when the body arrives more slowly than the minimum rate allows."""
+
+    def __init__(self, received: int, seconds: float, min_rate: float) -> None:
+        super().__init__(408, "request_timeout", f"the request body arrived too slowly: {received} bytes in "
+                                                 f"{seconds:.0f} s; the server needs at least {min_rate:g} bytes/s")
+
+
 class RequestContext:
     """ASGI middleware: see the module docstring.
 
@@ -72,15 +82,17 @@ class RequestContext:
         metrics: where request counts and latencies go.
         body_limit: the byte limit for a (method, path).
         body_timeout_s: the longest wait for the next piece of a body (None: no limit).
+        min_body_rate: bytes per second a body must average beyond its first ``body_timeout_s`` (None: no limit).
         counters: where to count cancelled requests (``"cancelled"``); a fresh dict when None.
     """
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics, body_limit: BodyLimit, body_timeout_s: float | None = None,
-                 counters: dict[str, int] | None = None) -> None:
+                 min_body_rate: float | None = None, counters: dict[str, int] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.body_limit = body_limit
         self.body_timeout_s = body_timeout_s
+        self.min_body_rate = min_body_rate
         self.counters = counters if counters is not None else {}
         self.counters.setdefault("cancelled", 0)
         # Requests inside the app right now; read by the in-flight gauge at scrape time (a plain int: the
@@ -111,14 +123,14 @@ class RequestContext:
 
         limit = self.body_limit(scope["method"], scope["path"])
         try:
-            declared = _content_length(scope)
+            declared = content_length(scope)
             if declared is not None and declared > limit:
                 # Refuse before reading: the body may be gigabytes and is not ours to spool.
                 await send_json(send_with_id, 413, {
                     "error": "request_too_large",
                     "detail": f"the request body is {declared} bytes; this endpoint accepts at most {limit} bytes"})
                 return
-            await self.app(scope, _capped(receive, limit, self.body_timeout_s), send_with_id)
+            await self.app(scope, _capped(receive, limit, self.body_timeout_s, self.min_body_rate), send_with_id)
         except asyncio.CancelledError:
             self.counters["cancelled"] += 1
             logger.warning("request %s %s (request_id=%s) was cancelled before it finished", scope["method"],
@@ -129,7 +141,8 @@ class RequestContext:
                 logger.exception("request %s failed after its response started", request_id)
                 raise
             if isinstance(exc, ApiError):  # ours, raised outside FastAPI's handlers (bad Content-Length)
-                await send_json(send_with_id, exc.status_code, exc.detail)  # type: ignore[arg-type]
+                headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
+                await send_json(send_with_id, exc.status_code, exc.detail, headers)  # type: ignore[arg-type]
                 return
             logger.exception("internal error in %s %s (request_id=%s)", scope["method"], scope["path"],
                              request_id)
@@ -152,7 +165,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's declared ``Content-Length`` (None when absent; 400 :class:`ApiError` when not a number)."""
     value = _header(scope, b"content-length")
     if value is None:
         return None
@@ -163,30 +177,45 @@ def _content_length(scope: Scope) -> int | None:
     return length if length >= 0 else None
 
 
-def _capped(receive: Receive, limit: int, timeout_s: float | None = None) -> Receive:
-    """``receive`` that raises :class:`BodyTooLarge` once more than ``limit`` body bytes arrived, and
-    :class:`BodyTimeout` when the body's next piece takes longer than ``timeout_s``.
+def _capped(receive: Receive, limit: int, timeout_s: float | None = None, min_rate: float | None = None) -> Receive:
+    """``receive`` that raises :class:`BodyTooLarge` once more than ``limit`` body bytes arrived,
+    :class:`BodyTimeout` when the body's next piece takes longer than ``timeout_s``, and :class:`BodyTooSlow`
+    when the body is still incomplete ``timeout_s + received / min_rate`` seconds after its first read.
 
-    The timeout applies only while body is still expected: afterwards the app may wait on ``receive`` for a
+    The timeouts apply only while body is still expected: afterwards the app may wait on ``receive`` for a
     disconnect for as long as its response takes.
     """
     total = 0
     complete = False
+    started: float | None = None
 
     async def wrapped() -> Message:
-        nonlocal total, complete
+        nonlocal total, complete, started
         if timeout_s is None or complete:
             message = await receive()
         else:
+            now = time.monotonic()
+            if started is None:
+                started = now
+            wait = timeout_s
+            slow = False
+            if min_rate:
+                allowed = started + timeout_s + total / min_rate - now
+                if allowed <= 0:
+                    raise BodyTooSlow(total, now - started, min_rate)
+                slow = allowed < wait
+                wait = min(wait, allowed)
             try:
                 if _HAS_TIMEOUT:
                     # asyncio.timeout (3.11+) arms a timer on the running task; wait_for (before 3.12) wraps
                     # every receive in a task of its own, a measurable cost per request.
-                    async with asyncio.timeout(timeout_s):
+                    async with asyncio.timeout(wait):
                         message = await receive()
                 else:
-                    message = await asyncio.wait_for(receive(), timeout_s)
+                    message = await asyncio.wait_for(receive(), wait)
             except asyncio.TimeoutError:
+                if slow:
+                    raise BodyTooSlow(total, time.monotonic() - started, min_rate or 0.0) from None
                 raise BodyTimeout(timeout_s) from None
         if message["type"] == "http.request":
             total += len(message.get("body", b""))

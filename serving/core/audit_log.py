@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -99,15 +100,21 @@ class AuditLog:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer_lock = _take_writer_lock(self.path)
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
+        try:
             self._drop_torn_tail()
             last = _last_record(log_files(self.path))
         except (OSError, ValueError) as exc:
+            self._writer_lock.close()
             raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
         self._seq = int(last["seq"]) if last else 0
         self._prev = str(last["hash"]) if last else GENESIS
         try:
             self._handle = open(self.path, "ab")  # noqa: SIM115 - held open for the life of the log
         except OSError as exc:
+            self._writer_lock.close()
             raise AuditError(f"cannot open the audit log {self.path} for appending: {exc}") from exc
 
     def _drop_torn_tail(self) -> None:
@@ -185,9 +192,23 @@ class AuditLog:
         log.info("audit log rotated to %s", target)
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file and let another writer open the log."""
         with self._lock:
             self._handle.close()
+            self._writer_lock.close()
+
+
+def _take_writer_lock(path: Path) -> Any:
+    """Hold ``PATH.lock`` exclusively (released when closed, or when the process dies): two writers would fork the
+    hash chain, each continuing from the same last record. The lock file, unlike the log, is never rotated."""
+    handle = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 - held for the life of the log
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AuditError(f"the audit log {path} is being written by another process (a running server, or "
+                         f"another command); one writer at a time keeps its hash chain whole") from None
+    return handle
 
 
 class AuditWriter:

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address; loopback by default so nothing is exposed "
                                                "until an operator asks for it")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names the server answers besides localhost, 127.0.0.1, ::1 and a specific bind "
+                    "address (DNS-rebinding guard): names, *.example.com, or * for any; env: comma-separated")
     ssl_certfile: Path | None = Field(None, description="serve HTTPS with this PEM certificate (chain) file; "
                                                         "needs --ssl-keyfile too")
     ssl_keyfile: Path | None = Field(None, description="the PEM private key of --ssl-certfile")
@@ -114,6 +118,15 @@ class Settings(BaseSettings):
                                                                       "request head by then is closed (408)")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="longest wait for the next piece of a request "
                                                                     "body before answering 408")
+    min_body_rate: float = Field(4 * KIB, ge=0, description="bytes per second a request body must average "
+                                                            "after its first body_timeout_s (a drip-fed upload "
+                                                            "is answered 408); 0 turns the check off")
+    upload_budget_bytes: int = Field(512 * MIB, ge=MIB, description="upload bytes all requests together may hold "
+                                                                    "at once; beyond it, 503 with Retry-After")
+    max_header_bytes: int = Field(64 * KIB, ge=4 * KIB, le=16 * MIB, description="largest request head (request "
+                                                                                 "line and headers) in bytes; "
+                                                                                 "beyond it, 431 and the "
+                                                                                 "connection is closed")
     graceful_shutdown_s: float = Field(10.0, ge=0, le=3600, description="on SIGTERM, how long running requests may "
                                                                          "finish before they are cancelled")
     log_repeat_s: float = Field(10.0, gt=0, le=3600, description="warnings and errors of one kind are logged "
@@ -136,6 +149,33 @@ class Settings(BaseSettings):
     event_loop: str = Field("asyncio", description="event loop: the standard asyncio loop, or uvloop (when "
                                                    "installed; under file-descriptor exhaustion it dropped 1 in 4 "
                                                    "connections that asyncio answers 503, see serving.api.connections)")
+
+    # Retention (serving.runtime.expiry): items stamped before now minus this age are removed on a schedule,
+    # through the same durable delete as DELETE /gallery; items without a timestamp are kept.
+    expire_older_than: str | None = Field(None, description="remove gallery items whose timestamp is older than "
+                                                            "this age (30d, 12h, 90m) at start and then every "
+                                                            "--expire-every; off when unset")
+    expire_every: str = Field("1h", description="how often the server expires items (with --expire-older-than)")
+
+    @field_validator("expire_older_than", mode="before")
+    @classmethod
+    def _retention_off_when_blank(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("expire_older_than", "expire_every")
+    @classmethod
+    def _retention_age(cls, value: str | None) -> str | None:
+        from serving.core.ages import parse_age  # here, to keep the retention settings in one block
+
+        if value is not None:
+            parse_age(value)  # ValueError: one sentence naming the accepted form
+        return None if value is None else value.strip()
+
+    @model_validator(mode="after")
+    def _retention_needs_writer(self) -> Settings:
+        if self.expire_older_than is not None and self.read_only:
+            raise ValueError("--expire-older-than removes items, so it needs a writable gallery, not --read-only")
+        return self
 
     @field_validator("http_parser")
     @classmethod
@@ -198,6 +238,25 @@ class Settings(BaseSettings):
         if isinstance(value, Path):
             return [value]
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the env var: comma-separated (or JSON)
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [text]
+        if isinstance(value, (list, tuple)):  # --allowed-hosts a,b --allowed-hosts c
+            return [h.strip() for item in value for h in str(item).split(",") if h.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _budget_fits_a_request(self) -> Settings:
+        largest = self.body_limit(max(self.max_images_per_request, self.max_track_crops))
+        if self.upload_budget_bytes < largest:
+            raise ValueError(f"--upload-budget-bytes {self.upload_budget_bytes} is smaller than the largest request "
+                             f"body the limits allow ({largest} bytes: max_upload_bytes x the most files per "
+                             f"request + 1 MiB); raise it or lower those limits")
+        return self
 
     @field_validator("staging_gallery", "api_keys_file", "audit_log", "ssl_certfile", "ssl_keyfile", mode="before")
     @classmethod

@@ -89,10 +89,14 @@ def locate_source(source: str, roots: Iterable[str | Path]) -> tuple[Path, PureP
     relative = check_relative(source)
     escaped = False
     for root in roots:
-        real_root = os.path.realpath(root)
+        try:
+            real_root = os.path.realpath(root)
+            candidate = os.path.realpath(os.path.join(real_root, *relative.parts))
+        except OSError as exc:  # a component changed while it was resolved (a link swapped, a folder removed)
+            logger.warning("source %r could not be resolved under %s: %s", source, root, exc)
+            continue
         if not os.path.isdir(real_root):
             continue
-        candidate = os.path.realpath(os.path.join(real_root, *relative.parts))
         if not _is_within(candidate, real_root):
             escaped = True  # with no ".." and no absolute part, only a symlink can lead out of the root
             continue

@@ -1,5 +1,5 @@
 """The offline jobs: ``python -m serving index`` (crawl RGB crops, embed them, fill a gallery), ``gallery``
-(check, repair, copy, tune a gallery directory), ``audit`` (verify or show the audit trail) and ``demo-hint``.
+(check, repair, copy, tune or expire a gallery directory), ``audit`` (verify or show the audit trail) and ``demo-hint``.
 
 Kept apart from the live server: the server never imports this package, and this package shares with the
 server only the embedders, the image decoder and ``index``. One indexing pipeline, two engines:

@@ -1,4 +1,4 @@
-"""``python -m serving gallery check|repair|copy``: a gallery directory, offline.
+"""``python -m serving gallery check|repair|copy|tune|expire``: a gallery directory, offline.
 
 * ``check DIR``: every check a load runs (manifest types, sha256 of each file, SQLite quick_check, every
   row, finite unit-length vectors, index and metadata agreeing) plus SQLite's full integrity_check.
@@ -12,6 +12,10 @@
   recall@k of at least R, measured on its own items (``index.Gallery.tune``), and save it: the record
   (target, measured recall, value, sample) is in the manifest and ``GET /gallery/stats``. ``python -m
   serving index --target-recall R`` runs the same step after indexing.
+* ``expire DIR --older-than 30d [--now T] [--dry-run] [--audit-log PATH]``: remove the items stamped before
+  the cut-off, durably and audited; prints ``removed N, kept M, kept K without a time``. Exit 2 while
+  another process writes the gallery, or for an age that is not ``90m`` / ``12h`` / ``30d``
+  (:mod:`serving.indexing.expire`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
+from serving.indexing import expire
 from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--target-recall", type=float, required=True, help="held-out recall@k to reach, in (0, 1]")
     tune.add_argument("--k", type=int, default=10, help="the recall depth")
     tune.add_argument("--sample", type=int, default=1000, help="gallery items used as held-out queries")
+    expire.add_parser(commands)
     return parser
 
 
@@ -74,12 +80,16 @@ def describe_tuning(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one gallery command; returns the exit status (0 sound/done, 1 usage or locked, 2 damaged)."""
+    """Run one gallery command; returns the exit status (0 sound/done, 1 usage or locked, 2 damaged; ``expire``:
+    2 also while another process writes the gallery)."""
     from index import repair as tools
     from index.errors import CorruptGalleryError, GalleryError, GalleryLockedError
 
     args = build_parser().parse_args(argv)
     try:
+        if args.action == "expire":
+            print(expire.run(args), file=sys.stdout)
+            return 0
         if args.action == "check":
             report = tools.check(args.directory)
         elif args.action == "repair":

@@ -30,7 +30,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,28 @@ class DurableGallery:
 
             self._change_and_save(change)
             return len(self.gallery)
+
+    def remove_selected(self, select: Callable[[Any], Sequence[int]]) -> list[int]:
+        """Remove the items ``select(gallery)`` names, chosen and removed under the change lock, in one save.
+
+        For changes whose ids depend on the gallery's contents at that moment (retention's "older than"):
+        no other change can slip in between choosing and removing. Nothing is saved when it names none.
+
+        Raises:
+            As :meth:`remove`; nothing is removed when the save fails.
+        """
+        with self._mutation:
+            self._check_can_change()
+            ids = [int(i) for i in select(self.gallery)]
+            if not ids:
+                return ids
+
+            def change() -> None:
+                with self.rw.write():
+                    self.gallery.remove(ids)
+
+            self._change_and_save(change)
+            return ids
 
     def _check_can_change(self) -> None:
         if not self.writable:

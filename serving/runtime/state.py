@@ -23,7 +23,7 @@ import numpy as np
 from index.manifest import MANIFEST  # Gallery.save writes it; its presence means "a gallery lives here"
 from serving.core import heap
 from serving.core.config import Settings
-from serving.core.imageio import DecodeLimits, decode_image
+from serving.core.imageio import DecodeLimits, ImageDecodeError, decode_image, inspect_image
 from serving.runtime.batching import JobResult, MicroBatcher
 from serving.runtime.durable import AddResult, DurableGallery
 from serving.runtime.metrics import Metrics
@@ -31,10 +31,28 @@ from xmreid.errors import EXIT_DAMAGED, UserError
 
 logger = logging.getLogger(__name__)
 
-# Uploads up to this size are decoded in the model thread with their micro-batch (a crop decodes in well
-# under a millisecond there, and the request needs no hand-off of its own); bigger ones, which could hold
-# up the whole batch, are decoded in the decode pool first.
+# Uploads up to this size whose header claims up to this many pixels are decoded in the model thread with
+# their micro-batch (a crop decodes in well under a millisecond there, and the request needs no hand-off of
+# its own). Anything else could hold up the whole batch, and every search waiting on it, and is decoded in
+# the decode pool first: a big file, or a small one that decompresses to many pixels (a 25 KB PNG can hold
+# 30 megapixels of one colour). The pixel count comes from the header (no pixel is decoded to learn it).
 BATCH_DECODE_BYTES = 256 * 1024
+BATCH_DECODE_PIXELS = 512 * 512
+
+
+def decode_in_pool(data: bytes, limits: DecodeLimits) -> bool:
+    """True when ``data`` must be decoded in the decode pool rather than in the model thread (see above).
+
+    A file whose header cannot be read goes to the model thread: its decoding fails there at the same header
+    check, before any pixel is touched.
+    """
+    if len(data) > BATCH_DECODE_BYTES:
+        return True
+    try:
+        header = inspect_image(data, limits)
+    except ImageDecodeError:
+        return False
+    return header.width * header.height > BATCH_DECODE_PIXELS
 
 
 def load_components(settings: Settings) -> tuple[Any, Any]:
@@ -203,7 +221,7 @@ class Runtime:
         if gallery is None:
             gallery = await asyncio.to_thread(load_gallery, settings, embedder)
         runtime = cls(settings, embedder, gallery, metrics, owns_embedder=owns_embedder, owns_gallery=owns_gallery)
-        await asyncio.to_thread(runtime._refresh_cameras)
+        await asyncio.to_thread(runtime.refresh_cameras)
         await runtime.batcher.start()
         metrics.watch_batcher(runtime.batcher)
         metrics.set_model(runtime.model_info())
@@ -266,7 +284,8 @@ class Runtime:
         """Items in the gallery, cached so the event loop never waits on the gallery's lock to read it."""
         return self._size
 
-    def _refresh_cameras(self) -> None:
+    def refresh_cameras(self) -> None:
+        """Re-read the served size and per-camera counts (``/readyz``, the size metric) after a change."""
         stats = self.durable.stats()
         self._cameras = {int(k): int(v) for k, v in dict(stats.get("cameras", {})).items()}
         self._size = int(stats.get("count", len(self.gallery)))
@@ -299,9 +318,9 @@ class Runtime:
             ImageDecodeError: the upload is not a usable image.
             BatcherOverloaded, BatcherClosed: the model queue is full or stopped.
         """
-        if len(data) <= BATCH_DECODE_BYTES:  # nearly every crop: straight to the batcher (the hot path)
+        if not decode_in_pool(data, self.limits):  # nearly every crop: straight to the batcher (the hot path)
             return await self.batcher.submit_job(data, (k, cameras))
-        (outcome,) = await self.search_images([data], k, cameras)  # a big file: the pool-decode rule lives there
+        (outcome,) = await self.search_images([data], k, cameras)  # a big image: decoded in the pool there
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -318,8 +337,8 @@ class Runtime:
         """
         outcomes: list[Any] = list(datas)
         decode_s = [0.0] * len(datas)
-        large = [i for i, data in enumerate(datas) if len(data) > BATCH_DECODE_BYTES]
-        if large:  # big files, which could hold up a whole batch, are decoded in the pool first
+        large = [i for i, data in enumerate(datas) if decode_in_pool(data, self.limits)]
+        if large:  # big images, which could hold up a whole batch, are decoded in the pool first
             started = time.perf_counter()
             decoded = await asyncio.gather(*(self.decode(datas[i]) for i in large), return_exceptions=True)
             for i, image in zip(large, decoded):
@@ -359,7 +378,7 @@ class Runtime:
         try:
             return self.durable.add(vectors, metadata, key, digest)
         finally:
-            self._refresh_cameras()
+            self.refresh_cameras()
 
     async def find_request(self, key: str) -> tuple[str, list[int]] | None:
         """``(digest, ids)`` of a saved add made with this idempotency key, or None."""
@@ -374,7 +393,7 @@ class Runtime:
         try:
             return self.durable.remove(item_id)
         finally:
-            self._refresh_cameras()
+            self.refresh_cameras()
 
     async def reload(self) -> dict[str, Any]:
         """Reload the gallery from disk, or install the staging copy (:meth:`DurableGallery.reload`)."""
@@ -382,7 +401,7 @@ class Runtime:
             try:
                 return self.durable.reload()
             finally:
-                self._refresh_cameras()
+                self.refresh_cameras()
                 heap.refreeze()  # the replaced gallery is garbage in a reference cycle (serving.core.heap)
         return await asyncio.to_thread(_reload)
 

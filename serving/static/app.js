@@ -5,7 +5,7 @@
 "use strict";
 
 (() => {
-  const { el, api, describeError, shortFingerprint } = xmreid;
+  const { el, api, showImage, describeError, shortFingerprint } = xmreid;
   const $ = (id) => document.getElementById(id);
   const THUMB_SIZE = 256;
   let queryFiles = [];
@@ -143,8 +143,8 @@
     const img = el("img");
     img.alt = `Gallery item ${hit.gallery_id}`;
     img.decoding = "async";
-    img.src = `gallery/${encodeURIComponent(hit.gallery_id)}/thumbnail?size=${THUMB_SIZE}`;
     img.onerror = () => { frame.replaceChildren(el("span", "no-image", "image unavailable")); };
+    showImage(img, `gallery/${encodeURIComponent(hit.gallery_id)}/thumbnail?size=${THUMB_SIZE}`);
     frame.append(img, el("span", "rank", `#${hit.rank}`));
 
     const meta = el("div", "meta");
@@ -187,8 +187,8 @@
         item.dataset.galleryId = member.gallery_id;
         const img = el("img");
         img.alt = `Gallery item ${member.gallery_id}`;
-        img.loading = "lazy"; // fetched when the group is expanded
-        img.src = `gallery/${encodeURIComponent(member.gallery_id)}/thumbnail?size=${THUMB_SIZE}`;
+        img.loading = "lazy"; // fetched when the group is expanded (with a key: at once, see showImage)
+        showImage(img, `gallery/${encodeURIComponent(member.gallery_id)}/thumbnail?size=${THUMB_SIZE}`);
         item.append(img, el("span", "member-score", member.score.toFixed(3)));
         strip.append(item);
       }

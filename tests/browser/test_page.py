@@ -190,3 +190,33 @@ def test_a_track_grouped_by_person_shows_one_card_per_person_with_expandable_cro
     assert not first.locator(".member").first.is_visible()
     first.locator("summary").click()
     assert first.locator(".member").first.is_visible()
+
+
+def test_a_keyed_server_asks_for_the_key_once_and_the_page_then_works(page, start_server, tiny_onnx, tiny_gallery,
+                                                                     sysu_root, tmp_path) -> None:
+    """With keys configured, the page's first data request is refused (401); the page asks for the key once,
+    keeps it in sessionStorage, and every request after that (stats, search, thumbnails) carries it."""
+    import hashlib
+
+    from serving.indexing.demo_hint import pick_query
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"night-desk:search:{hashlib.sha256(b'desk-key-1').hexdigest()}\n")
+    query, _, _ = pick_query(sysu_root)
+    prompts: list[str] = []
+
+    def answer(dialog) -> None:
+        prompts.append(dialog.message)
+        dialog.accept("desk-key-1")
+
+    page.on("dialog", answer)
+    with start_server(tiny_onnx, tiny_gallery, "--api-keys-file", str(keys), "--image-root", str(sysu_root)) as server:
+        refused = httpx.get(f"{server.base}/gallery/stats", timeout=30)
+        assert refused.status_code == 401
+        assert search_in_page(page, server.base, str(query)) == "results"
+        page.wait_for_function(THUMBS_LOADED_JS)  # thumbnails need the key too: fetched with it
+        assert len(prompts) == 1 and "API key" in prompts[0]
+        assert page.evaluate("sessionStorage.getItem('xmreid.apiKey')") == "desk-key-1"
+        page.click("#search-button")  # a second search asks nothing
+        page.wait_for_selector("body[data-state='results']")
+        assert len(prompts) == 1

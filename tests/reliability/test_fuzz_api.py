@@ -46,7 +46,8 @@ def api_schema(tiny_onnx: Path, tiny_gallery: Path, tmp_path_factory: pytest.Tem
 
     gallery = Path(shutil.copytree(tiny_gallery, tmp_path_factory.mktemp("fuzz") / "gallery"))
     app = create_app(Settings(model=tiny_onnx, gallery=gallery, save_on_mutation=True, max_batch_size=4,
-                              max_wait_ms=1.0, api_key=API_KEY))
+                              max_wait_ms=1.0, api_key=API_KEY,
+                              allowed_hosts=["testserver"]))  # the Host schemathesis' in-process client sends
     # schemathesis sends the key through the schema's own ApiKey security scheme, so positive cases are
     # authorised and negative ones that drop or corrupt it must be refused.
     config = SchemathesisConfig.from_dict({"auth": {"openapi": {"ApiKey": {"api_key": API_KEY}}}})

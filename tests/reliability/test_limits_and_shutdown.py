@@ -91,7 +91,7 @@ def test_unclean_shutdown_says_why_and_exits_3(tiny_onnx, gallery_copy, ir_queri
         assert added.status_code == 201
         assert httpx.get(f"{server.base}/readyz", timeout=10).json()["unsaved_changes"] == 1
         slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # a request that never finishes
-        slow.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        slow.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Content-Length: 100000\r\n\r\n--b\r\n")
         time.sleep(0.5)
         server.proc.send_signal(signal.SIGTERM)

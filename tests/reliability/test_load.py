@@ -57,7 +57,10 @@ async def _search_load(base: str, images: list[bytes], n: int, concurrency: int,
                 errors.append(repr(exc))
             latencies.append(time.perf_counter() - started)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # A pooled connection must be retired by the client before the server's keep-alive timeout (5 s) closes it:
+    # with equal timeouts, a request sent on a connection at the moment the server closes it reads nothing back
+    # (ReadError). Clients of any HTTP/1.1 server need the same rule.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base, timeout=60.0, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))

@@ -227,7 +227,7 @@ def _run_asgi(app, scope: dict, body_chunks) -> tuple[int, int, int]:
 def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict:
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
             "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"",
-            "headers": [(b"host", b"testserver"), *headers], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+            "headers": [(b"host", b"localhost"), *headers], "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
 
 
 def test_body_limits_are_enforced_before_bodies_are_read(make_client) -> None:

@@ -72,6 +72,6 @@ def make_client(tiny_onnx: Path, tiny_gallery: Path) -> Iterator[Callable[..., A
             values = {"model": tiny_onnx, "gallery": tiny_gallery, "save_on_mutation": False,
                       "allow_unauthenticated_changes": True, **overrides}
             app = create_app(Settings(**values), embedder=embedder, gallery=gallery_obj)
-            return stack.enter_context(TestClient(app))
+            return stack.enter_context(TestClient(app, base_url="http://localhost"))
 
         yield make

@@ -167,6 +167,37 @@ def test_a_big_upload_is_decoded_in_the_pool_first_on_both_search_routes(make_cl
     assert body["detail"].startswith("image 1 (cut.png)")
 
 
+def test_a_small_file_of_many_pixels_is_decoded_in_the_pool_not_the_model_thread(make_client, ir_queries,
+                                                                               monkeypatch) -> None:
+    """A few-KB PNG that decompresses to megapixels (a bomb inside the pixel budget) is decoded in the decode
+    pool on /search and /search/batch, so it cannot hold up the micro-batch of every other search; an ordinary
+    crop still goes straight to the model thread."""
+    import cv2
+
+    from serving.runtime.state import BATCH_DECODE_BYTES, BATCH_DECODE_PIXELS, decode_in_pool
+
+    client = make_client()
+    runtime = client.app.state.runtime
+    bomb = cv2.imencode(".png", np.zeros((2000, 1500, 3), np.uint8))[1].tobytes()
+    assert len(bomb) < BATCH_DECODE_BYTES // 8 and BATCH_DECODE_PIXELS < 2000 * 1500
+    small = ir_queries[0].path.read_bytes()
+    assert decode_in_pool(bomb, runtime.limits) and not decode_in_pool(small, runtime.limits)
+    assert not decode_in_pool(b"not an image", runtime.limits)  # refused in the model thread at the header
+    pooled: list[int] = []
+    decode = runtime.decode
+
+    async def counted(data: bytes):
+        pooled.append(len(data))
+        return await decode(data)
+
+    monkeypatch.setattr(runtime, "decode", counted)
+    assert post_search(client, bomb, top_k=2, ctype="image/png").status_code == 200
+    assert post_search(client, small, top_k=2).status_code == 200
+    files = [("images", ("q.jpg", small, JPEG)), ("images", ("bomb.png", bomb, "image/png"))]
+    assert client.post("/search/batch", files=files, params={"top_k": 2}).status_code == 200
+    assert pooled == [len(bomb), len(bomb)]
+
+
 def test_gallery_add_then_delete_changes_results(make_client, gallery_copy, serving_embedder, ir_queries) -> None:
     client = make_client(gallery=gallery_copy, save_on_mutation=True, api_key="s3cret", open_search=True)
     key = {"X-API-Key": "s3cret"}
@@ -359,7 +390,7 @@ def test_health_readiness_and_metrics(make_client, tiny_onnx, tiny_gallery, ir_q
     from serving.core.config import Settings
 
     # Before the lifespan has run (nothing loaded): alive but not ready, and searches answer 503.
-    cold = TestClient(create_app(Settings(model=tiny_onnx, gallery=tiny_gallery)))
+    cold = TestClient(create_app(Settings(model=tiny_onnx, gallery=tiny_gallery)), base_url="http://localhost")
     assert cold.get("/healthz").json() == {"status": "ok"}
     assert_error(cold.get("/readyz"), 503, "not_ready")
     assert_error(post_search(cold, ir_queries[0].path.read_bytes()), 503, "not_ready")

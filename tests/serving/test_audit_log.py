@@ -43,6 +43,20 @@ def test_a_reopened_log_continues_the_chain(tmp_path: Path) -> None:
     assert verify(path).ok
 
 
+def test_a_second_writer_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    """Two writers would each chain from the same last record and fork the log: the second is refused."""
+    path = tmp_path / "audit.log"
+    first = AuditLog(path)
+    first.append({"endpoint": "/search"})
+    with pytest.raises(AuditError, match="being written by another process"):
+        AuditLog(path)
+    first.close()
+    second = AuditLog(path)
+    second.append({"endpoint": "gallery expire"})
+    second.close()
+    assert verify(path).ok and verify(path).records == 2
+
+
 @pytest.mark.parametrize("tamper, named", [
     ("edit", "record 3 (audit.log line 3) was altered"),
     ("delete", "record 3 is missing"),

@@ -112,6 +112,19 @@ def test_missing_files_folders_and_no_roots_are_not_found(tree) -> None:
             resolve_source(source, roots)
 
 
+def test_a_path_changing_while_it_is_resolved_is_not_found(tree, monkeypatch) -> None:
+    """realpath raises when a component stops being a link between its lstat and readlink (EINVAL) or vanishes
+    (ENOENT): a race with whoever swaps the folder, answered as a missing file (404), never a 500."""
+    import errno
+
+    def racing(path, *args, **kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument", path)
+
+    monkeypatch.setattr(os.path, "realpath", racing)
+    with pytest.raises(SourceNotFoundError):
+        resolve_source("cam1/0001/a.jpg", [tree["root"]])
+
+
 def test_several_roots_are_tried_in_order(tree, tmp_path: Path) -> None:
     second = tmp_path / "second"
     write_jpeg(second / "only-here.jpg")

@@ -64,7 +64,7 @@ def _post_in_pieces(client: Any, body: bytes, content_type: bytes, query: bytes 
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
              "path": "/search", "raw_path": b"/search", "root_path": "", "query_string": query,
-             "headers": [(b"host", b"testserver"), (b"content-type", content_type)],
+             "headers": [(b"host", b"localhost"), (b"content-type", content_type)],
              "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
 
     async def run() -> None:
