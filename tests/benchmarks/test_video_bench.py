@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -104,8 +103,6 @@ def test_clip_set_checks(tmp_path: Path) -> None:
         load_clip_set(tmp_path)
 
 
-# The ingestion package comes from another branch; drop this mark once both are merged.
-@pytest.mark.skipif(importlib.util.find_spec("serving.indexing.video") is None, reason="no serving.indexing.video")
 def test_benchmark_end_to_end(tiny_onnx: Path, tmp_path: Path) -> None:
     from training.data.video import generate_video
 
