@@ -89,12 +89,14 @@ def report(r: dict[str, Any]) -> str:
          f"{d['fps']} fps), model `{r['model']}`, {r['threads']} thread(s)."),
         "## Retrieval: infrared query tracks against the RGB cameras' gallery tracks",
         _machine.markdown_table(retrieval_rows),
-        (f"Rank-1 with the product's tracks minus rank-1 with the ground-truth tracks: {_f(gap)} (what detection "
-         "and tracking cost)."),
+        (f"Rank-1 with the product's tracks minus rank-1 with the ground-truth tracks: "
+         f"{'–' if gap is None else _f(100 * gap, 2)} points (what detection and tracking cost). With "
+         f"{found['queries']} and {truth['queries']} query tracks, one query more or less at rank 1 moves a rank-1 "
+         f"figure by {_f(100 / max(1, found['queries']), 2)} and {_f(100 / max(1, truth['queries']), 2)} points."),
         "## Detection and tracking (all six cameras, IoU 0.5)",
-        (f"IDF1 {_f(r['idf1'])}, MOTA {_f(r['mota'])}, {r['id_switches']} ID switches; detection recall "
-         f"{_f(r['det_recall'])}, precision {_f(r['det_precision'])}. Recall of the boxes of people at least half "
-         f"visible {_f(det.get('recall_visible'))}, of the others (occluded or cut by the frame edge, "
+        (f"IDF1 {_f(r['idf1'], 4)}, MOTA {_f(r['mota'], 4)}, {r['id_switches']} ID switches; detection recall "
+         f"{_f(r['det_recall'], 4)}, precision {_f(r['det_precision'], 4)}. Recall of the boxes of people at least "
+         f"half visible {_f(det.get('recall_visible'))}, of the others (occluded or cut by the frame edge, "
          f"{_f(100 * (det.get('occluded_share') or 0), 2)} % of the boxes) {_f(det.get('recall_occluded'))}."),
         _machine.markdown_table(r["cameras"], columns),
         "## Ingestion speed",
