@@ -125,6 +125,61 @@ def _labels(p: Identity, h: int, w: int, cx: float, y0: float, ph: float, pose: 
     return lab
 
 
+def person_pose(cam: CameraProfile, pose_rng: np.random.Generator, difficulty: float) -> dict:
+    """Body pose of one view: width factor (viewpoint), stride and arm angles, drawn around the camera's view."""
+    d = float(difficulty)
+    return {"view_w": float(np.clip(cam.view_w + d * pose_rng.uniform(-0.15, 0.08), 0.55, 1.05)),
+            "stride": float(d * pose_rng.uniform(0.0, 0.1)),
+            "arm_l": float(d * pose_rng.uniform(-0.1, 0.4)), "arm_r": float(d * pose_rng.uniform(-0.1, 0.4))}
+
+
+def person_labels(p: Identity, height: int, width: int, cx: float, y0: float, ph: float, pose: dict) -> np.ndarray:
+    """Label map ``[height, width]`` (0 = background) of ``p``, top centre at ``(cx, y0)``, ``ph`` pixels tall."""
+    return _labels(p, height, width, cx, y0, ph, pose)
+
+
+def paint_person(p: Identity, lab: np.ndarray, cx: float, y0: float, ph: float, rgb: bool) -> np.ndarray:
+    """Fill a label map with the person's appearance: RGB colours, or the thermal grey levels for infrared.
+
+    The one place where a modality decides what a garment looks like: the still images and the synthetic
+    video both paint through it, so both keep the generator's contract (infrared never sees RGB colour).
+
+    Args:
+        p: The person.
+        lab: Label map from :func:`person_labels`.
+        cx: Column of the person's centre line.
+        y0: Row of the top of the head.
+        ph: Person height in pixels.
+        rgb: True for an RGB camera, False for infrared.
+
+    Returns:
+        float32 ``[H, W, 3]`` (RGB) or ``[H, W, 1]`` (infrared) in 0..1; background pixels are 0.
+    """
+    height, width = lab.shape
+    # Body coordinates for the garment patterns (person-height units, origin at the top centre).
+    ys, xs = _grid(height, width)
+    u, v = (xs - cx) / ph, (ys - y0) / ph
+    ch = 3 if rgb else 1
+    # Paint by palette lookup: base colour per label, pattern colour per label, pattern weight per pixel.
+    base = np.zeros((8, ch), np.float32)
+    pat = np.zeros((8, ch), np.float32)
+    for label, name in ((SKIN, "skin"), (HAIR, "hair"), (SHOES, "shoes"), (BAG, "bag"), (HAT, "hat")):
+        base[label] = pat[label] = p.rgb[name] if rgb else p.ir[name]
+    weight = np.zeros((height, width), np.float32)
+    for label, g in ((UPPER, p.upper_g), (LOWER, p.lower_g)):
+        base[label], pat[label] = g.rgb if rgb else g.ir
+        if g.pattern != "plain":
+            m = lab == label
+            weight[m] = _pattern(g, u[m], v[m], ph)
+    img = _lookup(lab, base)
+    if weight.any():
+        img += _lookup(lab, pat - base) * weight[..., None]
+    # Cylinder shading across the body gives the figure some volume (a function of the column only).
+    col = (xs[0] - cx) / (ph * 0.2)
+    img *= (0.78 + 0.22 * np.cos(np.clip(col, -1.5, 1.5)))[None, :, None]
+    return img
+
+
 def _occlude(img: np.ndarray, rng: np.random.Generator, rgb: bool) -> None:
     """Paint a foreground object over part of the person (bench, bin, a passer-by's shoulder), in place.
 
@@ -161,38 +216,16 @@ def draw_person(p: Identity, cam: CameraProfile, background: np.ndarray, rng: np
         uint8 ``[height, width, 3]`` RGB (infrared: three equal grey channels).
     """
     d = float(difficulty)
-    pose = {"view_w": float(np.clip(cam.view_w + d * pose_rng.uniform(-0.15, 0.08), 0.55, 1.05)),
-            "stride": float(d * pose_rng.uniform(0.0, 0.1)),
-            "arm_l": float(d * pose_rng.uniform(-0.1, 0.4)), "arm_r": float(d * pose_rng.uniform(-0.1, 0.4))}
+    pose = person_pose(cam, pose_rng, d)
     mirror = pose_rng.random() < cam.mirror_p
     scale = cam.scale * np.exp(d * rng.uniform(-0.15, 0.1))
     ph = height * 0.92 * p.height * scale
     cx = width * (0.5 + cam.dx + d * rng.uniform(-0.1, 0.1))
     y0 = (height - ph) * 0.5 + height * (cam.dy + d * rng.uniform(-0.05, 0.05))
     lab = _labels(p, height, width, cx, y0, ph, pose)
-
-    # Body coordinates for the garment patterns (person-height units, origin at the top centre).
-    ys, xs = _grid(height, width)
-    u, v = (xs - cx) / ph, (ys - y0) / ph
     rgb = cam.modality == "rgb"
     ch = 3 if rgb else 1
-    # Paint by palette lookup: base colour per label, pattern colour per label, pattern weight per pixel.
-    base = np.zeros((8, ch), np.float32)
-    pat = np.zeros((8, ch), np.float32)
-    for label, name in ((SKIN, "skin"), (HAIR, "hair"), (SHOES, "shoes"), (BAG, "bag"), (HAT, "hat")):
-        base[label] = pat[label] = p.rgb[name] if rgb else p.ir[name]
-    weight = np.zeros((height, width), np.float32)
-    for label, g in ((UPPER, p.upper_g), (LOWER, p.lower_g)):
-        base[label], pat[label] = g.rgb if rgb else g.ir
-        if g.pattern != "plain":
-            m = lab == label
-            weight[m] = _pattern(g, u[m], v[m], ph)
-    img = _lookup(lab, base)
-    if weight.any():
-        img += _lookup(lab, pat - base) * weight[..., None]
-    # Cylinder shading across the body gives the figure some volume (a function of the column only).
-    col = (xs[0] - cx) / (ph * 0.2)
-    img *= (0.78 + 0.22 * np.cos(np.clip(col, -1.5, 1.5)))[None, :, None]
+    img = paint_person(p, lab, cx, y0, ph, rgb)
 
     # Cut the crop out of the scene at a random place; blend the soft-edged silhouette over it.
     bh, bw = background.shape[:2]

@@ -8,6 +8,7 @@ modality-invariant cues (garment pattern, body proportions, accessories): see ``
 Usage::
 
     python -m training synth --layout sysu --out data/synthetic_sysu --ids 200 --seed 0
+    python -m training synth --layout video --out data/synthetic_video --ids 12 --seed 0   # clips + gt.txt
 """
 
 from __future__ import annotations
@@ -255,7 +256,8 @@ def generate(out_dir: str | Path, layout: str = "sysu", ids: int = 200, seed: in
 def main(argv: list[str] | None = None) -> int:
     """``python -m training synth``: write a synthetic dataset (and optionally a contact sheet)."""
     parser = argparse.ArgumentParser(prog="python -m training synth", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layout", choices=LAYOUTS, default="sysu", help="folder layout to write")
+    parser.add_argument("--layout", choices=(*LAYOUTS, "video"), default="sysu",
+                        help="folder layout to write (video: one clip and gt.txt per SYSU camera)")
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--ids", required=True, type=int, help="number of identities")
     parser.add_argument("--test-ids", type=int, default=None,
@@ -264,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="more training people after the split of --ids is drawn (same test people)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--images-per-camera", type=int, default=10, help="images per identity per camera")
-    parser.add_argument("--height", type=int, default=192, help="image height in pixels")
-    parser.add_argument("--width", type=int, default=64, help="image width in pixels")
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default 192; video 480)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default 64; video 640)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="video: clip length")
+    parser.add_argument("--fps", type=float, default=25.0, help="video: frame rate")
     parser.add_argument("--difficulty", type=float, default=1.0, help="nuisance scale, 0 (clean) .. 3")
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")
     parser.add_argument("--track-length", type=int, default=None,
@@ -274,6 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--contact-sheet", type=Path, default=None, help="also write a PNG overview here")
     args = parser.parse_args(argv)
+    video = args.layout == "video"
+    args.height = args.height if args.height is not None else (480 if video else 192)
+    args.width = args.width if args.width is not None else (640 if video else 64)
+    if video:
+        from training.data.video import generate_video
+
+        generate_video(args.out, ids=args.ids, seed=args.seed, seconds=args.seconds, fps=args.fps,
+                       width=args.width, height=args.height, difficulty=args.difficulty,
+                       show_progress=not args.no_progress, workers=args.workers)
+        return 0
     root = generate(args.out, layout=args.layout, ids=args.ids, seed=args.seed,
                     images_per_camera=args.images_per_camera, height=args.height, width=args.width,
                     difficulty=args.difficulty, show_progress=not args.no_progress, workers=args.workers,
