@@ -39,6 +39,7 @@ class Camera:
     pred: np.ndarray | None = None  # the tracker's boxes (MOT rows) on the detector path
     ingest: dict[str, Any] = field(default_factory=dict)  # path -> ingest report (RGB cameras)
     wall_s: float | None = None  # wall time of the timed ingestion (detector path, one thread)
+    cpu_s: float | None = None  # CPU time of this process (all its threads) in that ingestion
     answers: dict[str, Any] = field(default_factory=dict)  # path -> query_video answer (infrared cameras)
 
 
@@ -83,10 +84,10 @@ def run_stages(cameras: list[Camera], model: Path, galleries: Path, detector: st
     mot_dir.mkdir(parents=True, exist_ok=True)
     for cam in (c for c in cameras if c.modality == "rgb"):
         out = mot_dir / f"cam{cam.camid}.txt"
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         report = ingest_video(cam.video, cam.camid, model=model, gallery=galleries / "detector", detector=detector,
                               start_time=0, mot_out=out, threads=threads)
-        cam.wall_s = time.perf_counter() - started
+        cam.wall_s, cam.cpu_s = time.perf_counter() - started, time.process_time() - cpu
         cam.ingest["detector"] = report
         cam.pred = read_mot(out)
         cam.ingest["gt"] = ingest_video(cam.video, cam.camid, model=model, gallery=galleries / "gt",

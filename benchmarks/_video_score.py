@@ -71,7 +71,7 @@ def camera_rows(cameras: list[Camera], clip_fps: float, tracking: dict[str, dict
         if cam.wall_s:
             report = cam.ingest["detector"]
             row.update(ingest_fps=report["frames"] / cam.wall_s, realtime=report["frames"] / cam.wall_s / clip_fps,
-                       crops=report["crops"])
+                       crops=report["crops"], cores=None if cam.cpu_s is None else cam.cpu_s / cam.wall_s)
         rows.append(row)
     return rows
 
@@ -102,6 +102,7 @@ def summarize(meta: dict[str, Any], cameras: list[Camera]) -> dict[str, Any]:
         "track_rank1_gt": truth["rank1"], "track_map_gt": truth["map"],
         "fps_per_camera": fps, "fps_min": min(fps.values()) if fps else None, "clip_fps": clip_fps,
         "realtime_min": min(fps.values()) / clip_fps if fps else None,
+        "cores_max": max((c.cpu_s / c.wall_s for c in cameras if c.wall_s and c.cpu_s is not None), default=None),
         "tracking": tracking, "detection": det, "retrieval": {"detector": found, "gt": truth},
         "cameras": camera_rows(cameras, clip_fps, per_camera),
         "data": {k: meta.get(k) for k in ("seed", "ids", "frames", "fps", "width", "height", "difficulty")},

@@ -79,7 +79,7 @@ def report(r: dict[str, Any]) -> str:
          "gallery tracks": truth["gallery_tracks"]},
     ]
     columns = ["camera", "modality", "gt_people", "gt_boxes", "tracks", "det_recall", "det_precision", "idf1",
-               "mota", "id_switches", "crops", "ingest_fps", "realtime"]
+               "mota", "id_switches", "crops", "ingest_fps", "realtime", "cores"]
     gap = None if r["track_rank1"] is None or r["track_rank1_gt"] is None else r["track_rank1"] - r["track_rank1_gt"]
     det = r["detection"]
     speeds = ", ".join(f"camera {c} {_f(v)}" for c, v in r["fps_per_camera"].items())
@@ -102,7 +102,8 @@ def report(r: dict[str, Any]) -> str:
         "## Ingestion speed",
         (f"Frames per wall second of `ingest_video` per RGB camera with one thread (decoding, detection, tracking, "
          f"crop choice, embedding, indexing and model loading), against the clip's {_f(r['clip_fps'])} fps: "
-         f"{speeds}; slowest {_f(r['realtime_min'])}x real time."),
+         f"{speeds}; slowest {_f(r['realtime_min'])}x real time. CPU time over wall time of an ingestion (all "
+         f"threads of the process): at most {_f(r['cores_max'])} cores."),
     ]
     return "\n\n".join(lines)
 

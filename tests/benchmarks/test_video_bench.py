@@ -31,7 +31,7 @@ def cameras() -> list[Camera]:
     gt = rows((1, 1, A), (1, 2, B), (2, 1, A), (2, 2, B))
     vis = np.array([1.0, 0.3, 1.0, 0.3])  # person 2 is mostly hidden
     cam1 = Camera(1, "rgb", Path("cam1.mp4"), Path("gt1"), gt, vis, frames=2,
-                  pred=rows((1, 11, A), (1, 12, B), (2, 11, A), (2, 12, B)), wall_s=0.5,
+                  pred=rows((1, 11, A), (1, 12, B), (2, 11, A), (2, 12, B)), wall_s=0.5, cpu_s=0.45,
                   ingest={"detector": {"frames": 2, "crops": 4}})
     # Camera 2: only person 2 is seen, and a false track 22 on nothing.
     cam2 = Camera(2, "rgb", Path("cam2.mp4"), Path("gt2"), gt, vis, frames=2,
@@ -86,6 +86,8 @@ def test_summarize_headline_figures() -> None:
     assert r["id_switches"] == 0 and 0 < r["idf1"] < 1 and r["mota"] == pytest.approx(1 - (3 + 1) / 12)
     by_cam = {row["camera"]: row for row in r["cameras"]}
     assert by_cam[1]["idf1"] == 1 and by_cam[2]["det_recall"] == 0.5 and "ingest_fps" not in by_cam[3]
+    assert by_cam[1]["cores"] == pytest.approx(0.9) and by_cam[2]["cores"] is None
+    assert r["cores_max"] == pytest.approx(0.9)
     text = video.report({**r, "model": "m.onnx", "detector": "mog2", "threads": 1, "data_dir": "clips",
                          "data": {"seed": 1, "ids": 2, "frames": 2, "fps": 25, "width": 16, "height": 16}})
     assert "| mog2 detector + ByteTrack | 0.5 |" in text and "camera 1 4" in text
