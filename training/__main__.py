@@ -18,7 +18,7 @@ import sys
 from xmreid.cli import run
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("training.data.synthetic", "generate a synthetic cross-modality dataset (SYSU-MM01 or RegDB layout)"),
+    "synth": ("training.data.synthetic", "synthetic cross-modality data: SYSU-MM01 or RegDB layout, or camera video"),
     "train": ("training.train", "train a DFE model from a YAML config"),
     "evaluate": ("training.evaluate", "evaluate a checkpoint with the SYSU-MM01 / RegDB protocols"),
     "ablation": ("training.ablation", "train + evaluate baseline, w/o L_c, w/o L_d, DFE, DFE with scale-free L_d"),
