@@ -166,6 +166,8 @@ class MetadataReader(Protocol):
 
     def unstamped_count(self) -> int: ...
 
+    def track_spans(self, cameras: np.ndarray | None = None) -> list[dict[str, Any]]: ...
+
 
 def checked_search_params(params: dict[str, Any], valid: set[str], what: str) -> dict[str, int]:
     """``params`` as ints, refusing names outside ``valid`` (those of ``what``, e.g. ``kind 'hnsw'``) and values < 1."""

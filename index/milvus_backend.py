@@ -275,6 +275,10 @@ class MilvusBackend(VectorBackend):
         """How many items have no timestamp."""
         return self.count("timestamp is null")
 
+    def track_spans(self, cameras: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """No tracks: the collection stores no track ids (adding one is refused)."""
+        return []
+
     def present(self, ids: np.ndarray) -> np.ndarray:
         """Bool mask: which of ``ids`` are stored."""
         stored: set[int] = set()

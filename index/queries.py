@@ -181,6 +181,13 @@ class Queries:
         with self._lock.read():
             return int(self._store.unstamped_count())
 
+    def track_spans(self, cameras: Any = None) -> list[dict[str, Any]]:
+        """The gallery's tracks, earliest first: per ``(camera, track_id)`` its ``first_seen`` / ``last_seen``
+        (Unix seconds, None without times), ``items`` and ``first_id`` (a time line of who was seen where)."""
+        selected = None if cameras is None else np.asarray(list(cameras), dtype=np.int64)
+        with self._lock.read():
+            return self._store.track_spans(selected)
+
     def find_sources(self, sources: Any) -> dict[str, int]:
         """``{source: id}`` for those of ``sources`` already in the gallery.
 

@@ -1,7 +1,7 @@
 """Who may do what: the API-key check of every request, from its headers alone, before its body is read.
 
-Each route needs one permission (:func:`required_permission`): ``search`` for the searches, thumbnails and
-gallery stats, ``admin`` for gallery changes and reloads; health, metrics, the API documents and the operator
+Each route needs one permission (:func:`required_permission`): ``search`` for the searches, thumbnails,
+gallery stats and tracks, ``admin`` for gallery changes and reloads; health, metrics, the API documents and the operator
 pages' static shells are open (the pages send the operator's key with every data request they make).
 
 - With keys configured (``--api-keys-file``, or the single admin ``XMREID_API_KEY``) every ``search`` and
@@ -35,6 +35,7 @@ _RULES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("POST", r"/search(/batch|/track)?", "search"),
         ("GET", r"/gallery/\d+/thumbnail", "search"),
         ("GET", r"/gallery/stats", "search"),
+        ("GET", r"/gallery/tracks", "search"),
         ("POST", r"/gallery(/reload)?", "admin"),
         ("DELETE", r"/gallery/[^/]+", "admin"),
     ))

@@ -1,4 +1,5 @@
-// The gallery overview: GET /gallery/stats rendered for people (counts per camera, model, index).
+// The gallery overview: GET /gallery/stats rendered for people (counts per camera, model, index), and the
+// gallery's tracks (GET /gallery/tracks) on one time line: which camera saw which track, from when to when.
 "use strict";
 
 (() => {
@@ -81,6 +82,47 @@
       return;
     }
     render(answer.body);
+    loadTracks();
+  }
+
+  /** The tracks on a shared time axis (only when the gallery has tracks, e.g. from video ingestion). */
+  async function loadTracks() {
+    let answer;
+    try {
+      answer = await api("gallery/tracks?limit=500");
+    } catch (_) {
+      return;
+    }
+    if (!answer.ok || !answer.body || !answer.body.tracks.length) return;
+    const { tracks, total } = answer.body;
+    const times = tracks.filter((t) => t.first_seen).map((t) => [Date.parse(t.first_seen), Date.parse(t.last_seen)]);
+    const start = Math.min(...times.map(([a]) => a));
+    const span = Math.max(1, Math.max(...times.map(([, b]) => b)) - start);
+    const body = $("track-table").tBodies[0];
+    body.replaceChildren();
+    for (const track of tracks) {
+      const row = el("tr");
+      row.dataset.camera = track.camera;
+      row.dataset.trackId = track.track_id;
+      const cell = el("td", "wide");
+      if (track.first_seen) {
+        const bar = el("span", "bar");
+        const fill = el("span", "fill");
+        const from = Date.parse(track.first_seen) - start;
+        const to = Date.parse(track.last_seen) - start;
+        fill.style.marginLeft = `${(100 * from) / span}%`;
+        fill.style.width = `${Math.max(0.5, (100 * (to - from)) / span)}%`;
+        bar.append(fill);
+        cell.append(bar);
+      }
+      row.append(el("td", null, `cam ${track.camera}`), el("td", "mono", track.track_id),
+                 el("td", null, track.first_seen || "–"), el("td", null, track.last_seen || "–"),
+                 el("td", "count", track.items), cell);
+      body.append(row);
+    }
+    $("tracks-sub").textContent = total > tracks.length ? `(${tracks.length} of ${total}, earliest first)`
+                                                        : `(${total}, earliest first)`;
+    $("tracks-panel").hidden = false;
   }
 
   document.addEventListener("DOMContentLoaded", () => load());

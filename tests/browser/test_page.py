@@ -153,6 +153,15 @@ def test_gallery_overview_shows_the_stats(page, live_server) -> None:
     assert page.inner_text("#s-kind") == stats["kind"]
     assert page.inner_text("#s-model-fingerprint") == stats["model_fingerprint"]
     assert page.inner_text("#s-fingerprint") == stats["fingerprint"]
+    # The tracks time line: one row per track the API lists, in its order (shown only when there are tracks).
+    tracks = httpx.get(f"{live_server.base}/gallery/tracks", params={"limit": 500}).json()["tracks"]
+    if tracks:
+        page.wait_for_selector("#tracks-panel:not([hidden]) #track-table tbody tr")
+        shown = page.eval_on_selector_all("#track-table tbody tr",
+                                          "rows => rows.map(r => [Number(r.dataset.camera), r.dataset.trackId])")
+        assert shown == [[t["camera"], str(t["track_id"])] for t in tracks]
+    else:
+        assert page.locator("#tracks-panel").is_hidden()
 
 
 def test_a_track_grouped_by_person_shows_one_card_per_person_with_expandable_crops(page, live_server,

@@ -45,6 +45,7 @@ def test_each_route_needs_its_permission() -> None:
     assert required_permission("POST", "/search/track") == "search"
     assert required_permission("GET", "/gallery/12/thumbnail") == "search"
     assert required_permission("GET", "/gallery/stats") == "search"
+    assert required_permission("GET", "/gallery/tracks") == "search"
     assert required_permission("POST", "/gallery") == "admin"
     assert required_permission("POST", "/gallery/reload") == "admin"
     assert required_permission("DELETE", "/gallery/7") == "admin"
