@@ -12,6 +12,10 @@ and cross-modal AUC every other epoch). :data:`RUNS` lists the variants: the bas
 paper's L_d, DFE with each scale-invariant form, on both layouts and, on RegDB, also the paper's fallback
 weights 1:1:1 beside its 1:11:2. Runs whose ``final_metrics.json`` exists are reused, so the command can be
 stopped and re-run; the report (JSON, Markdown, PNG in ``benchmarks/results/``) covers every finished run.
+
+The report also holds a gradient check (:func:`gradient_check`): on one training batch, the L2 norm of the gradient
+that each loss term alone sends to the K part classifiers, the part embeddings and the trunk, so it shows whether
+the classifiers are updated by L_id only, as the paper's §3.5 says.
 """
 
 from __future__ import annotations
@@ -127,7 +131,61 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             entry["seeds"][str(seed)] = collect(out)
     if not results["runs"]:
         raise UserError("no finished runs: give --sysu-root / --regdb-root (and drop --report-only)")
+    for layout in ("sysu", "regdb"):
+        if roots[layout] is not None:
+            ckpt = args.runs_dir / layout / f"dfe_seed{seeds[0]}" / "last.pt"
+            results.setdefault("gradients", {})[layout] = gradient_check(
+                CONFIGS[layout], roots[layout], ckpt if ckpt.is_file() else None)
     return results
+
+
+def gradient_check(config: Path, root: Path, checkpoint: Path | None) -> dict[str, Any]:
+    """L2 norm of the gradient of each loss term alone on the classifiers, the part embeddings and the trunk.
+
+    One batch of the layout's training set (seed 0, the recipe's augmentation), the model in training mode as a
+    training step runs it: ``checkpoint``'s weights, or a fresh model (seed 0) when None.
+    """
+    import torch
+
+    from training.config import load_yaml
+    from training.data import build_dataset
+    from training.data.loader import build_train_loader
+    from training.losses import correlation_loss, distribution_loss, identity_loss
+    from training.model import DFE, DFEOutput, load_checkpoint
+
+    cfg = load_yaml(config)
+    extra = {"trial": cfg.get("trial", 1)} if cfg["dataset"] == "regdb" else {}
+    records = build_dataset(cfg["dataset"], root, **extra).train
+    loader = build_train_loader(records, height=cfg["height"], width=cfg["width"], batch_pairs=cfg["batch_pairs"],
+                                mode=cfg["dataset"], seed=0, channel_aug=cfg.get("channel_aug", 0.0),
+                                remap=cfg.get("grey_remap", 0.0))
+    loader.set_epoch(0)
+    rgb, ir, labels = next(iter(loader))
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint)[0]
+    else:
+        torch.manual_seed(0)
+        model = DFE(loader.num_classes, arch=cfg["arch"], height=cfg["height"], width=cfg["width"], pretrained=None)
+    model.train()
+    groups = {"classifiers": list(model.classifiers.parameters()), "embeddings": list(model.embeddings.parameters()),
+              "trunk": list(model.backbone.parameters())}
+    terms = {
+        "L_id": lambda v, i: identity_loss(v.logits, labels) + identity_loss(i.logits, labels),
+        "L_d paper": lambda v, i: distribution_loss(v.parts, i.parts, "paper"),
+        "L_d standard": lambda v, i: distribution_loss(v.parts, i.parts, "standard"),
+        "L_c": lambda v, i: correlation_loss(v.parts.flatten(1), i.parts.flatten(1)),
+    }
+    n = rgb.shape[0]
+    norms: dict[str, dict[str, float]] = {}
+    for name, term in terms.items():
+        model.zero_grad(set_to_none=True)
+        out = model(torch.cat([rgb, ir]))
+        term(DFEOutput(out.parts[:n], [g[:n] for g in out.logits]),
+             DFEOutput(out.parts[n:], [g[n:] for g in out.logits])).backward()
+        norms[name] = {group: float(torch.sqrt(sum((p.grad.pow(2).sum() for p in params if p.grad is not None),
+                                                   torch.zeros(())))) for group, params in groups.items()}
+    model.zero_grad(set_to_none=True)
+    return {"checkpoint": str(checkpoint) if checkpoint is not None else "fresh model (seed 0)", "norms": norms}
 
 
 def _at(rows: list[dict[str, float]], frac: float) -> dict[str, float]:
@@ -167,6 +225,11 @@ def report(results: dict[str, Any]) -> str:
     lines += ["## Final numbers (%, AUC, mmd)", "", _machine.markdown_table(final_rows), "",
               "## The probe: feature scale and L_d's terms through training", "",
               _machine.markdown_table(probe_rows, digits=3), ""]
+    for layout, check in results.get("gradients", {}).items():
+        rows = [{"loss term": term, **{f"|grad| {group}": v for group, v in norms.items()}}
+                for term, norms in check["norms"].items()]
+        lines += [f"## Gradient of each loss term alone, {layout} ({check['checkpoint']}, one training batch)", "",
+                  _machine.markdown_table(rows, digits=4), ""]
     return "\n".join(lines)
 
 

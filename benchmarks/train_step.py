@@ -3,17 +3,18 @@
     python -m benchmarks.train_step --config configs/synthetic.yaml --data-root data/synthetic_sysu \\
         [--settings before,cache,cache_passive] [--competitors 0,1] [--steps 20] [--rounds 3] [--profile]
 
-Each measurement is a fresh process that builds the demo's loader and model (same seed) and runs ``--steps``
-timed steps after ``--warmup`` untimed ones, exactly as ``training.train.train_one_epoch`` does a step (one
-forward of the concatenated two-stream batch, the eq. 15 loss, backward, SGD), with a timer around each phase:
-``data`` (the loader's next batch: decode, augmentation, collation), ``forward``, ``loss``, ``backward``,
-``optimizer``. A fresh process per measurement lets a setting change the environment the thread pools start
-with (``OMP_WAIT_POLICY``). ``--competitors 0,1`` measures every setting alone and beside one busy process (a
-Python busy loop, started before and stopped after the measurement). The measurements run interleaved,
-``--rounds`` times each (round 1 of every setting and competitor count, then round 2, ...), so a change in the
-machine's load during the run hits all of them alike; the report gives each one's median over the rounds and
-its ratio to the first setting with the same competitors. ``--profile`` adds ``torch.profiler``'s top
-operators for the first setting. :data:`SETTINGS` lists the settings.
+Each measurement is a fresh process that builds the demo's loader and model (same seed) and runs ``--steps`` timed
+steps after ``--warmup`` untimed ones, exactly as ``training.train.train_one_epoch`` does a step (one forward of
+the concatenated two-stream batch, the eq. 15 loss, backward, SGD), with a timer around each phase: ``decode`` (the
+loader's JPEG reads and resizes, timed around each ``read_image``: zero when the images are cached), ``augment``
+(the rest of the loader's next batch: the transforms and the collation), ``forward``, ``loss``, ``backward``,
+``optimizer``. A fresh process per measurement lets a setting change the environment the thread pools start with
+(``OMP_WAIT_POLICY``). ``--competitors 0,1`` measures every setting alone and beside one busy process (a Python
+busy loop, started before and stopped after the measurement). The measurements run interleaved, ``--rounds`` times
+each (round 1 of every setting and competitor count, then round 2, ...), so a change in the machine's load during
+the run hits all of them alike; the report gives each one's median over the rounds and its ratio to the first
+setting with the same competitors. ``--profile`` adds ``torch.profiler``'s top operators for the first setting.
+:data:`SETTINGS` lists the settings.
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ SETTINGS: dict[str, Setting] = {
     "cache_passive": Setting("--cache-images on, OMP_WAIT_POLICY=PASSIVE", True, 0, None,
                              {"OMP_WAIT_POLICY": "PASSIVE"}),
     "cache_1thread": Setting("--cache-images on --threads 1", True, 1, None, {}),
-    "cache_bf16": Setting("--cache-images on --amp bf16", True, 0, "bfloat16", {}),
+    "cache_bf16": Setting("--cache-images on --amp bf16, OMP_WAIT_POLICY unset", True, 0, "bfloat16", {}),
+    "cache_passive_bf16": Setting("--cache-images on --amp bf16, OMP_WAIT_POLICY=PASSIVE", True, 0, "bfloat16",
+                                  {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
-PHASES: tuple[str, ...] = ("data", "forward", "loss", "backward", "optimizer")
+#: The timed phases of a step; ``decode`` (reading and resizing the images) and ``augment`` (the transforms and the
+#: batch's collation) split the loader's ``next()``.
+PHASES: tuple[str, ...] = ("decode", "augment", "forward", "loss", "backward", "optimizer")
 
 
 class Bench:
@@ -97,17 +102,20 @@ class Bench:
             weights = resolve_weights(c.get("loss_preset", "sysu"))
             amp = getattr(torch, dtype) if dtype else None
             sums = dict.fromkeys(PHASES, 0.0)
+            decode = _DecodeTimer()
             batches = iter(loader)
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile else None
             for i in range(self.warmup + self.steps):
                 if i == self.warmup and prof is not None:
                     prof.__enter__()
                 t0 = time.perf_counter()
-                try:
-                    rgb, ir, labels = next(batches)
-                except StopIteration:
-                    batches = iter(loader)
-                    rgb, ir, labels = next(batches)
+                decode.seconds = 0.0
+                with decode:
+                    try:
+                        rgb, ir, labels = next(batches)
+                    except StopIteration:
+                        batches = iter(loader)
+                        rgb, ir, labels = next(batches)
                 t1 = time.perf_counter()
                 n = rgb.shape[0]
                 with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
@@ -123,7 +131,9 @@ class Bench:
                 loss.item()
                 t5 = time.perf_counter()
                 if i >= self.warmup:
-                    for phase, (a, b) in zip(PHASES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
+                    sums["decode"] += decode.seconds
+                    sums["augment"] += t1 - t0 - decode.seconds
+                    for phase, (a, b) in zip(PHASES[2:], ((t1, t2), (t2, t3), (t3, t4), (t4, t5))):
                         sums[phase] += b - a
             table = None
             if prof is not None:
@@ -135,6 +145,31 @@ class Bench:
                     "profile": table}
         finally:
             torch.set_num_threads(default_threads)
+
+
+class _DecodeTimer:
+    """Within its ``with`` block, adds the time of every ``read_image`` the loader makes to ``seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> _DecodeTimer:
+        import training.data.loader as loader_module
+
+        self._module, self._read = loader_module, loader_module.read_image
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            tic = time.perf_counter()
+            try:
+                return self._read(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - tic
+
+        loader_module.read_image = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._module.read_image = self._read
 
 
 def _measure_in_process(args: argparse.Namespace, name: str, competitors: int, profile: bool) -> dict[str, Any]:
