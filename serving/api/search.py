@@ -62,6 +62,15 @@ def check_query(runtime: Runtime, top_k: int, camera: list[int] | None) -> list[
     if runtime.size == 0:
         raise ApiError(409, "empty_gallery", "the gallery is empty; add items with POST /gallery or "
                                              "`python -m serving index` before searching")
+    return check_cameras(runtime, camera)
+
+
+def check_cameras(runtime: Runtime, camera: list[int] | None) -> list[int] | None:
+    """The camera filter, sorted and without repeats (None for all cameras).
+
+    Raises:
+        ApiError: 422 ``unknown_camera`` naming the cameras the gallery does not have.
+    """
     if not camera:
         return None
     known = runtime.cameras

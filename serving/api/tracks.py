@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from serving.api.audit import auditor
 from serving.api.deps import ApiKeyDep, RuntimeDep
 from serving.api.schemas import error_responses
+from serving.api.search import check_cameras
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
@@ -50,12 +51,13 @@ def _iso(seconds: float | None) -> str | None:
 
 
 @router.get("/tracks", response_model=TracksResponse, summary="The gallery's tracks on a time line",
-            dependencies=[ApiKeyDep], responses=error_responses(401, 403, 503))
+            dependencies=[ApiKeyDep], responses=error_responses(401, 403, 422, 503))
 async def tracks(runtime: RuntimeDep, request: Request,
                  camera: Annotated[list[int] | None, Query(description="only these cameras (repeatable)")] = None,
                  limit: Annotated[int, Query(ge=1, le=MAX_TRACKS, description="most tracks returned")] = 500,
                  ) -> TracksResponse:
     """Every ``(camera, track_id)`` of the gallery with its first and last time and item count, earliest first."""
+    camera = check_cameras(runtime, camera)  # 422 for a camera the gallery does not have
     spans = await asyncio.to_thread(runtime.gallery.track_spans, camera)
     shown = spans[:limit]
     await auditor(request).record(request, params={"cameras": camera, "limit": limit},

@@ -29,6 +29,8 @@ def test_tracks_list_first_and_last_seen_earliest_first(make_client, gallery_cop
     limited = client.get("/gallery/tracks", params={"limit": 1}).json()
     assert len(limited["tracks"]) == 1 and limited["total"] == before + 2
     assert client.get("/gallery/tracks", params={"limit": 0}).status_code == 422
+    unknown = client.get("/gallery/tracks", params={"camera": [1, 2**70]})
+    assert unknown.status_code == 422 and unknown.json()["error"] == "unknown_camera"
 
 
 def test_tracks_need_a_search_key_and_each_view_is_audited(make_client, gallery_copy, ir_queries, tmp_path) -> None:
