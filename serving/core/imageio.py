@@ -179,14 +179,17 @@ def _corrupt(fmt: str, what: str) -> ImageDecodeError:
     return ImageDecodeError("corrupt_image", f"the {fmt} file is malformed: {what}")
 
 
-def _png_header(data: bytes) -> tuple[int, int, ImageDecodeError | None]:
-    """Width and height from IHDR, then walk the chunks to IEND (PNG spec §5.3: length, type, data, CRC)."""
+def _png_header(data: bytes, size_only: bool = False) -> tuple[int, int, ImageDecodeError | None]:
+    """Width and height from IHDR, then walk the chunks to IEND (PNG spec §5.3: length, type, data, CRC);
+    ``size_only`` stops after IHDR."""
     if len(data) < 33:
         raise _truncated("PNG", "inside the IHDR header")
     length, ctype = struct.unpack(">I4s", data[8:16])
     if ctype != b"IHDR" or length != 13:
         raise _corrupt("PNG", "the first chunk is not a 13-byte IHDR")
     width, height = struct.unpack(">II", data[16:24])
+    if size_only:
+        return width, height, None
     pos, n = 8, len(data)
     while True:
         if pos + 8 > n:
@@ -216,8 +219,9 @@ def _next_jpeg_marker(data: bytes, pos: int) -> int:
     return pos + int(hits[0]) if hits.size else -1
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, ImageDecodeError | None]:
-    """Width and height from the first SOFn, then walk the markers (ITU T.81 annex B) to EOI.
+def _jpeg_header(data: bytes, size_only: bool = False) -> tuple[int, int, ImageDecodeError | None]:
+    """Width and height from the first SOFn, then walk the markers (ITU T.81 annex B) to EOI (``size_only``:
+    return at the SOFn).
 
     Segments carry a 2-byte length and are skipped whole (so a thumbnail inside an EXIF APP1 segment is
     never mistaken for the image). After SOS comes entropy-coded data, in which 0xFF is always followed
@@ -262,6 +266,8 @@ def _jpeg_header(data: bytes) -> tuple[int, int, ImageDecodeError | None]:
                 raise _corrupt("JPEG", f"frame header gives size {width}x{height} "
                                        "(a height defined later by a DNL marker is not supported)")
             size = (width, height)
+            if size_only:
+                return width, height, None
         pos += length
         if marker == 0xDA:  # SOS: skip the entropy-coded segment that follows
             if size is None:
@@ -275,8 +281,9 @@ def _jpeg_header(data: bytes) -> tuple[int, int, ImageDecodeError | None]:
     return size[0], size[1], _truncated("JPEG", "before the end-of-image marker")
 
 
-def _bmp_header(data: bytes) -> tuple[int, int, ImageDecodeError | None]:
-    """Width and height from the DIB header; check the pixel array fits in the file when uncompressed."""
+def _bmp_header(data: bytes, size_only: bool = False) -> tuple[int, int, ImageDecodeError | None]:
+    """Width and height from the DIB header; check the pixel array fits in the file when uncompressed
+    (``size_only`` changes nothing: the check costs a few arithmetic operations)."""
     if len(data) < 26:
         raise _truncated("BMP", "inside the header")
     (offset,) = struct.unpack("<I", data[10:14])
@@ -299,6 +306,20 @@ def _bmp_header(data: bytes) -> tuple[int, int, ImageDecodeError | None]:
         if offset + row * height > len(data):
             problem = _truncated("BMP", "inside the pixel array")
     return width, height, problem
+
+
+def claimed_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` as the header states them, read no further than the size: no limits and no
+    completeness checks (:func:`inspect_image` does those). Cheap enough for a hot path: a JPEG's size is read
+    at its frame header instead of after a walk through the compressed data.
+
+    Raises:
+        ImageDecodeError: not a recognised image, or its header is cut or damaged before the size.
+    """
+    fmt = sniff_format(data)
+    parse = {"jpeg": _jpeg_header, "png": _png_header, "bmp": _bmp_header}[fmt]
+    width, height, _ = parse(data, size_only=True)
+    return width, height
 
 
 def inspect_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageHeader:

@@ -23,7 +23,7 @@ import numpy as np
 from index.manifest import MANIFEST  # Gallery.save writes it; its presence means "a gallery lives here"
 from serving.core import heap
 from serving.core.config import Settings
-from serving.core.imageio import DecodeLimits, ImageDecodeError, decode_image, inspect_image
+from serving.core.imageio import DecodeLimits, ImageDecodeError, claimed_size, decode_image
 from serving.runtime.batching import JobResult, MicroBatcher
 from serving.runtime.durable import AddResult, DurableGallery
 from serving.runtime.metrics import Metrics
@@ -43,16 +43,19 @@ BATCH_DECODE_PIXELS = 512 * 512
 def decode_in_pool(data: bytes, limits: DecodeLimits) -> bool:
     """True when ``data`` must be decoded in the decode pool rather than in the model thread (see above).
 
-    A file whose header cannot be read goes to the model thread: its decoding fails there at the same header
-    check, before any pixel is touched.
+    A file whose header cannot be read, or claims more than ``limits`` accept, goes to the model thread: its
+    decoding fails there at the same header check, before any pixel is touched. Only the size is read here
+    (:func:`claimed_size`, microseconds); the decoder checks the whole file as before.
     """
     if len(data) > BATCH_DECODE_BYTES:
         return True
     try:
-        header = inspect_image(data, limits)
+        width, height = claimed_size(data)
     except ImageDecodeError:
         return False
-    return header.width * header.height > BATCH_DECODE_PIXELS
+    if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
+        return False
+    return width * height > BATCH_DECODE_PIXELS
 
 
 def load_components(settings: Settings) -> tuple[Any, Any]:

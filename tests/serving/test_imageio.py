@@ -297,3 +297,20 @@ def test_identical_to_training_read_image_for_grey_alpha_png(tmp_path: Path) -> 
     path.write_bytes(png)
     for size in [(H, W), (h, w), (96, 48)]:
         np.testing.assert_array_equal(decode_image(png, *size), read_image(path, *size))
+
+
+def test_claimed_size_reads_only_as_far_as_the_size() -> None:
+    """The hot-path size read agrees with the full header check, and needs nothing after the size."""
+    import cv2
+
+    from serving.core.imageio import claimed_size, inspect_image
+
+    image = np.random.default_rng(1).integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    for ext in (".jpg", ".png", ".bmp"):
+        data = cv2.imencode(ext, image)[1].tobytes()
+        header = inspect_image(data)
+        assert claimed_size(data) == (header.width, header.height) == (23, 37)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    assert claimed_size(jpeg[: len(jpeg) // 2]) == (23, 37)  # cut in the scan: the size is still read
+    with pytest.raises(ImageDecodeError):
+        claimed_size(b"not an image")
