@@ -23,7 +23,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.errors import ApiError
-from serving.api.middleware import content_length, send_json
+from serving.api.middleware import content_length
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,9 @@ class UploadsBusy(ApiError):
     """Raised from ``receive`` when a streamed body's next piece does not fit in the budget."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(503, "uploads_busy", _busy_detail(limit), headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
-def _busy_detail(limit: int) -> str:
-    return (f"the server already holds as many upload bytes as it accepts at once ({limit} bytes); retry in "
-            f"{RETRY_AFTER_S} s")
+        super().__init__(503, "uploads_busy", f"the server already holds as many upload bytes as it accepts at once "
+                                              f"({limit} bytes); retry in {RETRY_AFTER_S} s",
+                         headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 class UploadBudgetGate:
@@ -88,9 +85,7 @@ class UploadBudgetGate:
             budget.refused += 1
             logger.warning("upload refused with 503: %d bytes declared, %d of %d bytes in flight", declared,
                            budget.in_flight, budget.limit)
-            await send_json(send, 503, {"error": "uploads_busy", "detail": _busy_detail(budget.limit)},
-                            [(b"retry-after", str(RETRY_AFTER_S).encode())])
-            return
+            raise UploadsBusy(budget.limit)  # answered by RequestContext, before a byte of the body is read
         held = 0
 
         async def counted() -> Message:
