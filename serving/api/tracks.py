@@ -9,7 +9,6 @@ view is audited.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -19,6 +18,7 @@ from serving.api.audit import auditor
 from serving.api.deps import ApiKeyDep, RuntimeDep
 from serving.api.schemas import error_responses
 from serving.api.search import check_cameras
+from serving.runtime.expiry import iso
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
@@ -43,11 +43,8 @@ class TracksResponse(BaseModel):
     total: int = Field(description="tracks in the gallery under the camera filter (may exceed `limit`)")
 
 
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return dt.datetime.fromtimestamp(float(seconds), dt.timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+def _when(seconds: float | None) -> str | None:
+    return None if seconds is None else iso(seconds)
 
 
 @router.get("/tracks", response_model=TracksResponse, summary="The gallery's tracks on a time line",
@@ -63,5 +60,5 @@ async def tracks(runtime: RuntimeDep, request: Request,
     await auditor(request).record(request, params={"cameras": camera, "limit": limit},
                                   tracks=[[s["camera"], s["track_id"]] for s in shown])
     return TracksResponse(total=len(spans), tracks=[
-        TrackSpan(camera=s["camera"], track_id=s["track_id"], first_seen=_iso(s["first_seen"]),
-                  last_seen=_iso(s["last_seen"]), items=s["items"], first_id=s["first_id"]) for s in shown])
+        TrackSpan(camera=s["camera"], track_id=s["track_id"], first_seen=_when(s["first_seen"]),
+                  last_seen=_when(s["last_seen"]), items=s["items"], first_id=s["first_id"]) for s in shown])
