@@ -11,9 +11,9 @@ import pytest
 from serving.indexing.video.crops import Candidate, TrackLog, choose, crop_region, cut, overlaps, touches_edge
 from serving.indexing.video.decode import VideoSource, median_background
 from serving.indexing.video.detect import BackgroundDetector
-from serving.indexing.video.mot import read_mot, write_mot_rows
+from serving.indexing.video.mot import read_mot, write_gap_rows, write_mot_rows
 from serving.indexing.video.pipeline import run_tracks
-from serving.indexing.video.tracking import ByteTrackSource, GivenTracks
+from serving.indexing.video.tracking import ByteTrackSource, GivenTracks, Tracked
 from xmreid.errors import UserError
 
 
@@ -80,6 +80,65 @@ def test_mot_round_trip_and_bad_lines(tmp_path: Path) -> None:
     path.write_text("1,2,three,4,5,6\n")
     with pytest.raises(UserError, match=r"t.txt:1 is not a MOT line"):
         read_mot(path)
+
+
+def test_gap_rows_interpolate_between_the_ends() -> None:
+    out = io.StringIO()
+    start, end = (3, np.array([0, 0, 10, 40.0])), (6, np.array([30, 0, 40, 40.0]))
+    assert write_gap_rows(out, 9, start, end, 0.75) == 2
+    assert out.getvalue() == ("5,9,10.0,0.0,10.0,40.0,0.750,-1,-1,-1\n"
+                              "6,9,20.0,0.0,10.0,40.0,0.750,-1,-1,-1\n")
+    assert write_gap_rows(out, 9, start, (4, end[1]), 0.75) == 0  # adjacent frames: no gap
+
+
+class _Frames:
+    """A stand-in video of ``n`` blank frames."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.fps, self.width, self.height, self.frame_count, self.reconnects = n, 25.0, 64, 64, n, 0
+        self.name = "fake.mp4"
+
+    def frames(self):
+        for i in range(self.n):
+            yield i, np.zeros((64, 64, 3), np.uint8)
+
+
+class _Script:
+    """A track source that returns the boxes a script lists per frame (track id -> box), and ends tracks after
+    ``patience`` unseen frames."""
+
+    def __init__(self, script: dict[int, dict[int, list[float]]], patience: int) -> None:
+        self.script, self.patience, self.detections = script, patience, 0
+
+    def update(self, index: int, frame: np.ndarray) -> Tracked:
+        rows = self.script.get(index, {})
+        ids = np.array(list(rows), np.int64)
+        xyxy = np.array(list(rows.values()), np.float32).reshape(-1, 4)
+        return Tracked(ids, xyxy, np.full(len(ids), 0.9, np.float32))
+
+    def over(self, track: int, last_seen: int, index: int) -> bool:
+        return index - last_seen > self.patience
+
+
+def test_mot_output_fills_the_frames_a_track_was_carried_over_and_nothing_else(tmp_path: Path) -> None:
+    box = [10.0, 10.0, 20.0, 50.0]
+    # Track 1: seen in frames 0-5, carried over 6-8 unseen, seen again 9-14. Track 2: frames 0-5, then over
+    # (unseen for longer than the source keeps it), and track 2 again in 12-17 is a new life, not a gap to fill.
+    script = {f: {} for f in range(18)}
+    for f in [*range(6), *range(9, 15)]:
+        script[f][1] = [b + 2 * f for b in box]
+    for f in [*range(6), *range(12, 18)]:
+        script[f][2] = [30.0, 10.0, 40.0, 50.0]
+    out = io.StringIO()
+    run_tracks(_Frames(18), _Script(script, patience=4), lambda t: None, height=96, width=32, mot_out=out)
+    path = tmp_path / "pred.txt"
+    path.write_text(out.getvalue())
+    rows = read_mot(path)
+    one = {f: b for f, boxes in rows.items() for t, b in boxes if t == 1}
+    two = sorted(f for f, boxes in rows.items() for t, _ in boxes if t == 2)
+    assert sorted(one) == list(range(15))
+    np.testing.assert_allclose(one[7], [b + 14 for b in box])  # the straight line between frames 5 and 9
+    assert two == [*range(6), *range(12, 18)]
 
 
 def _candidate(frame: int, box: tuple[int, int, int, int], *, edge: bool = False, occluded: float = 0.0,

@@ -3,6 +3,10 @@
 One line per box: ``frame,id,left,top,width,height,conf,x,y,z`` with 1-based frame numbers (the format's
 convention; everything else here counts frames from 0). A ground-truth file's seventh column is its
 "consider" flag: rows with 0 there are ignored, as the MOTChallenge evaluation ignores them.
+
+A written track is continuous: where the tracker carried a track over frames without a box (the person hidden
+behind another, or missed by the detector) :func:`write_gap_rows` fills the gap by linear interpolation of the
+boxes at its two ends, the post-processing ByteTrack's own MOTChallenge results use.
 """
 
 from __future__ import annotations
@@ -51,3 +55,19 @@ def write_mot_rows(out: TextIO, frame: int, track_ids: np.ndarray, xyxy: np.ndar
         left, top, right, bottom = box
         out.write(f"{frame + 1},{track},{left:.1f},{top:.1f},{right - left:.1f},{bottom - top:.1f},"
                   f"{conf:.3f},-1,-1,-1\n")
+
+
+def write_gap_rows(out: TextIO, track: int, start: tuple[int, np.ndarray], end: tuple[int, np.ndarray],
+                   confidence: float) -> int:
+    """Write the boxes of ``track`` in the frames strictly between ``start`` and ``end`` (each ``(frame from 0,
+    xyxy)``), linearly interpolated between the two; returns how many rows were written."""
+    (first, box0), (last, box1) = start, end
+    gap = last - first
+    if gap < 2:
+        return 0
+    box0, box1 = np.asarray(box0, np.float64), np.asarray(box1, np.float64)
+    for step in range(1, gap):
+        t = step / gap
+        write_mot_rows(out, first + step, np.array([track]), ((1 - t) * box0 + t * box1)[None],
+                       np.array([confidence]))
+    return gap - 1

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+import numpy as np
 from tqdm import tqdm
 
 from serving.indexing.video.crops import DEFAULT_K, Candidate, TrackLog, choose, observe, overlaps
 from serving.indexing.video.decode import VideoSource
-from serving.indexing.video.mot import write_mot_rows
+from serving.indexing.video.mot import write_gap_rows, write_mot_rows
 from serving.indexing.video.tracking import TrackSource
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def run_tracks(source: VideoSource, tracks: TrackSource, on_track: Callable[[Fin
         width: the model's input width.
         k: crops chosen per track.
         min_boxes: shorter tracks are dropped (counted in ``dropped_tracks``).
-        mot_out: where the tracked boxes are written in MOT format, if anywhere.
+        mot_out: where the tracked boxes are written in MOT format, if anywhere (with the frames a track was
+            carried over without a box filled in: :func:`~serving.indexing.video.mot.write_gap_rows`).
         show_progress: draw a tqdm bar (frames).
         label: the bar's label.
 
@@ -82,12 +84,14 @@ def run_tracks(source: VideoSource, tracks: TrackSource, on_track: Callable[[Fin
     """
     stats = VideoStats(fps=source.fps, width=source.width, height=source.height)
     logs: dict[int, TrackLog] = {}
+    written: dict[int, tuple[int, np.ndarray]] = {}  # track -> (frame, box) of its last MOT row
     started = time.perf_counter()
     bar = tqdm(total=source.frame_count, unit="frame", desc=label or "video", disable=not show_progress,
                leave=False)
 
     def finish(log: TrackLog) -> None:
         del logs[log.track]
+        written.pop(log.track, None)
         if log.boxes < min_boxes:
             stats.dropped_tracks += 1
             return
@@ -109,6 +113,11 @@ def run_tracks(source: VideoSource, tracks: TrackSource, on_track: Callable[[Fin
                         log = logs[track] = TrackLog(track, index)
                     observe(log, frame, index, tracked.xyxy[j], float(covered[j]), height, width)
                 if mot_out is not None:
+                    for j, track in enumerate(tracked.ids.tolist()):
+                        if track in written:
+                            write_gap_rows(mot_out, track, written[track], (index, tracked.xyxy[j]),
+                                           float(tracked.confidence[j]))
+                        written[track] = (index, tracked.xyxy[j])
                     write_mot_rows(mot_out, index, tracked.ids, tracked.xyxy, tracked.confidence)
             for log in [g for g in logs.values() if tracks.over(g.track, g.last, index)]:
                 finish(log)
