@@ -194,7 +194,7 @@ def check_train_step(ctx: Context) -> dict:
     from training.data.loader import build_train_loader
     from training.data.synthetic import generate
     from training.losses import dfe_loss, resolve_weights
-    from training.model import DFE, DFEOutput, param_groups
+    from training.model import DFE, param_groups
 
     root = generate(ctx.workdir / "synth", ids=24, images_per_camera=4, show_progress=False)
     train = build_dataset("sysu", root).train
@@ -212,8 +212,7 @@ def check_train_step(ctx: Context) -> dict:
             n = rgb.shape[0]
             with torch.autocast(ctx.device, dtype=amp_dtype):
                 out = model(torch.cat([rgb, ir]))
-                loss, _ = dfe_loss(DFEOutput(out.parts[:n], [g[:n] for g in out.logits]),
-                                   DFEOutput(out.parts[n:], [g[n:] for g in out.logits]), labels, weights)
+                loss, _ = dfe_loss(*out.split(n), labels, weights)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -61,9 +61,10 @@ class Run(NamedTuple):
 
 RUNS: tuple[Run, ...] = (
     Run("sysu", "baseline"), Run("sysu", "no_ld"), Run("sysu", "dfe"), Run("sysu", "dfe", "standard"),
-    Run("sysu", "dfe", "spread"), Run("sysu", "dfe", "unit"),
+    Run("sysu", "dfe", "spread"), Run("sysu", "dfe", "unit"), Run("sysu", "dfe", "bn"),
     Run("regdb", "baseline"), Run("regdb", "no_ld"), Run("regdb", "dfe"), Run("regdb", "dfe", "standard"),
-    Run("regdb", "dfe", "spread"), Run("regdb", "dfe", "unit"), Run("regdb", "dfe", "paper", "sysu"),
+    Run("regdb", "dfe", "spread"), Run("regdb", "dfe", "unit"), Run("regdb", "dfe", "bn"),
+    Run("regdb", "dfe", "paper", "sysu"),
     Run("regdb", "dfe", "standard", "sysu"), Run("regdb", "dfe", "spread", "sysu"),
 )
 EPOCHS = 8
@@ -151,7 +152,7 @@ def gradient_check(config: Path, root: Path, checkpoint: Path | None) -> dict[st
     from training.data import build_dataset
     from training.data.loader import build_train_loader
     from training.losses import correlation_loss, distribution_loss, identity_loss
-    from training.model import DFE, DFEOutput, load_checkpoint
+    from training.model import DFE, load_checkpoint
 
     cfg = load_yaml(config)
     extra = {"trial": cfg.get("trial", 1)} if cfg["dataset"] == "regdb" else {}
@@ -180,8 +181,7 @@ def gradient_check(config: Path, root: Path, checkpoint: Path | None) -> dict[st
     for name, term in terms.items():
         model.zero_grad(set_to_none=True)
         out = model(torch.cat([rgb, ir]))
-        term(DFEOutput(out.parts[:n], [g[:n] for g in out.logits]),
-             DFEOutput(out.parts[n:], [g[n:] for g in out.logits])).backward()
+        term(*out.split(n)).backward()
         norms[name] = {group: float(torch.sqrt(sum((p.grad.pow(2).sum() for p in params if p.grad is not None),
                                                    torch.zeros(())))) for group, params in groups.items()}
     model.zero_grad(set_to_none=True)
@@ -200,7 +200,9 @@ def report(results: dict[str, Any]) -> str:
              "of RegDB's two directions. `feat_norm`: mean L2 norm of a part embedding (256-d); `bn_weight`: mean "
              "|weight| of the part BatchNorms; `L_d paper` = `ld_mean` + `ld_sigma` (eq. 14 on this batch); "
              "`ld_standard`: L_d on the features standardised per part and dimension over the batch, and "
-             "`ld_spread`: L_d divided by the batch's pooled feature variance (both scale-invariant); `id`: the "
+             "`ld_spread`: L_d divided by the batch's pooled feature variance, `ld_bn`: L_d on the embeddings as "
+             "their BatchNorms normalise them, before the weight and bias (all three scale-invariant; empty where "
+             "a run was probed before the column existed); `id`: the "
              "identity loss (12 ln C when it has learned nothing); "
              "`batch_auc`: same- vs different-person RGB-IR cosine AUC within the batch."), ""]
     final_rows, probe_rows = [], []
@@ -219,8 +221,9 @@ def report(results: dict[str, Any]) -> str:
                 continue
             row = {"run": key, "at": f"{label} (step {int(np.mean([v['step'] for v in vals]))})"}
             for k in ("feat_norm", "feat_std", "bn_weight", "bn_bias", "ld_mean", "ld_sigma", "ld_standard",
-                      "ld_spread", "id", "batch_auc"):
-                row[k] = float(np.mean([v[k] for v in vals if k in v]))
+                      "ld_spread", "ld_bn", "id", "batch_auc"):
+                have = [v[k] for v in vals if k in v]
+                row[k] = float(np.mean(have)) if have else None
             probe_rows.append(row)
     lines += ["## Final numbers (%, AUC, mmd)", "", _machine.markdown_table(final_rows), "",
               "## The probe: feature scale and L_d's terms through training", "",

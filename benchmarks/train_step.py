@@ -86,7 +86,7 @@ class Bench:
         import torch
 
         from training.losses import dfe_loss, resolve_weights
-        from training.model import DFE, DFEOutput, param_groups
+        from training.model import DFE, param_groups
 
         _, cache, threads, dtype, _ = SETTINGS[name]
         default_threads = torch.get_num_threads()
@@ -121,8 +121,7 @@ class Bench:
                 with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
                     out = model(torch.cat([rgb, ir]))
                     t2 = time.perf_counter()
-                    loss, _ = dfe_loss(DFEOutput(out.parts[:n], [g[:n] for g in out.logits]),
-                                       DFEOutput(out.parts[n:], [g[n:] for g in out.logits]), labels, weights)
+                    loss, _ = dfe_loss(*out.split(n), labels, weights)
                 t3 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -46,12 +46,13 @@ log = logging.getLogger(__name__)
 VARIANTS: dict[str, tuple[str, str]] = {
     "baseline": ("baseline", "paper"), "no_lc": ("no_lc", "paper"), "no_ld": ("no_ld", "paper"),
     "dfe": ("dfe", "paper"), "dfe_standard": ("dfe", "standard"), "dfe_unit": ("dfe", "unit"),
-    "dfe_spread": ("dfe", "spread")}
+    "dfe_spread": ("dfe", "spread"), "dfe_bn": ("dfe", "bn")}
 #: What ``--variants`` defaults to: the paper's four and DFE with the standardised form of L_d.
 DEFAULT_VARIANTS: tuple[str, ...] = ("baseline", "no_lc", "no_ld", "dfe", "dfe_standard")
 LABELS: dict[str, str] = {"baseline": "baseline (L_id)", "no_lc": "DFE w/o L_c", "no_ld": "DFE w/o L_d",
                           "dfe": "DFE (paper L_d)", "dfe_standard": "DFE (standardised L_d)",
-                          "dfe_unit": "DFE (unit L_d)", "dfe_spread": "DFE (spread L_d)"}
+                          "dfe_unit": "DFE (unit L_d)", "dfe_spread": "DFE (spread L_d)",
+                          "dfe_bn": "DFE (BatchNorm-normalised L_d)"}
 #: Paired differences are reported against each of these that ran (variant minus reference, same seed).
 REFERENCES: tuple[str, ...] = ("baseline", "no_ld")
 METRICS: tuple[tuple[str, str], ...] = (("r1", "R1"), ("mAP", "mAP"), ("mINP", "mINP"))

@@ -114,7 +114,7 @@ def _standardised(parts_v: Tensor, parts_i: Tensor) -> tuple[Tensor, Tensor]:
 
 def _form_inputs(parts_v: Tensor, parts_i: Tensor, form: str) -> tuple[Tensor, Tensor, Tensor | None]:
     """The part tensors a form compares, and the scale its terms are divided by (None: none)."""
-    if form == "paper":
+    if form in ("paper", "bn"):  # bn: the caller passes the BatchNorm-normalised embeddings
         return parts_v, parts_i, None
     if form == "standard":
         return (*_standardised(parts_v, parts_i), None)
@@ -139,9 +139,17 @@ def _form_inputs(parts_v: Tensor, parts_i: Tensor, form: str) -> tuple[Tensor, T
 #:   by one scale and one offset for all parts, but part-specific offsets inflate the divisor and flatten the
 #:   sigma differences, so it can still be lowered without aligning anything.
 #:
-#: At the unit variance BatchNorm initialises features to, all three are close to the paper's value, so the
+#: * ``bn``: eq. 14 on the part embeddings as their BatchNorms normalise them over the batch, before the learned
+#:   weight and bias (:attr:`training.model.DFEOutput.normalised`; :func:`dfe_loss` passes them). Like
+#:   ``standard`` it cannot be lowered by any scale or offset, but it is taken where BatchNorm takes it, from
+#:   the 1x1 convolution's output, so its gradient does not pass through the learned weight. ``standard``
+#:   re-standardises the affine output: where a dimension's weight nears zero its relative eps takes over and
+#:   the gradient can be amplified up to 1 / sqrt(STANDARD_EPS) (a ``standard`` run diverges in
+#:   benchmarks/results/ld_mechanism.md).
+#:
+#: At the unit variance BatchNorm initialises features to, all four are close to the paper's value, so the
 #: paper's trade-off weights keep their meaning.
-LD_FORMS: tuple[str, ...] = ("paper", "standard", "unit", "spread")
+LD_FORMS: tuple[str, ...] = ("paper", "standard", "unit", "spread", "bn")
 
 
 def distribution_terms(parts_v: Tensor, parts_i: Tensor, form: str = "paper") -> tuple[Tensor, Tensor]:
@@ -150,7 +158,8 @@ def distribution_terms(parts_v: Tensor, parts_i: Tensor, form: str = "paper") ->
     Args:
         parts_v: ``[N, K, D]`` visible part embeddings.
         parts_i: ``[N, K, D]`` infrared part embeddings of the same N people, in the same order.
-        form: ``"paper"`` (eq. 14 as printed), ``"standard"``, ``"unit"`` or ``"spread"`` (see :data:`LD_FORMS`).
+        form: ``"paper"`` (eq. 14 as printed), ``"standard"``, ``"unit"``, ``"spread"`` or ``"bn"`` (the
+            inputs are then the BatchNorm-normalised embeddings; see :data:`LD_FORMS`).
 
     Returns:
         ``(1/(2N) sum_j ||mu_j^V - mu_j^I||^2, 1/(2N) sum_j ||sigma_j^V - sigma_j^I||^2)``, both divided by the
@@ -349,7 +358,13 @@ def dfe_loss(out_v: DFEOutput, out_i: DFEOutput, labels: Tensor,
         total = total + weights.alpha * l_id
         terms["id"] = l_id.detach()
     if weights.beta:
-        l_d = distribution_loss(parts_v, parts_i, weights.ld_form)
+        if weights.ld_form == "bn":
+            if out_v.normalised is None or out_i.normalised is None:
+                raise ValueError("the bn form of L_d needs the model's normalised part embeddings "
+                                 "(DFEOutput.normalised, computed in training mode)")
+            l_d = distribution_loss(out_v.normalised, out_i.normalised, "bn")
+        else:
+            l_d = distribution_loss(parts_v, parts_i, weights.ld_form)
         total = total + weights.beta * l_d
         terms["dist"] = l_d.detach()
     if weights.gamma:

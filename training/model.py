@@ -73,10 +73,19 @@ class DFEOutput(NamedTuple):
     Attributes:
         parts: ``[B, K, D]`` part embeddings f_1..f_K (after BatchNorm, no ReLU), top to bottom.
         logits: K tensors ``[B, num_classes]``, one per part classifier.
+        normalised: ``[B, K, D]`` the same embeddings as their BatchNorms normalise them over the batch, before
+            the learned weight and bias (what the ``bn`` form of L_d compares); None where not computed.
     """
 
     parts: Tensor
     logits: list[Tensor]
+    normalised: Tensor | None = None
+
+    def split(self, n: int) -> tuple[DFEOutput, DFEOutput]:
+        """The first ``n`` rows and the rest: the visible and the infrared half of a two-stream batch."""
+        norm = self.normalised
+        return (DFEOutput(self.parts[:n], [lg[:n] for lg in self.logits], None if norm is None else norm[:n]),
+                DFEOutput(self.parts[n:], [lg[n:] for lg in self.logits], None if norm is None else norm[n:]))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -260,12 +269,23 @@ class DFE(nn.Module):
         """Part embeddings ``[B, K, D]`` → K logits ``[B, num_classes]`` (one classifier per part)."""
         return [fc(parts[:, i]) for i, fc in enumerate(self.classifiers)]
 
+    def forward_train_head(self, feature_map: Tensor) -> tuple[Tensor, Tensor]:
+        """Training mode's head: the part embeddings ``[B, K, D]`` and the same before their BatchNorms' weight
+        and bias (the batch normalisation alone, which BatchNorm computes on the way; no running statistics)."""
+        pooled = self.part_pool(feature_map)
+        parts, normalised = [], []
+        for i, (conv, bn) in enumerate(self.embeddings):
+            pre = conv(pooled[:, :, i : i + 1, :])
+            parts.append(bn(pre).flatten(1))
+            normalised.append(nn.functional.batch_norm(pre, None, None, training=True, eps=bn.eps).flatten(1))
+        return torch.stack(parts, dim=1), torch.stack(normalised, dim=1)
+
     def forward(self, x: Tensor) -> DFEOutput | Tensor:
         """Train mode: :class:`DFEOutput`; eval mode: descriptor ``[B, K·D]`` float32 (not normalised)."""
-        parts = self.forward_head(self.forward_features(x))
         if self.training:
-            return DFEOutput(parts=parts, logits=self.classify(parts))
-        return parts.flatten(1).to(torch.float32)
+            parts, normalised = self.forward_train_head(self.forward_features(x))
+            return DFEOutput(parts=parts, logits=self.classify(parts), normalised=normalised)
+        return self.forward_head(self.forward_features(x)).flatten(1).to(torch.float32)
 
     def model_config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this model (without weights)."""

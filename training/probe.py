@@ -9,9 +9,9 @@ Every N steps one row goes to ``probe.csv`` beside the checkpoint, computed from
 * ``bn_weight`` / ``bn_bias``: mean |weight| and |bias| of the K part BatchNorms, the learned scale and offset
   that set ``feat_norm``;
 * ``ld_mean`` / ``ld_sigma``: the two terms of the paper's L_d (eq. 14) on this batch, and ``ld_standard`` /
-  ``ld_unit`` / ``ld_spread``: the same loss in the scale-invariant forms (``training.losses.LD_FORMS``), so a
-  drop of the paper's value can be told apart from a drop of the modality difference relative to the features'
-  own scale;
+  ``ld_unit`` / ``ld_spread`` / ``ld_bn``: the same loss in the scale-invariant forms
+  (``training.losses.LD_FORMS``), so a drop of the paper's value can be told apart from a drop of the modality
+  difference relative to the features' own scale;
 * ``lc`` and ``id``: the correlation and identity losses (unweighted);
 * ``batch_auc``: within the batch, the probability that an infrared image's descriptor is closer (cosine) to
   its own person's visible descriptor than to another person's, a cheap per-step cross-modal retrieval proxy
@@ -34,7 +34,7 @@ from training.model import DFE, DFEOutput
 
 PROBE_FIELDS: tuple[str, ...] = (
     "epoch", "step", "feat_norm", "feat_norm_rgb", "feat_norm_ir", "feat_std", "bn_weight", "bn_bias",
-    "ld_mean", "ld_sigma", "ld_standard", "ld_unit", "ld_spread", "lc", "id", "batch_auc")
+    "ld_mean", "ld_sigma", "ld_standard", "ld_unit", "ld_spread", "ld_bn", "lc", "id", "batch_auc")
 
 
 def batch_auc(parts_v: Tensor, parts_i: Tensor, labels: Tensor) -> float:
@@ -61,6 +61,8 @@ def probe_row(model: DFE, out_v: DFEOutput, out_i: DFEOutput, labels: Tensor, id
         "bn_bias": torch.cat([bn.bias.abs() for bn in bns]).mean().item(),
         "ld_mean": ld_mean.item(), "ld_sigma": ld_sigma.item(),
         **{f"ld_{form}": distribution_loss(pv, pi, form).item() for form in ("standard", "unit", "spread")},
+        "ld_bn": (float("nan") if out_v.normalised is None or out_i.normalised is None else
+                  distribution_loss(out_v.normalised.detach().float(), out_i.normalised.detach().float()).item()),
         "lc": correlation_loss(pv.flatten(1), pi.flatten(1)).item(), "id": id_loss,
         "batch_auc": batch_auc(pv, pi, labels),
     }

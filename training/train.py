@@ -117,7 +117,6 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
         Mean losses ``{"loss", "id", "dist", "corr", "tri"}`` over the epoch, plus ``"steps"``.
     """
     from training.losses import dfe_loss
-    from training.model import DFEOutput
 
     model.train()
     if plan is not None:
@@ -137,8 +136,7 @@ def train_one_epoch(model, loader, optimizer, weights, device: torch.device, epo
         n = rgb.shape[0]
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = model(torch.cat([rgb, ir]))
-            out_v = DFEOutput(out.parts[:n], [lg[:n] for lg in out.logits])
-            out_i = DFEOutput(out.parts[n:], [lg[n:] for lg in out.logits])
+            out_v, out_i = out.split(n)
             step_weights = weights if align is None else weights.scaled(align(done))
             loss, terms = dfe_loss(out_v, out_i, labels, step_weights)
         if lr_scale is not None:

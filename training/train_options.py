@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="form of the distribution loss L_d: paper (eq. 14 on the raw part embeddings) or a form "
                         "that rescaling the features cannot lower: standard (on the part embeddings standardised "
                         "per part and dimension over the batch), unit (per-part vectors scaled to norm sqrt(D)) or "
-                        "spread (divided by the batch's pooled feature variance); see training.losses.LD_FORMS")
+                        "spread (divided by the batch's pooled feature variance) or bn (on the embeddings as BatchNorm "
+                        "normalises them, before its weight and bias); see training.losses.LD_FORMS")
     g.add_argument("--triplet", type=float, default=0.0,
                    help="weight of a cross-modal batch-hard triplet term (not in the paper; 0 = off)")
     g.add_argument("--triplet-margin", type=float, default=0.3, help="its margin, on distances of unit vectors")

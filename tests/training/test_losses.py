@@ -192,7 +192,7 @@ def test_unit_form_hand_worked() -> None:
     assert distribution_loss(pv, pi, "unit").item() == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.parametrize("form", LD_FORMS)
+@pytest.mark.parametrize("form", [f for f in LD_FORMS if f != "bn"])  # bn: its inputs come from the model
 def test_only_the_paper_form_is_lowered_by_scaling_all_features_down(form: str) -> None:
     """Eq. 14 on raw features scales with c²: shrinking the descriptor lowers it without aligning anything.
     The other forms keep their value, and their gradient has no component along the global scale."""
@@ -233,8 +233,9 @@ def test_only_the_standard_form_ignores_a_scale_and_offset_per_part_and_dimensio
     pv, pi = torch.randn(8, 6, 16, generator=g), torch.randn(8, 6, 16, generator=g) * 1.5 + 0.2
     scale = 0.05 * torch.rand(1, 6, 16, generator=g) + 0.01
     offset = torch.randn(1, 6, 16, generator=g) * 3
-    before = {f: distribution_loss(pv, pi, f).item() for f in LD_FORMS}
-    after = {f: distribution_loss(scale * pv + offset, scale * pi + offset, f).item() for f in LD_FORMS}
+    forms = [f for f in LD_FORMS if f != "bn"]
+    before = {f: distribution_loss(pv, pi, f).item() for f in forms}
+    after = {f: distribution_loss(scale * pv + offset, scale * pi + offset, f).item() for f in forms}
     assert after["standard"] == pytest.approx(before["standard"], rel=1e-3)
     assert after["paper"] < 0.01 * before["paper"] and after["spread"] < 0.1 * before["spread"]
 
@@ -366,10 +367,69 @@ def two_stream_batch() -> tuple[DFE, torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _forward_pairs(net: DFE, rgb: torch.Tensor, ir: torch.Tensor) -> tuple[DFEOutput, DFEOutput]:
-    out = net(torch.cat([rgb, ir]))  # one pass through the shared-weight streams
-    n = rgb.shape[0]
-    return (DFEOutput(out.parts[:n], [lg[:n] for lg in out.logits]),
-            DFEOutput(out.parts[n:], [lg[n:] for lg in out.logits]))
+    return net(torch.cat([rgb, ir])).split(rgb.shape[0])  # one pass through the shared-weight streams
+
+
+def test_normalised_embeddings_are_batchnorm_before_its_weight_and_bias(two_stream_batch: tuple) -> None:
+    """DFEOutput.normalised is each part's 1x1-conv output standardised per dimension over the batch (population
+    variance, BatchNorm's eps), and the part embeddings are exactly weight * normalised + bias."""
+    net, rgb, ir, _ = two_stream_batch
+    with torch.no_grad():
+        for _, bn in net.embeddings:
+            bn.weight.uniform_(0.2, 2.0)
+            bn.bias.uniform_(-1.0, 1.0)
+        out = net(torch.cat([rgb, ir]))
+        pooled = net.part_pool(net.forward_features(torch.cat([rgb, ir])))
+        for i, (conv, bn) in enumerate(net.embeddings):
+            pre = conv(pooled[:, :, i : i + 1, :]).flatten(1)  # [2N, D]
+            mean, var = pre.mean(dim=0), pre.var(dim=0, unbiased=False)
+            by_hand = (pre - mean) / torch.sqrt(var + bn.eps)
+            torch.testing.assert_close(out.normalised[:, i], by_hand, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out.parts[:, i], bn.weight * by_hand + bn.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_bn_form_is_eq_14_on_the_normalised_embeddings() -> None:
+    """dfe_loss's bn form applies eq. 14 to DFEOutput.normalised (the hand-worked pair of
+    test_distribution_loss_hand_worked: 3), whatever the affine embeddings are, and needs them."""
+    nv = torch.tensor([[[0.0, 0.0], [2.0, 4.0]]])
+    ni = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    g = torch.Generator().manual_seed(3)
+    parts_v, parts_i = torch.randn(1, 2, 2, generator=g) * 10, torch.randn(1, 2, 2, generator=g)
+    logits = [torch.zeros(1, 3)] * 2
+    weights = LossWeights(0.0, 1.0, 0.0, ld_form="bn")
+    _, terms = dfe_loss(DFEOutput(parts_v, logits, nv), DFEOutput(parts_i, logits, ni), torch.tensor([0]), weights)
+    assert terms["dist"].item() == pytest.approx(3.0, abs=1e-5)
+    with pytest.raises(ValueError, match="normalised part embeddings"):
+        dfe_loss(DFEOutput(parts_v, logits), DFEOutput(parts_i, logits), torch.tensor([0]), weights)
+
+
+def test_bn_form_is_not_lowered_by_shrinking_the_embeddings(two_stream_batch: tuple) -> None:
+    """Shrinking every part embedding 100x (the BatchNorms' weight and bias), or the 1x1 convolutions' output
+    10x, lowers the paper's L_d by 1e4 and leaves the bn form where it was (BatchNorm's eps aside); its
+    gradient does not reach the BatchNorm weights at all."""
+    net, rgb, ir, labels = two_stream_batch
+
+    def l_d(form: str) -> float:
+        _, terms = dfe_loss(*_forward_pairs(net, rgb, ir), labels, LossWeights(0.0, 1.0, 0.0, ld_form=form))
+        return terms["dist"].item()
+
+    before = {form: l_d(form) for form in ("paper", "bn")}
+    with torch.no_grad():
+        for _, bn in net.embeddings:
+            bn.weight.mul_(0.01)
+            bn.bias.mul_(0.01)
+    shrunk = {form: l_d(form) for form in ("paper", "bn")}
+    assert shrunk["paper"] == pytest.approx(1e-4 * before["paper"], rel=1e-3)
+    assert shrunk["bn"] == pytest.approx(before["bn"], rel=1e-6)
+    with torch.no_grad():
+        for conv, _ in net.embeddings:
+            conv.weight.mul_(0.1)
+    assert l_d("bn") == pytest.approx(before["bn"], rel=1e-2)
+    net.zero_grad(set_to_none=True)
+    total, _ = dfe_loss(*_forward_pairs(net, rgb, ir), labels, LossWeights(0.0, 1.0, 0.0, ld_form="bn"))
+    total.backward()
+    assert net.embeddings[0][1].weight.grad is None or not net.embeddings[0][1].weight.grad.any()
+    assert net.embeddings[0][0].weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("which", ["dist", "corr"])
