@@ -31,7 +31,7 @@ help:
 	@echo "make test    - build .venv from nothing, lint (ruff, import contracts) and run the test suite"
 	@echo "               (CI=true: strict, only GPU/TensorRT tests may skip and every install step must work)"
 	@echo "make lint    - ruff check and lint-imports (the architecture contracts in pyproject.toml)"
-	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT)"
+	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT)" (training stops after configs/synthetic.yaml's time_budget_s; TRAIN_BUDGET=0 trains every step)
 	@echo "make data | train | export | index | serve - one stage of the demo"
 	@echo "make bench   - run the benchmark scripts (writes benchmarks/results/)"
 	@echo "make bench-video - detection, tracking and IR-track -> RGB-track retrieval on held-out synthetic video (benchmarks/results/video.md)"
@@ -86,8 +86,11 @@ $(DATA)/exp/test_id.txt: | $(STAMP)
 
 data: $(DATA)/exp/test_id.txt
 
+# TRAIN_BUDGET: seconds of training loop (default: the config's time_budget_s; 0 = every configured step).
+TRAIN_BUDGET ?=
 $(RUN)/last.pt: $(DATA)/exp/test_id.txt configs/synthetic.yaml
-	$(PY) -m training train --config configs/synthetic.yaml --data-root $(DATA) --output-dir $(RUN)
+	$(PY) -m training train --config configs/synthetic.yaml --data-root $(DATA) --output-dir $(RUN) \
+	    $(if $(TRAIN_BUDGET),--time-budget-s $(TRAIN_BUDGET))
 
 train: $(RUN)/last.pt
 

@@ -77,7 +77,7 @@ def train_argv(run: Run, root: Path, steps: int, seed: int, out: Path, threads: 
             "--variant", run.variant, "--ld-form", run.ld_form, "--seed", str(seed), "--epochs", str(EPOCHS),
             "--max-steps-per-epoch", str(per_epoch), "--step-size", "6", "--warmup-epochs", "1",
             "--align-warmup-epochs", "1", "--probe-every", str(max(1, steps // 80)), "--gap-every", "2",
-            "--no-progress", "--eval"]
+            "--time-budget-s", "0", "--no-progress", "--eval"]
     if run.preset:
         argv += ["--loss-preset", run.preset]
     if threads:
