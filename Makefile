@@ -31,7 +31,8 @@ help:
 	@echo "make test    - build .venv from nothing, lint (ruff, import contracts) and run the test suite"
 	@echo "               (CI=true: strict, only GPU/TensorRT tests may skip and every install step must work)"
 	@echo "make lint    - ruff check and lint-imports (the architecture contracts in pyproject.toml)"
-	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT)" (training stops after configs/synthetic.yaml's time_budget_s; TRAIN_BUDGET=0 trains every step)
+	@echo "make demo    - synthetic data -> train -> export ONNX -> index gallery -> serve on $(HOST):$(PORT);"
+	@echo "               training stops after configs/synthetic.yaml's time_budget_s (TRAIN_BUDGET=0: every step)"
 	@echo "make data | train | export | index | serve - one stage of the demo"
 	@echo "make bench   - run the benchmark scripts (writes benchmarks/results/)"
 	@echo "make bench-video - detection, tracking and IR-track -> RGB-track retrieval on held-out synthetic video (benchmarks/results/video.md)"
