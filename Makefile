@@ -38,7 +38,7 @@ help:
 	@echo "make bench-video - detection, tracking and IR-track -> RGB-track retrieval on held-out synthetic video (benchmarks/results/video.md)"
 	@echo "make video-demo - synthetic camera clips -> ingest RGB cameras 1, 2, 4, 5 -> answer infrared camera 3 with ranked RGB tracks (docs/video.md)"
 	@echo "make train-reference - the reference run (~30 min): 376 training people, 9600 steps"
-	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE x 3 seeds on the SYSU and RegDB layouts (~1.5 h; ABLATION_STEPS=150: ~2.5 h)"
+	@echo "make ablation - baseline / w/o L_c / w/o L_d / DFE / DFE (bn L_d) x 3 seeds on the SYSU and RegDB layouts (2-8 h)"
 	@echo "make gpu-check    - check the GPU path on this machine (skips what cannot run, with reasons)"
 	@echo "make docker-check - requirements-gpu.txt resolves binary-only from the package registry to one CUDA major; the Dockerfile agrees"
 	@echo "make triton-server - unpack nvidia-pytriton's tritonserver into .triton/ (the Triton tests use it)"
@@ -120,9 +120,9 @@ $(REF_DATA)/exp/test_id.txt: | $(STAMP)
 train-reference: $(REF_DATA)/exp/test_id.txt
 	$(PY) -m training train --config configs/reference.yaml --data-root $(REF_DATA) --output-dir runs/reference
 
-# The ablation of the paper's Fig. 6 on the demo recipe, both layouts, 4 variants x 3 seeds = 24 runs; publishes
-# benchmarks/results/ablation.*. ABLATION_STEPS steps per epoch: 75 = half the demo budget (1200 SYSU / 1425 RegDB
-# steps a run, ~80 min on 2 cores); 150 = the demo budget (~2.5 h).
+# The ablation of the paper's Fig. 6 on the demo recipe, both layouts: baseline, w/o L_c, w/o L_d, DFE and DFE with
+# the bn form of L_d, x 3 seeds = 30 runs; publishes benchmarks/results/ablation.*. ABLATION_STEPS steps per epoch:
+# 75 = 1200 SYSU / 1425 RegDB steps a run (~2 h at 6.8 steps/s, ~8 h at 1.4); 150 = the demo's 2400 steps.
 ABLATION_STEPS ?= 75
 REGDB_DATA := data/synthetic_regdb
 $(REGDB_DATA)/idx/test_visible_1.txt: | $(STAMP)

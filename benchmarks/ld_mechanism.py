@@ -174,6 +174,7 @@ def gradient_check(config: Path, root: Path, checkpoint: Path | None) -> dict[st
         "L_id": lambda v, i: identity_loss(v.logits, labels) + identity_loss(i.logits, labels),
         "L_d paper": lambda v, i: distribution_loss(v.parts, i.parts, "paper"),
         "L_d standard": lambda v, i: distribution_loss(v.parts, i.parts, "standard"),
+        "L_d bn": lambda v, i: distribution_loss(v.normalised, i.normalised, "bn"),
         "L_c": lambda v, i: correlation_loss(v.parts.flatten(1), i.parts.flatten(1)),
     }
     n = rgb.shape[0]

@@ -128,7 +128,7 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     results = json.loads((out / "ablation.json").read_text())["results"]
     assert set(results) == {"sysu", "regdb"}
     table = results["sysu"]["settings"]["sysu_all_single"]
-    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe", "dfe_standard"] and table["dfe"]["seeds"] == [0, 1]
+    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe", "dfe_bn"] and table["dfe"]["seeds"] == [0, 1]
     assert set(results["regdb"]["settings"]) == {"visible_to_thermal", "thermal_to_visible"}
     # Paired differences are per seed: variant minus baseline of the same seed.
     d = results["sysu"]["paired"]["sysu_all_single"]["dfe"]["r1"]
@@ -147,13 +147,14 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     # RegDB runs use RegDB's 1:11:2 weights.
     args = yaml.safe_load((out / "regdb" / "dfe_seed0" / "args.yaml").read_text())
     assert args["dataset"] == "regdb" and args["loss_preset"] == "regdb" and args["data_root"] == str(regdb_root)
-    # "dfe" is the paper's L_d, "dfe_standard" the standardised form; both are also paired against w/o L_d.
-    assert args["ld_form"] == "paper"
-    assert yaml.safe_load((out / "sysu" / "dfe_standard_seed1" / "args.yaml").read_text())["ld_form"] == "standard"
-    vs_no_ld = results["sysu"]["paired_vs"]["no_ld"]["sysu_all_single"]["dfe_standard"]["r1"]["per_seed"]
-    assert vs_no_ld == pytest.approx([table["dfe_standard"]["r1_per_seed"][i] - table["no_ld"]["r1_per_seed"][i]
+    # "dfe" is the paper's L_d, "dfe_bn" the BatchNorm-normalised form; both are also paired against w/o L_d.
+    # Every run trains its configured steps, whatever the config's wall-clock budget.
+    assert args["ld_form"] == "paper" and args["time_budget_s"] == 0
+    assert yaml.safe_load((out / "sysu" / "dfe_bn_seed1" / "args.yaml").read_text())["ld_form"] == "bn"
+    vs_no_ld = results["sysu"]["paired_vs"]["no_ld"]["sysu_all_single"]["dfe_bn"]["r1"]["per_seed"]
+    assert vs_no_ld == pytest.approx([table["dfe_bn"]["r1_per_seed"][i] - table["no_ld"]["r1_per_seed"][i]
                                       for i in range(2)])
-    assert "Paired difference against DFE w/o L_d" in md and "| DFE (standardised L_d) |" in md
+    assert "Paired difference against DFE w/o L_d" in md and "| DFE (BatchNorm-normalised L_d) |" in md
 
 
 def test_ablation_regdb_fallback_weights_and_forbidden_options(repo_root, sysu_root, regdb_root, tmp_path, capsys):
