@@ -6,7 +6,9 @@ convention; everything else here counts frames from 0). A ground-truth file's se
 
 A written track is continuous: where the tracker carried a track over frames without a box (the person hidden
 behind another, or missed by the detector) :func:`write_gap_rows` fills the gap by linear interpolation of the
-boxes at its two ends, the post-processing ByteTrack's own MOTChallenge results use.
+boxes at its two ends, the post-processing ByteTrack's own MOTChallenge results use. Those rows are written when
+the track is seen again, after the rows of the frames between: the file is grouped by track life, not sorted by
+frame (the MOTChallenge evaluators and :func:`read_mot` group rows by frame themselves).
 """
 
 from __future__ import annotations
