@@ -145,6 +145,7 @@ class TrackLog:
     first: int
     capacity: int = 32
     last: int = -1
+    last_box: np.ndarray | None = None  # the box in frame ``last`` (xyxy)
     boxes: int = 0
     stride: int = 1
     candidates: list[Candidate] = field(default_factory=list)
@@ -168,6 +169,7 @@ class TrackLog:
 def observe(log: TrackLog, frame: np.ndarray, index: int, box: np.ndarray, occluded: float,
             height: int, width: int) -> None:
     """Record track ``log``'s box in frame ``index`` and, on the sample's stride, measure and keep it."""
+    log.last_box = box
     if not log.seen(index):
         return
     whole = tuple(round(float(v)) for v in box)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import numpy as np
 from tqdm import tqdm
 
 from serving.indexing.video.crops import DEFAULT_K, Candidate, TrackLog, choose, observe, overlaps
@@ -84,14 +83,12 @@ def run_tracks(source: VideoSource, tracks: TrackSource, on_track: Callable[[Fin
     """
     stats = VideoStats(fps=source.fps, width=source.width, height=source.height)
     logs: dict[int, TrackLog] = {}
-    written: dict[int, tuple[int, np.ndarray]] = {}  # track -> (frame, box) of its last MOT row
     started = time.perf_counter()
     bar = tqdm(total=source.frame_count, unit="frame", desc=label or "video", disable=not show_progress,
                leave=False)
 
     def finish(log: TrackLog) -> None:
         del logs[log.track]
-        written.pop(log.track, None)
         if log.boxes < min_boxes:
             stats.dropped_tracks += 1
             return
@@ -111,13 +108,11 @@ def run_tracks(source: VideoSource, tracks: TrackSource, on_track: Callable[[Fin
                     log = logs.get(track)
                     if log is None:
                         log = logs[track] = TrackLog(track, index)
+                    elif mot_out is not None:  # fill the frames the tracker carried it over without a box
+                        write_gap_rows(mot_out, track, (log.last, log.last_box), (index, tracked.xyxy[j]),
+                                       float(tracked.confidence[j]))
                     observe(log, frame, index, tracked.xyxy[j], float(covered[j]), height, width)
                 if mot_out is not None:
-                    for j, track in enumerate(tracked.ids.tolist()):
-                        if track in written:
-                            write_gap_rows(mot_out, track, written[track], (index, tracked.xyxy[j]),
-                                           float(tracked.confidence[j]))
-                        written[track] = (index, tracked.xyxy[j])
                     write_mot_rows(mot_out, index, tracked.ids, tracked.xyxy, tracked.confidence)
             for log in [g for g in logs.values() if tracks.over(g.track, g.last, index)]:
                 finish(log)
