@@ -133,6 +133,29 @@ class StepPlan:
         self._current, self._future = new_current, new_future
 
 
+#: Learning-rate schedules: ``step`` (decays by ``--lr-gamma`` every ``--step-size`` epochs, the paper's) or a
+#: decay on every step over the fraction of the run done: ``linear`` to 0 (the schedule Li et al., "Budgeted
+#: Training", ICLR 2020, found best when the number of steps is limited) or ``cosine`` to 0.
+LR_SCHEDULES: tuple[str, ...] = ("step", "linear", "cosine")
+
+
+def decay_factor(schedule: str, epochs: int, epoch: int, step: int, steps: int) -> float:
+    """The per-step learning-rate factor of ``schedule`` at ``step`` of ``epoch`` (of ``steps`` steps).
+
+    ``step`` is 1 throughout (its decays happen at epoch boundaries, outside); ``linear`` and ``cosine`` fall from 1
+    at the first step to 0 after the last, measured in epochs like the warm-ups, so a budget-shortened run still
+    ends its decay at its last step.
+    """
+    if schedule == "step":
+        return 1.0
+    done = min(1.0, (epoch + step / max(steps, 1)) / max(epochs, 1))
+    if schedule == "linear":
+        return 1.0 - done
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+
+
 def warmup_factor(epochs: float, epoch: int, step: int, steps: int, start: float = 0.0) -> float:
     """A linear warm-up from ``start`` to 1 over ``epochs`` epochs, at ``step`` of ``epoch`` (of ``steps`` steps).
 

@@ -209,6 +209,9 @@ class DFE(nn.Module):
             for _ in range(parts)
         )
         self.classifiers = nn.ModuleList(nn.Linear(embed_dim, num_classes, bias=False) for _ in range(parts))
+        #: s of a cosine classifier (a training option; None: the paper's linear classifiers). The exported
+        #: descriptor never goes through the classifiers, so it is not part of ``model_config``.
+        self.cosine_scale: float | None = None
         self._init_weights()
         self._load_pretrained(pretrained)
 
@@ -224,6 +227,16 @@ class DFE(nn.Module):
             # so the loss starts at ln(C) and the 0.1 head learning rate does not blow up the fresh
             # embeddings with large early gradients.
             nn.init.normal_(fc.weight, std=0.001)
+
+    def zero_init_residual(self) -> None:
+        """Zero the last BatchNorm weight of every residual block, so each block starts as the identity (Goyal et
+        al., "Accurate, Large Minibatch SGD", 2017; torchvision's ``zero_init_residual``): from scratch the trunk
+        then starts as a shallow network and trains faster early. Only for random initialisation."""
+        for m in self.backbone.modules():
+            if isinstance(m, models.resnet.Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
+            elif isinstance(m, models.resnet.BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
 
     def _load_pretrained(self, pretrained: bool | str | Path | None) -> None:
         if pretrained is None or pretrained is False:
@@ -266,7 +279,16 @@ class DFE(nn.Module):
         return torch.stack(parts, dim=1)
 
     def classify(self, parts: Tensor) -> list[Tensor]:
-        """Part embeddings ``[B, K, D]`` → K logits ``[B, num_classes]`` (one classifier per part)."""
+        """Part embeddings ``[B, K, D]`` → K logits ``[B, num_classes]`` (one classifier per part).
+
+        With ``cosine_scale`` set, each logit is ``s · cos(f_i, w_c)`` (a normalised-softmax classifier, as in
+        Wang et al.'s NormFace / CosFace without the margin): the logits are bounded by ``s`` whatever the scale
+        of the weights and features, so a large head learning rate cannot blow the early softmax up.
+        """
+        if self.cosine_scale:
+            return [self.cosine_scale * nn.functional.linear(nn.functional.normalize(parts[:, i], dim=1),
+                                                             nn.functional.normalize(fc.weight, dim=1))
+                    for i, fc in enumerate(self.classifiers)]
         return [fc(parts[:, i]) for i, fc in enumerate(self.classifiers)]
 
     def forward_train_head(self, feature_map: Tensor) -> tuple[Tensor, Tensor]:

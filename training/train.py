@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.budget import StepPlan, warmup_factor
+from training.budget import StepPlan, decay_factor, warmup_factor
 from training.config import plain, save_args
 from training.train_options import AMP_MODES, CACHE_LIMIT_MB, build_parser, parse_args
 from xmreid.atomic import atomic_write
@@ -240,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
                     pretrained=pretrained, height=args.height, width=args.width).to(device)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    if args.cosine_classifier < 0:
+        raise UserError(f"--cosine-classifier must be >= 0, got {args.cosine_classifier}")
+    model.cosine_scale = args.cosine_classifier or None
+    if args.zero_init_residual:
+        if pretrained is not None:
+            raise UserError("--zero-init-residual is for a trunk trained from scratch; use it with --pretrained none")
+        model.zero_init_residual()
     if args.classifier_std is not None:
         if args.classifier_std <= 0:
             raise UserError(f"--classifier-std must be > 0, got {args.classifier_std}")
@@ -247,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.nn.init.normal_(fc.weight, std=args.classifier_std)
     optimizer = build_optimizer(args.optimizer, param_groups(model, args.lr, args.head_lr, args.weight_decay),
                                 args.momentum)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=args.lr_gamma)
+    # linear / cosine decay per step (``_lr_scale``); the epoch scheduler then keeps the rates as they are.
+    gamma = args.lr_gamma if args.lr_schedule == "step" else 1.0
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=gamma)
     start_epoch, resumed_from, used_s, steps_done = 0, None, 0.0, 0
     if args.resume is not None:
         start_epoch, used_s, steps_done = _resume(args.resume, model, optimizer, scheduler, scaler)
@@ -271,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = train_one_epoch(model, loader, optimizer, weights, device, epoch + 1, scaler,
                                 progress=not args.no_progress,
                                 align=_warmup(args.align_warmup_epochs, epoch, plan),
-                                lr_scale=_warmup(args.warmup_epochs, epoch, plan, start=0.01), plan=plan,
+                                lr_scale=_lr_scale(args, epoch, plan), plan=plan,
                                 amp_dtype=amp_dtype, probe=probe, first_step=steps_done)
         plan.end_epoch()
         seconds = time.perf_counter() - tic
@@ -318,6 +327,16 @@ def _warmup(epochs: float, epoch: int, plan: StepPlan, start: float = 0.0) -> Ca
     if epochs <= 0:
         return None
     return lambda step: warmup_factor(epochs, epoch, step, max(plan.steps(), 1), start)
+
+
+def _lr_scale(args: argparse.Namespace, epoch: int, plan: StepPlan) -> Callable[[int], float] | None:
+    """The per-step learning-rate factor of ``epoch``: the warm-up times the schedule's decay (None when both are
+    constant, the paper's step schedule without warm-up)."""
+    warmup = _warmup(args.warmup_epochs, epoch, plan, start=0.01)
+    if args.lr_schedule == "step":
+        return warmup
+    return lambda step: ((1.0 if warmup is None else warmup(step))
+                         * decay_factor(args.lr_schedule, args.epochs, epoch, step, max(plan.steps(), 1)))
 
 
 def _amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from training.budget import LR_SCHEDULES
 from training.config import parse_with_config
 from training.losses import LD_FORMS
 from training.paper import PAPER
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-initialise the part classifiers with this weight std (default: the model's 0.001, "
                         "PCB's value for a pretrained trunk; from scratch a larger value such as 0.01 lets the "
                         "identity loss reach the trunk from the first steps)")
+    g.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=False,
+                   help="start every residual block as the identity (its last BatchNorm weight 0; Goyal et al. "
+                        "2017), for a trunk trained from scratch")
+    g.add_argument("--cosine-classifier", type=float, default=0.0, metavar="S",
+                   help="part classifiers on cosine similarity scaled by S (normalised softmax, e.g. 16): bounded "
+                        "logits whatever the head learning rate; 0 = the paper's linear classifiers")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate")
@@ -69,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "strong re-ID baselines, e.g. Luo et al.'s BoT; converges faster from scratch)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--step-size", type=int, default=5, help="epochs between learning-rate decays")
+    g.add_argument("--lr-schedule", default="step", choices=LR_SCHEDULES,
+                   help="step: x lr-gamma every step-size epochs (the paper); linear / cosine: decay every step to 0 "
+                        "at the end of the run (linear is the best schedule for a limited number of steps, Li et "
+                        "al., Budgeted Training, ICLR 2020)")
+    g.add_argument("--step-size", type=int, default=5, help="epochs between learning-rate decays (step schedule)")
     g.add_argument("--lr-gamma", type=float, default=0.1, help="learning-rate decay factor")
     g.add_argument("--warmup-epochs", type=float, default=0.0,
                    help="linear learning-rate warm-up from 1%% over this many epochs of steps (the cross-modal "

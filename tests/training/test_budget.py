@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from training import train as train_mod
-from training.budget import StepPlan, warmup_factor
+from training.budget import StepPlan, decay_factor, warmup_factor
 
 
 class FakeClock:
@@ -101,6 +103,52 @@ def test_warmup_factor_is_the_step_count_fraction_for_full_epochs() -> None:
     assert warmup_factor(2, 0, 0, 150) == 0.0 and warmup_factor(2, 3, 0, 150) == 1.0
     # A budget-shortened epoch of 30 steps advances the warm-up by the same fraction as a full one.
     assert warmup_factor(2, 1, 15, 30) == pytest.approx(warmup_factor(2, 1, 75, 150))
+
+
+def test_decay_factors_on_the_fraction_of_the_run() -> None:
+    # Step 75 of epoch 1 (0-based) of a 4-epoch run of 150-step epochs is 1.5 / 4 = 0.375 of the way.
+    assert decay_factor("linear", 4, 1, 75, 150) == pytest.approx(0.625)
+    assert decay_factor("cosine", 4, 1, 75, 150) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.375)))
+    assert decay_factor("cosine", 4, 2, 0, 150) == pytest.approx(0.5)
+    assert decay_factor("step", 4, 3, 149, 150) == 1.0  # its decays are the epoch scheduler's
+    # First step at full rate, last step close to 0, and a budget-shortened epoch at the same fraction.
+    assert decay_factor("linear", 4, 0, 0, 150) == 1.0
+    assert decay_factor("linear", 4, 3, 149, 150) == pytest.approx(1 / 600)
+    assert decay_factor("linear", 4, 1, 15, 30) == pytest.approx(decay_factor("linear", 4, 1, 75, 150))
+    with pytest.raises(ValueError, match="valid: step, linear, cosine"):
+        decay_factor("exp", 4, 0, 0, 150)
+
+
+def test_lr_scale_is_the_warmup_times_the_decay() -> None:
+    args = argparse.Namespace(warmup_epochs=1.0, lr_schedule="linear", epochs=4)
+    plan = StepPlan(4, 10)
+    plan.begin_epoch(0)
+    # Step 5 of the first of 4 epochs: warm-up 0.01 + 0.99 * 0.5, decay 1 - 0.5 / 4.
+    assert train_mod._lr_scale(args, 0, plan)(5) == pytest.approx((0.01 + 0.99 * 0.5) * 0.875)
+    args.lr_schedule = "step"
+    assert train_mod._lr_scale(args, 0, plan)(5) == pytest.approx(0.505)
+    args.warmup_epochs = 0.0
+    assert train_mod._lr_scale(args, 0, plan) is None  # the paper's schedule: the epoch scheduler alone
+
+
+@pytest.mark.slow
+def test_per_step_schedules_replace_the_epoch_decay(repo_root, sysu_root, tmp_path, monkeypatch):
+    seen: list[float] = []
+    real_step = torch.optim.SGD.step
+
+    def record(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", record)
+    run = tmp_path / "linear"
+    argv = _tiny(repo_root, sysu_root, run, "--epochs", "2", "--max-steps-per-epoch", "2", "--lr", "0.04",
+                 "--warmup-epochs", "0", "--lr-schedule", "linear", "--step-size", "1", "--lr-gamma", "0.1")
+    assert train_mod.main(argv) == 0
+    # 4 steps falling linearly from 0.04 to 0; the step schedule's x0.1 after epoch 1 is not applied on top.
+    assert seen == pytest.approx([0.04, 0.03, 0.02, 0.01])
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [float(r["lr_backbone"]) for r in rows] == pytest.approx([0.04, 0.04])
 
 
 def _tiny(repo_root: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -83,6 +83,22 @@ def test_train_mode_returns_parts_and_k_logits(small: DFE) -> None:
     torch.testing.assert_close(out.logits[2], out.parts[:, 2] @ small.classifiers[2].weight.T)
 
 
+def test_cosine_classifier_logits_are_scaled_cosines_whatever_the_scales(small: DFE) -> None:
+    parts = torch.randn(3, 6, 256)
+    w = small.classifiers[4].weight
+    small.cosine_scale = 16.0
+    logits = small.classify(parts)
+    hand = torch.stack([torch.stack([16.0 * torch.dot(f, c) / (f.norm() * c.norm()) for c in w]) for f in parts[:, 4]])
+    torch.testing.assert_close(logits[4], hand)
+    assert all(lg.abs().max() <= 16.0 + 1e-4 for lg in logits)
+    # Scaling the features or the weights leaves the logits unchanged: they are bounded by s.
+    with torch.no_grad():
+        w.mul_(50.0)
+    torch.testing.assert_close(small.classify(parts * 0.01)[4], hand)
+    small.cosine_scale = None  # the paper's linear classifier again
+    torch.testing.assert_close(small.classify(parts)[4], parts[:, 4] @ w.T)
+
+
 def test_heads_do_not_share_weights(small: DFE) -> None:
     ptrs = {h[0].weight.data_ptr() for h in small.embeddings} | {c.weight.data_ptr() for c in small.classifiers}
     assert len(ptrs) == 12
@@ -109,6 +125,22 @@ def test_initialisation(small: DFE) -> None:
         assert abs(fc.weight.std().item() - 0.001) < 2e-4
     bn = small.embeddings[0][1]
     assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+
+
+@pytest.mark.parametrize("arch,last_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_starts_every_block_as_the_identity(arch: str, last_bn: str) -> None:
+    torch.manual_seed(0)
+    model = DFE(num_classes=4, arch=arch, parts=2, embed_dim=8, height=32, width=16)
+    model.zero_init_residual()
+    blocks = [m for m in model.backbone.modules() if isinstance(m, (models.resnet.BasicBlock, models.resnet.Bottleneck))]
+    assert blocks and all(torch.count_nonzero(getattr(b, last_bn).weight) == 0 for b in blocks)
+    assert all(torch.all(getattr(b, last_bn).bias == 0) for b in blocks)
+    # A block without a shortcut projection then passes a non-negative input through unchanged (relu(x + 0) = x).
+    plain = next(b for b in blocks if b.downsample is None).eval()
+    x = torch.rand(2, plain.conv1.in_channels, 4, 4)
+    assert torch.equal(plain(x), x)
+    # The other weights keep their initialisation: only the residual branch's last scale is zeroed.
+    assert torch.all(model.backbone.bn1.weight == 1)
 
 
 def test_model_config_rebuilds_same_model(small: DFE) -> None:

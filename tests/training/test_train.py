@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def test_resume_reproduces_an_uninterrupted_run(repo_root, sysu_root, tmp_path):
     (["--resume", "/nonexistent/last.pt"], "--resume checkpoint not found"),
     (["--device", "tpu"], "--device"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--cosine-classifier", "-1"], "--cosine-classifier must be >= 0"),
+    (["--pretrained", "imagenet", "--zero-init-residual"], "--zero-init-residual is for a trunk trained from scratch"),
 ])
 def test_user_mistakes_exit_1_with_a_message(repo_root, sysu_root, tmp_path, capsys, extra, message):
     argv = ["train", *_tiny(repo_root, sysu_root, tmp_path / "run"), *extra]
@@ -215,6 +218,21 @@ def test_throughput_and_probe_options_train(repo_root, sysu_root, tmp_path):
     metrics = list(csv.DictReader((run / "metrics.csv").open()))
     assert float(metrics[0]["dist"]) == pytest.approx(
         sum(float(r["ld_standard"]) for r in rows[:2]) / 2, rel=0.05)  # the loss trained is the standard form
+
+
+def test_short_run_options_train(repo_root, sysu_root, tmp_path):
+    """The options for a run of few steps (linear decay, identity-initialised residual blocks, a cosine
+    classifier) train together and are recorded; the residual blocks' zeroed scales are learned."""
+    run = tmp_path / "short"
+    rc = train_main(_tiny(repo_root, sysu_root, run, "--lr-schedule", "linear", "--zero-init-residual",
+                          "--cosine-classifier", "16", "--pretrained", "none"))
+    assert rc == 0
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["lr_schedule"] == "linear" and args["zero_init_residual"] is True and args["cosine_classifier"] == 16
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
+    state = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert torch.count_nonzero(state["backbone.layer1.0.bn2.weight"]) > 0
 
 
 def test_amp_modes(repo_root, sysu_root, tmp_path, capsys):
