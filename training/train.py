@@ -240,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
                     pretrained=pretrained, height=args.height, width=args.width).to(device)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    if args.cosine_classifier < 0:
-        raise UserError(f"--cosine-classifier must be >= 0, got {args.cosine_classifier}")
     model.cosine_scale = args.cosine_classifier or None
     if args.zero_init_residual:
         if pretrained is not None:

@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     checks = {"epochs": 1, "batch_pairs": 2, "step_size": 1, "height": 16, "width": 16, "workers": 0,
               "eval_trials": 1, "eval_batch_size": 1, "pairs_per_id": 1, "triplet": 0, "triplet_margin": 0,
               "align_warmup_epochs": 0, "gap_every": 0, "aug_warmup_epochs": 0, "warmup_epochs": 0,
-              "time_budget_s": 0, "threads": 0, "probe_every": 0}
+              "time_budget_s": 0, "threads": 0, "probe_every": 0, "cosine_classifier": 0}
     for name, lo in checks.items():
         if getattr(args, name) < lo:
             raise UserError(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(args, name)}")
