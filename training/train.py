@@ -183,6 +183,8 @@ def evaluate(model, args: argparse.Namespace, dataset) -> dict[str, dict]:
 
 
 def _write_csv_row(path: Path, row: dict[str, Any], resume_epoch: int | None) -> None:
+    """Add ``row`` to the epoch log ``path``; with ``resume_epoch`` (a run's first epoch) the rows of later
+    epochs are dropped first, so a resumed run continues its log and a run trained again starts a new one."""
     rows = []
     if path.exists():
         with path.open() as fh:
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # linear / cosine decay per step (``_lr_scale``); the epoch scheduler then keeps the rates as they are.
     gamma = args.lr_gamma if args.lr_schedule == "step" else 1.0
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step_size, gamma=gamma)
-    start_epoch, resumed_from, used_s, steps_done = 0, None, 0.0, 0
+    start_epoch, resumed_from, used_s, steps_done = 0, 0, 0.0, 0
     if args.resume is not None:
         start_epoch, used_s, steps_done = _resume(args.resume, model, optimizer, scheduler, scaler)
         resumed_from = start_epoch
@@ -284,15 +286,17 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - tic
         steps_done += stats["steps"]
         scheduler.step()
+        # The epoch's log row before its checkpoint: a run stopped between the two redoes the epoch on resume
+        # and drops the row, where the other order would lose it.
+        row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": round(seconds, 3),
+               "steps_per_s": round(stats["steps"] / max(seconds, 1e-9), 4), **stats}
+        _write_csv_row(args.output_dir / "metrics.csv", row, resumed_from)
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch + 1, "config": plain(vars(args)), "model_config": model.model_config(),
             "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
             "budget_used_s": plan.elapsed(), "steps_done": steps_done,
         })
-        row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "seconds": round(seconds, 3),
-               "steps_per_s": round(stats["steps"] / max(seconds, 1e-9), 4), **stats}
-        _write_csv_row(args.output_dir / "metrics.csv", row, resumed_from)
         resumed_from = None
         log.info("epoch %d/%d: loss %.4f (id %.4f, dist %.4f, corr %.4f, tri %.4f), %d steps, %.1f s, %.2f steps/s",
                  epoch + 1, args.epochs, stats["loss"], stats["id"], stats["dist"], stats["corr"], stats["tri"],
