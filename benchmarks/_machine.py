@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xmreid.machine import cpu_model, usable_cores
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_LIBRARIES = ("numpy", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "torch", "torchvision", "onnxruntime",
@@ -71,16 +73,6 @@ def shown_command(command: str) -> str:
     return shlex.join(shown)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def ram_gib() -> float | None:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -114,10 +106,7 @@ def library_versions(names: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, str]
 
 def describe_machine(libraries: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, Any]:
     """CPU, cores, RAM, GPUs, Python, library versions, thread settings, load, date and command."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    usable = usable_cores()
     try:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
