@@ -20,14 +20,19 @@ own schedule), so one command produces both layouts' tables. Per layout the repo
 * the modality-gap table of ``training.gap`` per variant (test IR->RGB, RGB->RGB, IR->IR, train
   IR->RGB rank-1; the cross-modal AUC and the modality distance ``mmd``), mean ± std.
 
-Runs whose ``final_metrics.json`` already exists are reused (``--force`` retrains), so an
-interrupted ablation continues where it stopped. ``--publish`` copies ``ablation.md`` and
+Runs whose ``final_metrics.json`` already exists are reused and a run stopped after one of its epoch
+checkpoints is resumed from it (``--force`` trains again), so an interrupted ablation continues where it
+stopped, and several ablations given disjoint ``--seeds`` or
+``--variants`` and one ``--output-dir`` can run side by side and be summed up by one more; a finished run
+trained with other arguments (another config, step count, ...) is refused rather than reused. The report
+says when, on what machine and with how many threads the runs trained. ``--publish`` copies ``ablation.md`` and
 ``ablation.json`` to ``benchmarks/results/`` (``--publish-name`` renames them).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import shlex
@@ -62,6 +67,13 @@ GAP_COLUMNS: tuple[tuple[str, str, str], ...] = (  # (gap setting or "alignment"
     ("test_ir_to_ir", "r1", "test IR->IR"), ("train_ir_to_rgb", "r1", "train IR->RGB"),
     ("alignment", "xm_auc", "xm_auc"), ("alignment", "mmd", "mmd"))
 GAP_KEY = "modality_gap"  # where ``train`` writes the gap table in final_metrics.json
+#: Train arguments that say how fast a run goes, where it is written or whether it was resumed, not what it
+#: learns: a finished or interrupted run is taken up whatever they were. (A resumed run reproduces the
+#: uninterrupted one; another thread count may change the last bits of a convolution's sums, so such a run is
+#: an equivalent draw, not a bit-identical one, and the report names the thread counts.)
+NOT_COMPARED: frozenset[str] = frozenset({"output_dir", "no_progress", "threads", "workers", "cache_images",
+                                          "resume"})
+PATH_ARGS: frozenset[str] = frozenset({"config", "data_root", "resume"})
 PUBLISH_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
@@ -94,26 +106,78 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def stale_args(run: Path, argv: list[str]) -> list[str]:
+    """How the finished run in ``run`` was trained differently from ``argv``, one ``name: was -> now`` per
+    argument; empty when the run can stand for ``argv``. An option newer than the run counts at its default,
+    paths compare resolved, and :data:`NOT_COMPARED` are not compared."""
+    from training.config import load_yaml, plain
+    from training.train_options import build_parser, parse_args
+
+    if not (run / "args.yaml").is_file():
+        return ["args.yaml: missing"]
+    was, now, parser = load_yaml(run / "args.yaml"), plain(vars(parse_args(argv))), build_parser()
+    stale = []
+    for name in sorted(now.keys() - NOT_COMPARED):
+        old, new = was.get(name, plain(parser.get_default(name))), now[name]
+        same = (Path(old).resolve() == Path(new).resolve() if name in PATH_ARGS and None not in (old, new)
+                else old == new)
+        if not same:
+            stale.append(f"{name}: {old!r} -> {new!r}")
+    return stale
+
+
 def run_one(variant: str, seed: int, out: Path, train_argv: list[str], force: bool) -> dict:
-    """Train + evaluate one (variant, seed) unless its results exist; returns its final metrics."""
+    """Train + evaluate one (variant, seed) unless a run with the same arguments finished there; a run
+    interrupted after a checkpoint is resumed from it. Returns the run's final metrics.
+
+    Raises:
+        UserError: ``out`` holds a run trained with other arguments (and not ``force``).
+    """
     from training.train import main as train_main
 
-    metrics_file = out / "final_metrics.json"
-    if metrics_file.is_file() and not force:
+    train_variant, ld_form = VARIANTS[variant]
+    # Every run trains its configured steps: the demo config's wall-clock budget would make the number of
+    # steps, and so the comparison, depend on the machine and its load.
+    argv = [*train_argv, "--variant", train_variant, "--ld-form", ld_form, "--seed", str(seed), "--output-dir",
+            str(out), "--time-budget-s", "0", "--eval"]
+    metrics_file, checkpoint = out / "final_metrics.json", out / "last.pt"
+    started = not force and (metrics_file.is_file() or checkpoint.is_file())
+    stale = stale_args(out, argv) if started else []
+    if stale:
+        raise UserError(f"{out} holds a run trained with other arguments ({'; '.join(stale)}): pass --force "
+                        "to train it again, or give another --output-dir")
+    if started and metrics_file.is_file():
         log.info("reusing %s", metrics_file)
-    else:
-        train_variant, ld_form = VARIANTS[variant]
-        # Every run trains its configured steps: the demo config's wall-clock budget would make the number of
-        # steps, and so the comparison, depend on the machine and its load.
-        argv = [*train_argv, "--variant", train_variant, "--ld-form", ld_form, "--seed", str(seed), "--output-dir",
-                str(out), "--time-budget-s", "0", "--eval"]
-        log.info("ablation run %s seed %d: python -m training train %s", variant, seed, shlex.join(argv))
-        tic = time.perf_counter()
-        rc = train_main(argv)
-        if rc != 0:
-            raise RuntimeError(f"training {variant} seed {seed} exited with {rc}")
+        return json.loads(metrics_file.read_text())
+    if started:
+        argv += ["--resume", str(checkpoint)]
+        (out / "wall_seconds.txt").unlink(missing_ok=True)  # only uninterrupted runs are timed
+    log.info("ablation run %s seed %d: python -m training train %s", variant, seed, shlex.join(argv))
+    tic = time.perf_counter()
+    rc = train_main(argv)
+    if rc != 0:
+        raise RuntimeError(f"training {variant} seed {seed} exited with {rc}")
+    if not started:
         (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - tic:.1f}\n")
     return json.loads(metrics_file.read_text())
+
+
+def provenance(runs: list[Path]) -> str:
+    """Where, when and how the runs trained, for the report: days, machine, threads, wall time per run."""
+    from training.config import load_yaml
+    from xmreid.machine import cpu_model, usable_cores
+
+    days = sorted({dt.datetime.fromtimestamp((r / "final_metrics.json").stat().st_mtime, dt.timezone.utc)
+                   .date().isoformat() for r in runs})
+    threads = sorted({int(load_yaml(r / "args.yaml").get("threads", 0)) for r in runs})
+    walls = [float((r / "wall_seconds.txt").read_text()) for r in runs if (r / "wall_seconds.txt").is_file()]
+    text = (f"{len(runs)} runs, finished {days[0]}" + (f" to {days[-1]}" if len(days) > 1 else "")
+            + f"; tables written on {cpu_model()} ({usable_cores()} usable cores); threads per run: "
+            + ", ".join("one per core" if t == 0 else str(t) for t in threads))
+    if walls:
+        text += (f"; wall time per run: median {float(np.median(walls)):.0f} s, {min(walls):.0f}-{max(walls):.0f} s"
+                 f" ({len(walls)} timed)")
+    return text
 
 
 def _stats(values: list[float]) -> dict:
@@ -158,9 +222,12 @@ def _pct(s: dict, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
 
 
-def to_markdown(tables: dict[str, dict], command: str) -> str:
-    """Markdown report: per layout, the metric tables, the paired differences and the gap table."""
+def to_markdown(tables: dict[str, dict], command: str, about: str = "") -> str:
+    """Markdown report: per layout, the metric tables, the paired differences and the gap table; ``about``
+    (:func:`provenance`) says where and when the runs trained."""
     lines = ["# Ablation: loss variants (paper Fig. 6)", "", f"Command: `{command}`", ""]
+    if about:
+        lines += [f"Runs: {about}.", ""]
     for layout, summary in tables.items():
         for setting, rows in summary["settings"].items():
             n = len(next(iter(rows.values()))["seeds"])
@@ -221,13 +288,14 @@ def main(argv: list[str] | None = None) -> int:
             regdb_argv = _replace_option(regdb_argv, "--config", str(args.regdb_config))
         layouts["regdb"] = [*regdb_argv, "--dataset", "regdb", "--loss-preset", args.regdb_preset]
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    tables = {}
+    tables, run_dirs = {}, []
     for layout, layout_argv in layouts.items():
+        run_dirs += [args.output_dir / layout / f"{v}_seed{s}" for v in variants for s in seeds]
         runs = {v: {s: run_one(v, s, args.output_dir / layout / f"{v}_seed{s}", layout_argv, args.force)
                     for s in seeds} for v in variants}
         tables[layout] = summarize(runs)
     command = "python -m training ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
-    md = to_markdown(tables, command)
+    md = to_markdown(tables, command, provenance(run_dirs))
     (args.output_dir / "ablation.md").write_text(md)
     (args.output_dir / "ablation.json").write_text(json.dumps({"command": command, "seeds": seeds,
                                                                "results": tables}, indent=2) + "\n")

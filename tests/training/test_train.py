@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from training.__main__ import main as cli
+from training.ablation import build_parser as build_ablation_parser
 from training.model import CHECKPOINT_KEYS, load_checkpoint
 from training.train import main as train_main
 
@@ -124,14 +125,16 @@ def test_evaluate_cli_regdb_and_bad_options(tiny_checkpoint, regdb_root, tmp_pat
 
 def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     out = tmp_path / "ablation"
-    rc = cli(["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
-              "--regdb-root", str(regdb_root), "--output-dir", str(out), "--seeds", "0,1", "--epochs", "1",
-              "--max-steps-per-epoch", "1", "--eval-trials", "1", "--no-progress"])
-    assert rc == 0
+    base = ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
+            "--regdb-root", str(regdb_root), "--output-dir", str(out), "--seeds", "0,1", "--epochs", "1",
+            "--eval-trials", "1", "--no-progress"]
+    # The default variants, less DFE w/o L_c (one more of the same kind of run) to keep the test short.
+    assert build_ablation_parser().get_default("variants") == "baseline,no_lc,no_ld,dfe,dfe_bn"
+    assert cli([*base, "--max-steps-per-epoch", "1", "--variants", "baseline,no_ld,dfe,dfe_bn"]) == 0
     results = json.loads((out / "ablation.json").read_text())["results"]
     assert set(results) == {"sysu", "regdb"}
     table = results["sysu"]["settings"]["sysu_all_single"]
-    assert list(table) == ["baseline", "no_lc", "no_ld", "dfe", "dfe_bn"] and table["dfe"]["seeds"] == [0, 1]
+    assert list(table) == ["baseline", "no_ld", "dfe", "dfe_bn"] and table["dfe"]["seeds"] == [0, 1]
     assert set(results["regdb"]["settings"]) == {"visible_to_thermal", "thermal_to_visible"}
     # Paired differences are per seed: variant minus baseline of the same seed.
     d = results["sysu"]["paired"]["sysu_all_single"]["dfe"]["r1"]
@@ -140,7 +143,7 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     gap = results["sysu"]["gap"]["dfe"]
     assert {"test IR->RGB", "train IR->RGB", "xm_auc", "mmd"} <= set(gap) and len(gap["xm_auc"]["per_seed"]) == 2
     md = (out / "ablation.md").read_text()
-    assert "| DFE w/o L_c |" in md and "variant − baseline" in md and "modality gap per variant" in md
+    assert "| DFE w/o L_d |" in md and "variant − baseline" in md and "modality gap per variant" in md
     assert "## regdb: visible_to_thermal" in md
     # The variants really differ: the baseline never computes the alignment losses.
     rows = list(csv.DictReader((out / "sysu" / "baseline_seed0" / "metrics.csv").open()))
@@ -158,6 +161,64 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     assert vs_no_ld == pytest.approx([table["dfe_bn"]["r1_per_seed"][i] - table["no_ld"]["r1_per_seed"][i]
                                       for i in range(2)])
     assert "Paired difference against DFE w/o L_d" in md and "| DFE (BatchNorm-normalised L_d) |" in md
+    assert "Runs: 16 runs, finished " in md and "threads per run: one per core" in md and "(16 timed)" in md
+
+
+def test_ablation_reuses_only_runs_with_the_same_arguments(repo_root, sysu_root, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    base = ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
+            "--output-dir", str(out), "--seeds", "0", "--variants", "baseline", "--epochs", "1", "--eval-trials",
+            "1", "--no-progress", "--max-steps-per-epoch", "1"]
+    assert cli(base) == 0
+    run = out / "sysu" / "baseline_seed0"
+    trained = (run / "last.pt").stat().st_mtime_ns
+    # Another thread count only changes the speed: the run is reused, and so is one from before an option existed.
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    del args["cosine_classifier"]
+    (run / "args.yaml").write_text(yaml.safe_dump(args))
+    assert cli([*base, "--threads", "1"]) == 0
+    assert (run / "last.pt").stat().st_mtime_ns == trained
+    capsys.readouterr()
+    # Another step count is another experiment: refused, with what differs and the way out, and nothing retrained.
+    assert cli([*base, "--max-steps-per-epoch", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "max_steps_per_epoch: 1 -> 2" in err and "--force" in err and "Traceback" not in err
+    assert (run / "last.pt").stat().st_mtime_ns == trained
+    assert cli([*base, "--max-steps-per-epoch", "2", "--force"]) == 0
+    assert yaml.safe_load((run / "args.yaml").read_text())["max_steps_per_epoch"] == 2
+    assert [int(r["steps"]) for r in csv.DictReader((run / "metrics.csv").open())] == [2]  # a new log, not appended
+
+
+def test_ablation_resumes_an_interrupted_run_to_the_same_model(repo_root, sysu_root, tmp_path, monkeypatch):
+    import training.train as train_module
+
+    def base(out: Path) -> list[str]:
+        return ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
+                "--output-dir", str(out), "--seeds", "0", "--variants", "dfe", "--epochs", "2", "--eval-trials", "1",
+                "--no-progress", "--max-steps-per-epoch", "1"]
+
+    assert cli(base(tmp_path / "straight")) == 0
+    save = train_module.save_checkpoint
+
+    def killed_after_first_epoch(path, payload):
+        save(path, payload)
+        raise KeyboardInterrupt  # stands for the machine going away after the epoch's checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        cli(base(tmp_path / "split"))
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    run = tmp_path / "split" / "sysu" / "dfe_seed0"
+    assert not (run / "final_metrics.json").exists()
+    assert cli(base(tmp_path / "split")) == 0
+    assert yaml.safe_load((run / "args.yaml").read_text())["resume"] == str(run / "last.pt")
+    assert [int(r["epoch"]) for r in csv.DictReader((run / "metrics.csv").open())] == [1, 2]
+    a = torch.load(tmp_path / "straight" / "sysu" / "dfe_seed0" / "last.pt", weights_only=True)["model"]
+    b = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (run / "wall_seconds.txt").exists()  # only uninterrupted runs are timed
+    report = (tmp_path / "split" / "ablation.md").read_text()
+    assert "Runs: 1 runs, finished" in report and "timed" not in report
 
 
 def test_ablation_regdb_fallback_weights_and_forbidden_options(repo_root, sysu_root, regdb_root, tmp_path, capsys):
@@ -198,15 +259,29 @@ def test_gap_options_train_and_record_curves(repo_root, sysu_root, tmp_path, cap
     assert torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3e-4)
 
 
+def test_bfloat16_autocast_trains(repo_root, sysu_root, tmp_path):
+    """One step under bfloat16 autocast: recorded, finite, and not the fp32 step (one step only: where the CPU
+    has no native bfloat16 each step is emulated and takes tens of seconds)."""
+    losses = {}
+    for amp in ("off", "bf16"):
+        run = tmp_path / amp
+        assert train_main(_tiny(repo_root, sysu_root, run, "--amp", amp, "--epochs", "1", "--max-steps-per-epoch",
+                                "1", "--no-eval")) == 0
+        assert yaml.safe_load((run / "args.yaml").read_text())["amp"] == amp
+        losses[amp] = float(next(csv.DictReader((run / "metrics.csv").open()))["loss"])
+    assert math.isfinite(losses["bf16"]) and losses["bf16"] != losses["off"]
+    assert losses["bf16"] == pytest.approx(losses["off"], rel=0.05)
+
+
 def test_throughput_and_probe_options_train(repo_root, sysu_root, tmp_path):
-    """The images decoded once, bfloat16 autocast, one thread, the spread form of L_d and the per-step probe
-    run together; probe.csv holds the curves that show what the alignment losses act on."""
+    """The images decoded once, one thread, the standardised form of L_d and the per-step probe run together;
+    probe.csv holds the curves that show what the alignment losses act on."""
     run = tmp_path / "probe"
-    rc = train_main(_tiny(repo_root, sysu_root, run, "--cache-images", "on", "--amp", "bf16", "--threads", "1",
+    rc = train_main(_tiny(repo_root, sysu_root, run, "--cache-images", "on", "--threads", "1",
                           "--ld-form", "standard", "--probe-every", "1", "--no-eval"))
     assert rc == 0
     args = yaml.safe_load((run / "args.yaml").read_text())
-    assert args["ld_form"] == "standard" and args["amp"] == "bf16" and args["cache_images"] == "on"
+    assert args["ld_form"] == "standard" and args["cache_images"] == "on"
     rows = list(csv.DictReader((run / "probe.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and [int(r["epoch"]) for r in rows] == [1, 1, 2, 2]
     first = rows[0]
