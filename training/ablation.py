@@ -218,8 +218,10 @@ def summarize(runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
     return {"settings": table, "paired": paired_vs.get("baseline", {}), "paired_vs": paired_vs, "gap": gap}
 
 
-def _pct(s: dict, scale: float = 100.0, digits: int = 1) -> str:
-    return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+def _pct(s: dict, scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
+    """``mean ± std`` of a :func:`_stats` dict, scaled; the mean alone for one seed (it has no spread)."""
+    mean = f"{scale * s['mean']:{sign}.{digits}f}"
+    return mean if len(s["per_seed"]) < 2 else f"{mean} ± {scale * s['std']:.{digits}f}"
 
 
 def to_markdown(tables: dict[str, dict], command: str, about: str = "") -> str:
@@ -231,11 +233,13 @@ def to_markdown(tables: dict[str, dict], command: str, about: str = "") -> str:
     for layout, summary in tables.items():
         for setting, rows in summary["settings"].items():
             n = len(next(iter(rows.values()))["seeds"])
-            lines += [f"## {layout}: {setting} (mean ± std over {n} seed{'s' if n > 1 else ''}, %)", "",
+            over = f"mean ± std over {n} seeds" if n > 1 else "one seed"
+            lines += [f"## {layout}: {setting} ({over}, %)", "",
                       "| variant | " + " | ".join(label for _, label in METRICS) + " |",
                       "|---|" + "---:|" * len(METRICS)]
             for variant, row in rows.items():
-                cells = [f"{100 * row[k]:.2f} ± {100 * row[k + '_std']:.2f}" for k, _ in METRICS]
+                cells = [_pct({"mean": row[k], "std": row[k + "_std"], "per_seed": row[k + "_per_seed"]}, digits=2)
+                         for k, _ in METRICS]
                 lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + " |")
             for ref, paired in summary.get("paired_vs", {"baseline": summary["paired"]}).items():
                 diffs = paired.get(setting, {})
@@ -246,7 +250,7 @@ def to_markdown(tables: dict[str, dict], command: str, about: str = "") -> str:
                           "|---|" + "---:|" * len(METRICS)]
                 for variant, d in diffs.items():
                     lines.append(f"| {LABELS[variant]} | " + " | ".join(
-                        f"{100 * d[k]['mean']:+.2f} ± {100 * d[k]['std']:.2f}" for k, _ in METRICS) + " |")
+                        _pct(d[k], digits=2, sign="+") for k, _ in METRICS) + " |")
             lines.append("")
         if summary["gap"]:
             labels = [label for _, _, label in GAP_COLUMNS]

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,7 @@ def test_ablation_resumes_an_interrupted_run_to_the_same_model(repo_root, sysu_r
     assert not (run / "wall_seconds.txt").exists()  # only uninterrupted runs are timed
     report = (tmp_path / "split" / "ablation.md").read_text()
     assert "Runs: 1 runs, finished" in report and "timed" not in report
+    assert "(one seed, %)" in report and not re.search(r"\d ± \d", report)  # one seed has no spread to show
 
 
 def test_ablation_regdb_fallback_weights_and_forbidden_options(repo_root, sysu_root, regdb_root, tmp_path, capsys):
