@@ -22,11 +22,11 @@ own schedule), so one command produces both layouts' tables. Per layout the repo
 
 Runs whose ``final_metrics.json`` already exists are reused and a run stopped after one of its epoch
 checkpoints is resumed from it (``--force`` trains again), so an interrupted ablation continues where it
-stopped, and several ablations given disjoint ``--seeds`` or
-``--variants`` and one ``--output-dir`` can run side by side and be summed up by one more; a finished run
-trained with other arguments (another config, step count, ...) is refused rather than reused. The report
-says when, on what machine and with how many threads the runs trained. ``--publish`` copies ``ablation.md`` and
-``ablation.json`` to ``benchmarks/results/`` (``--publish-name`` renames them).
+stopped, and ablations given disjoint ``--seeds`` or ``--variants`` and one ``--output-dir`` can run side by
+side and be summed up by one more; a run trained with other arguments (another config, step count, ...) is
+refused rather than reused. The report says when, on what machine and with how many threads the runs
+trained. ``--publish`` copies ``ablation.md`` and ``ablation.json`` to ``benchmarks/results/``
+(``--publish-name`` renames them).
 """
 
 from __future__ import annotations
