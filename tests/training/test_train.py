@@ -28,6 +28,12 @@ def _tiny(repo_root: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "--no-progress", *extra]
 
 
+def _tiny_ablation(repo_root: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """``python -m training ablation`` on the tiny config: one step per epoch, one evaluation draw."""
+    return ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(data), "--output-dir",
+            str(out), "--max-steps-per-epoch", "1", "--eval-trials", "1", "--no-progress", *extra]
+
+
 def test_checkpoint_holds_the_contract(tiny_checkpoint):
     ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     assert set(CHECKPOINT_KEYS) <= set(ckpt)
@@ -126,12 +132,10 @@ def test_evaluate_cli_regdb_and_bad_options(tiny_checkpoint, regdb_root, tmp_pat
 
 def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
     out = tmp_path / "ablation"
-    base = ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
-            "--regdb-root", str(regdb_root), "--output-dir", str(out), "--seeds", "0,1", "--epochs", "1",
-            "--eval-trials", "1", "--no-progress"]
     # The default variants, less DFE w/o L_c (one more of the same kind of run) to keep the test short.
     assert build_ablation_parser().get_default("variants") == "baseline,no_lc,no_ld,dfe,dfe_bn"
-    assert cli([*base, "--max-steps-per-epoch", "1", "--variants", "baseline,no_ld,dfe,dfe_bn"]) == 0
+    assert cli(_tiny_ablation(repo_root, sysu_root, out, "--regdb-root", str(regdb_root), "--seeds", "0,1",
+                              "--epochs", "1", "--variants", "baseline,no_ld,dfe,dfe_bn")) == 0
     results = json.loads((out / "ablation.json").read_text())["results"]
     assert set(results) == {"sysu", "regdb"}
     table = results["sysu"]["settings"]["sysu_all_single"]
@@ -167,9 +171,7 @@ def test_ablation_writes_table(repo_root, sysu_root, regdb_root, tmp_path):
 
 def test_ablation_reuses_only_runs_with_the_same_arguments(repo_root, sysu_root, tmp_path, capsys):
     out = tmp_path / "ablation"
-    base = ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
-            "--output-dir", str(out), "--seeds", "0", "--variants", "baseline", "--epochs", "1", "--eval-trials",
-            "1", "--no-progress", "--max-steps-per-epoch", "1"]
+    base = _tiny_ablation(repo_root, sysu_root, out, "--seeds", "0", "--variants", "baseline", "--epochs", "1")
     assert cli(base) == 0
     run = out / "sysu" / "baseline_seed0"
     trained = (run / "last.pt").stat().st_mtime_ns
@@ -194,9 +196,7 @@ def test_ablation_resumes_an_interrupted_run_to_the_same_model(repo_root, sysu_r
     import training.train as train_module
 
     def base(out: Path) -> list[str]:
-        return ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
-                "--output-dir", str(out), "--seeds", "0", "--variants", "dfe", "--epochs", "2", "--eval-trials", "1",
-                "--no-progress", "--max-steps-per-epoch", "1"]
+        return _tiny_ablation(repo_root, sysu_root, out, "--seeds", "0", "--variants", "dfe", "--epochs", "2")
 
     assert cli(base(tmp_path / "straight")) == 0
     save = train_module.save_checkpoint
@@ -225,9 +225,7 @@ def test_ablation_resumes_an_interrupted_run_to_the_same_model(repo_root, sysu_r
 
 def test_ablation_regdb_fallback_weights_and_forbidden_options(repo_root, sysu_root, regdb_root, tmp_path, capsys):
     out = tmp_path / "ablation111"
-    base = ["ablation", "--config", str(repo_root / "configs" / "tiny.yaml"), "--data-root", str(sysu_root),
-            "--regdb-root", str(regdb_root), "--output-dir", str(out), "--seeds", "0", "--epochs", "1",
-            "--max-steps-per-epoch", "1", "--eval-trials", "1", "--no-progress"]
+    base = _tiny_ablation(repo_root, sysu_root, out, "--regdb-root", str(regdb_root), "--seeds", "0", "--epochs", "1")
     assert cli([*base, "--variants", "dfe_unit", "--regdb-preset", "sysu"]) == 0
     args = yaml.safe_load((out / "regdb" / "dfe_unit_seed0" / "args.yaml").read_text())
     assert args["loss_preset"] == "sysu" and args["ld_form"] == "unit" and args["variant"] == "dfe"
